@@ -1,0 +1,1 @@
+//! One speeddata-relay channel.
