@@ -1,1 +1,20 @@
-//! One speeddata-relay channel.
+//! One speeddata-relay channel: the whole data path of one channel.
+//!
+//! - [`config`]: the channel file, parsed and validated into a [`config::ChannelSpec`];
+//! - [`net`]: sockets, `recvmmsg`/`sendmmsg` batches;
+//! - [`validate`]: checks that a datagram is exactly one Avro datum of the schema;
+//! - [`container`]: the Avro object container format, written block by block;
+//! - [`archive`]: the archive thread (blocks, rotation, retention, quarantine);
+//! - [`counters`]: shared counters and the JSON status lines on stdout;
+//! - [`relay`]: the threads wired together and the control loop.
+//!
+//! The orchestrator uses [`config`] to validate channel files exactly as the
+//! relay will, and reads the status lines described in [`counters`].
+
+pub mod archive;
+pub mod config;
+pub mod container;
+pub mod counters;
+pub mod net;
+pub mod relay;
+pub mod validate;

@@ -1,1 +1,95 @@
-fn main() {}
+//! `relay-channel`: runs one speeddata-relay channel.
+//!
+//! A thin binary over the library: parse the command line, set up logging,
+//! and map every outcome to an exit code in one place (0 stopped cleanly,
+//! 1 failed, 78 configuration error: do not restart until the file changes).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use relay_channel::config::ChannelSpec;
+use relay_channel::relay::{self, RunError};
+
+/// One channel of speeddata-relay: receives UDP datagrams that each carry one
+/// Avro-encoded record, archives them into Avro container files, re-emits
+/// every valid datagram on a full-rate multicast group and every Nth on a
+/// decimated group.
+///
+/// stdout carries JSON lines for a supervisor (`ready`, `stats` every second,
+/// `file_closed`, `stopped`); stderr carries logs, filtered by RUST_LOG
+/// (default `info`). SIGTERM or SIGINT stops it cleanly: everything received
+/// is written out and the open archive file is closed.
+///
+/// Exit codes: 0 stopped on a signal; 1 failed (port taken, archive folder
+/// not writable, ...); 78 the configuration or schema is wrong.
+#[derive(Debug, Parser)]
+#[command(name = "relay-channel", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a channel until SIGTERM or SIGINT.
+    Run {
+        /// The channel file (TOML). Relative paths inside it resolve against
+        /// its folder.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a channel file and its schema, print the result, and exit:
+    /// 0 if valid, 78 if not.
+    Check {
+        /// The channel file (TOML).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Run { config } => ChannelSpec::load(&config)
+            .map_err(RunError::from)
+            .and_then(relay::run),
+        Command::Check { config } => check(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.exit_code();
+            match &e {
+                RunError::Config(c) => {
+                    for line in c.to_string().lines() {
+                        eprintln!("error: {line}");
+                    }
+                }
+                RunError::Failed(m) => eprintln!("error: {m}"),
+            }
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> Result<(), RunError> {
+    let spec = ChannelSpec::load(path)?;
+    relay::load_schema(&spec)?;
+    println!(
+        "{}: channel {:?} is valid (receive {}, archive {})",
+        path.display(),
+        spec.name,
+        spec.receive.bind,
+        spec.archive.channel_dir(&spec.name).display()
+    );
+    Ok(())
+}

@@ -1,1 +1,624 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: each test gets its own folder, its own
+//! ports and multicast groups, runs the real `relay-channel` binary, talks to
+//! it over loopback sockets, and reads the archives with real Avro readers
+//! (apache-avro here, fastavro through `py/read_avro.py`).
+//!
+//! Network safety: every socket here is bound to 127.0.0.1 or joins on
+//! 127.0.0.1; every multicast send leaves by 127.0.0.1 with TTL 0.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use serde_json::Value as Json;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// The example schema shipped in channels.d.
+pub const EXAMPLE_SCHEMA: &str = include_str!("../../channels.d/example.avsc");
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, built once per test run (debug profile) so
+/// the tests never run a stale binary.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "relay-channel",
+                "-p",
+                "speeddata-benches",
+                "--bins",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let p = target.join("debug").join(name);
+    assert!(p.exists(), "{} was not built", p.display());
+    p
+}
+
+/// A fresh folder for one test, removed when dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("speeddata-test-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// A multicast group in 239.255.0.0/16 that no other test of this run uses.
+pub fn unique_group() -> Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    Ipv4Addr::new(239, 255, 100 + (pid % 100) as u8, 1 + (n % 250) as u8)
+}
+
+/// One example record, encoded by apache-avro (an encoder independent of
+/// the relay's code).
+pub fn example_datum(schema: &Schema, counter: i32, message: &str) -> Vec<u8> {
+    let t = counter as f64 / 1000.0;
+    let v = Value::Record(vec![
+        (
+            "time".into(),
+            Value::TimestampMicros(1_795_383_000_000_000 + counter as i64 * 1000),
+        ),
+        ("message".into(), Value::String(message.into())),
+        ("counter".into(), Value::Int(counter)),
+        (
+            "sine_wave".into(),
+            Value::Double((t * std::f64::consts::TAU).sin()),
+        ),
+        ("ramp".into(), Value::Double(t.fract())),
+        (
+            "square_wave".into(),
+            Value::Double(if t.fract() < 0.5 { 1.0 } else { -1.0 }),
+        ),
+        (
+            "noise".into(),
+            Value::Double(((counter as f64) * 12.9898).sin().fract()),
+        ),
+    ]);
+    let mut out = Vec::new();
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .unwrap()
+        .write_value(&mut out, v)
+        .unwrap();
+    out
+}
+
+pub fn example_schema() -> Schema {
+    Schema::parse_str(EXAMPLE_SCHEMA).unwrap()
+}
+
+/// Malformed datagrams of every kind the relay must reject, built from a
+/// valid one.
+pub fn malformed(valid: &[u8], i: usize) -> Vec<u8> {
+    match i % 5 {
+        0 => valid[..valid.len() / 2].to_vec(),
+        1 => {
+            let mut x = valid.to_vec();
+            x.extend_from_slice(b"trailing garbage");
+            x
+        }
+        2 => Vec::new(),
+        3 => vec![0x80u8; 64 + i], // a varint that never ends
+        _ => {
+            // 65,507 bytes of junk: a string length far past the end.
+            let mut x = vec![0xffu8; 65_507];
+            x[0] = 0x02;
+            x
+        }
+    }
+}
+
+fn set_rcvbuf_force(s: &Socket, bytes: i32) {
+    // SAFETY: plain integer option on a valid socket. Needs root; without it
+    // the normal (clamped) size stays.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &bytes as *const i32 as *const libc::c_void,
+            4,
+        );
+    }
+    let _ = s.set_recv_buffer_size(bytes as usize);
+}
+
+/// A receiver joined to a multicast group on 127.0.0.1, collecting what
+/// arrives on a thread of its own.
+pub struct GroupReceiver {
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GroupReceiver {
+    pub fn join(group: SocketAddrV4) -> GroupReceiver {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_multicast_all_v4(false).unwrap();
+        set_rcvbuf_force(&s, 32 << 20);
+        s.bind(&SockAddr::from(group)).unwrap();
+        s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let sock: UdpSocket = s.into();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let got = got.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = sock.recv(&mut buf) {
+                        got.lock().unwrap().push(buf[..n].to_vec());
+                    }
+                }
+                // Drain what is queued.
+                sock.set_nonblocking(true).unwrap();
+                while let Ok(n) = sock.recv(&mut buf) {
+                    got.lock().unwrap().push(buf[..n].to_vec());
+                }
+            })
+        };
+        GroupReceiver {
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// Stops and returns everything received, in arrival order.
+    pub fn finish(mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+}
+
+/// A sender of datagrams to a relay: unicast to 127.0.0.1, or multicast
+/// leaving by 127.0.0.1 with TTL 0.
+pub struct Sender {
+    sock: UdpSocket,
+    to: SocketAddrV4,
+}
+
+impl Sender {
+    pub fn new(to: SocketAddrV4) -> Sender {
+        assert!(
+            to.ip().is_loopback() || to.ip().is_multicast(),
+            "tests send to 127.0.0.0/8 or to a group on 127.0.0.1 only"
+        );
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        if to.ip().is_multicast() {
+            s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+            s.set_multicast_ttl_v4(0).unwrap();
+            s.set_multicast_loop_v4(true).unwrap();
+        }
+        s.set_send_buffer_size(4 << 20).unwrap();
+        s.bind(&SockAddr::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)))
+            .unwrap();
+        Sender { sock: s.into(), to }
+    }
+
+    pub fn send(&self, d: &[u8]) {
+        self.sock.send_to(d, self.to).unwrap();
+    }
+
+    /// Sends all, pausing so that at most `per_ms` datagrams go out per
+    /// millisecond (a debug-build relay must keep up without kernel drops).
+    pub fn send_paced(&self, ds: &[Vec<u8>], per_ms: usize) {
+        let start = Instant::now();
+        for (i, d) in ds.iter().enumerate() {
+            self.send(d);
+            if (i + 1) % per_ms == 0 {
+                let due = start + Duration::from_millis(((i + 1) / per_ms) as u64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+}
+
+/// Options for a test channel file.
+#[derive(Clone, Debug)]
+pub struct ChannelOpts {
+    pub name: String,
+    pub bind: SocketAddrV4,
+    pub group: Option<Ipv4Addr>,
+    pub full: Option<SocketAddrV4>,
+    pub decimated: Option<(SocketAddrV4, u32)>,
+    /// Extra lines for the [archive] section.
+    pub archive: Vec<String>,
+    /// Extra lines for the [receive] section.
+    pub receive: Vec<String>,
+}
+
+impl ChannelOpts {
+    pub fn unicast(name: &str) -> ChannelOpts {
+        ChannelOpts {
+            name: name.into(),
+            bind: SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port()),
+            group: None,
+            full: None,
+            decimated: None,
+            archive: vec![],
+            receive: vec![],
+        }
+    }
+
+    pub fn toml(&self) -> String {
+        let mut t = format!(
+            "name = \"{}\"\nschema = \"schema.avsc\"\n\n[receive]\nbind = \"{}\"\nrecv_buffer = \"32MiB\"\n",
+            self.name, self.bind
+        );
+        if let Some(g) = self.group {
+            t += &format!("group = \"{g}\"\ninterface = \"127.0.0.1\"\n");
+        }
+        for l in &self.receive {
+            t += l;
+            t += "\n";
+        }
+        t += "\n[archive]\ndir = \"archive\"\n";
+        for l in &self.archive {
+            t += l;
+            t += "\n";
+        }
+        if let Some(f) = self.full {
+            t += &format!("\n[full]\ngroup = \"{f}\"\ninterface = \"127.0.0.1\"\nttl = 0\n");
+        }
+        if let Some((d, n)) = self.decimated {
+            t += &format!(
+                "\n[decimated]\ngroup = \"{d}\"\ninterface = \"127.0.0.1\"\nttl = 0\nalgorithm = \"downsample\"\nfactor = {n}\n"
+            );
+        }
+        t
+    }
+}
+
+/// A running `relay-channel`, its folder and its stdout events.
+pub struct Relay {
+    pub dir: PathBuf,
+    pub name: String,
+    child: Child,
+    events: Arc<Mutex<Vec<Json>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Writes the channel file (and the example schema) into `dir`.
+pub fn write_channel(dir: &Path, opts: &ChannelOpts) -> PathBuf {
+    std::fs::write(dir.join("schema.avsc"), EXAMPLE_SCHEMA).unwrap();
+    let path = dir.join(format!("{}.toml", opts.name));
+    std::fs::write(&path, opts.toml()).unwrap();
+    path
+}
+
+impl Relay {
+    /// Starts `relay-channel run` on the channel file and waits for `ready`.
+    pub fn start(dir: &Path, opts: &ChannelOpts) -> Relay {
+        let config = write_channel(dir, opts);
+        let mut r = Relay::spawn(dir, &config, &opts.name);
+        r.wait_event("ready", Duration::from_secs(20));
+        r
+    }
+
+    /// Starts `relay-channel run --config FILE` without waiting.
+    pub fn spawn(dir: &Path, config: &Path, name: &str) -> Relay {
+        let mut child = Command::new(bin("relay-channel"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start relay-channel");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    stderr.lock().unwrap().push(line);
+                }
+            });
+        }
+        let reader = {
+            let events = events.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let v: Json = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                    events.lock().unwrap().push(v);
+                }
+            })
+        };
+        Relay {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            child,
+            events,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn events(&self) -> Vec<Json> {
+        self.events.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits for an event of the given kind; panics with stderr after `limit`.
+    pub fn wait_event(&mut self, kind: &str, limit: Duration) -> Json {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| e["event"] == kind) {
+                return e;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "relay-channel exited ({status}) before {kind:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < end,
+                "no {kind:?} event within {limit:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The latest stats line.
+    pub fn last_stats(&self) -> Option<Json> {
+        self.events()
+            .into_iter()
+            .rev()
+            .find(|e| e["event"] == "stats")
+    }
+
+    /// Waits until a stats line shows `received >= n` (the relay has read
+    /// what was sent).
+    pub fn wait_received(&self, n: u64, limit: Duration) {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self
+                .last_stats()
+                .is_some_and(|s| s["received"].as_u64().unwrap() >= n)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "relay did not report {n} received within {limit:?}: {:?}\n{}",
+            self.last_stats(),
+            self.stderr()
+        );
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM, wait for exit; returns the exit code and the final stats.
+    pub fn stop(mut self) -> (i32, Json) {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit(Duration::from_secs(30));
+        let last = self
+            .last_stats()
+            .unwrap_or_else(|| panic!("no stats line; stderr:\n{}", self.stderr()));
+        assert_eq!(last["final"], true, "the last stats line is the final one");
+        (code, last)
+    }
+
+    /// Waits for exit; returns the exit code (128+signal if killed).
+    pub fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let end = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!(
+                    "relay-channel did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        use std::os::unix::process::ExitStatusExt;
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    }
+
+    /// The channel's archive folder.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.dir.join("archive").join(&self.name)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Closed archive files (`*.avro`) of a folder, sorted by name (= by time).
+pub fn avro_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "avro"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Files in a folder whose names end in `.part`.
+pub fn part_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".part"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every record of the files, in order, read with apache-avro's Reader and
+/// re-encoded with the file's own schema: (file, record bytes).
+pub fn read_with_apache_avro(files: &[PathBuf]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for f in files {
+        let reader = apache_avro::Reader::new(std::fs::File::open(f).unwrap())
+            .unwrap_or_else(|e| panic!("apache-avro cannot open {}: {e}", f.display()));
+        let schema = reader.writer_schema().clone();
+        for v in reader {
+            let v = v.unwrap_or_else(|e| panic!("apache-avro cannot read {}: {e}", f.display()));
+            let mut buf = Vec::new();
+            apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+                .build()
+                .unwrap()
+                .write_value(&mut buf, v)
+                .unwrap();
+            out.push(buf);
+        }
+    }
+    out
+}
+
+/// What fastavro (Python) reads from the files: per file, the schema text in
+/// its header and every record re-encoded by fastavro.
+pub struct FastavroRead {
+    pub files: Vec<(PathBuf, String, usize)>,
+    pub records: Vec<Vec<u8>>,
+}
+
+/// Reads the files with fastavro through `py/read_avro.py`.
+pub fn read_with_fastavro(files: &[PathBuf]) -> FastavroRead {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/read_avro.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "fastavro could not read the archive (pip install fastavro?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let mut r = FastavroRead {
+        files: vec![],
+        records: vec![],
+    };
+    for f in v["files"].as_array().unwrap() {
+        let recs = f["records"].as_array().unwrap();
+        r.files.push((
+            PathBuf::from(f["path"].as_str().unwrap()),
+            f["schema"].as_str().unwrap().to_string(),
+            recs.len(),
+        ));
+        for h in recs {
+            r.records.push(from_hex(h.as_str().unwrap()));
+        }
+    }
+    r
+}
+
+fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The group address with a port, for outputs.
+pub fn group_addr(g: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(g, port)
+}
+
+/// Runs `relay-channel` with arguments to completion: (exit code, stderr).
+pub fn run_relay(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("relay-channel"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The local address a socket address resolves to (for messages).
+pub fn describe(a: SocketAddr) -> String {
+    a.to_string()
+}

@@ -1,0 +1,841 @@
+//! Channel configuration: one TOML file per channel.
+//!
+//! The file is parsed into raw structs that mirror the TOML exactly (serde,
+//! `deny_unknown_fields`), then validated into a [`ChannelSpec`], the only
+//! type the rest of the relay sees. Validation gathers every problem it can
+//! find before refusing, and each problem names the file and the key, so an
+//! operator fixes a file in one pass. The orchestrator validates channel files
+//! with this same code (`ChannelSpec::from_table`), so `orchestrator check`
+//! accepts exactly what the relay accepts.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::container::Codec;
+
+/// Largest payload of one UDP datagram over IPv4.
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path (`receive.bind`), or empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything wrong with one configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    fn one(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            problems: vec![Problem {
+                key: key.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.key.is_empty() {
+                write!(f, "{}: {}", self.file.display(), p.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file.display(), p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------
+// Raw TOML shape.
+
+/// A size: an integer number of bytes or a string such as `"8MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    name: Option<String>,
+    schema: Option<PathBuf>,
+    receive: Option<RawReceive>,
+    archive: Option<RawArchive>,
+    full: Option<RawOutput>,
+    decimated: Option<RawDecimated>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReceive {
+    bind: Option<String>,
+    group: Option<String>,
+    interface: Option<String>,
+    recv_buffer: Option<RawSize>,
+    validate: Option<bool>,
+    batch: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArchive {
+    dir: Option<PathBuf>,
+    codec: Option<String>,
+    level: Option<i64>,
+    block_size: Option<RawSize>,
+    rotate_size: Option<RawSize>,
+    rotate_interval: Option<String>,
+    flush_interval: Option<String>,
+    fsync: Option<String>,
+    queue: Option<i64>,
+    quarantine_size: Option<RawSize>,
+    retention_age: Option<String>,
+    retention_size: Option<RawSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    group: Option<String>,
+    interface: Option<String>,
+    ttl: Option<i64>,
+    loopback: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecimated {
+    group: Option<String>,
+    interface: Option<String>,
+    ttl: Option<i64>,
+    loopback: Option<bool>,
+    algorithm: Option<String>,
+    factor: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated shape.
+
+/// A validated channel: what `relay-channel run` executes.
+#[derive(Debug, Clone)]
+pub struct ChannelSpec {
+    /// The file this came from.
+    pub file: PathBuf,
+    pub name: String,
+    /// Absolute or file-relative path resolved against the file's folder.
+    pub schema_path: PathBuf,
+    pub receive: ReceiveSpec,
+    pub archive: ArchiveSpec,
+    pub full: Option<OutputSpec>,
+    pub decimated: Option<DecimatedSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiveSpec {
+    pub bind: SocketAddrV4,
+    pub group: Option<Ipv4Addr>,
+    /// Interface address for the join (`0.0.0.0`: the kernel chooses).
+    pub interface: Ipv4Addr,
+    pub recv_buffer: usize,
+    pub validate: bool,
+    /// Datagrams per `recvmmsg` call.
+    pub batch: usize,
+}
+
+/// When the archive asks the kernel to put data on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    Never,
+    OnRotate,
+    Interval,
+}
+
+impl Fsync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fsync::Never => "never",
+            Fsync::OnRotate => "on_rotate",
+            Fsync::Interval => "interval",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ArchiveSpec {
+    /// The archive root; this channel's files go to `dir/<name>/`.
+    pub dir: PathBuf,
+    pub codec: Codec,
+    pub block_size: usize,
+    pub rotate_size: u64,
+    pub rotate_interval: Duration,
+    pub flush_interval: Duration,
+    pub fsync: Fsync,
+    /// Batches the archive queue holds before the receive path drops.
+    pub queue: usize,
+    pub quarantine_size: u64,
+    pub retention_age: Option<Duration>,
+    pub retention_size: Option<u64>,
+}
+
+impl ArchiveSpec {
+    /// The folder this channel's files live in.
+    pub fn channel_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpec {
+    pub dest: SocketAddrV4,
+    /// Interface address multicast leaves by; `None` only for unicast.
+    pub interface: Option<Ipv4Addr>,
+    pub ttl: u32,
+    pub loopback: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Every `factor`-th datagram, forwarded as it is.
+    Downsample,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecimatedSpec {
+    pub output: OutputSpec,
+    pub algorithm: Algorithm,
+    pub factor: u32,
+}
+
+// Defaults, named so the README and the code agree.
+pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
+pub const DEFAULT_BATCH: usize = 64;
+pub const DEFAULT_BLOCK_SIZE: usize = 256 << 10;
+pub const DEFAULT_ROTATE_SIZE: u64 = 256 << 20;
+pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_QUEUE: usize = 256;
+pub const DEFAULT_QUARANTINE_SIZE: u64 = 16 << 20;
+pub const DEFAULT_TTL: u32 = 1;
+
+impl ChannelSpec {
+    /// Reads and validates a channel file.
+    pub fn load(path: &Path) -> Result<ChannelSpec, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one(path, "", format!("cannot read the file: {e}")))?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| ConfigError::one(path, "", format!("not valid TOML: {e}")))?;
+        Self::from_table(table, path, None)
+    }
+
+    /// Validates an already parsed channel file. `defaults`, when given, is
+    /// merged under the file: a key the file sets wins.
+    pub fn from_table(
+        mut table: toml::Table,
+        path: &Path,
+        defaults: Option<&toml::Table>,
+    ) -> Result<ChannelSpec, ConfigError> {
+        if let Some(defaults) = defaults {
+            merge_under(&mut table, defaults);
+        }
+        let raw: RawChannel =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let key = if key == "." { String::new() } else { key };
+                ConfigError::one(path, &key, e.into_inner().to_string().trim().to_string())
+            })?;
+        // Paths in the file are relative to its folder; made absolute so
+        // logs and status lines name them unambiguously.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = std::fs::canonicalize(&parent).unwrap_or(parent);
+        let mut v = Validator {
+            file: path,
+            base: &base,
+            problems: Vec::new(),
+        };
+        let spec = v.channel(raw);
+        if v.problems.is_empty() {
+            Ok(spec.expect("a spec is built whenever there is no problem"))
+        } else {
+            Err(ConfigError {
+                file: path.to_path_buf(),
+                problems: v.problems,
+            })
+        }
+    }
+}
+
+/// Merges `defaults` under `table`: tables merge key by key, anything else in
+/// `table` wins.
+pub fn merge_under(table: &mut toml::Table, defaults: &toml::Table) {
+    for (k, dv) in defaults {
+        match (table.get_mut(k), dv) {
+            (None, _) => {
+                table.insert(k.clone(), dv.clone());
+            }
+            (Some(toml::Value::Table(t)), toml::Value::Table(d)) => merge_under(t, d),
+            (Some(_), _) => {}
+        }
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    base: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn channel(&mut self, raw: RawChannel) -> Option<ChannelSpec> {
+        let name = match raw.name {
+            Some(n) => n,
+            None => self
+                .file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        if !valid_name(&name) {
+            self.problem(
+                "name",
+                format!(
+                    "{name:?} is not a valid channel name: use 1 to 64 of a-z, 0-9, '_' and '-' \
+                     (the name defaults to the file name without .toml)"
+                ),
+            );
+        }
+        let schema_path = match raw.schema {
+            Some(p) => Some(self.resolve(&p)),
+            None => {
+                self.problem("schema", "missing: the path of the channel's .avsc schema");
+                None
+            }
+        };
+        let receive = match raw.receive {
+            Some(r) => self.receive(r),
+            None => {
+                self.problem("receive", "missing section [receive] (at least `bind`)");
+                None
+            }
+        };
+        let archive = match raw.archive {
+            Some(a) => self.archive(a),
+            None => {
+                self.problem("archive", "missing section [archive] (at least `dir`)");
+                None
+            }
+        };
+        let full = raw.full.and_then(|o| {
+            self.output(
+                "full",
+                RawOutput {
+                    group: o.group,
+                    interface: o.interface,
+                    ttl: o.ttl,
+                    loopback: o.loopback,
+                },
+            )
+        });
+        let decimated = match raw.decimated {
+            Some(d) => self.decimated(d),
+            None => None,
+        };
+        Some(ChannelSpec {
+            file: self.file.to_path_buf(),
+            name,
+            schema_path: schema_path?,
+            receive: receive?,
+            archive: archive?,
+            full,
+            decimated,
+        })
+    }
+
+    fn receive(&mut self, r: RawReceive) -> Option<ReceiveSpec> {
+        let bind = match r.bind {
+            Some(b) => self.socket_addr("receive.bind", &b),
+            None => {
+                self.problem(
+                    "receive.bind",
+                    "missing: the address and port to receive on, e.g. \"127.0.0.1:26000\"",
+                );
+                None
+            }
+        };
+        let group = r.group.and_then(|g| match g.parse::<Ipv4Addr>() {
+            Ok(a) if a.is_multicast() => Some(a),
+            Ok(a) => {
+                self.problem(
+                    "receive.group",
+                    format!("{a} is not an IPv4 multicast address (224.0.0.0/4)"),
+                );
+                None
+            }
+            Err(_) => {
+                self.problem(
+                    "receive.group",
+                    format!("{g:?} is not an IPv4 address (the group takes no port: the port is bind's)"),
+                );
+                None
+            }
+        });
+        let interface = match r.interface {
+            Some(i) => self.ipv4("receive.interface", &i),
+            None => Some(Ipv4Addr::UNSPECIFIED),
+        };
+        if let (Some(b), Some(g)) = (bind, group) {
+            if !b.ip().is_unspecified() && *b.ip() != g {
+                self.problem(
+                    "receive.bind",
+                    format!(
+                        "with a group, bind to 0.0.0.0:{port} or {g}:{port}; {b} would not receive the group",
+                        port = b.port()
+                    ),
+                );
+            }
+        }
+        let recv_buffer = self
+            .size("receive.recv_buffer", r.recv_buffer)
+            .unwrap_or(DEFAULT_RECV_BUFFER as u64);
+        let recv_buffer = self.in_range("receive.recv_buffer", recv_buffer, 4096, 1 << 31);
+        let batch = r.batch.unwrap_or(DEFAULT_BATCH as i64);
+        let batch = self.in_range("receive.batch", batch, 1, 1024);
+        Some(ReceiveSpec {
+            bind: bind?,
+            group,
+            interface: interface?,
+            recv_buffer: recv_buffer? as usize,
+            validate: r.validate.unwrap_or(true),
+            batch: batch? as usize,
+        })
+    }
+
+    fn archive(&mut self, a: RawArchive) -> Option<ArchiveSpec> {
+        let dir = match a.dir {
+            Some(d) => Some(self.resolve(&d)),
+            None => {
+                self.problem(
+                    "archive.dir",
+                    "missing: the folder archives are written under",
+                );
+                None
+            }
+        };
+        let level = a
+            .level
+            .and_then(|l| self.in_range("archive.level", l, -7, 22))
+            .map(|l| l as i32);
+        let codec_name = a.codec.unwrap_or_else(|| "zstd".to_string());
+        let codec = match Codec::parse(&codec_name, level) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.problem("archive.codec", e);
+                None
+            }
+        };
+        let block_size = self
+            .size("archive.block_size", a.block_size)
+            .unwrap_or(DEFAULT_BLOCK_SIZE as u64);
+        let block_size = self.in_range("archive.block_size", block_size, 1, 64 << 20);
+        let rotate_size = self
+            .size("archive.rotate_size", a.rotate_size)
+            .unwrap_or(DEFAULT_ROTATE_SIZE);
+        let rotate_size = self.in_range("archive.rotate_size", rotate_size, 1, u64::MAX);
+        let rotate_interval = self
+            .duration("archive.rotate_interval", a.rotate_interval)
+            .unwrap_or(DEFAULT_ROTATE_INTERVAL);
+        let flush_interval = self
+            .duration("archive.flush_interval", a.flush_interval)
+            .unwrap_or(DEFAULT_FLUSH_INTERVAL);
+        if rotate_interval.is_zero() {
+            self.problem("archive.rotate_interval", "must be longer than 0s");
+        }
+        if flush_interval.is_zero() {
+            self.problem("archive.flush_interval", "must be longer than 0s");
+        }
+        let fsync = match a.fsync.as_deref().unwrap_or("on_rotate") {
+            "never" => Some(Fsync::Never),
+            "on_rotate" => Some(Fsync::OnRotate),
+            "interval" => Some(Fsync::Interval),
+            other => {
+                self.problem(
+                    "archive.fsync",
+                    format!("{other:?} is not one of \"never\", \"on_rotate\", \"interval\""),
+                );
+                None
+            }
+        };
+        let queue = self.in_range(
+            "archive.queue",
+            a.queue.unwrap_or(DEFAULT_QUEUE as i64),
+            1,
+            1 << 16,
+        );
+        let quarantine_size = self
+            .size("archive.quarantine_size", a.quarantine_size)
+            .unwrap_or(DEFAULT_QUARANTINE_SIZE);
+        let retention_age = a
+            .retention_age
+            .and_then(|s| self.duration("archive.retention_age", Some(s)));
+        let retention_size = a
+            .retention_size
+            .and_then(|s| self.size("archive.retention_size", Some(s)));
+        Some(ArchiveSpec {
+            dir: dir?,
+            codec: codec?,
+            block_size: block_size? as usize,
+            rotate_size: rotate_size?,
+            rotate_interval,
+            flush_interval,
+            fsync: fsync?,
+            queue: queue? as usize,
+            quarantine_size,
+            retention_age,
+            retention_size,
+        })
+    }
+
+    fn output(&mut self, section: &str, o: RawOutput) -> Option<OutputSpec> {
+        let key = |k: &str| format!("{section}.{k}");
+        let dest = match o.group {
+            Some(g) => self.socket_addr(&key("group"), &g),
+            None => {
+                self.problem(
+                    &key("group"),
+                    "missing: the group and port to send to, e.g. \"239.1.1.1:6000\" \
+                     (leave the whole section out to turn this output off)",
+                );
+                None
+            }
+        };
+        let interface = match o.interface {
+            Some(i) => self.ipv4(&key("interface"), &i),
+            None => None,
+        };
+        if let Some(d) = dest {
+            if d.ip().is_multicast() && interface.is_none() {
+                self.problem(
+                    &key("interface"),
+                    "missing: multicast needs the address of the interface it leaves by \
+                     (\"127.0.0.1\" keeps it on this host)",
+                );
+            }
+            if d.port() == 0 || d.ip().is_unspecified() {
+                self.problem(&key("group"), format!("{d} is not a destination"));
+            }
+        }
+        let ttl = self.in_range(&key("ttl"), o.ttl.unwrap_or(DEFAULT_TTL as i64), 0, 255);
+        Some(OutputSpec {
+            dest: dest?,
+            interface,
+            ttl: ttl? as u32,
+            loopback: o.loopback.unwrap_or(true),
+        })
+    }
+
+    fn decimated(&mut self, d: RawDecimated) -> Option<DecimatedSpec> {
+        let output = self.output(
+            "decimated",
+            RawOutput {
+                group: d.group,
+                interface: d.interface,
+                ttl: d.ttl,
+                loopback: d.loopback,
+            },
+        );
+        let algorithm = match d.algorithm.as_deref().unwrap_or("downsample") {
+            "downsample" => Some(Algorithm::Downsample),
+            other => {
+                self.problem(
+                    "decimated.algorithm",
+                    format!("{other:?} is not supported: the one algorithm is \"downsample\""),
+                );
+                None
+            }
+        };
+        let factor = match d.factor {
+            Some(f) => self.in_range("decimated.factor", f, 1, u32::MAX as i64),
+            None => {
+                self.problem(
+                    "decimated.factor",
+                    "missing: forward one datagram in every `factor`",
+                );
+                None
+            }
+        };
+        Some(DecimatedSpec {
+            output: output?,
+            algorithm: algorithm?,
+            factor: factor? as u32,
+        })
+    }
+
+    fn socket_addr(&mut self, key: &str, s: &str) -> Option<SocketAddrV4> {
+        match s.parse::<SocketAddrV4>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("{s:?} is not an IPv4 address with a port, e.g. \"127.0.0.1:26000\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn ipv4(&mut self, key: &str, s: &str) -> Option<Ipv4Addr> {
+        match s.parse::<Ipv4Addr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("{s:?} is not an IPv4 interface address, e.g. \"127.0.0.1\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, key: &str, raw: Option<RawSize>) -> Option<u64> {
+        match raw? {
+            RawSize::Bytes(n) => Some(n),
+            RawSize::Text(t) => match parse_size(&t) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.problem(key, e);
+                    None
+                }
+            },
+        }
+    }
+
+    fn duration(&mut self, key: &str, raw: Option<String>) -> Option<Duration> {
+        let raw = raw?;
+        match humantime::parse_duration(&raw) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!(
+                        "{raw:?} is not a duration ({e}); write e.g. \"500ms\", \"1s\", \"1h\""
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn in_range<T>(&mut self, key: &str, v: T, min: T, max: T) -> Option<T>
+    where
+        T: PartialOrd + fmt::Display + Copy,
+    {
+        if v < min || v > max {
+            self.problem(key, format!("{v} is out of range ({min} to {max})"));
+            None
+        } else {
+            Some(v)
+        }
+    }
+}
+
+/// Channel names: 1 to 64 of `[a-z0-9_-]`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Parses a human-readable size: `"8MiB"`, `"256 KiB"`, `"1GB"`, `"4096"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("{s:?} is not a size; write e.g. \"8MiB\", \"256KiB\", \"1GB\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ChannelSpec, ConfigError> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        ChannelSpec::from_table(table, Path::new("/etc/speeddata/channels.d/ch1.toml"), None)
+    }
+
+    const MINIMAL: &str = r#"
+        schema = "s.avsc"
+        [receive]
+        bind = "127.0.0.1:26000"
+        [archive]
+        dir = "data"
+    "#;
+
+    #[test]
+    fn minimal_file_gets_defaults_and_resolves_paths() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.name, "ch1");
+        assert_eq!(s.schema_path, Path::new("/etc/speeddata/channels.d/s.avsc"));
+        assert_eq!(s.archive.dir, Path::new("/etc/speeddata/channels.d/data"));
+        assert_eq!(s.receive.recv_buffer, DEFAULT_RECV_BUFFER);
+        assert!(s.receive.validate);
+        assert_eq!(s.archive.codec.avro_name(), "zstandard");
+        assert_eq!(s.archive.rotate_size, DEFAULT_ROTATE_SIZE);
+        assert!(s.full.is_none() && s.decimated.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_its_section() {
+        let e = parse(&format!("{MINIMAL}\nbogus_key = 1\n")).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("ch1.toml"), "{text}");
+        assert!(text.contains("archive"), "{text}");
+        assert!(text.contains("bogus_key"), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = parse(
+            r#"
+            name = "Bad Name"
+            [receive]
+            bind = "nowhere"
+            recv_buffer = "lots"
+            [archive]
+            dir = "d"
+            codec = "lz4"
+            flush_interval = "soon"
+            [full]
+            group = "239.1.1.1:6000"
+            [decimated]
+            group = "239.1.1.2:6001"
+            interface = "127.0.0.1"
+            algorithm = "median"
+        "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "name",
+            "schema",
+            "receive.bind",
+            "receive.recv_buffer",
+            "archive.codec",
+            "archive.flush_interval",
+            "full.interface",
+            "decimated.algorithm",
+            "decimated.factor",
+        ] {
+            assert!(keys.contains(&k), "{k} not in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations_are_human_readable() {
+        let s = parse(
+            r#"
+            schema = "s.avsc"
+            [receive]
+            bind = "0.0.0.0:26000"
+            group = "239.10.0.1"
+            interface = "127.0.0.1"
+            recv_buffer = "16MiB"
+            [archive]
+            dir = "/var/lib/speeddata"
+            rotate_size = "1GiB"
+            rotate_interval = "15m"
+            flush_interval = "250ms"
+            block_size = 65536
+        "#,
+        )
+        .unwrap();
+        assert_eq!(s.receive.recv_buffer, 16 << 20);
+        assert_eq!(s.receive.group, Some(Ipv4Addr::new(239, 10, 0, 1)));
+        assert_eq!(s.archive.rotate_size, 1 << 30);
+        assert_eq!(s.archive.rotate_interval, Duration::from_secs(900));
+        assert_eq!(s.archive.flush_interval, Duration::from_millis(250));
+        assert_eq!(s.archive.block_size, 65536);
+        assert_eq!(s.archive.dir, Path::new("/var/lib/speeddata"));
+    }
+
+    #[test]
+    fn defaults_merge_under_the_file() {
+        let defaults: toml::Table = toml::from_str(
+            r#"
+            [archive]
+            dir = "/var/lib/speeddata"
+            codec = "snappy"
+        "#,
+        )
+        .unwrap();
+        let table: toml::Table = toml::from_str(
+            r#"
+            schema = "s.avsc"
+            [receive]
+            bind = "127.0.0.1:1"
+            [archive]
+            codec = "deflate"
+        "#,
+        )
+        .unwrap();
+        let s = ChannelSpec::from_table(table, Path::new("c/x.toml"), Some(&defaults)).unwrap();
+        assert_eq!(s.archive.dir, Path::new("/var/lib/speeddata"));
+        assert_eq!(s.archive.codec.avro_name(), "deflate");
+    }
+
+    #[test]
+    fn group_bind_must_be_wildcard_or_the_group() {
+        let e = parse(
+            r#"
+            schema = "s.avsc"
+            [receive]
+            bind = "127.0.0.1:26000"
+            group = "239.10.0.1"
+            [archive]
+            dir = "d"
+        "#,
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "receive.bind");
+    }
+}

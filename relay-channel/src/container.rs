@@ -1,0 +1,1084 @@
+//! Avro object container files (Avro 1.11 spec, "Object Container Files"), written by hand.
+//!
+//! The relay archives datagrams that already hold Avro-encoded datums and must put those
+//! bytes into container blocks as they are, without decoding and re-encoding them.
+//! `apache_avro::Writer` cannot append pre-encoded bytes (and its `flush` uses `write`
+//! while its `Drop` swallows errors), so this module writes the format itself:
+//!
+//! - [`encode_header`]: magic `Obj\x01`, metadata map (`avro.schema` as given by the
+//!   caller, docs and logical types kept; `avro.codec`), 16-byte sync marker;
+//! - [`BlockEncoder::encode_block`]: record count, byte size, compressed data, sync marker;
+//! - [`recover_part`]: cuts a file left by a crashed writer back to its last whole block;
+//! - [`read_header`]: parses a header, for tools and tests.
+//!
+//! Nothing here panics on file content: every length read from a file is bounded by the
+//! bytes actually present before anything is allocated for it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+/// The 4-byte magic that starts every Avro object container file.
+pub const MAGIC: [u8; 4] = *b"Obj\x01";
+
+/// Default deflate level (zlib's default).
+pub const DEFAULT_DEFLATE_LEVEL: u32 = 6;
+/// Default zstd level (zstd's default).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Names accepted by [`Codec::parse`].
+const ACCEPTED_NAMES: &str = "null, deflate, snappy, zstd, zstandard";
+
+/// Block compression codec of a container file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// No compression.
+    Null,
+    /// Raw deflate (RFC 1951, no zlib header), level 0..=9.
+    Deflate { level: u32 },
+    /// Raw snappy block followed by the big-endian CRC32 of the uncompressed data.
+    Snappy,
+    /// One zstd frame per block (with content size and checksum).
+    Zstd { level: i32 },
+}
+
+impl Codec {
+    /// The value written to the `avro.codec` metadata key.
+    pub fn avro_name(&self) -> &'static str {
+        match self {
+            Codec::Null => "null",
+            Codec::Deflate { .. } => "deflate",
+            Codec::Snappy => "snappy",
+            Codec::Zstd { .. } => "zstandard",
+        }
+    }
+
+    /// Parses a configured codec name (`null`, `deflate`, `snappy`, `zstd` or `zstandard`)
+    /// and optional level. Deflate takes 0..=9 (default 6), zstd takes zstd's level range
+    /// (default 3); `null` and `snappy` take no level.
+    pub fn parse(name: &str, level: Option<i32>) -> Result<Codec, String> {
+        match name {
+            "null" | "snappy" => {
+                if let Some(l) = level {
+                    return Err(format!(
+                        "codec {name:?} takes no compression level (got {l})"
+                    ));
+                }
+                Ok(if name == "null" {
+                    Codec::Null
+                } else {
+                    Codec::Snappy
+                })
+            }
+            "deflate" => match level {
+                None => Ok(Codec::Deflate {
+                    level: DEFAULT_DEFLATE_LEVEL,
+                }),
+                Some(l @ 0..=9) => Ok(Codec::Deflate { level: l as u32 }),
+                Some(l) => Err(format!("deflate level must be 0..=9, got {l}")),
+            },
+            "zstd" | "zstandard" => {
+                let range = zstd::compression_level_range();
+                match level {
+                    None => Ok(Codec::Zstd {
+                        level: DEFAULT_ZSTD_LEVEL,
+                    }),
+                    Some(l) if range.contains(&l) => Ok(Codec::Zstd { level: l }),
+                    Some(l) => Err(format!(
+                        "zstd level must be {}..={}, got {l}",
+                        range.start(),
+                        range.end()
+                    )),
+                }
+            }
+            other => Err(format!(
+                "unknown codec {other:?} (accepted: {ACCEPTED_NAMES})"
+            )),
+        }
+    }
+
+    /// Maps an `avro.codec` header value to a codec with its default level;
+    /// `None` for codecs this module does not handle (e.g. `bzip2`, `xz`).
+    pub fn from_avro_name(name: &str) -> Option<Codec> {
+        match name {
+            "null" => Some(Codec::Null),
+            "deflate" => Some(Codec::Deflate {
+                level: DEFAULT_DEFLATE_LEVEL,
+            }),
+            "snappy" => Some(Codec::Snappy),
+            "zstandard" => Some(Codec::Zstd {
+                level: DEFAULT_ZSTD_LEVEL,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A fresh random 16-byte sync marker (OS randomness; if that fails, a marker derived
+/// from std's randomly seeded hasher, the clock and the process id).
+pub fn new_sync_marker() -> [u8; 16] {
+    let mut sync = [0u8; 16];
+    if getrandom::fill(&mut sync).is_err() {
+        use std::collections::hash_map::RandomState;
+        use std::hash::{BuildHasher, Hasher};
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, half) in sync.chunks_mut(8).enumerate() {
+            let mut h = RandomState::new().build_hasher();
+            h.write_u128(nanos);
+            h.write_u32(std::process::id());
+            h.write_usize(i);
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    sync
+}
+
+/// Appends a container header to `out`: magic, metadata (`avro.schema` = `schema_json`
+/// byte for byte, `avro.codec`), sync marker.
+pub fn encode_header(schema_json: &str, codec: &Codec, sync: &[u8; 16], out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC);
+    put_long(out, 2);
+    put_bytes(out, b"avro.schema");
+    put_bytes(out, schema_json.as_bytes());
+    put_bytes(out, b"avro.codec");
+    put_bytes(out, codec.avro_name().as_bytes());
+    put_long(out, 0);
+    out.extend_from_slice(sync);
+}
+
+/// Encodes container blocks, reusing its scratch buffer and compressor state from block
+/// to block, so that steady-state encoding does not allocate.
+pub struct BlockEncoder {
+    codec: Codec,
+    scratch: Vec<u8>,
+    deflate: Option<flate2::Compress>,
+    snappy: Option<snap::raw::Encoder>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl std::fmt::Debug for BlockEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockEncoder")
+            .field("codec", &self.codec)
+            .field("scratch_capacity", &self.scratch.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlockEncoder {
+    /// An encoder for `codec`. Compressor state is created on the first block (so errors
+    /// surface from [`encode_block`](Self::encode_block)); out-of-range levels are clamped.
+    pub fn new(codec: Codec) -> Self {
+        let codec = match codec {
+            Codec::Deflate { level } => Codec::Deflate {
+                level: level.min(9),
+            },
+            Codec::Zstd { level } => {
+                let range = zstd::compression_level_range();
+                Codec::Zstd {
+                    level: level.clamp(*range.start(), *range.end()),
+                }
+            }
+            c => c,
+        };
+        BlockEncoder {
+            codec,
+            scratch: Vec::new(),
+            deflate: None,
+            snappy: None,
+            zstd: None,
+        }
+    }
+
+    /// The codec this encoder writes.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Appends one whole block (count, size, compressed data, sync) to `out`. `data` is the
+    /// concatenation of `count` datums. A `count` of 0 appends nothing (a zero-count block
+    /// would end reading early in some readers); `data` must then be empty.
+    pub fn encode_block(
+        &mut self,
+        count: u64,
+        data: &[u8],
+        sync: &[u8; 16],
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        if count == 0 {
+            if data.is_empty() {
+                return Ok(());
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "block with 0 records but non-empty data",
+            ));
+        }
+        let count = i64::try_from(count)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record count too large"))?;
+        let (body, crc): (&[u8], Option<u32>) = match self.codec {
+            Codec::Null => (data, None),
+            Codec::Deflate { level } => {
+                let c = self.deflate.get_or_insert_with(|| {
+                    flate2::Compress::new(flate2::Compression::new(level), false)
+                });
+                c.reset();
+                deflate_into(c, data, &mut self.scratch)?;
+                (&self.scratch[..], None)
+            }
+            Codec::Snappy => {
+                let max = snap::raw::max_compress_len(data.len());
+                if max == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "block too large for snappy",
+                    ));
+                }
+                if self.scratch.len() < max {
+                    self.scratch.resize(max, 0);
+                }
+                let enc = self.snappy.get_or_insert_with(snap::raw::Encoder::new);
+                let n = enc
+                    .compress(data, &mut self.scratch[..max])
+                    .map_err(io::Error::other)?;
+                (&self.scratch[..n], Some(crc32fast::hash(data)))
+            }
+            Codec::Zstd { level } => {
+                let z = match &mut self.zstd {
+                    Some(z) => z,
+                    slot => {
+                        let mut z = zstd::bulk::Compressor::new(level)?;
+                        z.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+                        z.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+                        slot.insert(z)
+                    }
+                };
+                self.scratch.clear();
+                self.scratch
+                    .reserve(zstd::zstd_safe::compress_bound(data.len()));
+                let n = z.compress_to_buffer(data, &mut self.scratch)?;
+                (&self.scratch[..n], None)
+            }
+        };
+        let size = body.len() + if crc.is_some() { 4 } else { 0 };
+        let size = i64::try_from(size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "block too large"))?;
+        out.reserve(20 + body.len() + 4 + 16);
+        put_long(out, count);
+        put_long(out, size);
+        out.extend_from_slice(body);
+        if let Some(crc) = crc {
+            out.extend_from_slice(&crc.to_be_bytes());
+        }
+        out.extend_from_slice(sync);
+        Ok(())
+    }
+}
+
+/// Raw-deflates `data` into `scratch` (cleared first), growing it only when needed.
+fn deflate_into(c: &mut flate2::Compress, data: &[u8], scratch: &mut Vec<u8>) -> io::Result<()> {
+    scratch.clear();
+    scratch.reserve(data.len() + data.len() / 16 + 64);
+    let start = c.total_in();
+    loop {
+        let done = (c.total_in() - start) as usize;
+        let status = c
+            .compress_vec(&data[done..], scratch, flate2::FlushCompress::Finish)
+            .map_err(io::Error::other)?;
+        match status {
+            flate2::Status::StreamEnd => return Ok(()),
+            flate2::Status::Ok | flate2::Status::BufError => {
+                if scratch.len() == scratch.capacity() || status == flate2::Status::BufError {
+                    scratch.reserve(scratch.capacity().max(4096));
+                }
+            }
+        }
+    }
+}
+
+/// What [`recover_part`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// Whole good blocks kept.
+    pub blocks: u64,
+    /// Records in those blocks.
+    pub records: u64,
+    /// File length after recovery (end of the last good block); 0 if `!header_ok`.
+    pub valid_len: u64,
+    /// Bytes cut off the end; 0 if `!header_ok`.
+    pub truncated_bytes: u64,
+    /// Whether the header was a complete Avro container header with a codec we handle.
+    /// If false the file was left unchanged.
+    pub header_ok: bool,
+}
+
+/// Crash recovery of a file left open by a crashed writer: reads the header, walks the
+/// blocks, checking each block's trailing sync marker and that its data decompresses
+/// (snappy: CRC matches; zstd: frame checksum matches), then truncates the file to the
+/// end of the last whole good block (`set_len` + `sync_all`). If the header is incomplete,
+/// not an Avro container or names a codec we do not handle, `header_ok` is false and the
+/// file is left unchanged (the caller renames it aside; we never delete data).
+pub fn recover_part(path: &Path) -> io::Result<Recovery> {
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut rd = Counting {
+        inner: BufReader::with_capacity(64 * 1024, (&file).take(file_len)),
+        pos: 0,
+    };
+    let header = match read_header(&mut rd) {
+        Ok(h) => h,
+        Err(HeaderError::Io(e)) => return Err(e),
+        Err(_) => return Ok(Recovery::default()),
+    };
+    let Some(codec) = Codec::from_avro_name(&header.codec) else {
+        return Ok(Recovery::default());
+    };
+    let mut rec = Recovery {
+        header_ok: true,
+        valid_len: rd.pos,
+        ..Recovery::default()
+    };
+    let mut checker = BlockChecker::default();
+    while rd.pos < file_len {
+        match next_block(&mut rd, file_len, codec, &header.sync, &mut checker)? {
+            Some(count) => {
+                rec.blocks += 1;
+                rec.records += count;
+                rec.valid_len = rd.pos;
+            }
+            None => break,
+        }
+    }
+    drop(rd);
+    drop(file);
+    rec.truncated_bytes = file_len - rec.valid_len;
+    let f = OpenOptions::new().write(true).open(path)?;
+    if rec.truncated_bytes > 0 {
+        f.set_len(rec.valid_len)?;
+    }
+    f.sync_all()?;
+    Ok(rec)
+}
+
+/// Reusable buffers for checking blocks during recovery.
+#[derive(Default)]
+struct BlockChecker {
+    data: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// Reads and checks one block at `rd`; `Ok(Some(count))` if it is whole and good,
+/// `Ok(None)` if it is damaged or incomplete, `Err` only for real I/O errors.
+fn next_block<R: Read>(
+    rd: &mut Counting<R>,
+    file_len: u64,
+    codec: Codec,
+    sync: &[u8; 16],
+    ck: &mut BlockChecker,
+) -> io::Result<Option<u64>> {
+    let count = match soft(read_long(rd))? {
+        Some(c) if c > 0 => c as u64,
+        _ => return Ok(None),
+    };
+    let size = match soft(read_long(rd))? {
+        Some(s) if s >= 0 => s as u64,
+        _ => return Ok(None),
+    };
+    // Data plus the 16-byte marker must fit in what is left of the file.
+    if size.saturating_add(16) > file_len - rd.pos {
+        return Ok(None);
+    }
+    ck.data.clear();
+    let got = rd.by_ref().take(size).read_to_end(&mut ck.data)?;
+    let mut marker = [0u8; 16];
+    if got as u64 != size || soft(rd.read_exact(&mut marker))?.is_none() || &marker != sync {
+        return Ok(None);
+    }
+    Ok(check_data(codec, &ck.data, &mut ck.out).then_some(count))
+}
+
+/// Whether a block's data decodes under `codec`.
+fn check_data(codec: Codec, data: &[u8], out: &mut Vec<u8>) -> bool {
+    match codec {
+        Codec::Null => true,
+        Codec::Deflate { .. } => {
+            let mut d = flate2::Decompress::new(false);
+            if out.len() < 64 * 1024 {
+                out.resize(64 * 1024, 0);
+            }
+            loop {
+                let consumed = d.total_in() as usize;
+                let before = (d.total_in(), d.total_out());
+                match d.decompress(&data[consumed..], out, flate2::FlushDecompress::None) {
+                    Ok(flate2::Status::StreamEnd) => return d.total_in() as usize == data.len(),
+                    Ok(_) if (d.total_in(), d.total_out()) != before => {}
+                    _ => return false,
+                }
+            }
+        }
+        Codec::Snappy => {
+            let Some(split) = data.len().checked_sub(4) else {
+                return false;
+            };
+            let (body, crc) = data.split_at(split);
+            let Ok(len) = snap::raw::decompress_len(body) else {
+                return false;
+            };
+            // A snappy element of at most 3 bytes expands to at most 64 bytes.
+            if len > body.len().saturating_mul(32) {
+                return false;
+            }
+            out.clear();
+            out.resize(len, 0);
+            match snap::raw::Decoder::new().decompress(body, out) {
+                Ok(n) if n == len => {
+                    crc32fast::hash(out).to_be_bytes() == [crc[0], crc[1], crc[2], crc[3]]
+                }
+                _ => false,
+            }
+        }
+        Codec::Zstd { .. } => {
+            if zstd::zstd_safe::find_frame_compressed_size(data) != Ok(data.len()) {
+                return false;
+            }
+            match zstd::stream::read::Decoder::with_buffer(data) {
+                Ok(dec) => io::copy(&mut dec.single_frame(), &mut io::sink()).is_ok(),
+                Err(_) => false,
+            }
+        }
+    }
+}
+
+/// A parsed container header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The `avro.schema` metadata value, byte for byte.
+    pub schema_json: String,
+    /// The `avro.codec` metadata value (`null` if absent).
+    pub codec: String,
+    /// The file's sync marker.
+    pub sync: [u8; 16],
+    /// Header length in bytes; the first block starts here.
+    pub len: u64,
+}
+
+/// Why [`read_header`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    /// The input ended inside the header.
+    #[error("header is truncated")]
+    Truncated,
+    /// The input does not start with `Obj\x01`.
+    #[error("not an Avro object container file (bad magic)")]
+    BadMagic,
+    /// The metadata is not a well-formed map<bytes> with a UTF-8 JSON `avro.schema`.
+    #[error("malformed header: {0}")]
+    Malformed(&'static str),
+    /// Reading failed.
+    #[error("I/O error reading header: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Reads a container file's header from `r` (which should be buffered), consuming
+/// exactly the header's bytes. Allocation is bounded by the bytes actually read.
+pub fn read_header(r: &mut impl Read) -> Result<Header, HeaderError> {
+    let mut rd = Counting { inner: r, pos: 0 };
+    let mut magic = [0u8; 4];
+    rd.read_exact(&mut magic).map_err(header_err)?;
+    if magic != MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    let mut schema: Option<Vec<u8>> = None;
+    let mut codec: Option<Vec<u8>> = None;
+    let mut key = Vec::new();
+    let mut value = Vec::new();
+    loop {
+        let mut n = read_long(&mut rd).map_err(header_err)?;
+        if n == 0 {
+            break;
+        }
+        if n < 0 {
+            // Negative count: absolute value, followed by the block's byte size.
+            n = n
+                .checked_neg()
+                .ok_or(HeaderError::Malformed("bad map block count"))?;
+            read_long(&mut rd).map_err(header_err)?;
+        }
+        for _ in 0..n {
+            read_bytes(&mut rd, &mut key)?;
+            read_bytes(&mut rd, &mut value)?;
+            match key.as_slice() {
+                b"avro.schema" => schema = Some(std::mem::take(&mut value)),
+                b"avro.codec" => codec = Some(std::mem::take(&mut value)),
+                _ => {}
+            }
+        }
+    }
+    let mut sync = [0u8; 16];
+    rd.read_exact(&mut sync).map_err(header_err)?;
+    let schema = schema.ok_or(HeaderError::Malformed("no avro.schema"))?;
+    let schema_json =
+        String::from_utf8(schema).map_err(|_| HeaderError::Malformed("avro.schema not UTF-8"))?;
+    if serde_json::from_str::<serde::de::IgnoredAny>(&schema_json).is_err() {
+        return Err(HeaderError::Malformed("avro.schema is not JSON"));
+    }
+    let codec = match codec {
+        None => "null".to_owned(),
+        Some(c) => {
+            String::from_utf8(c).map_err(|_| HeaderError::Malformed("avro.codec not UTF-8"))?
+        }
+    };
+    Ok(Header {
+        schema_json,
+        codec,
+        sync,
+        len: rd.pos,
+    })
+}
+
+/// Reads an Avro `bytes`/`string` (long length + data) into `buf`, growing it only
+/// as data actually arrives.
+fn read_bytes<R: Read>(rd: &mut Counting<R>, buf: &mut Vec<u8>) -> Result<(), HeaderError> {
+    let len = read_long(rd).map_err(header_err)?;
+    let len = u64::try_from(len).map_err(|_| HeaderError::Malformed("negative length"))?;
+    buf.clear();
+    let got = rd.by_ref().take(len).read_to_end(buf).map_err(header_err)?;
+    if got as u64 != len {
+        return Err(HeaderError::Truncated);
+    }
+    Ok(())
+}
+
+fn header_err(e: io::Error) -> HeaderError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => HeaderError::Truncated,
+        io::ErrorKind::InvalidData => HeaderError::Malformed("bad varint"),
+        _ => HeaderError::Io(e),
+    }
+}
+
+/// Maps end-of-data and malformed-data errors to `None`, keeps real I/O errors.
+fn soft<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A reader that counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Appends `v` as an Avro long (zigzag varint).
+pub(crate) fn put_long(out: &mut Vec<u8>, v: i64) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Appends an Avro `bytes` value (length + data).
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_long(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
+/// Reads an Avro long (zigzag varint, at most 10 bytes). Errors: `UnexpectedEof` if the
+/// input ends inside it, `InvalidData` if it is over-long.
+pub(crate) fn read_long(r: &mut impl Read) -> io::Result<i64> {
+    let mut n: u64 = 0;
+    for i in 0..10 {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b)?;
+        let b = b[0];
+        if i == 9 && b > 1 {
+            break;
+        }
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(((n >> 1) as i64) ^ -((n & 1) as i64));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "varint too long",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::types::Value;
+    use apache_avro::{Reader, Schema};
+
+    const SCHEMA: &str = include_str!("../../channels.d/example.avsc");
+
+    const ALL: [Codec; 4] = [
+        Codec::Null,
+        Codec::Deflate { level: 6 },
+        Codec::Snappy,
+        Codec::Zstd { level: 3 },
+    ];
+
+    fn schema() -> Schema {
+        Schema::parse_str(SCHEMA).unwrap()
+    }
+
+    /// One datum, as `apache_avro::to_avro_datum` (deprecated in 0.22) would encode it.
+    fn datum(s: &Schema, v: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        apache_avro::writer::datum::GenericDatumWriter::builder(s)
+            .build()
+            .unwrap()
+            .write_value_ref(&mut out, v)
+            .unwrap();
+        out
+    }
+
+    fn record(i: i64) -> Value {
+        let t = i as f64 * 0.001;
+        Value::Record(vec![
+            (
+                "time".into(),
+                Value::TimestampMicros(1_763_000_000_000_000 + i * 1000),
+            ),
+            ("message".into(), Value::String(format!("sample {i}"))),
+            ("counter".into(), Value::Int(i as i32)),
+            (
+                "sine_wave".into(),
+                Value::Double((std::f64::consts::TAU * 5.0 * t).sin()),
+            ),
+            ("ramp".into(), Value::Double(t.fract())),
+            (
+                "square_wave".into(),
+                Value::Double(if i % 20 < 10 { 1.0 } else { -1.0 }),
+            ),
+            (
+                "noise".into(),
+                Value::Double(((i * 7919) % 2000) as f64 / 1000.0 - 1.0),
+            ),
+        ])
+    }
+
+    /// Datums for block sizes `sizes`, numbered consecutively.
+    fn blocks(sizes: &[usize]) -> Vec<Vec<Value>> {
+        let mut i = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|_| {
+                        i += 1;
+                        record(i)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A whole file; also returns the end offset of the header and of each block.
+    fn build(codec: Codec, blocks: &[Vec<Value>], sync: &[u8; 16]) -> (Vec<u8>, Vec<usize>) {
+        let s = schema();
+        let mut out = Vec::new();
+        encode_header(SCHEMA, &codec, sync, &mut out);
+        let mut ends = vec![out.len()];
+        let mut enc = BlockEncoder::new(codec);
+        for b in blocks {
+            let mut data = Vec::new();
+            for v in b {
+                data.extend(datum(&s, v));
+            }
+            enc.encode_block(b.len() as u64, &data, sync, &mut out)
+                .unwrap();
+            ends.push(out.len());
+        }
+        (out, ends)
+    }
+
+    fn read_all(bytes: &[u8]) -> Vec<Value> {
+        Reader::new(bytes).unwrap().map(|v| v.unwrap()).collect()
+    }
+
+    fn write_tmp(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn container_round_trip_all_codecs() {
+        let dir = tempfile::tempdir().unwrap();
+        let bl = blocks(&[1, 7, 120, 3]);
+        let expected: Vec<Value> = bl.iter().flatten().cloned().collect();
+        for codec in ALL {
+            let sync = new_sync_marker();
+            let (bytes, ends) = build(codec, &bl, &sync);
+            let p = write_tmp(&dir, "f.avro", &bytes);
+            let f = std::fs::File::open(&p).unwrap();
+            let reader = Reader::new(BufReader::new(f)).unwrap();
+            match reader.writer_schema() {
+                Schema::Record(r) => {
+                    assert!(r.doc.as_deref().unwrap().starts_with("The SpeedData"));
+                    assert!(r.fields.iter().all(|f| f.doc.is_some()), "{codec:?}");
+                    assert_eq!(r.fields[0].schema, Schema::TimestampMicros);
+                }
+                other => panic!("{other:?}"),
+            }
+            let got: Vec<Value> = reader.map(|v| v.unwrap()).collect();
+            assert_eq!(got, expected, "{codec:?}");
+
+            let h = read_header(&mut BufReader::new(std::fs::File::open(&p).unwrap())).unwrap();
+            assert_eq!(h.schema_json, SCHEMA);
+            assert_eq!(h.codec, codec.avro_name());
+            assert_eq!(h.sync, sync);
+            assert_eq!(h.len as usize, ends[0]);
+        }
+    }
+
+    #[test]
+    fn container_header_only_is_empty_file() {
+        for codec in ALL {
+            let (bytes, _) = build(codec, &[], &new_sync_marker());
+            assert!(read_all(&bytes).is_empty());
+            let h = read_header(&mut &bytes[..]).unwrap();
+            assert_eq!(h.len as usize, bytes.len());
+        }
+    }
+
+    #[test]
+    fn container_reads_apache_avro_written_header() {
+        let s = schema();
+        let mut w = apache_avro::Writer::builder()
+            .schema(&s)
+            .writer(Vec::new())
+            .build()
+            .unwrap();
+        w.append_value(record(1)).unwrap();
+        let bytes = w.into_inner().unwrap();
+        let h = read_header(&mut &bytes[..]).unwrap();
+        assert_eq!(h.codec, "null");
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_tmp(&dir, "w.avro", &bytes);
+        let r = recover_part(&p).unwrap();
+        assert_eq!(
+            (r.header_ok, r.blocks, r.records, r.truncated_bytes),
+            (true, 1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn container_recover_cut_inside_last_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let bl = blocks(&[4, 9, 6]);
+        for codec in ALL {
+            let (bytes, ends) = build(codec, &bl, &new_sync_marker());
+            let good = ends[2];
+            let expected: Vec<Value> = bl[..2].iter().flatten().cloned().collect();
+            for cut in good..bytes.len() {
+                let p = write_tmp(&dir, "c.avro.part", &bytes[..cut]);
+                let r = recover_part(&p).unwrap();
+                assert_eq!(
+                    r,
+                    Recovery {
+                        blocks: 2,
+                        records: 13,
+                        valid_len: good as u64,
+                        truncated_bytes: (cut - good) as u64,
+                        header_ok: true
+                    },
+                    "{codec:?} cut {cut}"
+                );
+                let after = std::fs::read(&p).unwrap();
+                assert_eq!(after, &bytes[..good]);
+                assert_eq!(read_all(&after), expected, "{codec:?} cut {cut}");
+            }
+            // The whole file is kept as it is.
+            let p = write_tmp(&dir, "c.avro.part", &bytes);
+            let r = recover_part(&p).unwrap();
+            assert_eq!((r.blocks, r.records, r.truncated_bytes), (3, 19, 0));
+            assert_eq!(std::fs::read(&p).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn container_recover_garbage_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let bl = blocks(&[5, 5]);
+        for codec in ALL {
+            let sync = new_sync_marker();
+            let (bytes, ends) = build(codec, &bl, &sync);
+            let expected: Vec<Value> = bl.iter().flatten().cloned().collect();
+            let (other, _) = build(codec, &bl, &new_sync_marker());
+            let mut fake_huge = Vec::new();
+            put_long(&mut fake_huge, 3);
+            put_long(&mut fake_huge, i64::MAX);
+            let mut wrong_count = Vec::new();
+            put_long(&mut wrong_count, -1);
+            wrong_count.extend_from_slice(&bytes[ends[0]..]);
+            let mut bad_data = Vec::new();
+            put_long(&mut bad_data, 1);
+            put_long(&mut bad_data, 8);
+            bad_data.extend_from_slice(&[0xff; 8]);
+            bad_data.extend_from_slice(&sync);
+            let garbages: Vec<Vec<u8>> = vec![
+                vec![0; 4096],
+                (0..3000u32)
+                    .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                    .collect(),
+                other[ends[0]..].to_vec(),
+                fake_huge,
+                wrong_count,
+                vec![0xff; 11],
+                bad_data,
+            ];
+            for (gi, g) in garbages.iter().enumerate() {
+                if codec == Codec::Null && gi == 6 {
+                    continue; // null data is not checked beyond the marker
+                }
+                let mut f = bytes.clone();
+                f.extend_from_slice(g);
+                let p = write_tmp(&dir, "g.avro.part", &f);
+                let r = recover_part(&p).unwrap();
+                assert!(r.header_ok);
+                assert_eq!((r.blocks, r.records), (2, 10), "{codec:?} garbage {gi}");
+                assert_eq!(r.valid_len as usize, bytes.len());
+                assert_eq!(r.truncated_bytes as usize, g.len());
+                let after = std::fs::read(&p).unwrap();
+                assert_eq!(read_all(&after), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn container_recover_rejects_damaged_checksummed_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let bl = blocks(&[5, 30, 5]);
+        for codec in [Codec::Snappy, Codec::Zstd { level: 3 }] {
+            let (bytes, ends) = build(codec, &bl, &new_sync_marker());
+            // Flip a byte in the checksum (last 4 bytes before the marker) of block 2.
+            let mut f = bytes.clone();
+            f[ends[2] - 17] ^= 0x55;
+            let p = write_tmp(&dir, "d.avro.part", &f);
+            let r = recover_part(&p).unwrap();
+            assert_eq!((r.blocks, r.records), (1, 5), "{codec:?}");
+            assert_eq!(r.valid_len as usize, ends[1]);
+        }
+    }
+
+    #[test]
+    fn container_recover_header_only_and_truncated_header() {
+        let dir = tempfile::tempdir().unwrap();
+        for codec in ALL {
+            let (bytes, ends) = build(codec, &blocks(&[3]), &new_sync_marker());
+            let hlen = ends[0];
+            let p = write_tmp(&dir, "h.avro.part", &bytes[..hlen]);
+            let r = recover_part(&p).unwrap();
+            assert_eq!(
+                r,
+                Recovery {
+                    header_ok: true,
+                    valid_len: hlen as u64,
+                    ..Recovery::default()
+                }
+            );
+            assert!(read_all(&std::fs::read(&p).unwrap()).is_empty());
+            for cut in 0..hlen {
+                let p = write_tmp(&dir, "t.avro.part", &bytes[..cut]);
+                let r = recover_part(&p).unwrap();
+                assert!(!r.header_ok, "{codec:?} cut {cut}");
+                assert_eq!(r.truncated_bytes, 0);
+                assert_eq!(std::fs::read(&p).unwrap(), &bytes[..cut]);
+            }
+        }
+        let p = write_tmp(
+            &dir,
+            "n.avro.part",
+            b"this is not an avro file at all, but long enough",
+        );
+        assert!(!recover_part(&p).unwrap().header_ok);
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"this is not an avro file at all, but long enough"
+        );
+        // A codec we do not handle: left alone.
+        let mut h = MAGIC.to_vec();
+        put_long(&mut h, 2);
+        put_bytes(&mut h, b"avro.schema");
+        put_bytes(&mut h, b"\"long\"");
+        put_bytes(&mut h, b"avro.codec");
+        put_bytes(&mut h, b"bzip2");
+        put_long(&mut h, 0);
+        h.extend_from_slice(&[7; 16]);
+        h.extend_from_slice(&[1, 2, 3]);
+        let p = write_tmp(&dir, "b.avro.part", &h);
+        assert!(!recover_part(&p).unwrap().header_ok);
+        assert_eq!(std::fs::read(&p).unwrap(), h);
+    }
+
+    /// Deterministic xorshift for the no-panic tests.
+    fn rng(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn container_recover_never_panics_on_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let bl = blocks(&[3, 4, 5]);
+        let mut st = 0x9e37_79b9_7f4a_7c15u64;
+        for codec in ALL {
+            let (bytes, _) = build(codec, &bl, &new_sync_marker());
+            for _ in 0..150 {
+                let mut f = bytes.clone();
+                for _ in 0..1 + rng(&mut st) % 4 {
+                    let i = (rng(&mut st) % f.len() as u64) as usize;
+                    f[i] = rng(&mut st) as u8;
+                }
+                let cut = (rng(&mut st) % (f.len() as u64 + 1)) as usize;
+                f.truncate(cut.max(f.len() / 2));
+                let p = write_tmp(&dir, "z.avro.part", &f);
+                let r = recover_part(&p).unwrap();
+                let after = std::fs::read(&p).unwrap();
+                assert_eq!(
+                    after.len() as u64,
+                    if r.header_ok {
+                        r.valid_len
+                    } else {
+                        f.len() as u64
+                    }
+                );
+                let _ = read_header(&mut &f[..]);
+            }
+        }
+        for len in [0usize, 1, 5, 40, 1000] {
+            let f: Vec<u8> = (0..len).map(|_| rng(&mut st) as u8).collect();
+            let _ = read_header(&mut &f[..]);
+            let mut g = MAGIC.to_vec();
+            g.extend_from_slice(&f);
+            let _ = read_header(&mut &g[..]);
+            let p = write_tmp(&dir, "r.avro.part", &g);
+            recover_part(&p).unwrap();
+        }
+    }
+
+    #[test]
+    fn container_block_encoder_reuse_matches_fresh() {
+        let s = schema();
+        let sync = new_sync_marker();
+        for codec in ALL {
+            let mut reused = BlockEncoder::new(codec);
+            let mut warm = None;
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            for (k, n) in [1usize, 50, 2, 300, 0, 17, 300, 1].into_iter().enumerate() {
+                let mut data = Vec::new();
+                for i in 0..n {
+                    data.extend(datum(&s, &record((k * 1000 + i) as i64)));
+                }
+                reused.encode_block(n as u64, &data, &sync, &mut a).unwrap();
+                BlockEncoder::new(codec)
+                    .encode_block(n as u64, &data, &sync, &mut b)
+                    .unwrap();
+                assert_eq!(a, b, "{codec:?} block {k}");
+                // After the largest block, the scratch buffer is never reallocated.
+                if k == 3 {
+                    warm = Some((reused.scratch.as_ptr(), reused.scratch.capacity()));
+                } else if k > 3 {
+                    let now = (reused.scratch.as_ptr(), reused.scratch.capacity());
+                    assert_eq!(Some(now), warm, "{codec:?} block {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn container_zero_count_block() {
+        let mut enc = BlockEncoder::new(Codec::Snappy);
+        let mut out = Vec::new();
+        enc.encode_block(0, &[], &[0; 16], &mut out).unwrap();
+        assert!(out.is_empty());
+        assert!(enc.encode_block(0, &[1], &[0; 16], &mut out).is_err());
+    }
+
+    #[test]
+    fn container_codec_parse() {
+        assert_eq!(Codec::parse("null", None), Ok(Codec::Null));
+        assert_eq!(Codec::parse("snappy", None), Ok(Codec::Snappy));
+        assert_eq!(
+            Codec::parse("deflate", None),
+            Ok(Codec::Deflate { level: 6 })
+        );
+        assert_eq!(
+            Codec::parse("deflate", Some(9)),
+            Ok(Codec::Deflate { level: 9 })
+        );
+        assert_eq!(Codec::parse("zstd", None), Ok(Codec::Zstd { level: 3 }));
+        assert_eq!(
+            Codec::parse("zstandard", Some(19)),
+            Ok(Codec::Zstd { level: 19 })
+        );
+        assert!(Codec::parse("deflate", Some(10)).is_err());
+        assert!(Codec::parse("deflate", Some(-1)).is_err());
+        assert!(Codec::parse("zstd", Some(1000)).is_err());
+        assert!(Codec::parse("snappy", Some(1)).is_err());
+        let e = Codec::parse("lz4", None).unwrap_err();
+        for n in ["null", "deflate", "snappy", "zstd", "zstandard"] {
+            assert!(e.contains(n), "{e}");
+        }
+        for c in ALL {
+            assert_eq!(
+                Codec::from_avro_name(c.avro_name()).map(|c| c.avro_name()),
+                Some(c.avro_name())
+            );
+        }
+        assert_eq!(Codec::from_avro_name("zstd"), None);
+    }
+
+    #[test]
+    fn container_zigzag() {
+        for v in [0i64, -1, 1, -64, 63, 64, -65, 1 << 40, i64::MAX, i64::MIN] {
+            let mut b = Vec::new();
+            put_long(&mut b, v);
+            assert!(b.len() <= 10);
+            assert_eq!(read_long(&mut &b[..]).unwrap(), v);
+        }
+        let mut b = Vec::new();
+        put_long(&mut b, -3);
+        assert_eq!(b, [5]);
+        assert_eq!(
+            read_long(&mut &[0xffu8; 11][..]).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert_eq!(
+            read_long(&mut &[0x80u8][..]).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let syncs = (new_sync_marker(), new_sync_marker());
+        assert_ne!(syncs.0, syncs.1);
+    }
+}

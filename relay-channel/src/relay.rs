@@ -1,0 +1,512 @@
+//! One channel, wired together: the receive thread (recvmmsg → validate →
+//! sendmmsg to the outputs → hand the batch to the archive), the archive
+//! thread, and the control loop on tokio (signals, the stats line, thread
+//! supervision).
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::TrySendError;
+use serde_json::json;
+
+use crate::archive::{Archive, Batch, Rejected};
+use crate::config::{ChannelSpec, ConfigError, MAX_DATAGRAM};
+use crate::counters::{emit, stats_line, RateLimit, Shared};
+use crate::net::{self, Receiver, Sender};
+use crate::validate::Validator;
+
+/// Why a channel stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration (or the schema it names) is wrong: exit 78.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Anything else: exit 1, worth a restart.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RunError {
+    /// The process exit code: 78 (EX_CONFIG) for a configuration error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Config(_) => 78,
+            RunError::Failed(_) => 1,
+        }
+    }
+}
+
+/// The schema of a channel: its text as written (for the archive header) and
+/// the compiled validator.
+pub struct LoadedSchema {
+    pub text: String,
+    pub validator: Validator,
+}
+
+/// Reads, parses and compiles the channel's schema; problems are
+/// configuration errors against the `schema` key.
+pub fn load_schema(spec: &ChannelSpec) -> Result<LoadedSchema, ConfigError> {
+    let err = |m: String| ConfigError {
+        file: spec.file.clone(),
+        problems: vec![crate::config::Problem {
+            key: "schema".into(),
+            message: m,
+        }],
+    };
+    let path = &spec.schema_path;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    let schema = apache_avro::Schema::parse_str(&text).map_err(|e| {
+        err(format!(
+            "{} is not a valid Avro schema: {e}",
+            path.display()
+        ))
+    })?;
+    let validator = Validator::new(&schema).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    Ok(LoadedSchema {
+        text: text.trim().to_string(),
+        validator,
+    })
+}
+
+/// Runs the channel until SIGTERM or SIGINT (returns `Ok`) or until it
+/// cannot go on (returns the error).
+pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
+    let schema = load_schema(&spec)?;
+    let shared = Arc::new(Shared::new());
+    let failed = |what: &str, e: std::io::Error| RunError::Failed(format!("{what}: {e}"));
+
+    let archive_dir = spec.archive.channel_dir(&spec.name);
+    let archive = Archive::open(&spec.archive, &spec.name, &schema.text, shared.clone())
+        .map_err(|e| failed(&format!("archive folder {}", archive_dir.display()), e))?;
+
+    let rs = net::open_receive(&spec.receive)
+        .map_err(|e| failed(&format!("receive.bind {}", spec.receive.bind), e))?;
+    let requested = spec.receive.recv_buffer;
+    if rs.recv_buffer_granted < requested {
+        tracing::warn!(
+            requested,
+            granted = rs.recv_buffer_granted,
+            "the kernel granted less receive buffer than asked (raise net.core.rmem_max, or run with CAP_NET_ADMIN)"
+        );
+    } else {
+        tracing::info!(
+            requested,
+            granted = rs.recv_buffer_granted,
+            "receive buffer"
+        );
+    }
+    if !rs.drop_counter {
+        tracing::warn!("the kernel does not report receive drops (SO_RXQ_OVFL) on this socket");
+    }
+    let full = match &spec.full {
+        Some(o) => Some(Sender::new(
+            net::open_output(o).map_err(|e| failed(&format!("full.group {}", o.dest), e))?,
+            spec.receive.batch,
+        )),
+        None => None,
+    };
+    let decimated = match &spec.decimated {
+        Some(d) => Some(Sender::new(
+            net::open_output(&d.output)
+                .map_err(|e| failed(&format!("decimated.group {}", d.output.dest), e))?,
+            spec.receive.batch,
+        )),
+        None => None,
+    };
+
+    let join = spec.receive.group.map(|g| (g, spec.receive.interface));
+    let mut path = ReceivePath {
+        receiver: Receiver::new(&rs.socket, spec.receive.batch),
+        socket: rs.socket,
+        validator: spec.receive.validate.then_some(schema.validator),
+        full,
+        decimated,
+        factor: spec.decimated.as_ref().map_or(1, |d| d.factor as u64),
+        valid_seen: 0,
+        valid: Vec::with_capacity(spec.receive.batch),
+        picked: Vec::with_capacity(spec.receive.batch),
+        reasons: Vec::with_capacity(16),
+        spare: None,
+        allocated: 0,
+        max_batches: spec.archive.queue + 2,
+        batch_records: spec.receive.batch,
+        shared: shared.clone(),
+        join,
+        next_join: Instant::now(),
+        reject_log: RateLimit::new(5, Duration::from_secs(60)),
+        drop_log: RateLimit::new(1, Duration::from_secs(60)),
+        error_log: RateLimit::new(1, Duration::from_secs(60)),
+        send_log: RateLimit::new(1, Duration::from_secs(60)),
+        channel: spec.name.clone(),
+    };
+    path.try_join(true);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed("tokio runtime", e))?;
+    rt.block_on(control(spec, path, archive, shared))
+}
+
+async fn control(
+    spec: ChannelSpec,
+    path: ReceivePath,
+    archive: Archive,
+    shared: Arc<Shared>,
+) -> Result<(), RunError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let failed = |what: &str, e: std::io::Error| RunError::Failed(format!("{what}: {e}"));
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| failed("signals", e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| failed("signals", e))?;
+
+    let (to_archive, batches) = crossbeam_channel::bounded::<Batch>(spec.archive.queue);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<Batch>(spec.archive.queue + 2);
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let archive_thread = {
+        let guard = EndGuard("archive", ended_tx.clone());
+        thread::Builder::new()
+            .name("archive".into())
+            .spawn(move || {
+                let _guard = guard;
+                archive.run(batches, free_tx);
+            })
+            .map_err(|e| failed("spawn archive thread", e))?
+    };
+    let receive_thread = {
+        let guard = EndGuard("receive", ended_tx);
+        let stop = stop.clone();
+        thread::Builder::new()
+            .name("receive".into())
+            .spawn(move || {
+                let _guard = guard;
+                path.run(&stop, to_archive, free_rx);
+            })
+            .map_err(|e| failed("spawn receive thread", e))?
+    };
+
+    emit(&json!({
+        "event": "ready",
+        "channel": spec.name,
+        "pid": std::process::id(),
+        "bind": spec.receive.bind.to_string(),
+        "group": spec.receive.group.map(|g| g.to_string()),
+        "archive_dir": spec.archive.channel_dir(&spec.name),
+        "full": spec.full.as_ref().map(|o| o.dest.to_string()),
+        "decimated": spec.decimated.as_ref().map(|d| d.output.dest.to_string()),
+    }));
+    tracing::info!(channel = %spec.name, bind = %spec.receive.bind, "ready");
+
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            _ = tick.tick() => emit(&stats_line(&spec.name, &shared, false)),
+            _ = sigterm.recv() => break Ok("SIGTERM"),
+            _ = sigint.recv() => break Ok("SIGINT"),
+            Some(which) = ended.recv() => break Err(which),
+        }
+    };
+    match outcome {
+        Ok(sig) => {
+            tracing::info!(channel = %spec.name, "{sig}: stopping, writing out what is buffered")
+        }
+        Err(which) => {
+            tracing::error!(channel = %spec.name, "the {which} thread ended unexpectedly; stopping")
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let receive_ok = receive_thread.join().is_ok();
+    let archive_ok = archive_thread.join().is_ok();
+    let last = stats_line(&spec.name, &shared, true);
+    emit(&last);
+    emit(&json!({"event": "stopped", "channel": spec.name}));
+    match outcome {
+        Ok(_) if receive_ok && archive_ok => {
+            tracing::info!(channel = %spec.name, "stopped");
+            Ok(())
+        }
+        Ok(_) | Err(_) => Err(RunError::Failed(format!(
+            "channel {}: {} thread failed",
+            spec.name,
+            if receive_ok { "archive" } else { "receive" }
+        ))),
+    }
+}
+
+/// Tells the control loop a thread has ended, however it ended (also on
+/// panic, as the guard drops while unwinding).
+struct EndGuard(
+    &'static str,
+    tokio::sync::mpsc::UnboundedSender<&'static str>,
+);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+/// Everything the receive thread owns.
+struct ReceivePath {
+    receiver: Receiver,
+    /// Kept open for the receiver's descriptor.
+    socket: socket2::Socket,
+    validator: Option<Validator>,
+    full: Option<Sender>,
+    decimated: Option<Sender>,
+    factor: u64,
+    /// Valid datagrams seen, for the decimator's phase.
+    valid_seen: u64,
+    /// Indices of the current batch's valid datagrams.
+    valid: Vec<usize>,
+    /// Indices picked for the decimated output.
+    picked: Vec<usize>,
+    /// Rejections of the current batch by reason.
+    reasons: Vec<(&'static str, u64)>,
+    /// A batch taken back after the archive queue refused it.
+    spare: Option<Batch>,
+    allocated: usize,
+    max_batches: usize,
+    batch_records: usize,
+    shared: Arc<Shared>,
+    join: Option<(Ipv4Addr, Ipv4Addr)>,
+    next_join: Instant,
+    reject_log: RateLimit,
+    drop_log: RateLimit,
+    error_log: RateLimit,
+    send_log: RateLimit,
+    channel: String,
+}
+
+/// How long the receive thread keeps draining the socket after a stop.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+/// How often a failed multicast join is tried again.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
+
+impl ReceivePath {
+    fn run(
+        mut self,
+        stop: &AtomicBool,
+        to_archive: crossbeam_channel::Sender<Batch>,
+        free: crossbeam_channel::Receiver<Batch>,
+    ) {
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            if drain_until.is_none() && stop.load(Ordering::Relaxed) {
+                // Take what the kernel already holds, then stop.
+                drain_until = Some(Instant::now() + DRAIN_LIMIT);
+            }
+            if drain_until.is_some_and(|t| Instant::now() >= t) {
+                break;
+            }
+            match self.receiver.recv(drain_until.is_some()) {
+                Ok(0) => {}
+                Ok(n) => self.process(n, &to_archive, &free),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if drain_until.is_some() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.shared.counters().receive_errors += 1;
+                    if let Some(suppressed) = self.error_log.allow(Instant::now()) {
+                        tracing::warn!(channel = %self.channel, error = %e, suppressed, "receive error");
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+            if self.join.is_some() {
+                self.try_join(false);
+            }
+        }
+        drop(self.socket);
+    }
+
+    /// Joins the group if not yet joined; a missing interface is retried.
+    fn try_join(&mut self, first: bool) {
+        let Some((group, iface)) = self.join else {
+            return;
+        };
+        let now = Instant::now();
+        if now < self.next_join {
+            return;
+        }
+        match net::join(&self.socket, group, iface) {
+            Ok(()) => {
+                self.join = None;
+                self.shared.joined.store(true, Ordering::Relaxed);
+                tracing::info!(channel = %self.channel, %group, interface = %iface, "joined multicast group");
+            }
+            Err(e) => {
+                self.next_join = now + JOIN_RETRY;
+                self.shared.joined.store(false, Ordering::Relaxed);
+                if first {
+                    tracing::warn!(
+                        channel = %self.channel, %group, interface = %iface, error = %e,
+                        "cannot join the multicast group yet; retrying every second"
+                    );
+                }
+            }
+        }
+    }
+
+    fn take_batch(&mut self, free: &crossbeam_channel::Receiver<Batch>) -> Option<Batch> {
+        if let Some(b) = self.spare.take() {
+            return Some(b);
+        }
+        if let Ok(b) = free.try_recv() {
+            return Some(b);
+        }
+        if self.allocated < self.max_batches {
+            self.allocated += 1;
+            return Some(Batch::with_capacity(self.batch_records));
+        }
+        None
+    }
+
+    fn process(
+        &mut self,
+        n: usize,
+        to_archive: &crossbeam_channel::Sender<Batch>,
+        free: &crossbeam_channel::Receiver<Batch>,
+    ) {
+        let now = Instant::now();
+        let mut batch = self.take_batch(free);
+        let mut bytes = 0u64;
+        self.reasons.clear();
+        let mut quarantine_dropped = 0u64;
+        self.valid.clear();
+        for i in 0..n {
+            let (d, from, truncated) = self.receiver.datagram(i);
+            bytes += d.len() as u64;
+            let verdict = if truncated || d.len() > MAX_DATAGRAM {
+                Err(("oversized", format!("longer than {MAX_DATAGRAM} bytes")))
+            } else if let Some(v) = &self.validator {
+                v.validate(d)
+                    .map_err(|inv| (inv.reason.as_str(), inv.to_string()))
+            } else {
+                Ok(())
+            };
+            match verdict {
+                Ok(()) => self.valid.push(i),
+                Err((reason, detail)) => {
+                    match self.reasons.iter_mut().find(|(r, _)| *r == reason) {
+                        Some(slot) => slot.1 += 1,
+                        None => self.reasons.push((reason, 1)),
+                    }
+                    if let Some(suppressed) = self.reject_log.allow(now) {
+                        tracing::warn!(
+                            channel = %self.channel, %from, reason, %detail, length = d.len(), suppressed,
+                            "rejected a datagram"
+                        );
+                    }
+                    let kept = batch.as_mut().is_some_and(|b| {
+                        b.push_reject(
+                            d,
+                            Rejected {
+                                at: SystemTime::now(),
+                                from,
+                                reason,
+                                detail,
+                                start: 0,
+                                end: 0,
+                            },
+                        )
+                    });
+                    if !kept {
+                        quarantine_dropped += 1;
+                    }
+                }
+            }
+        }
+
+        let rx = &self.receiver;
+        let full = match &mut self.full {
+            Some(s) => s.send(self.valid.iter().map(|&i| rx.datagram(i).0)),
+            None => Default::default(),
+        };
+        let mut dec = Default::default();
+        if let Some(s) = &mut self.decimated {
+            self.picked.clear();
+            for &i in &self.valid {
+                self.valid_seen += 1;
+                if self.valid_seen % self.factor == 0 {
+                    self.picked.push(i);
+                }
+            }
+            if !self.picked.is_empty() {
+                dec = s.send(self.picked.iter().map(|&i| rx.datagram(i).0));
+            }
+        }
+        for (out, name) in [(&full, "full"), (&dec, "decimated")] {
+            if let Some(errno) = out.error {
+                if let Some(suppressed) = self.send_log.allow(now) {
+                    tracing::warn!(
+                        channel = %self.channel, output = name, failed = out.failed, suppressed,
+                        error = %std::io::Error::from_raw_os_error(errno), "send failed"
+                    );
+                }
+            }
+        }
+
+        let valid = self.valid.len() as u64;
+        if let Some(b) = &mut batch {
+            for &i in &self.valid {
+                b.push(rx.datagram(i).0);
+            }
+        }
+        // Counters and the hand-over change under one lock, so the archive
+        // thread cannot account for a batch before it is counted as queued.
+        let mut c = self.shared.counters();
+        let (queued, dropped) = match batch {
+            Some(b) if b.is_empty() => {
+                self.spare = Some(b);
+                (0, 0)
+            }
+            Some(b) => match to_archive.try_send(b) {
+                Ok(()) => (valid, 0),
+                Err(TrySendError::Full(mut b)) | Err(TrySendError::Disconnected(mut b)) => {
+                    quarantine_dropped += b.rejects.len() as u64;
+                    b.clear();
+                    self.spare = Some(b);
+                    (0, valid)
+                }
+            },
+            None => (0, valid),
+        };
+        c.received += n as u64;
+        c.bytes_received += bytes;
+        for &(reason, count) in &self.reasons {
+            c.reject(reason, count);
+        }
+        c.in_flight += queued;
+        c.archive_dropped += dropped;
+        c.quarantine_dropped += quarantine_dropped;
+        c.forwarded_full += full.sent;
+        c.send_errors_full += full.failed;
+        c.forwarded_decimated += dec.sent;
+        c.send_errors_decimated += dec.failed;
+        c.kernel_drops = self.receiver.kernel_drops as u64;
+        drop(c);
+        if dropped > 0 {
+            if let Some(suppressed) = self.drop_log.allow(now) {
+                tracing::warn!(
+                    channel = %self.channel, dropped, suppressed,
+                    "archive queue full: datagrams not archived (still forwarded)"
+                );
+            }
+        }
+    }
+}

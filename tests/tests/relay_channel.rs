@@ -1,0 +1,486 @@
+//! End-to-end tests of `relay-channel`: the real binary over loopback
+//! sockets, archives read back with fastavro and apache-avro.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use speeddata_tests::*;
+
+fn example_records(n: usize, message: &str) -> Vec<Vec<u8>> {
+    let schema = example_schema();
+    (0..n)
+        .map(|i| example_datum(&schema, i as i32, message))
+        .collect()
+}
+
+/// Reads a channel's archive with both readers, checks they agree and that
+/// every file's header carries the schema as written; returns the records.
+fn read_archive(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let files = avro_files(dir);
+    assert!(!files.is_empty(), "no archive file in {}", dir.display());
+    let fast = read_with_fastavro(&files);
+    let apache = read_with_apache_avro(&files);
+    assert_eq!(
+        fast.records.len(),
+        apache.len(),
+        "fastavro and apache-avro disagree on the count"
+    );
+    assert!(
+        fast.records == apache,
+        "fastavro and apache-avro disagree on the records"
+    );
+    for (path, schema, _) in &fast.files {
+        assert_eq!(
+            schema.trim(),
+            EXAMPLE_SCHEMA.trim(),
+            "{} does not carry the schema as written",
+            path.display()
+        );
+    }
+    fast.records
+}
+
+fn assert_balanced(s: &serde_json::Value) {
+    let n = |k: &str| {
+        s[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} missing in {s}"))
+    };
+    assert_eq!(
+        n("received"),
+        n("archived") + n("rejected") + n("archive_dropped") + n("in_flight"),
+        "received = archived + rejected + archive_dropped + in_flight fails: {s}"
+    );
+}
+
+#[test]
+fn valid_datagrams_are_archived_forwarded_and_decimated_exactly() {
+    let dir = tempdir();
+    let factor = 5;
+    let mut opts = ChannelOpts::unicast("exact");
+    let full = group_addr(unique_group(), free_port());
+    let dec = group_addr(unique_group(), free_port());
+    opts.full = Some(full);
+    opts.decimated = Some((dec, factor));
+    let relay = Relay::start(dir.path(), &opts);
+    let full_rx = GroupReceiver::join(full);
+    let dec_rx = GroupReceiver::join(dec);
+
+    let valid = example_records(10_000, "exact");
+    // 100 malformed datagrams of five kinds, spread through the stream.
+    let mut stream = Vec::new();
+    let mut bad = 0;
+    for (i, v) in valid.iter().enumerate() {
+        stream.push(v.clone());
+        if i % 100 == 50 {
+            stream.push(malformed(v, bad));
+            bad += 1;
+        }
+    }
+    assert_eq!(bad, 100);
+    let sender = Sender::new(opts.bind);
+    sender.send_paced(&stream, 20);
+    relay.wait_received(stream.len() as u64, Duration::from_secs(30));
+    let archive = relay.archive_dir();
+    let (code, last) = relay.stop();
+    assert_eq!(code, 0);
+
+    // Archive: exactly the valid records, byte for byte, in order.
+    let records = read_archive(&archive);
+    assert_eq!(records.len(), valid.len());
+    assert!(records == valid, "archived records differ from those sent");
+    assert!(part_files(&archive).is_empty(), "a .part file is left");
+
+    // Full-rate group: every valid datagram, none of the bad.
+    std::thread::sleep(Duration::from_millis(200));
+    let got_full = full_rx.finish();
+    assert_eq!(got_full.len(), valid.len());
+    assert!(
+        got_full == valid,
+        "full-rate stream differs from what was sent"
+    );
+    // Decimated: every 5th valid datagram.
+    let got_dec = dec_rx.finish();
+    let expect_dec: Vec<Vec<u8>> = valid
+        .iter()
+        .skip(factor as usize - 1)
+        .step_by(factor as usize)
+        .cloned()
+        .collect();
+    assert_eq!(got_dec.len(), 10_000 / factor as usize);
+    assert!(
+        got_dec == expect_dec,
+        "decimated stream is not every 5th datagram"
+    );
+
+    // The final stats line agrees with all of it.
+    assert_balanced(&last);
+    assert_eq!(last["received"], 10_100);
+    assert_eq!(last["archived"], 10_000);
+    assert_eq!(last["rejected"], 100);
+    assert_eq!(last["in_flight"], 0);
+    assert_eq!(last["archive_dropped"], 0);
+    assert_eq!(last["forwarded_full"], 10_000);
+    assert_eq!(last["forwarded_decimated"], 2_000);
+    assert_eq!(last["kernel_drops"], 0);
+    let reasons = last["rejected_by_reason"].as_object().unwrap();
+    assert_eq!(
+        reasons.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        100
+    );
+
+    // Quarantine: the rejected datagrams, kept for inspection.
+    let q = std::fs::read_to_string(archive.join("quarantine.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, last["quarantined"].as_u64().unwrap());
+    assert_eq!(
+        last["quarantined"].as_u64().unwrap() + last["quarantine_dropped"].as_u64().unwrap(),
+        100
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["from"].as_str().unwrap().starts_with("127.0.0.1:")));
+    assert!(lines.iter().any(|l| l["reason"] == "trailing_bytes"));
+}
+
+#[test]
+fn every_codec_round_trips() {
+    let records = example_records(3_000, "codec");
+    for codec in ["null", "deflate", "snappy", "zstd"] {
+        let dir = tempdir();
+        let mut opts = ChannelOpts::unicast(&format!("codec-{codec}"));
+        opts.archive = vec![
+            format!("codec = \"{codec}\""),
+            "block_size = \"16KiB\"".into(),
+        ];
+        let relay = Relay::start(dir.path(), &opts);
+        Sender::new(opts.bind).send_paced(&records, 20);
+        relay.wait_received(records.len() as u64, Duration::from_secs(30));
+        let archive = relay.archive_dir();
+        let (code, last) = relay.stop();
+        assert_eq!(code, 0);
+        assert_eq!(last["archived"], 3_000, "{codec}");
+        let got = read_archive(&archive);
+        assert!(got == records, "codec {codec}: records differ");
+        let codec_name = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fastavro,sys; print(fastavro.reader(open(sys.argv[1],'rb')).codec)",
+            ])
+            .arg(&avro_files(&archive)[0])
+            .output()
+            .unwrap();
+        let expect = if codec == "zstd" { "zstandard" } else { codec };
+        assert_eq!(String::from_utf8_lossy(&codec_name.stdout).trim(), expect);
+    }
+}
+
+#[test]
+fn rotation_by_size_gives_whole_files_in_order() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("rot-size");
+    opts.archive = vec![
+        "codec = \"null\"".into(),
+        "block_size = \"8KiB\"".into(),
+        "rotate_size = \"64KiB\"".into(),
+    ];
+    let relay = Relay::start(dir.path(), &opts);
+    let records = example_records(5_000, "rotation by size");
+    Sender::new(opts.bind).send_paced(&records, 20);
+    relay.wait_received(records.len() as u64, Duration::from_secs(30));
+    let archive = relay.archive_dir();
+    let (code, last) = relay.stop();
+    assert_eq!(code, 0);
+    let files = avro_files(&archive);
+    assert!(
+        files.len() >= 5,
+        "expected several files, got {}",
+        files.len()
+    );
+    for f in &files[..files.len() - 1] {
+        let len = std::fs::metadata(f).unwrap().len();
+        assert!(
+            len >= 64 << 10,
+            "{} closed early at {len} bytes",
+            f.display()
+        );
+        assert!(
+            len < (64 << 10) + (9 << 10),
+            "{} is {len} bytes, past size + one block",
+            f.display()
+        );
+    }
+    assert_eq!(last["files_closed"].as_u64().unwrap() as usize, files.len());
+    let got = read_archive(&archive);
+    assert!(
+        got == records,
+        "records across files are missing, doubled or out of order"
+    );
+}
+
+#[test]
+fn rotation_by_time_gives_whole_files_in_order() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("rot-time");
+    opts.archive = vec![
+        "rotate_interval = \"300ms\"".into(),
+        "flush_interval = \"50ms\"".into(),
+    ];
+    let relay = Relay::start(dir.path(), &opts);
+    let records = example_records(2_000, "rotation by time");
+    // 2,000 records over about 2 s: several 300 ms files.
+    Sender::new(opts.bind).send_paced(&records, 1);
+    relay.wait_received(records.len() as u64, Duration::from_secs(30));
+    let archive = relay.archive_dir();
+    let (code, _) = relay.stop();
+    assert_eq!(code, 0);
+    let files = avro_files(&archive);
+    assert!(
+        files.len() >= 4,
+        "expected several files, got {}",
+        files.len()
+    );
+    let got = read_archive(&archive);
+    assert!(
+        got == records,
+        "records across files are missing, doubled or out of order"
+    );
+}
+
+#[test]
+fn sigterm_mid_stream_loses_nothing_received() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("sigterm");
+    // Large blocks and a long flush: everything is still buffered at SIGTERM.
+    opts.archive = vec![
+        "flush_interval = \"1h\"".into(),
+        "block_size = \"64MiB\"".into(),
+    ];
+    let relay = Relay::start(dir.path(), &opts);
+    let records = example_records(60_000, "sigterm");
+    let bind = opts.bind;
+    let to_send = records.clone();
+    let sender = std::thread::spawn(move || {
+        let s = Sender::new(bind);
+        // Bounded: 60,000 datagrams at 20 per ms, about 3 s.
+        for (i, d) in to_send.iter().enumerate() {
+            s.send(d);
+            if i % 20 == 19 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    relay.wait_received(5_000, Duration::from_secs(30));
+    let archive = relay.archive_dir();
+    let (code, last) = relay.stop();
+    sender.join().unwrap();
+    assert_eq!(code, 0);
+    assert!(part_files(&archive).is_empty(), "a .part file is left");
+    assert_balanced(&last);
+    assert_eq!(last["in_flight"], 0);
+    assert_eq!(last["kernel_drops"], 0);
+    let received = last["received"].as_u64().unwrap() as usize;
+    assert!(
+        received >= 5_000 && received < records.len(),
+        "stopped mid-stream: {received}"
+    );
+    assert_eq!(last["archived"].as_u64().unwrap() as usize, received);
+    let got = read_archive(&archive);
+    assert!(
+        got[..] == records[..received],
+        "the archive is not exactly what was received"
+    );
+}
+
+#[test]
+fn a_killed_relay_leaves_a_part_file_that_the_next_start_recovers() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("crash");
+    opts.archive = vec!["flush_interval = \"50ms\"".into()];
+    let relay = Relay::start(dir.path(), &opts);
+    let records = example_records(2_000, "crash");
+    Sender::new(opts.bind).send_paced(&records, 20);
+    relay.wait_received(2_000, Duration::from_secs(30));
+    // Wait for a stats line showing everything written as blocks.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while relay.last_stats().map(|s| s["archived"].clone()) != Some(2_000.into()) {
+        assert!(std::time::Instant::now() < end, "blocks were not written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let archive = relay.archive_dir();
+    let mut relay = relay;
+    relay.signal(libc::SIGKILL);
+    relay.wait_exit(Duration::from_secs(10));
+    let parts = part_files(&archive);
+    assert_eq!(parts.len(), 1, "the crash leaves the open file as .part");
+    // Half a block of garbage at the end, as a torn write would leave.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&parts[0])
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[0x42; 300]).unwrap();
+    drop(f);
+
+    let relay = Relay::start(dir.path(), &opts);
+    assert!(
+        part_files(&archive).is_empty(),
+        "the .part was not recovered"
+    );
+    let (code, _) = relay.stop();
+    assert_eq!(code, 0);
+    let got = read_archive(&archive);
+    assert!(
+        got == records,
+        "the recovered file does not hold the written records"
+    );
+}
+
+#[test]
+fn two_channels_on_one_port_each_hear_only_their_group() {
+    let dir_a = tempdir();
+    let dir_b = tempdir();
+    let port = free_port();
+    let (ga, gb) = (unique_group(), unique_group());
+    let mut a = ChannelOpts::unicast("group-a");
+    a.bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    a.group = Some(ga);
+    let mut b = a.clone();
+    b.name = "group-b".into();
+    b.group = Some(gb);
+    let ra = Relay::start(dir_a.path(), &a);
+    let rb = Relay::start(dir_b.path(), &b);
+    let recs_a = example_records(300, "group a");
+    let recs_b = example_records(200, "group b");
+    Sender::new(SocketAddrV4::new(ga, port)).send_paced(&recs_a, 10);
+    Sender::new(SocketAddrV4::new(gb, port)).send_paced(&recs_b, 10);
+    ra.wait_received(300, Duration::from_secs(30));
+    rb.wait_received(200, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    let (arch_a, arch_b) = (ra.archive_dir(), rb.archive_dir());
+    let (ca, la) = ra.stop();
+    let (cb, lb) = rb.stop();
+    assert_eq!((ca, cb), (0, 0));
+    assert_eq!(la["received"], 300, "channel a heard another group");
+    assert_eq!(lb["received"], 200, "channel b heard another group");
+    assert!(read_archive(&arch_a) == recs_a);
+    assert!(read_archive(&arch_b) == recs_b);
+}
+
+// ---------------------------------------------------------------------------
+// Bad configuration: a clear message and the right exit code.
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("schema.avsc"), EXAMPLE_SCHEMA).unwrap();
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn run_config(path: &std::path::Path) -> (i32, String) {
+    let (code, _, err) = run_relay(&["run", "--config", path.to_str().unwrap()]);
+    (code, err)
+}
+
+#[test]
+fn unknown_key_exits_78_naming_file_and_key() {
+    let dir = tempdir();
+    let p = write_config(
+        dir.path(),
+        "schema = \"schema.avsc\"\n[receive]\nbind = \"127.0.0.1:1\"\nbuffer_size = 5\n[archive]\ndir = \"a\"\n",
+    );
+    let (code, err) = run_config(&p);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("receive") && err.contains("buffer_size"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_exit_78_naming_every_key() {
+    let dir = tempdir();
+    let p = write_config(
+        dir.path(),
+        "schema = \"schema.avsc\"\n[receive]\nbind = \"127.0.0.1\"\n[archive]\ndir = \"a\"\ncodec = \"lz4\"\nrotate_size = \"huge\"\n\
+         [decimated]\ngroup = \"239.255.1.1:6001\"\ninterface = \"127.0.0.1\"\nttl = 0\nalgorithm = \"median\"\nfactor = 5\n",
+    );
+    let (code, err) = run_config(&p);
+    assert_eq!(code, 78, "{err}");
+    for key in [
+        "receive.bind",
+        "archive.codec",
+        "archive.rotate_size",
+        "decimated.algorithm",
+    ] {
+        assert!(err.contains(key), "{key} not named in:\n{err}");
+    }
+}
+
+#[test]
+fn invalid_schema_exits_78() {
+    let dir = tempdir();
+    let p = write_config(
+        dir.path(),
+        "schema = \"schema.avsc\"\n[receive]\nbind = \"127.0.0.1:1\"\n[archive]\ndir = \"a\"\n",
+    );
+    std::fs::write(
+        dir.path().join("schema.avsc"),
+        r#"{"type":"record","name":"x","fields":[{"name":"a","type":"nonesuch"}]}"#,
+    )
+    .unwrap();
+    let (code, err) = run_config(&p);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("schema.avsc") && err.contains("schema"),
+        "{err}"
+    );
+    let (code, _, err) = run_relay(&["check", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 78, "{err}");
+}
+
+#[test]
+fn port_in_use_exits_1() {
+    let dir = tempdir();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let p = write_config(
+        dir.path(),
+        &format!("schema = \"schema.avsc\"\n[receive]\nbind = \"127.0.0.1:{port}\"\n[archive]\ndir = \"a\"\n"),
+    );
+    let (code, err) = run_config(&p);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("receive.bind") && err.to_lowercase().contains("in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn archive_folder_that_cannot_be_created_exits_1() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("a-file"), b"not a folder").unwrap();
+    let p = write_config(
+        dir.path(),
+        &format!(
+            "schema = \"schema.avsc\"\n[receive]\nbind = \"127.0.0.1:{}\"\n[archive]\ndir = \"a-file/archive\"\n",
+            free_port()
+        ),
+    );
+    let (code, err) = run_config(&p);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("archive folder") && err.contains("a-file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_example_channel_file_is_valid() {
+    let p = root().join("channels.d/example.toml");
+    let (code, out, err) = run_relay(&["check", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"example\" is valid"), "{out}");
+}
