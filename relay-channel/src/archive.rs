@@ -161,7 +161,7 @@ impl Archive {
             dir,
             schema_json: schema_json.to_string(),
             shared,
-            encoder: BlockEncoder::new(spec.codec.clone()),
+            encoder: BlockEncoder::new(spec.codec),
             block: Vec::with_capacity(spec.block_size + crate::config::MAX_DATAGRAM),
             block_records: 0,
             block_started: None,
