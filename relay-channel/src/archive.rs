@@ -29,8 +29,14 @@ use crate::counters::{emit, RateLimit, Shared};
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Longest wait for a batch, so timers are looked at often enough.
 const TICK: Duration = Duration::from_millis(100);
-/// Rejected datagrams one batch may carry to quarantine.
+/// Rejected datagrams one batch may carry to quarantine, in number and in
+/// bytes: quarantine is for inspection, and a flood of junk must not cost
+/// memory or disk bandwidth.
 pub const MAX_REJECTS_PER_BATCH: usize = 16;
+pub const MAX_REJECT_BYTES_PER_BATCH: usize = 128 << 10;
+/// Capacity a recycled batch keeps; one that grew past it (a burst of large
+/// datagrams) gives the memory back.
+const KEEP_BATCH_CAPACITY: usize = 1 << 20;
 
 /// One rejected datagram on its way to quarantine.
 #[derive(Debug, Clone)]
@@ -58,7 +64,7 @@ pub struct Batch {
 impl Batch {
     pub fn with_capacity(records: usize) -> Batch {
         Batch {
-            data: Vec::with_capacity(records * 1024),
+            data: Vec::with_capacity(records * 256),
             ends: Vec::with_capacity(records),
             reject_data: Vec::new(),
             rejects: Vec::new(),
@@ -71,7 +77,9 @@ impl Batch {
     }
 
     pub fn push_reject(&mut self, datagram: &[u8], r: Rejected) -> bool {
-        if self.rejects.len() >= MAX_REJECTS_PER_BATCH {
+        if self.rejects.len() >= MAX_REJECTS_PER_BATCH
+            || self.reject_data.len() + datagram.len() > MAX_REJECT_BYTES_PER_BATCH
+        {
             return false;
         }
         let start = self.reject_data.len();
@@ -97,6 +105,12 @@ impl Batch {
         self.ends.clear();
         self.reject_data.clear();
         self.rejects.clear();
+        if self.data.capacity() > KEEP_BATCH_CAPACITY {
+            self.data.shrink_to(KEEP_BATCH_CAPACITY);
+        }
+        if self.reject_data.capacity() > KEEP_BATCH_CAPACITY {
+            self.reject_data.shrink_to(0);
+        }
     }
 
     fn records(&self) -> impl Iterator<Item = &[u8]> {
@@ -258,8 +272,26 @@ impl Archive {
         if count == 0 {
             return;
         }
+        if self.file.is_none() && self.retry_at.is_some_and(|t| Instant::now() < t) {
+            // Still waiting to retry after disk trouble: already reported.
+            self.block.clear();
+            self.block_records = 0;
+            self.block_started = None;
+            let mut c = self.shared.counters();
+            c.archive_dropped += count;
+            c.in_flight -= count;
+            return;
+        }
         let result = self.ensure_file().and_then(|()| {
             let f = self.file.as_mut().expect("ensure_file opened a file");
+            // A file whose folder was removed under us still takes writes,
+            // into an inode nobody can reach: catch it before writing more.
+            if std::os::unix::fs::MetadataExt::nlink(&f.file.metadata()?) == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} was deleted while open", f.part.display()),
+                ));
+            }
             self.out.clear();
             self.encoder
                 .encode_block(count, &self.block, &f.sync, &mut self.out)?;
@@ -333,11 +365,6 @@ impl Archive {
         if self.file.is_some() {
             return Ok(());
         }
-        if let Some(t) = self.retry_at {
-            if Instant::now() < t {
-                return Err(io::Error::other("waiting to retry after disk trouble"));
-            }
-        }
         match self.open_file() {
             Ok(f) => {
                 self.file = Some(f);
@@ -347,10 +374,7 @@ impl Archive {
                 }
                 Ok(())
             }
-            Err(e) => {
-                self.retry_at = Some(Instant::now() + RETRY_AFTER);
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 

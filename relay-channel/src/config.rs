@@ -235,7 +235,7 @@ pub const DEFAULT_BLOCK_SIZE: usize = 256 << 10;
 pub const DEFAULT_ROTATE_SIZE: u64 = 256 << 20;
 pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-pub const DEFAULT_QUEUE: usize = 256;
+pub const DEFAULT_QUEUE: usize = 128;
 pub const DEFAULT_QUARANTINE_SIZE: u64 = 16 << 20;
 pub const DEFAULT_TTL: u32 = 1;
 
@@ -263,7 +263,14 @@ impl ChannelSpec {
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 let key = if key == "." { String::new() } else { key };
-                ConfigError::one(path, &key, e.into_inner().to_string().trim().to_string())
+                // toml appends "in `key`" on a line of its own; the key is
+                // already named.
+                let message = e.into_inner().to_string();
+                let message: Vec<&str> = message
+                    .lines()
+                    .filter(|l| !l.trim().is_empty() && !l.starts_with("in `"))
+                    .collect();
+                ConfigError::one(path, &key, message.join(" "))
             })?;
         // Paths in the file are relative to its folder; made absolute so
         // logs and status lines name them unambiguously.

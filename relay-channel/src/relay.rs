@@ -149,7 +149,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(|e| failed("tokio runtime", e))?;
-    rt.block_on(control(spec, path, archive, shared))
+    rt.block_on(control(spec, path, archive, shared, rs.recv_buffer_granted))
 }
 
 async fn control(
@@ -157,6 +157,7 @@ async fn control(
     path: ReceivePath,
     archive: Archive,
     shared: Arc<Shared>,
+    recv_buffer_granted: usize,
 ) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
     let failed = |what: &str, e: std::io::Error| RunError::Failed(format!("{what}: {e}"));
@@ -196,6 +197,7 @@ async fn control(
         "pid": std::process::id(),
         "bind": spec.receive.bind.to_string(),
         "group": spec.receive.group.map(|g| g.to_string()),
+        "recv_buffer_granted": recv_buffer_granted,
         "archive_dir": spec.archive.channel_dir(&spec.name),
         "full": spec.full.as_ref().map(|o| o.dest.to_string()),
         "decimated": spec.decimated.as_ref().map(|d| d.output.dest.to_string()),

@@ -271,6 +271,7 @@ pub struct ChannelOpts {
     pub archive: Vec<String>,
     /// Extra lines for the [receive] section.
     pub receive: Vec<String>,
+    pub recv_buffer: String,
 }
 
 impl ChannelOpts {
@@ -283,13 +284,14 @@ impl ChannelOpts {
             decimated: None,
             archive: vec![],
             receive: vec![],
+            recv_buffer: "32MiB".into(),
         }
     }
 
     pub fn toml(&self) -> String {
         let mut t = format!(
-            "name = \"{}\"\nschema = \"schema.avsc\"\n\n[receive]\nbind = \"{}\"\nrecv_buffer = \"32MiB\"\n",
-            self.name, self.bind
+            "name = \"{}\"\nschema = \"schema.avsc\"\n\n[receive]\nbind = \"{}\"\nrecv_buffer = \"{}\"\n",
+            self.name, self.bind, self.recv_buffer
         );
         if let Some(g) = self.group {
             t += &format!("group = \"{g}\"\ninterface = \"127.0.0.1\"\n");

@@ -484,3 +484,103 @@ fn the_example_channel_file_is_valid() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"example\" is valid"), "{out}");
 }
+
+#[test]
+fn a_removed_archive_folder_never_stops_the_live_output() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("vanish");
+    let full = group_addr(unique_group(), free_port());
+    opts.full = Some(full);
+    opts.archive = vec!["flush_interval = \"20ms\"".into()];
+    let relay = Relay::start(dir.path(), &opts);
+    let full_rx = GroupReceiver::join(full);
+    let records = example_records(4_000, "vanish");
+    let sender = Sender::new(opts.bind);
+    sender.send_paced(&records[..1_000], 1);
+    relay.wait_received(1_000, Duration::from_secs(30));
+    // An operator removes the whole archive folder while a file is open.
+    std::fs::remove_dir_all(relay.archive_dir()).unwrap();
+    sender.send_paced(&records[1_000..], 1);
+    relay.wait_received(4_000, Duration::from_secs(30));
+    let archive = relay.archive_dir();
+    let (code, last) = relay.stop();
+    assert_eq!(code, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let got_full = full_rx.finish();
+    assert!(
+        got_full == records,
+        "the full-rate output lost datagrams while the archive had trouble"
+    );
+    assert_balanced(&last);
+    assert!(last["archive_errors"].as_u64().unwrap() >= 1, "{last}");
+    assert!(last["archive_dropped"].as_u64().unwrap() >= 1, "{last}");
+    assert_eq!(
+        last["archive_healthy"], true,
+        "the archive did not recover: {last}"
+    );
+    // After the retry the archive writes again: a contiguous run of the
+    // later records, up to the last one, in a readable file.
+    let got = read_archive(&archive);
+    assert!(
+        !got.is_empty(),
+        "nothing archived after the folder came back"
+    );
+    let start = records.iter().position(|r| *r == got[0]).unwrap();
+    assert!(start >= 1_000, "a record from before the removal survived");
+    assert!(
+        got[..] == records[start..],
+        "the records after recovery are not contiguous to the end"
+    );
+}
+
+#[test]
+fn kernel_drops_are_reported_so_every_datagram_sent_is_accounted_for() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("kdrops");
+    // A small socket buffer, and the relay frozen: the kernel must drop.
+    opts.recv_buffer = "64KiB".into();
+    let relay = Relay::start(dir.path(), &opts);
+    let records = example_records(3_000, "kernel drops");
+    let sender = Sender::new(opts.bind);
+    relay.signal(libc::SIGSTOP);
+    for d in &records[..2_900] {
+        sender.send(d);
+    }
+    relay.signal(libc::SIGCONT);
+    // The kernel reports its drop count with the datagrams that arrive after
+    // the drops.
+    std::thread::sleep(Duration::from_millis(300));
+    sender.send_paced(&records[2_900..], 1);
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = relay.last_stats().unwrap_or_default();
+        let seen = s["received"].as_u64().unwrap_or(0) + s["kernel_drops"].as_u64().unwrap_or(0);
+        if seen >= 3_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "not every datagram accounted for: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let archive = relay.archive_dir();
+    let (code, last) = relay.stop();
+    assert_eq!(code, 0);
+    let received = last["received"].as_u64().unwrap();
+    let drops = last["kernel_drops"].as_u64().unwrap();
+    assert!(
+        drops > 0,
+        "the kernel dropped nothing: the test did not overflow the socket"
+    );
+    assert_eq!(received + drops, 3_000, "{last}");
+    assert_balanced(&last);
+    // What was received is archived, in order, as a subsequence of what was sent.
+    let got = read_archive(&archive);
+    assert_eq!(got.len() as u64, received);
+    let mut it = records.iter();
+    assert!(
+        got.iter().all(|g| it.any(|r| r == g)),
+        "archive is not an ordered subsequence of the stream"
+    );
+}
