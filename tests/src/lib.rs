@@ -346,9 +346,40 @@ impl Relay {
 
     /// Starts `relay-channel run --config FILE` without waiting.
     pub fn spawn(dir: &Path, config: &Path, name: &str) -> Relay {
-        let mut child = Command::new(bin("relay-channel"))
-            .args(["run", "--config"])
-            .arg(config)
+        let mut cmd = Command::new(bin("relay-channel"));
+        cmd.args(["run", "--config"]).arg(config);
+        Relay::spawn_command(dir, cmd, name)
+    }
+
+    /// Starts `relay-channel run --config FILE` alone in a new network
+    /// namespace whose loopback is up (needs root), without waiting. Other
+    /// programs enter it with [`Relay::in_netns`].
+    pub fn spawn_in_netns(dir: &Path, config: &Path, name: &str) -> Relay {
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" run --config \"$1\"",
+        ])
+        .arg(bin("relay-channel"))
+        .arg(config);
+        Relay::spawn_command(dir, cmd, name)
+    }
+
+    /// A command that runs `program` inside this relay's network namespace.
+    pub fn in_netns(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("--target")
+            .arg(self.pid().to_string())
+            .args(["--net", "--"])
+            .arg(program);
+        cmd
+    }
+
+    fn spawn_command(dir: &Path, mut cmd: Command, name: &str) -> Relay {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -584,3 +584,69 @@ fn kernel_drops_are_reported_so_every_datagram_sent_is_accounted_for() {
         "archive is not an ordered subsequence of the stream"
     );
 }
+
+#[test]
+fn a_join_whose_interface_is_missing_is_retried_until_it_appears() {
+    // In a network namespace of its own, so the test can add the interface
+    // address the channel waits for without touching the host's network.
+    let dir = tempdir();
+    let port = free_port();
+    let group = unique_group();
+    let mut opts = ChannelOpts::unicast("late-join");
+    opts.bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    opts.group = Some(group);
+    let config = write_channel(dir.path(), &opts);
+    // The join interface: an address (TEST-NET-1) no interface has yet.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("interface = \"127.0.0.1\"", "interface = \"192.0.2.1\"");
+    std::fs::write(&config, text).unwrap();
+    let mut relay = Relay::spawn_in_netns(dir.path(), &config, "late-join");
+    relay.wait_event("ready", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1_200));
+    let s = relay.last_stats().expect("a stats line");
+    assert_eq!(
+        s["joined"], false,
+        "joined an interface that does not exist: {s}"
+    );
+    assert!(relay
+        .stderr()
+        .contains("cannot join the multicast group yet"));
+
+    // The interface appears: the channel joins and receives.
+    let ok = relay
+        .in_netns("ip")
+        .args(["addr", "add", "192.0.2.1/32", "dev", "lo"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while relay.last_stats().unwrap()["joined"] != true {
+        assert!(std::time::Instant::now() < end, "the join was not retried");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = relay
+        .in_netns(bin("loadgen"))
+        .args([
+            "--to",
+            &format!("{group}:{port}"),
+            "--interface",
+            "192.0.2.1",
+            "--ttl",
+            "0",
+        ])
+        .args(["--count", "200", "--rate", "2000", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    relay.wait_received(200, Duration::from_secs(20));
+    let archive = relay.archive_dir();
+    let (code, last) = relay.stop();
+    assert_eq!(code, 0);
+    assert_eq!(last["received"], 200);
+    assert_eq!(read_archive(&archive).len(), 200);
+}
