@@ -240,13 +240,10 @@ pub const DEFAULT_QUARANTINE_SIZE: u64 = 16 << 20;
 pub const DEFAULT_TTL: u32 = 1;
 
 impl ChannelSpec {
-    /// Reads and validates a channel file.
-    pub fn load(path: &Path) -> Result<ChannelSpec, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::one(path, "", format!("cannot read the file: {e}")))?;
-        let table: toml::Table = toml::from_str(&text)
-            .map_err(|e| ConfigError::one(path, "", format!("not valid TOML: {e}")))?;
-        Self::from_table(table, path, None)
+    /// Reads and validates a channel file, with `defaults` merged under it.
+    pub fn load(path: &Path, defaults: Option<&toml::Table>) -> Result<ChannelSpec, ConfigError> {
+        let table = read_table(path)?;
+        Self::from_table(table, path, defaults)
     }
 
     /// Validates an already parsed channel file. `defaults`, when given, is
@@ -294,6 +291,18 @@ impl ChannelSpec {
             })
         }
     }
+}
+
+/// Reads a TOML file into a table; errors name the file.
+pub fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(path, "", format!("cannot read the file: {e}")))?;
+    parse_table(&text, path)
+}
+
+/// Parses TOML text into a table; errors name `origin`.
+pub fn parse_table(text: &str, origin: &Path) -> Result<toml::Table, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::one(origin, "", format!("not valid TOML: {e}")))
 }
 
 /// Merges `defaults` under `table`: tables merge key by key, anything else in

@@ -4,11 +4,11 @@
 //! and map every outcome to an exit code in one place (0 stopped cleanly,
 //! 1 failed, 78 configuration error: do not restart until the file changes).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use relay_channel::config::ChannelSpec;
+use relay_channel::config::{parse_table, ChannelSpec};
 use relay_channel::relay::{self, RunError};
 
 /// One channel of speeddata-relay: receives UDP datagrams that each carry one
@@ -38,6 +38,10 @@ enum Command {
         /// its folder.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// TOML text merged under the channel file: keys the file sets win.
+        /// The orchestrator passes its `[defaults]` here.
+        #[arg(long, value_name = "TOML")]
+        defaults: Option<String>,
     },
     /// Validate a channel file and its schema, print the result, and exit:
     /// 0 if valid, 78 if not.
@@ -45,6 +49,9 @@ enum Command {
         /// The channel file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// TOML text merged under the channel file, as for `run`.
+        #[arg(long, value_name = "TOML")]
+        defaults: Option<String>,
     },
 }
 
@@ -59,10 +66,10 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        Command::Run { config } => ChannelSpec::load(&config)
-            .map_err(RunError::from)
-            .and_then(relay::run),
-        Command::Check { config } => check(&config),
+        Command::Run { config, defaults } => {
+            load(&config, defaults.as_deref()).and_then(relay::run)
+        }
+        Command::Check { config, defaults } => check(&config, defaults.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,8 +88,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> Result<(), RunError> {
-    let spec = ChannelSpec::load(path)?;
+fn load(path: &Path, defaults: Option<&str>) -> Result<ChannelSpec, RunError> {
+    let defaults = defaults
+        .map(|d| parse_table(d, Path::new("--defaults")))
+        .transpose()?;
+    Ok(ChannelSpec::load(path, defaults.as_ref())?)
+}
+
+fn check(path: &Path, defaults: Option<&str>) -> Result<(), RunError> {
+    let spec = load(path, defaults)?;
     relay::load_schema(&spec)?;
     println!(
         "{}: channel {:?} is valid (receive {}, archive {})",

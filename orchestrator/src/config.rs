@@ -1,0 +1,624 @@
+//! `orchestrator.toml` and the fleet of channel files in `channels.d/`.
+//!
+//! Channel files are validated by relay-channel's own config type
+//! ([`ChannelSpec`]) with the orchestrator's `[defaults]` merged under them,
+//! so what `orchestrator check` accepts is exactly what a relay accepts. On
+//! top of that, the fleet is checked for conflicts no single file can see:
+//! duplicate names, two channels on one receive address, two channels
+//! archiving into one folder, two outputs on one group and port.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use relay_channel::config::{self as rc, ChannelSpec, ConfigError, Problem};
+use serde::Deserialize;
+
+/// Where `orchestrator run` looks without `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/speeddata/orchestrator.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    channels_dir: Option<PathBuf>,
+    relay_binary: Option<PathBuf>,
+    http: Option<RawHttp>,
+    supervisor: Option<RawSupervisor>,
+    defaults: Option<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupervisor {
+    start_timeout: Option<String>,
+    stop_timeout: Option<String>,
+    backoff_initial: Option<String>,
+    backoff_max: Option<String>,
+    backoff_factor: Option<f64>,
+    stable_after: Option<String>,
+    max_restarts: Option<i64>,
+    restart_window: Option<String>,
+    cooldown: Option<String>,
+}
+
+/// How children are started, restarted and stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// A child not `ready` within this is killed and counted as a failure.
+    pub start_timeout: Duration,
+    /// After SIGTERM, SIGKILL follows this long after.
+    pub stop_timeout: Duration,
+    /// The first restart delay; each consecutive failure multiplies it by
+    /// `backoff_factor`, up to `backoff_max`; jitter of up to ±20% is added.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub backoff_factor: f64,
+    /// A child that stayed up this long resets the backoff.
+    pub stable_after: Duration,
+    /// More than `max_restarts` failures within `restart_window` park the
+    /// channel as `failed`; it is tried again after `cooldown`.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub cooldown: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            start_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            backoff_factor: 2.0,
+            stable_after: Duration::from_secs(30),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A validated `orchestrator.toml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub channels_dir: PathBuf,
+    /// The relay binary; `None`: `relay-channel` beside the orchestrator's
+    /// own executable.
+    pub relay_binary: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub policy: Policy,
+    /// Merged under every channel file; relative paths already resolved
+    /// against this file's folder.
+    pub defaults: toml::Table,
+}
+
+impl Config {
+    /// Reads and validates `orchestrator.toml`. `channels_dir` overrides the
+    /// file's own.
+    pub fn load(path: &Path, channels_dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let table = rc::read_table(path)?;
+        Self::from_table(table, path, channels_dir)
+    }
+
+    pub fn from_table(
+        table: toml::Table,
+        path: &Path,
+        channels_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.into_inner().to_string();
+                let message: Vec<&str> = message
+                    .lines()
+                    .filter(|l| !l.trim().is_empty() && !l.starts_with("in `"))
+                    .collect();
+                one(path, if key == "." { "" } else { &key }, message.join(" "))
+            })?;
+        let base = base_dir(path);
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
+
+        let channels_dir = match channels_dir {
+            Some(d) => d.to_path_buf(),
+            None => base.join(raw.channels_dir.unwrap_or_else(|| "channels.d".into())),
+        };
+        let relay_binary = raw.relay_binary.map(|p| base.join(p));
+        let listen_text = raw
+            .http
+            .and_then(|h| h.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = match listen_text.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                problem(
+                    "http.listen",
+                    format!(
+                        "{listen_text:?} is not an address with a port, e.g. \"127.0.0.1:9464\""
+                    ),
+                );
+                DEFAULT_LISTEN.parse().expect("default listen parses")
+            }
+        };
+
+        let mut policy = Policy::default();
+        if let Some(s) = raw.supervisor {
+            let mut dur = |key: &str, v: Option<String>, into: &mut Duration| {
+                if let Some(v) = v {
+                    match humantime::parse_duration(&v) {
+                        Ok(d) if !d.is_zero() => *into = d,
+                        Ok(_) => problem(&format!("supervisor.{key}"), "must be longer than 0s".into()),
+                        Err(e) => problem(
+                            &format!("supervisor.{key}"),
+                            format!("{v:?} is not a duration ({e}); write e.g. \"100ms\", \"10s\", \"5m\""),
+                        ),
+                    }
+                }
+            };
+            dur("start_timeout", s.start_timeout, &mut policy.start_timeout);
+            dur("stop_timeout", s.stop_timeout, &mut policy.stop_timeout);
+            dur(
+                "backoff_initial",
+                s.backoff_initial,
+                &mut policy.backoff_initial,
+            );
+            dur("backoff_max", s.backoff_max, &mut policy.backoff_max);
+            dur("stable_after", s.stable_after, &mut policy.stable_after);
+            dur(
+                "restart_window",
+                s.restart_window,
+                &mut policy.restart_window,
+            );
+            dur("cooldown", s.cooldown, &mut policy.cooldown);
+            if let Some(f) = s.backoff_factor {
+                if (1.0..=10.0).contains(&f) {
+                    policy.backoff_factor = f;
+                } else {
+                    problem(
+                        "supervisor.backoff_factor",
+                        format!("{f} is out of range (1.0 to 10.0)"),
+                    );
+                }
+            }
+            if let Some(n) = s.max_restarts {
+                if (0..=10_000).contains(&n) {
+                    policy.max_restarts = n as u32;
+                } else {
+                    problem(
+                        "supervisor.max_restarts",
+                        format!("{n} is out of range (0 to 10000)"),
+                    );
+                }
+            }
+            if policy.backoff_max < policy.backoff_initial {
+                problem(
+                    "supervisor.backoff_max",
+                    "must not be shorter than backoff_initial".into(),
+                );
+            }
+        }
+
+        let mut defaults = raw.defaults.unwrap_or_default();
+        absolutize_paths(&mut defaults, &base);
+        for p in check_defaults(&defaults) {
+            problem(&format!("defaults.{}", p.key), p.message);
+        }
+        if problems.is_empty() {
+            Ok(Config {
+                file: path.to_path_buf(),
+                channels_dir,
+                relay_binary,
+                listen,
+                policy,
+                defaults,
+            })
+        } else {
+            Err(ConfigError {
+                file: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// The `[defaults]` table as TOML text, for `relay-channel --defaults`.
+    pub fn defaults_text(&self) -> String {
+        toml::to_string(&self.defaults).expect("a TOML table serializes")
+    }
+}
+
+fn one(path: &Path, key: &str, message: String) -> ConfigError {
+    ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem {
+            key: key.into(),
+            message,
+        }],
+    }
+}
+
+fn base_dir(path: &Path) -> PathBuf {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::canonicalize(&parent).unwrap_or(parent)
+}
+
+/// Paths in `[defaults]` are relative to orchestrator.toml, not to the
+/// channel files they end up in.
+fn absolutize_paths(defaults: &mut toml::Table, base: &Path) {
+    if let Some(toml::Value::String(s)) = defaults.get_mut("schema") {
+        *s = base.join(&*s).to_string_lossy().into_owned();
+    }
+    if let Some(toml::Value::Table(a)) = defaults.get_mut("archive") {
+        if let Some(toml::Value::String(s)) = a.get_mut("dir") {
+            *s = base.join(&*s).to_string_lossy().into_owned();
+        }
+    }
+}
+
+/// Problems in `[defaults]` alone: its keys and values must be ones a
+/// channel file accepts. Checked by validating them over a minimal channel.
+fn check_defaults(defaults: &toml::Table) -> Vec<Problem> {
+    let minimal: toml::Table = toml::from_str(
+        "name = \"defaults\"\nschema = \"/nonexistent.avsc\"\n[receive]\nbind = \"127.0.0.1:1\"\n[archive]\ndir = \"/nonexistent\"\n",
+    )
+    .expect("minimal channel parses");
+    let mut t = defaults.clone();
+    t.remove("name");
+    match ChannelSpec::from_table(t, Path::new("[defaults]"), Some(&minimal)) {
+        Ok(_) => vec![],
+        Err(e) => e.problems,
+    }
+}
+
+/// One valid channel of the fleet.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub spec: ChannelSpec,
+    /// Changes whenever the channel's effective configuration (its file
+    /// with defaults merged, or its schema) changes.
+    pub fingerprint: u64,
+}
+
+impl Channel {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+    pub fn file(&self) -> &Path {
+        &self.spec.file
+    }
+}
+
+/// A channel file that cannot run: its problems, and the channel name it
+/// would have had (the `name` key if readable, else the file stem).
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub name: String,
+    pub error: ConfigError,
+}
+
+/// What `channels.d` holds right now.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    pub channels: Vec<Channel>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Reads every `*.toml` in the channels folder (sorted by file name),
+/// validates each with the defaults merged, then checks fleet conflicts: of
+/// two conflicting files the one that sorts first keeps the channel.
+pub fn load_fleet(cfg: &Config) -> Result<Fleet, std::io::Error> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&cfg.channels_dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    let mut fleet = Fleet::default();
+    for file in files {
+        match load_channel(&file, &cfg.defaults) {
+            Ok(c) => fleet.channels.push(c),
+            Err(error) => fleet.rejected.push(Rejected {
+                name: name_of(&file),
+                error,
+            }),
+        }
+    }
+    check_conflicts(&mut fleet);
+    Ok(fleet)
+}
+
+/// The channel name a file stands for, even when it does not validate.
+pub fn name_of(file: &Path) -> String {
+    rc::read_table(file)
+        .ok()
+        .and_then(|t| t.get("name").and_then(|n| n.as_str()).map(String::from))
+        .unwrap_or_else(|| {
+            file.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
+/// Validates one channel file exactly as relay-channel will, schema included.
+pub fn load_channel(file: &Path, defaults: &toml::Table) -> Result<Channel, ConfigError> {
+    let table = rc::read_table(file)?;
+    let merged_text = {
+        let mut t = table.clone();
+        rc::merge_under(&mut t, defaults);
+        toml::to_string(&t).unwrap_or_default()
+    };
+    let spec = ChannelSpec::from_table(table, file, Some(defaults))?;
+    let schema = relay_channel::relay::load_schema(&spec)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    merged_text.hash(&mut h);
+    schema.text.hash(&mut h);
+    Ok(Channel {
+        spec,
+        fingerprint: h.finish(),
+    })
+}
+
+fn check_conflicts(fleet: &mut Fleet) {
+    let mut kept: Vec<Channel> = Vec::new();
+    for c in std::mem::take(&mut fleet.channels) {
+        let problems = conflicts(&c, &kept);
+        if problems.is_empty() {
+            kept.push(c);
+        } else {
+            fleet.rejected.push(Rejected {
+                name: c.name().to_string(),
+                error: ConfigError {
+                    file: c.file().to_path_buf(),
+                    problems,
+                },
+            });
+        }
+    }
+    fleet.channels = kept;
+}
+
+/// What `c` conflicts with among channels already accepted.
+fn conflicts(c: &Channel, kept: &[Channel]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let s = &c.spec;
+    // An output may not share its destination even with the channel's own other output.
+    if let (Some(f), Some(d)) = (&s.full, &s.decimated) {
+        if f.dest == d.output.dest {
+            out.push(Problem {
+                key: "decimated.group".into(),
+                message: format!("{} is also this channel's full.group", d.output.dest),
+            });
+        }
+    }
+    let mut add = |key: &str, what: String, other: &Channel| {
+        out.push(Problem {
+            key: key.into(),
+            message: format!(
+                "{what} is also used by channel {:?} ({})",
+                other.name(),
+                other.file().display()
+            ),
+        })
+    };
+    for o in kept {
+        let t = &o.spec;
+        if t.name == s.name {
+            add("name", format!("the name {:?}", s.name), o);
+        }
+        if receive_overlaps(&s.receive, &t.receive) {
+            add(
+                "receive.bind",
+                format!(
+                    "the receive address {}{}",
+                    s.receive.bind,
+                    s.receive
+                        .group
+                        .map(|g| format!(" (group {g})"))
+                        .unwrap_or_default()
+                ),
+                o,
+            );
+        }
+        if normalize(&s.archive.channel_dir(&s.name)) == normalize(&t.archive.channel_dir(&t.name))
+        {
+            add(
+                "archive.dir",
+                format!(
+                    "the archive folder {}",
+                    s.archive.channel_dir(&s.name).display()
+                ),
+                o,
+            );
+        }
+        for (key, dest) in outputs(s) {
+            if outputs(t).iter().any(|(_, d)| *d == dest) {
+                add(key, format!("the output {dest}"), o);
+            }
+        }
+    }
+    out
+}
+
+fn outputs(s: &ChannelSpec) -> Vec<(&'static str, SocketAddrV4)> {
+    let mut v = Vec::new();
+    if let Some(f) = &s.full {
+        v.push(("full.group", f.dest));
+    }
+    if let Some(d) = &s.decimated {
+        v.push(("decimated.group", d.output.dest));
+    }
+    v
+}
+
+/// Whether two receive sockets would take each other's datagrams (or fail
+/// to bind): same port and, for unicast, overlapping addresses; for
+/// multicast, the same group.
+fn receive_overlaps(a: &rc::ReceiveSpec, b: &rc::ReceiveSpec) -> bool {
+    if a.bind.port() != b.bind.port() {
+        return false;
+    }
+    match (a.group, b.group) {
+        (Some(ga), Some(gb)) => ga == gb,
+        _ => {
+            let (ia, ib) = (a.bind.ip(), b.bind.ip());
+            ia == ib || ia.is_unspecified() || ib.is_unspecified()
+        }
+    }
+}
+
+/// Lexical normalization (no filesystem access): `a/./b/../c` → `a/c`.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Every problem of a fleet, for `orchestrator check`, file by file.
+pub struct Report<'a>(pub &'a [Rejected]);
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut by_file: BTreeMap<&Path, Vec<&Rejected>> = BTreeMap::new();
+        for r in self.0 {
+            by_file.entry(&r.error.file).or_default().push(r);
+        }
+        for rs in by_file.values() {
+            for r in rs {
+                writeln!(f, "{}", r.error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    const SCHEMA: &str = r#"{"type":"record","name":"r","fields":[{"name":"a","type":"int"}]}"#;
+
+    fn setup(channels: &[(&str, &str)]) -> (tempfile::TempDir, Config) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("channels.d")).unwrap();
+        write(&d.path().join("channels.d"), "s.avsc", SCHEMA);
+        for (n, t) in channels {
+            write(&d.path().join("channels.d"), n, t);
+        }
+        write(
+            d.path(),
+            "orchestrator.toml",
+            "[defaults]\nschema = \"channels.d/s.avsc\"\narchive.dir = \"data\"\n",
+        );
+        let cfg = Config::load(&d.path().join("orchestrator.toml"), None).unwrap();
+        (d, cfg)
+    }
+
+    #[test]
+    fn defaults_fill_in_and_resolve_against_orchestrator_toml() {
+        let (d, cfg) = setup(&[("a.toml", "[receive]\nbind = \"127.0.0.1:7001\"\n")]);
+        let fleet = load_fleet(&cfg).unwrap();
+        assert!(fleet.rejected.is_empty(), "{}", Report(&fleet.rejected));
+        let a = &fleet.channels[0];
+        assert_eq!(a.name(), "a");
+        let base = std::fs::canonicalize(d.path()).unwrap();
+        assert_eq!(a.spec.archive.dir, base.join("data"));
+        assert_eq!(a.spec.schema_path, base.join("channels.d/s.avsc"));
+    }
+
+    #[test]
+    fn every_fleet_conflict_is_caught_and_named() {
+        let (_d, cfg) = setup(&[
+            ("a.toml", "[receive]\nbind = \"127.0.0.1:7001\"\n[full]\ngroup = \"239.1.1.1:6000\"\ninterface = \"127.0.0.1\"\n"),
+            // Same receive address as a.
+            ("b.toml", "[receive]\nbind = \"0.0.0.0:7001\"\n"),
+            // Same name as a.
+            ("c.toml", "name = \"a\"\n[receive]\nbind = \"127.0.0.1:7003\"\n"),
+            // Same output as a.
+            ("d.toml", "[receive]\nbind = \"127.0.0.1:7004\"\n[decimated]\ngroup = \"239.1.1.1:6000\"\ninterface = \"127.0.0.1\"\nfactor = 2\n"),
+            // Same group on the same port: conflict; another group: fine.
+            ("e.toml", "[receive]\nbind = \"0.0.0.0:7005\"\ngroup = \"239.2.2.2\"\n"),
+            ("f.toml", "[receive]\nbind = \"0.0.0.0:7005\"\ngroup = \"239.2.2.2\"\n"),
+            ("g.toml", "[receive]\nbind = \"0.0.0.0:7005\"\ngroup = \"239.2.2.3\"\n"),
+            // Archive folder of e, reached through another root.
+            ("h.toml", "name = \"e\"\n[receive]\nbind = \"127.0.0.1:7008\"\n"),
+        ]);
+        let fleet = load_fleet(&cfg).unwrap();
+        let ok: Vec<&str> = fleet.channels.iter().map(|c| c.name()).collect();
+        assert_eq!(ok, ["a", "e", "g"]);
+        let report = Report(&fleet.rejected).to_string();
+        for needle in [
+            "b.toml: receive.bind: the receive address 0.0.0.0:7001",
+            "c.toml: name: the name \"a\"",
+            "d.toml: decimated.group: the output 239.1.1.1:6000",
+            "f.toml: receive.bind",
+            "h.toml: archive.dir",
+        ] {
+            assert!(report.contains(needle), "{needle:?} not in:\n{report}");
+        }
+    }
+
+    #[test]
+    fn bad_defaults_are_reported_against_orchestrator_toml() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "orchestrator.toml",
+            "[supervisor]\nbackoff_initial = \"soon\"\nmax_restarts = -1\n[defaults]\narchive.codec = \"lz4\"\narchive.bogus = 1\n",
+        );
+        let e = Config::load(&d.path().join("orchestrator.toml"), None).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("supervisor.backoff_initial"), "{text}");
+        assert!(text.contains("supervisor.max_restarts"), "{text}");
+        assert!(text.contains("defaults.archive"), "{text}");
+    }
+
+    #[test]
+    fn fingerprint_follows_file_and_schema() {
+        let (d, cfg) = setup(&[("a.toml", "[receive]\nbind = \"127.0.0.1:7001\"\n")]);
+        let f1 = load_fleet(&cfg).unwrap().channels[0].fingerprint;
+        assert_eq!(f1, load_fleet(&cfg).unwrap().channels[0].fingerprint);
+        write(
+            &d.path().join("channels.d"),
+            "s.avsc",
+            &SCHEMA.replace("\"a\"", "\"b\""),
+        );
+        let f2 = load_fleet(&cfg).unwrap().channels[0].fingerprint;
+        assert_ne!(f1, f2);
+        write(
+            &d.path().join("channels.d"),
+            "a.toml",
+            "[receive]\nbind = \"127.0.0.1:7002\"\n",
+        );
+        assert_ne!(f2, load_fleet(&cfg).unwrap().channels[0].fingerprint);
+    }
+}
