@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use relay_channel::config::{self as rc, ChannelSpec, ConfigError, Problem};
@@ -263,12 +263,17 @@ fn base_dir(path: &Path) -> PathBuf {
 /// Paths in `[defaults]` are relative to orchestrator.toml, not to the
 /// channel files they end up in.
 fn absolutize_paths(defaults: &mut toml::Table, base: &Path) {
+    let abs = |s: &mut String| {
+        *s = rc::normalize(&base.join(&*s))
+            .to_string_lossy()
+            .into_owned()
+    };
     if let Some(toml::Value::String(s)) = defaults.get_mut("schema") {
-        *s = base.join(&*s).to_string_lossy().into_owned();
+        abs(s);
     }
     if let Some(toml::Value::Table(a)) = defaults.get_mut("archive") {
         if let Some(toml::Value::String(s)) = a.get_mut("dir") {
-            *s = base.join(&*s).to_string_lossy().into_owned();
+            abs(s);
         }
     }
 }
@@ -437,7 +442,8 @@ fn conflicts(c: &Channel, kept: &[Channel]) -> Vec<Problem> {
                 o,
             );
         }
-        if normalize(&s.archive.channel_dir(&s.name)) == normalize(&t.archive.channel_dir(&t.name))
+        if rc::normalize(&s.archive.channel_dir(&s.name))
+            == rc::normalize(&t.archive.channel_dir(&t.name))
         {
             add(
                 "archive.dir",
@@ -482,21 +488,6 @@ fn receive_overlaps(a: &rc::ReceiveSpec, b: &rc::ReceiveSpec) -> bool {
             ia == ib || ia.is_unspecified() || ib.is_unspecified()
         }
     }
-}
-
-/// Lexical normalization (no filesystem access): `a/./b/../c` → `a/c`.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// Every problem of a fleet, for `orchestrator check`, file by file.

@@ -6,9 +6,14 @@
 //! - [`supervisor`]: one task per channel, reload and reconcile;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
 //! - [`http`]: the HTTP API;
+//! - [`status_cmd`]: `orchestrator status`, a table from a running API;
 //! - [`systemd`]: readiness, watchdog and status notifications.
 
+pub mod child;
 pub mod config;
+pub mod http;
 pub mod policy;
 pub mod state;
+pub mod status_cmd;
 pub mod supervisor;
+pub mod systemd;

@@ -1,6 +1,26 @@
-//! The supervisor: one task per channel that owns its child process.
+//! The supervisor: one task per channel that owns its child process, and a
+//! reconcile step that turns what `channels.d` holds into started, stopped
+//! and restarted channels.
+//!
+//! Each channel task is independent: its waits, restarts and failures
+//! happen in its own task, so one channel's trouble never delays another.
+//! The tasks talk to the rest only through [`Fleet`] (status, events,
+//! metrics) and their command queue.
 
-use tokio::sync::oneshot;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::child::{self, Child, Output};
+use crate::config::{self, Channel, Config, Policy};
+use crate::policy::{Decision, Tracker};
+use crate::state::{now_rfc3339, Exit, Fleet, State};
 
 /// What the HTTP API may ask of the supervisor.
 #[derive(Debug)]
@@ -12,4 +32,657 @@ pub enum Request {
         name: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+}
+
+/// Commands to one channel task.
+#[derive(Debug)]
+enum Cmd {
+    /// Stop the child gracefully and end the task.
+    Stop,
+    /// Stop the child and start a new one now.
+    Restart,
+    /// The file changed: stop the child, start one with this.
+    Reconfigure(Box<Channel>, String),
+    /// The file changed and no longer validates: note it, keep running.
+    ConfigError(String),
+    /// The file validates again as it was.
+    ConfigOk,
+}
+
+struct Task {
+    tx: mpsc::UnboundedSender<Cmd>,
+    join: JoinHandle<()>,
+    file: PathBuf,
+    fingerprint: u64,
+    defaults: String,
+}
+
+/// All channel tasks, and the configuration they were started from.
+pub struct Supervisor {
+    cfg: Config,
+    binary: PathBuf,
+    fleet: Arc<Fleet>,
+    tasks: BTreeMap<String, Task>,
+    /// Channels whose file does not validate and that have no task.
+    broken: BTreeMap<String, PathBuf>,
+}
+
+impl Supervisor {
+    pub fn new(cfg: Config, binary: PathBuf, fleet: Arc<Fleet>) -> Supervisor {
+        Supervisor {
+            cfg,
+            binary,
+            fleet,
+            tasks: BTreeMap::new(),
+            broken: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Re-reads orchestrator.toml (keeping the old one if the new one is
+    /// wrong) and then reconciles the channels.
+    pub fn reload(&mut self, why: &str) {
+        match Config::load(&self.cfg.file, Some(&self.cfg.channels_dir)) {
+            Ok(new) => {
+                if new.listen != self.cfg.listen || new.relay_binary != self.cfg.relay_binary {
+                    tracing::warn!(
+                        "http.listen and relay_binary take effect at the next start of the orchestrator"
+                    );
+                }
+                self.cfg.defaults = new.defaults;
+                self.cfg.policy = new.policy;
+            }
+            Err(e) => {
+                self.fleet.metrics.config_errors.inc();
+                tracing::error!("{e}\n(keeping the previous orchestrator configuration)");
+                self.fleet.emit(
+                    "config_error",
+                    None,
+                    json!({"file": self.cfg.file, "error": e.to_string()}),
+                );
+            }
+        }
+        self.reconcile(why);
+    }
+
+    /// Makes the running fleet match `channels.d`.
+    pub fn reconcile(&mut self, why: &str) {
+        self.fleet.metrics.reloads.inc();
+        let fleet = match config::load_fleet(&self.cfg) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(
+                    dir = %self.cfg.channels_dir.display(), error = %e,
+                    "cannot read the channels folder; channels left as they are"
+                );
+                self.fleet.emit(
+                    "config_error",
+                    None,
+                    json!({"file": self.cfg.channels_dir, "error": e.to_string()}),
+                );
+                return;
+            }
+        };
+        let defaults = self.cfg.defaults_text();
+        let (mut started, mut restarted, mut stopped) = (0, 0, 0);
+        let mut wanted: BTreeMap<String, ()> = BTreeMap::new();
+
+        for ch in fleet.channels {
+            let name = ch.name().to_string();
+            wanted.insert(name.clone(), ());
+            self.broken.remove(&name);
+            match self.tasks.get_mut(&name) {
+                None => {
+                    self.start_task(ch, defaults.clone());
+                    started += 1;
+                }
+                Some(t)
+                    if t.fingerprint != ch.fingerprint
+                        || t.defaults != defaults
+                        || t.file != ch.file() =>
+                {
+                    tracing::info!(channel = %name, "configuration changed: restarting the channel");
+                    t.fingerprint = ch.fingerprint;
+                    t.file = ch.file().to_path_buf();
+                    t.defaults = defaults.clone();
+                    let _ = t.tx.send(Cmd::Reconfigure(Box::new(ch), defaults.clone()));
+                    restarted += 1;
+                }
+                Some(t) => {
+                    let _ = t.tx.send(Cmd::ConfigOk);
+                }
+            }
+        }
+
+        for r in fleet.rejected {
+            self.fleet.metrics.config_errors.inc();
+            let text = r.error.to_string();
+            tracing::error!("{text}");
+            match self.tasks.get(&r.name) {
+                // The running instance of this file is left alone.
+                Some(t) if t.file == r.error.file => {
+                    wanted.insert(r.name.clone(), ());
+                    let _ = t.tx.send(Cmd::ConfigError(text.clone()));
+                }
+                // Another file holds the name (a duplicate): report only.
+                Some(_) => {}
+                None => {
+                    wanted.insert(r.name.clone(), ());
+                    self.broken.insert(r.name.clone(), r.error.file.clone());
+                    self.fleet.update(&r.name, &r.error.file, |s| {
+                        s.state = State::Failed;
+                        s.reason = Some("configuration error".into());
+                        s.config_error = Some(text.clone());
+                    });
+                }
+            }
+            self.fleet.emit(
+                "config_error",
+                Some(&r.name),
+                json!({"file": r.error.file, "error": text}),
+            );
+        }
+
+        let gone: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(t) = self.tasks.remove(&name) {
+                tracing::info!(channel = %name, "channel file removed: stopping the channel");
+                let _ = t.tx.send(Cmd::Stop);
+                let fleet = self.fleet.clone();
+                tokio::spawn(async move {
+                    let _ = t.join.await;
+                    fleet.remove(&name);
+                });
+                stopped += 1;
+            }
+        }
+        let broken_gone: Vec<String> = self
+            .broken
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in broken_gone {
+            self.broken.remove(&name);
+            self.fleet.remove(&name);
+        }
+        tracing::info!(
+            reason = why,
+            started,
+            restarted,
+            stopped,
+            "channels reconciled"
+        );
+        self.fleet.emit(
+            "reloaded",
+            None,
+            json!({"reason": why, "started": started, "restarted": restarted, "stopped": stopped}),
+        );
+    }
+
+    fn start_task(&mut self, ch: Channel, defaults: String) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let name = ch.name().to_string();
+        let file = ch.file().to_path_buf();
+        let fingerprint = ch.fingerprint;
+        let task = ChannelTask {
+            ch,
+            defaults: defaults.clone(),
+            policy: self.cfg.policy.clone(),
+            binary: self.binary.clone(),
+            fleet: self.fleet.clone(),
+            rx,
+            tracker: Tracker::default(),
+            starts: 0,
+        };
+        let join = tokio::spawn(task.run());
+        self.tasks.insert(
+            name,
+            Task {
+                tx,
+                join,
+                file,
+                fingerprint,
+                defaults,
+            },
+        );
+    }
+
+    /// Handles a request from the HTTP API.
+    pub fn handle(&mut self, req: Request) {
+        match req {
+            Request::Restart { name, reply } => {
+                let r = match self.tasks.get(&name) {
+                    Some(t) => {
+                        let _ = t.tx.send(Cmd::Restart);
+                        Ok(())
+                    }
+                    None if self.broken.contains_key(&name) => Err(format!(
+                        "channel {name:?} cannot start: its file does not validate"
+                    )),
+                    None => Err(format!("no channel {name:?}")),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// Stops every channel at once (SIGTERM to all, SIGKILL after
+    /// `stop_timeout`) and waits for all of them.
+    pub async fn shutdown(&mut self) {
+        for t in self.tasks.values() {
+            let _ = t.tx.send(Cmd::Stop);
+        }
+        for (_, t) in std::mem::take(&mut self.tasks) {
+            let _ = t.join.await;
+        }
+    }
+}
+
+/// What ended a child's run.
+enum RunEnd {
+    /// The child exited by itself (or failed its start timeout).
+    Failed {
+        exit: Exit,
+        uptime: Duration,
+        code: Option<i32>,
+    },
+    /// Stopped on a command; what to do next.
+    Stopped(Next),
+}
+
+/// What a channel task does next.
+enum Next {
+    Start,
+    Wait(Instant),
+    /// Parked until the file changes or an operator asks.
+    WaitForChange,
+    End,
+}
+
+struct ChannelTask {
+    ch: Channel,
+    defaults: String,
+    policy: Policy,
+    binary: PathBuf,
+    fleet: Arc<Fleet>,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    tracker: Tracker,
+    /// Children started so far.
+    starts: u64,
+}
+
+impl ChannelTask {
+    fn name(&self) -> &str {
+        &self.ch.spec.name
+    }
+
+    fn file(&self) -> PathBuf {
+        self.ch.spec.file.clone()
+    }
+
+    fn set(&self, f: impl FnOnce(&mut crate::state::ChannelStatus)) {
+        self.fleet.update(&self.ch.spec.name, &self.ch.spec.file, f);
+    }
+
+    fn emit(&self, event: &'static str, detail: Value) {
+        self.fleet.emit(event, Some(self.name()), detail);
+    }
+
+    async fn run(mut self) {
+        // The series exists from the start, at 0.
+        self.fleet
+            .metrics
+            .restarts
+            .with_label_values(&[self.name()])
+            .inc_by(0);
+        self.set(|s| {
+            s.state = State::Starting;
+            s.config_error = None;
+        });
+        let mut next = Next::Start;
+        loop {
+            next = match next {
+                Next::Start => self.start_and_watch().await,
+                Next::Wait(until) => self.wait(Some(until)).await,
+                Next::WaitForChange => self.wait(None).await,
+                Next::End => break,
+            };
+        }
+        self.set(|s| {
+            s.state = State::Stopped;
+            s.pid = None;
+            s.reason = None;
+        });
+        self.emit("stopped", Value::Null);
+    }
+
+    /// Waits for `until` (then starts) or for a command.
+    async fn wait(&mut self, until: Option<Instant>) -> Next {
+        let sleep = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {
+                if self.fleet.get(self.name()).is_some_and(|s| s.state == State::Failed) {
+                    // The cool-down is over: a fresh start.
+                    self.tracker.reset();
+                }
+                Next::Start
+            }
+            cmd = self.rx.recv() => match cmd {
+                None | Some(Cmd::Stop) => Next::End,
+                Some(Cmd::Restart) => {
+                    self.tracker.reset();
+                    Next::Start
+                }
+                Some(Cmd::Reconfigure(ch, defaults)) => {
+                    self.ch = *ch;
+                    self.defaults = defaults;
+                    self.tracker.reset();
+                    self.set(|s| s.config_error = None);
+                    Next::Start
+                }
+                Some(Cmd::ConfigError(e)) => {
+                    self.set(|s| s.config_error = Some(e));
+                    match until { Some(t) => Next::Wait(t), None => Next::WaitForChange }
+                }
+                Some(Cmd::ConfigOk) => {
+                    self.set(|s| s.config_error = None);
+                    match until { Some(t) => Next::Wait(t), None => Next::WaitForChange }
+                }
+            }
+        }
+    }
+
+    async fn start_and_watch(&mut self) -> Next {
+        let restart = self.starts > 0;
+        self.starts += 1;
+        if restart {
+            self.set(|s| s.restarts += 1);
+            self.fleet
+                .metrics
+                .restarts
+                .with_label_values(&[self.name()])
+                .inc();
+        }
+        self.fleet.clear_stats(self.name());
+        let end = match child::spawn(&self.binary, &self.ch.spec.file, &self.defaults) {
+            Ok(child) => self.watch(child).await,
+            Err(e) => RunEnd::Failed {
+                exit: Exit {
+                    code: None,
+                    signal: None,
+                    at: now_rfc3339(),
+                    description: format!("cannot start {}: {e}", self.binary.display()),
+                },
+                uptime: Duration::ZERO,
+                code: None,
+            },
+        };
+        match end {
+            RunEnd::Stopped(next) => next,
+            RunEnd::Failed { exit, uptime, code } => self.after_failure(exit, uptime, code),
+        }
+    }
+
+    /// Decides what follows a failure, and says so.
+    fn after_failure(&mut self, exit: Exit, uptime: Duration, code: Option<i32>) -> Next {
+        let last_stderr = self
+            .fleet
+            .get(self.name())
+            .map(|s| s.last_stderr)
+            .unwrap_or_default();
+        let last_line = last_stderr.last().cloned().unwrap_or_default();
+        if code == Some(78) {
+            let reason = format!("configuration error (exit 78): {last_line}");
+            tracing::error!(channel = %self.name(), "{reason}; not restarted until its file changes");
+            self.set(|s| {
+                s.state = State::Failed;
+                s.reason = Some(reason.clone());
+            });
+            self.emit(
+                "failed",
+                json!({"reason": reason, "exit": exit, "last_stderr": last_stderr}),
+            );
+            return Next::WaitForChange;
+        }
+        let jitter = fastrand::f64() * 2.0 - 1.0;
+        match self
+            .tracker
+            .on_failure(Instant::now(), uptime, &self.policy, jitter)
+        {
+            Decision::Restart { after } => {
+                let reason = format!(
+                    "{}; restarting in {}",
+                    exit.description,
+                    fmt_duration(after)
+                );
+                tracing::warn!(channel = %self.name(), "{reason}");
+                self.set(|s| {
+                    s.state = State::Backoff;
+                    s.reason = Some(reason);
+                });
+                self.emit(
+                    "restarting",
+                    json!({"delay_ms": after.as_millis() as u64, "after": exit.description}),
+                );
+                Next::Wait(Instant::now() + after)
+            }
+            Decision::Park { until } => {
+                let reason = format!(
+                    "{} failures within {}, the last: {}; trying again in {}",
+                    self.tracker.recent_failures(),
+                    fmt_duration(self.policy.restart_window),
+                    exit.description,
+                    fmt_duration(self.policy.cooldown)
+                );
+                tracing::error!(channel = %self.name(), last_stderr = %last_line, "failed: {reason}");
+                self.set(|s| {
+                    s.state = State::Failed;
+                    s.reason = Some(reason.clone());
+                });
+                self.emit(
+                    "failed",
+                    json!({"reason": reason, "exit": exit, "last_stderr": last_stderr}),
+                );
+                Next::Wait(until)
+            }
+        }
+    }
+
+    /// Follows a child from start to end.
+    async fn watch(&mut self, mut child: Child) -> RunEnd {
+        let pid = child.pid;
+        let started = Instant::now();
+        tracing::info!(channel = %self.name(), pid, "started");
+        self.set(|s| {
+            s.state = State::Starting;
+            s.pid = Some(pid);
+            s.started = Some(started);
+            s.reason = None;
+            s.last_stderr.clear();
+        });
+        self.emit("started", json!({"pid": pid, "file": self.file()}));
+        let start_deadline = tokio::time::sleep(self.policy.start_timeout);
+        tokio::pin!(start_deadline);
+        let mut ready = false;
+        loop {
+            tokio::select! {
+                out = child.next() => match out {
+                    Ok(Output::Stdout(line)) => {
+                        if self.on_status_line(&line, pid) {
+                            ready = true;
+                        }
+                    }
+                    Ok(Output::Stderr(line)) => self.on_log_line(line),
+                    Ok(Output::Exited(status)) => {
+                        return self.exited(&status, started, pid);
+                    }
+                    Err(e) => {
+                        tracing::error!(channel = %self.name(), error = %e, "lost the child's pipes; stopping it");
+                        let status = self.stop_child(&mut child).await;
+                        return self.exited(&status, started, pid);
+                    }
+                },
+                _ = &mut start_deadline, if !ready => {
+                    let limit = fmt_duration(self.policy.start_timeout);
+                    tracing::warn!(channel = %self.name(), pid, "not ready within {limit}; stopping it");
+                    let status = self.stop_child(&mut child).await;
+                    let mut end = self.exited(&status, started, pid);
+                    if let RunEnd::Failed { exit, code, .. } = &mut end {
+                        exit.description = format!("not ready within {limit} ({})", exit.description);
+                        *code = None;
+                    }
+                    return end;
+                }
+                cmd = self.rx.recv() => match cmd {
+                    None | Some(Cmd::Stop) => {
+                        self.stop_child(&mut child).await;
+                        self.emit("exited", json!({"pid": pid, "reason": "stopped"}));
+                        return RunEnd::Stopped(Next::End);
+                    }
+                    Some(Cmd::Restart) => {
+                        self.emit("restarting", json!({"reason": "requested", "delay_ms": 0}));
+                        self.stop_child(&mut child).await;
+                        self.emit("exited", json!({"pid": pid, "reason": "restart requested"}));
+                        self.tracker.reset();
+                        return RunEnd::Stopped(Next::Start);
+                    }
+                    Some(Cmd::Reconfigure(ch, defaults)) => {
+                        self.emit("restarting", json!({"reason": "configuration changed", "delay_ms": 0}));
+                        self.stop_child(&mut child).await;
+                        self.emit("exited", json!({"pid": pid, "reason": "configuration changed"}));
+                        self.ch = *ch;
+                        self.defaults = defaults;
+                        self.tracker.reset();
+                        self.set(|s| s.config_error = None);
+                        return RunEnd::Stopped(Next::Start);
+                    }
+                    Some(Cmd::ConfigError(e)) => {
+                        tracing::warn!(channel = %self.name(), "the changed file does not validate; the running instance is left as it is");
+                        self.set(|s| s.config_error = Some(e));
+                    }
+                    Some(Cmd::ConfigOk) => self.set(|s| s.config_error = None),
+                },
+            }
+        }
+    }
+
+    /// Handles one stdout line; true if it was `ready`.
+    fn on_status_line(&self, line: &str, pid: u32) -> bool {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(line) else {
+            tracing::warn!(channel = %self.name(), line, "unexpected line on the relay's stdout");
+            return false;
+        };
+        match map.get("event").and_then(Value::as_str) {
+            Some("ready") => {
+                tracing::info!(channel = %self.name(), pid, "ready");
+                self.set(|s| {
+                    s.state = State::Ready;
+                    s.reason = None;
+                });
+                self.emit("ready", json!({"pid": pid}));
+                true
+            }
+            Some("stats") => {
+                self.fleet.record_stats(self.name(), strip_event(map));
+                false
+            }
+            Some("file_closed") => {
+                tracing::debug!(channel = %self.name(), path = ?map.get("path"), "archive file closed");
+                false
+            }
+            _ => false,
+        }
+    }
+
+    fn on_log_line(&self, line: String) {
+        tracing::info!(target: "relay", channel = %self.name(), "{line}");
+        self.set(|s| s.push_stderr(line));
+    }
+
+    fn exited(&mut self, status: &std::process::ExitStatus, started: Instant, pid: u32) -> RunEnd {
+        use std::os::unix::process::ExitStatusExt;
+        let exit = Exit {
+            code: status.code(),
+            signal: status.signal(),
+            at: now_rfc3339(),
+            description: child::describe(status),
+        };
+        self.set(|s| {
+            s.pid = None;
+            s.last_exit = Some(exit.clone());
+        });
+        self.emit("exited", json!({"pid": pid, "exit": exit}));
+        RunEnd::Failed {
+            code: status.code(),
+            exit,
+            uptime: started.elapsed(),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `stop_timeout`; reads the child's last
+    /// lines meanwhile (its final stats).
+    async fn stop_child(&mut self, child: &mut Child) -> std::process::ExitStatus {
+        child.signal(Signal::SIGTERM);
+        let deadline = tokio::time::sleep(self.policy.stop_timeout);
+        tokio::pin!(deadline);
+        let mut killed = false;
+        loop {
+            tokio::select! {
+                out = child.next() => match out {
+                    Ok(Output::Stdout(line)) => { self.on_status_line(&line, child.pid); }
+                    Ok(Output::Stderr(line)) => self.on_log_line(line),
+                    Ok(Output::Exited(status)) => {
+                        self.set(|s| s.pid = None);
+                        return status;
+                    }
+                    Err(_) => {
+                        child.signal(Signal::SIGKILL);
+                        return child.wait_exit().await;
+                    }
+                },
+                _ = &mut deadline, if !killed => {
+                    tracing::warn!(
+                        channel = %self.name(), pid = child.pid,
+                        "did not stop within {}; killing it", fmt_duration(self.policy.stop_timeout)
+                    );
+                    child.signal(Signal::SIGKILL);
+                    killed = true;
+                }
+            }
+        }
+    }
+}
+
+fn strip_event(mut m: Map<String, Value>) -> Map<String, Value> {
+    m.remove("event");
+    m.remove("channel");
+    m
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+/// The relay binary: the configured one, else `relay-channel` beside this
+/// executable.
+pub fn relay_binary(cfg: &Config) -> std::io::Result<PathBuf> {
+    if let Some(b) = &cfg.relay_binary {
+        return Ok(b.clone());
+    }
+    let exe = std::env::current_exe()?;
+    Ok(exe.parent().unwrap_or(Path::new(".")).join("relay-channel"))
 }

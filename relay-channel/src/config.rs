@@ -334,11 +334,7 @@ impl Validator<'_> {
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base.join(p)
-        }
+        normalize(&self.base.join(p))
     }
 
     fn channel(&mut self, raw: RawChannel) -> Option<ChannelSpec> {
@@ -691,6 +687,25 @@ impl Validator<'_> {
             Some(v)
         }
     }
+}
+
+/// Lexical normalization, without touching the filesystem: `a/./b/../c`
+/// becomes `a/c`, so paths in logs and status lines read plainly.
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Channel names: 1 to 64 of `[a-z0-9_-]`.

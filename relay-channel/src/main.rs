@@ -60,6 +60,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A supervisor that went away closes our stderr; logging must not
+        // then panic (tracing-subscriber reports write errors with
+        // eprintln!, which panics on a closed stderr) and stop a clean
+        // shutdown.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

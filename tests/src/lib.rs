@@ -6,6 +6,8 @@
 //! Network safety: every socket here is bound to 127.0.0.1 or joins on
 //! 127.0.0.1; every multicast send leaves by 127.0.0.1 with TTL 0.
 
+pub mod fleet;
+
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -43,6 +45,8 @@ pub fn bin(name: &str) -> PathBuf {
                 "--quiet",
                 "-p",
                 "relay-channel",
+                "-p",
+                "orchestrator",
                 "-p",
                 "speeddata-benches",
                 "--bins",

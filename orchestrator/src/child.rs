@@ -1,0 +1,146 @@
+//! One `relay-channel` child process: spawned in its own process group,
+//! tied to the orchestrator's life with `PR_SET_PDEATHSIG`, its stdout
+//! status lines and stderr log lines read as they come, stopped with
+//! SIGTERM then SIGKILL.
+
+use std::io;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStderr, ChildStdout};
+
+/// A running relay.
+pub struct Child {
+    pub pid: u32,
+    process: tokio::process::Child,
+    stdout: Option<Lines<BufReader<ChildStdout>>>,
+    stderr: Option<Lines<BufReader<ChildStderr>>>,
+}
+
+/// Something a child said or did.
+#[derive(Debug)]
+pub enum Output {
+    Stdout(String),
+    Stderr(String),
+    Exited(ExitStatus),
+}
+
+/// Starts `binary run --config FILE [--defaults TOML]`.
+pub fn spawn(binary: &Path, file: &Path, defaults: &str) -> io::Result<Child> {
+    let parent = std::process::id();
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("run").arg("--config").arg(file);
+    if !defaults.trim().is_empty() {
+        cmd.arg("--defaults").arg(defaults);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group: a signal meant for the orchestrator's
+        // group (Ctrl-C in a terminal) does not reach the children; the
+        // orchestrator stops them itself, in order.
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // SIGTERM (a clean stop that finalizes the archive) when the
+            // orchestrator dies, even by SIGKILL. The orchestrator spawns
+            // from its main thread, which lives as long as the process.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The orchestrator may have died before the prctl took effect.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut process = cmd.spawn()?;
+    let pid = process.id().unwrap_or(0);
+    let stdout = process.stdout.take().map(|s| BufReader::new(s).lines());
+    let stderr = process.stderr.take().map(|s| BufReader::new(s).lines());
+    Ok(Child {
+        pid,
+        process,
+        stdout,
+        stderr,
+    })
+}
+
+impl Child {
+    /// The next thing the child says or does. Exit is reported only after
+    /// both pipes are drained, so no status or log line is lost. Cancel
+    /// safe: use it in `select!`.
+    pub async fn next(&mut self) -> io::Result<Output> {
+        loop {
+            tokio::select! {
+                line = next_line(&mut self.stdout) => match line? {
+                    Some(l) => return Ok(Output::Stdout(l)),
+                    None => self.stdout = None,
+                },
+                line = next_line(&mut self.stderr) => match line? {
+                    Some(l) => return Ok(Output::Stderr(l)),
+                    None => self.stderr = None,
+                },
+                status = self.process.wait(), if self.stdout.is_none() && self.stderr.is_none() => {
+                    return Ok(Output::Exited(status?));
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to end, leaving its pipes unread.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        self.stdout = None;
+        self.stderr = None;
+        self.process
+            .wait()
+            .await
+            .unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL))
+    }
+
+    /// Sends a signal to the child's process group.
+    pub fn signal(&self, sig: Signal) {
+        if self.pid != 0 {
+            let _ = killpg(Pid::from_raw(self.pid as i32), sig);
+        }
+    }
+}
+
+async fn next_line<R>(lines: &mut Option<Lines<R>>) -> io::Result<Option<String>>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    match lines {
+        Some(l) => match l.next_line().await {
+            Ok(v) => Ok(v),
+            // A line that is not UTF-8: skip it rather than lose the pipe.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Ok(Some(String::from("<non-UTF-8 output>")))
+            }
+            Err(e) => Err(e),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// "exited with 1", "killed by SIGKILL".
+pub fn describe(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exited with {code}")
+    } else if let Some(sig) = status.signal() {
+        let name = Signal::try_from(sig)
+            .map(|s| s.as_str())
+            .unwrap_or("an unknown signal");
+        format!("killed by {name}")
+    } else {
+        "ended".into()
+    }
+}

@@ -1,0 +1,377 @@
+//! Helpers for the orchestrator tests: a folder with orchestrator.toml and
+//! channels.d/, the real `orchestrator` binary running it, and its HTTP API
+//! read over loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use crate::{bin, free_port, ChannelOpts, EXAMPLE_SCHEMA};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fleet folder: `orchestrator.toml` and `channels.d/`.
+pub struct FleetDir {
+    pub dir: tempfile::TempDir,
+    pub http_port: u16,
+}
+
+impl FleetDir {
+    /// `supervisor` lines go into `[supervisor]`.
+    pub fn new(supervisor: &[&str]) -> FleetDir {
+        let dir = crate::tempdir();
+        std::fs::create_dir(dir.path().join("channels.d")).unwrap();
+        std::fs::write(dir.path().join("channels.d/schema.avsc"), EXAMPLE_SCHEMA).unwrap();
+        let http_port = free_tcp_port();
+        let mut t = format!(
+            "channels_dir = \"channels.d\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[supervisor]\n"
+        );
+        for l in supervisor {
+            t += l;
+            t += "\n";
+        }
+        t += "\n[defaults]\narchive.dir = \"archive\"\n";
+        std::fs::write(dir.path().join("orchestrator.toml"), t).unwrap();
+        FleetDir { dir, http_port }
+    }
+
+    pub fn channels_dir(&self) -> PathBuf {
+        self.dir.path().join("channels.d")
+    }
+
+    /// Writes a channel file (its archive goes to `<fleet>/archive/<name>`
+    /// through the defaults).
+    pub fn add(&self, opts: &ChannelOpts) {
+        let text = opts
+            .toml()
+            .replace("\n[archive]\ndir = \"archive\"\n", "\n[archive]\n");
+        self.write(&format!("{}.toml", opts.name), &text);
+    }
+
+    /// Writes a file into channels.d atomically (rename), as an editor or a
+    /// deployment tool would.
+    pub fn write(&self, file: &str, text: &str) {
+        let tmp = self.dir.path().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.channels_dir().join(file)).unwrap();
+    }
+
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.channels_dir().join(file)).unwrap();
+    }
+
+    pub fn archive_dir(&self, channel: &str) -> PathBuf {
+        self.dir.path().join("archive").join(channel)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("orchestrator.toml")
+    }
+
+    /// Starts `orchestrator run` on this folder.
+    pub fn start(&self) -> Orchestrator {
+        let mut child = Command::new(bin("orchestrator"))
+            .args(["run", "--config"])
+            .arg(self.config())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start orchestrator");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            let log = log.clone();
+            let err = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let o = Orchestrator {
+            child,
+            port: self.http_port,
+            log,
+        };
+        o.wait_http();
+        o
+    }
+}
+
+/// A running orchestrator.
+pub struct Orchestrator {
+    child: Child,
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// An HTTP answer: status and body.
+pub struct Http {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Http {
+    pub fn json(&self) -> Json {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Orchestrator {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn wait_http(&self) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < end,
+                "the orchestrator's HTTP API did not come up; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A plain HTTP/1.1 request to the API.
+    pub fn request(&self, method: &str, path: &str) -> Http {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        Http {
+            status,
+            body: if chunked {
+                dechunk(body)
+            } else {
+                body.to_string()
+            },
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Http {
+        self.request("GET", path)
+    }
+
+    /// The channel list, by name.
+    pub fn channels(&self) -> Vec<Json> {
+        let v = self.get("/api/v1/channels").json();
+        match v {
+            Json::Array(a) => a,
+            other => other["channels"].as_array().cloned().unwrap_or_default(),
+        }
+    }
+
+    pub fn channel(&self, name: &str) -> Option<Json> {
+        self.channels().into_iter().find(|c| c["name"] == name)
+    }
+
+    /// Waits until `cond` holds for the channel; returns its status.
+    pub fn wait_channel(&self, name: &str, limit: Duration, cond: impl Fn(&Json) -> bool) -> Json {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(c) = self.channel(name) {
+                if cond(&c) {
+                    return c;
+                }
+            }
+            if Instant::now() > end {
+                panic!(
+                    "channel {name}: condition not met within {limit:?}; status: {:?}\nlog:\n{}",
+                    self.channel(name),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_ready(&self, name: &str) -> Json {
+        self.wait_channel(name, Duration::from_secs(30), |c| c["state"] == "ready")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for exit; returns the exit code (128+signal if killed).
+    pub fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt;
+                return s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!(
+                    "orchestrator did not exit within {limit:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lifecycle events from the SSE stream (replayed from the start), until
+    /// `enough` says so or `limit` passes.
+    pub fn events(&self, limit: Duration, enough: impl Fn(&[Json]) -> bool) -> Vec<Json> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "GET /api/v1/events?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let end = Instant::now() + limit;
+        let mut reader = BufReader::new(s);
+        let mut events = Vec::new();
+        let mut line = String::new();
+        while Instant::now() < end {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    // Chunked framing lines are not "data:" lines; skip them.
+                    if let Some(data) = line.trim_end().strip_prefix("data:") {
+                        if let Ok(v) = serde_json::from_str::<Json>(data.trim()) {
+                            events.push(v);
+                            if enough(&events) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        events
+    }
+
+    /// The metrics page.
+    pub fn metrics(&self) -> String {
+        let r = self.get("/metrics");
+        assert_eq!(r.status, 200);
+        r.body
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Whether a process is running (not gone, not a zombie).
+pub fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the command name in parentheses.
+            let state = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next());
+            !matches!(state, Some(Some('Z')) | Some(Some('X')))
+        }
+        Err(_) => false,
+    }
+}
+
+/// User + system CPU time of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields after the name: state is [0]; utime is field 14 → [11], stime [12].
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A unicast channel with a full-rate output on its own group.
+pub fn channel_with_output(name: &str) -> (ChannelOpts, SocketAddrV4) {
+    let mut o = ChannelOpts::unicast(name);
+    let full = crate::group_addr(crate::unique_group(), free_port());
+    o.full = Some(full);
+    (o, full)
+}
+
+/// Runs `orchestrator` with arguments to completion: (code, stdout, stderr).
+pub fn run_orchestrator(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(bin("orchestrator"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

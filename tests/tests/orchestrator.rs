@@ -1,0 +1,508 @@
+//! End-to-end tests of `orchestrator`: the real binary supervising real
+//! `relay-channel` processes over loopback.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use speeddata_tests::fleet::*;
+use speeddata_tests::*;
+
+fn example_records(n: usize, message: &str) -> Vec<Vec<u8>> {
+    let schema = example_schema();
+    (0..n)
+        .map(|i| example_datum(&schema, i as i32, message))
+        .collect()
+}
+
+fn pid_of(c: &Json) -> u32 {
+    c["pid"].as_u64().expect("a running channel has a pid") as u32
+}
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: signalling a process this test started (a child of its orchestrator).
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+#[test]
+fn a_killed_channel_comes_back_and_the_others_lose_nothing() {
+    let fleet = FleetDir::new(&["backoff_initial = \"100ms\"", "max_restarts = 100"]);
+    let mut opts = Vec::new();
+    let mut receivers = Vec::new();
+    for name in ["victim", "steady-a", "steady-b"] {
+        let (o, full) = channel_with_output(name);
+        fleet.add(&o);
+        opts.push(o);
+        receivers.push(full);
+    }
+    let orch = fleet.start();
+    for o in &opts {
+        orch.wait_ready(&o.name);
+    }
+    let rx: Vec<GroupReceiver> = receivers.iter().map(|g| GroupReceiver::join(*g)).collect();
+
+    // Steady traffic to every channel for about 4 s.
+    let records = example_records(4_000, "steady");
+    let senders: Vec<_> = opts
+        .iter()
+        .map(|o| {
+            let (bind, recs) = (o.bind, records.clone());
+            std::thread::spawn(move || Sender::new(bind).send_paced(&recs, 1))
+        })
+        .collect();
+
+    // Kill the victim's relay again and again.
+    let mut kill_to_ready = Vec::new();
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = orch.wait_ready("victim");
+        let old = pid_of(&before);
+        let t0 = Instant::now();
+        kill(old, libc::SIGKILL);
+        let back = orch.wait_channel("victim", Duration::from_secs(20), |c| {
+            c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p as u32 != old)
+        });
+        kill_to_ready.push(t0.elapsed());
+        assert_eq!(back["restarts"], round + 1, "{back}");
+    }
+    assert!(
+        kill_to_ready[0] < Duration::from_secs(1),
+        "kill to ready took {:?} at the first backoff step",
+        kill_to_ready[0]
+    );
+    for s in senders {
+        s.join().unwrap();
+    }
+    for o in &opts[1..] {
+        orch.wait_channel(&o.name, Duration::from_secs(30), |c| {
+            c["counters"]["received"].as_u64() == Some(4_000)
+                && c["counters"]["archived"].as_u64() == Some(4_000)
+        });
+    }
+    let victim = orch.channel("victim").unwrap();
+    assert_eq!(victim["last_exit"]["signal"], libc::SIGKILL, "{victim}");
+
+    // The event stream tells the story of the victim, in order.
+    let events = orch.events(Duration::from_secs(5), |ev| {
+        ev.iter()
+            .filter(|e| e["channel"] == "victim" && e["event"] == "ready")
+            .count()
+            >= 5
+    });
+    let story: Vec<&str> = events
+        .iter()
+        .filter(|e| e["channel"] == "victim")
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    let expected_round = ["exited", "restarting", "started", "ready"];
+    assert_eq!(&story[..2], ["started", "ready"], "{story:?}");
+    for round in 0..4 {
+        assert_eq!(
+            &story[2 + 4 * round..6 + 4 * round],
+            expected_round,
+            "{story:?}"
+        );
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "events out of order: {seqs:?}"
+    );
+    let untouched: Vec<&Json> = events
+        .iter()
+        .filter(|e| e["channel"] == "steady-a" || e["channel"] == "steady-b")
+        .collect();
+    assert_eq!(
+        untouched.len(),
+        4,
+        "the other channels were touched: {untouched:?}"
+    );
+
+    // Stop the fleet: the steady channels lost nothing, anywhere.
+    let mut orch = orch;
+    orch.signal(libc::SIGTERM);
+    assert_eq!(orch.wait_exit(Duration::from_secs(30)), 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut rx = rx.into_iter();
+    let _victim_rx = rx.next().unwrap().finish();
+    for (o, r) in opts[1..].iter().zip(rx) {
+        let got = r.finish();
+        assert!(
+            got == records,
+            "{}: the full-rate receiver lost datagrams ({} of 4000)",
+            o.name,
+            got.len()
+        );
+        let files = avro_files(&fleet.archive_dir(&o.name));
+        assert!(
+            read_with_apache_avro(&files) == records,
+            "{}: archive differs",
+            o.name
+        );
+        assert!(part_files(&fleet.archive_dir(&o.name)).is_empty());
+    }
+}
+
+#[test]
+fn a_channel_that_cannot_start_is_parked_as_failed_without_spinning() {
+    let fleet = FleetDir::new(&[
+        "backoff_initial = \"50ms\"",
+        "max_restarts = 3",
+        "restart_window = \"60s\"",
+        "cooldown = \"1h\"",
+    ]);
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut bad = ChannelOpts::unicast("port-taken");
+    bad.bind = match taken.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        _ => unreachable!(),
+    };
+    let (good, _) = channel_with_output("good");
+    fleet.add(&bad);
+    fleet.add(&good);
+    let orch = fleet.start();
+    orch.wait_ready("good");
+    let failed = orch.wait_channel("port-taken", Duration::from_secs(20), |c| {
+        c["state"] == "failed"
+    });
+    assert_eq!(failed["restarts"], 3, "{failed}");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("4 failures"),
+        "{failed}"
+    );
+    let stderr = failed["last_stderr"].to_string();
+    assert!(
+        stderr.contains("receive.bind") && stderr.to_lowercase().contains("in use"),
+        "{stderr}"
+    );
+    assert_eq!(failed["last_exit"]["code"], 1);
+    assert!(failed["pid"].is_null());
+
+    // Parked: no more attempts, and the orchestrator sleeps.
+    let ticks = cpu_ticks(orch.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(orch.pid()) - ticks;
+    assert!(
+        spent <= 10,
+        "the orchestrator used {spent} ticks of CPU in 2 s while the channel was parked"
+    );
+    assert_eq!(orch.channel("port-taken").unwrap()["restarts"], 3);
+
+    // The good channel runs on and moves data.
+    let records = example_records(500, "good");
+    Sender::new(good.bind).send_paced(&records, 5);
+    orch.wait_channel("good", Duration::from_secs(20), |c| {
+        c["counters"]["received"] == 500
+    });
+    assert_eq!(orch.channel("good").unwrap()["restarts"], 0);
+
+    // /readyz says not everything is ready; an operator restart tries again.
+    let r = orch.get("/readyz");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("port-taken"), "{}", r.body);
+    drop(taken);
+    let r = orch.request("POST", "/api/v1/channels/port-taken/restart");
+    assert!(
+        r.status == 202 || r.status == 200,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    orch.wait_ready("port-taken");
+    assert_eq!(orch.get("/readyz").status, 200);
+}
+
+#[test]
+fn channels_d_changes_start_stop_and_restart_exactly_the_channels_concerned() {
+    let fleet = FleetDir::new(&[]);
+    let (a, _) = channel_with_output("alpha");
+    let (b, _) = channel_with_output("beta");
+    fleet.add(&a);
+    fleet.add(&b);
+    let orch = fleet.start();
+    let pid_a = pid_of(&orch.wait_ready("alpha"));
+    let pid_b = pid_of(&orch.wait_ready("beta"));
+    Sender::new(b.bind).send_paced(&example_records(100, "beta"), 5);
+    orch.wait_channel("beta", Duration::from_secs(20), |c| {
+        c["counters"]["received"] == 100
+    });
+
+    // Added file: a new channel starts; the others keep their pids.
+    let (c, _) = channel_with_output("gamma");
+    fleet.add(&c);
+    let pid_c = pid_of(&orch.wait_ready("gamma"));
+
+    // Removed file: that channel stops, its archive finalized.
+    fleet.remove("beta.toml");
+    let end = Instant::now() + Duration::from_secs(20);
+    while orch.channel("beta").is_some() {
+        assert!(Instant::now() < end, "beta was not stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!running(pid_b));
+    assert!(part_files(&fleet.archive_dir("beta")).is_empty());
+    assert_eq!(
+        read_with_apache_avro(&avro_files(&fleet.archive_dir("beta"))).len(),
+        100
+    );
+
+    // Changed file: only that channel restarts.
+    let mut a2 = a.clone();
+    a2.archive = vec!["codec = \"deflate\"".into()];
+    fleet.add(&a2);
+    let a_now = orch.wait_channel("alpha", Duration::from_secs(20), |c| {
+        c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p as u32 != pid_a)
+    });
+    assert_eq!(a_now["restarts"], 1);
+    assert_eq!(pid_of(&orch.channel("gamma").unwrap()), pid_c);
+
+    // Broken file: reported, and the running instance is left alone.
+    fleet.write("gamma.toml", "this is not = [valid toml");
+    let broken = orch.wait_channel("gamma", Duration::from_secs(20), |c| {
+        !c["config_error"].is_null()
+    });
+    assert!(
+        broken["config_error"]
+            .as_str()
+            .unwrap()
+            .contains("gamma.toml"),
+        "{broken}"
+    );
+    assert_eq!(pid_of(&broken), pid_c);
+    assert_eq!(broken["state"], "ready");
+    assert!(orch
+        .metrics()
+        .contains("speeddata_channel_config_error{channel=\"gamma\"} 1"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pid_of(&orch.channel("gamma").unwrap()), pid_c);
+
+    // A broken new file: reported as a failed channel, nothing started.
+    fleet.write("delta.toml", "[receive]\nbind = \"nowhere\"\n");
+    let delta = orch.wait_channel("delta", Duration::from_secs(20), |c| c["state"] == "failed");
+    assert!(
+        delta["config_error"]
+            .as_str()
+            .unwrap()
+            .contains("receive.bind"),
+        "{delta}"
+    );
+    assert!(delta["pid"].is_null());
+
+    // Fixed file, same as before: the error clears, no restart.
+    fleet.add(&c);
+    orch.wait_channel("gamma", Duration::from_secs(20), |c| {
+        c["config_error"].is_null()
+    });
+    assert_eq!(pid_of(&orch.channel("gamma").unwrap()), pid_c);
+    assert_eq!(orch.channel("gamma").unwrap()["restarts"], 0);
+
+    // SIGHUP reloads too: nothing changed, nothing restarts.
+    orch.signal(libc::SIGHUP);
+    let events = orch.events(Duration::from_secs(10), |ev| {
+        ev.iter()
+            .any(|e| e["event"] == "reloaded" && e["reason"] == "SIGHUP")
+    });
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "reloaded" && e["reason"] == "SIGHUP"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "config_error" && e["channel"] == "gamma"));
+    assert_eq!(pid_of(&orch.channel("gamma").unwrap()), pid_c);
+    assert_eq!(pid_of(&orch.channel("alpha").unwrap()), pid_of(&a_now));
+}
+
+#[test]
+fn sigterm_finalizes_every_archive_and_kill_9_leaves_no_child() {
+    let fleet = FleetDir::new(&[]);
+    let (a, _) = channel_with_output("one");
+    let (b, _) = channel_with_output("two");
+    fleet.add(&a);
+    fleet.add(&b);
+    let mut orch = fleet.start();
+    orch.wait_ready("one");
+    orch.wait_ready("two");
+    let records = example_records(1_000, "finalize");
+    Sender::new(a.bind).send_paced(&records, 5);
+    Sender::new(b.bind).send_paced(&records, 5);
+    for n in ["one", "two"] {
+        orch.wait_channel(n, Duration::from_secs(20), |c| {
+            c["counters"]["received"] == 1_000
+        });
+    }
+    let pids: Vec<u32> = ["one", "two"]
+        .iter()
+        .map(|n| pid_of(&orch.channel(n).unwrap()))
+        .collect();
+    orch.signal(libc::SIGTERM);
+    assert_eq!(orch.wait_exit(Duration::from_secs(30)), 0, "{}", orch.log());
+    for (n, pid) in ["one", "two"].iter().zip(pids) {
+        assert!(!running(pid), "{n} still runs");
+        assert!(
+            part_files(&fleet.archive_dir(n)).is_empty(),
+            "{n} left a .part"
+        );
+        assert!(
+            read_with_apache_avro(&avro_files(&fleet.archive_dir(n))) == records,
+            "{n}"
+        );
+    }
+
+    // kill -9 of the orchestrator: its children follow within 2 s, and
+    // still close their archives (they get SIGTERM).
+    let mut orch = fleet.start();
+    orch.wait_ready("one");
+    orch.wait_ready("two");
+    Sender::new(a.bind).send_paced(&records, 5);
+    orch.wait_channel("one", Duration::from_secs(20), |c| {
+        c["counters"]["received"] == 1_000
+    });
+    let pids: Vec<u32> = ["one", "two"]
+        .iter()
+        .map(|n| pid_of(&orch.channel(n).unwrap()))
+        .collect();
+    orch.signal(libc::SIGKILL);
+    orch.wait_exit(Duration::from_secs(10));
+    let t0 = Instant::now();
+    while pids.iter().any(|p| running(*p)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "children still run 2 s after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(part_files(&fleet.archive_dir("one")).is_empty());
+    let all = read_with_apache_avro(&avro_files(&fleet.archive_dir("one")));
+    assert_eq!(all.len(), 2_000);
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_match_the_api() {
+    let fleet = FleetDir::new(&[]);
+    let (a, _) = channel_with_output("metered");
+    fleet.add(&a);
+    let orch = fleet.start();
+    orch.wait_ready("metered");
+    let mut stream = example_records(700, "metered");
+    stream.push(b"junk".to_vec());
+    Sender::new(a.bind).send_paced(&stream, 5);
+    let status = orch.wait_channel("metered", Duration::from_secs(20), |c| {
+        c["counters"]["received"] == 701 && c["counters"]["archived"] == 700
+    });
+    assert_eq!(status["counters"]["rejected"], 1);
+    let text = orch.metrics();
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out[s.name + str(sorted(s.labels.items()))] = s.value
+print(len(out))
+for k, v in sorted(out.items()):
+    print(k, float(v))
+"#;
+    let mut py = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(py.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client cannot parse /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "speeddata_channel_received_datagrams_total[('channel', 'metered')] 701.0",
+        "speeddata_channel_archived_records_total[('channel', 'metered')] 700.0",
+        "speeddata_channel_rejected_datagrams_total[('channel', 'metered')] 1.0",
+        "speeddata_channel_state[('channel', 'metered'), ('state', 'ready')] 1.0",
+        "speeddata_channel_restarts_total[('channel', 'metered')] 0.0",
+    ] {
+        assert!(parsed.contains(needle), "{needle} not in:\n{parsed}");
+    }
+}
+
+#[test]
+fn check_catches_every_fleet_conflict_with_file_and_key() {
+    let fleet = FleetDir::new(&[]);
+    let (a, full) = channel_with_output("first");
+    fleet.add(&a);
+    // Same receive address as `first`.
+    let mut b = ChannelOpts::unicast("second");
+    b.bind = a.bind;
+    fleet.add(&b);
+    // Same name as `first`, in another file.
+    let mut c = ChannelOpts::unicast("first");
+    c.name = "first".into();
+    let text = c
+        .toml()
+        .replace("\n[archive]\ndir = \"archive\"\n", "\n[archive]\n");
+    fleet.write("third.toml", &text);
+    // Same output group and port as `first`.
+    let mut d = ChannelOpts::unicast("fourth");
+    d.full = Some(full);
+    fleet.add(&d);
+    // Same archive folder as `fifth` (another root, same name).
+    let e = ChannelOpts::unicast("fifth");
+    fleet.add(&e);
+    let f = ChannelOpts::unicast("sixth");
+    let text = f
+        .toml()
+        .replace("name = \"sixth\"", "name = \"fifth\"")
+        .replace("\n[archive]\ndir = \"archive\"\n", "\n[archive]\n");
+    fleet.write("sixth.toml", &text);
+
+    let cfg = fleet.config();
+    let (code, out, err) = run_orchestrator(
+        &["check", "--config", cfg.to_str().unwrap()],
+        fleet.dir.path(),
+    );
+    assert_eq!(code, 78, "{out}\n{err}");
+    for needle in [
+        "second.toml: receive.bind: the receive address",
+        "third.toml: name: the name \"first\"",
+        "fourth.toml: full.group: the output",
+        "sixth.toml: archive.dir: the archive folder",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+
+    // Without the conflicting files, all is well.
+    for f in ["second.toml", "third.toml", "fourth.toml", "sixth.toml"] {
+        fleet.remove(f);
+    }
+    let (code, out, err) = run_orchestrator(
+        &["check", "--config", cfg.to_str().unwrap()],
+        fleet.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("2 channel(s), all valid"), "{out}");
+}
+
+#[test]
+fn status_prints_a_table_of_the_channels() {
+    let fleet = FleetDir::new(&[]);
+    let (a, _) = channel_with_output("tabled");
+    fleet.add(&a);
+    let orch = fleet.start();
+    orch.wait_ready("tabled");
+    let url = format!("http://127.0.0.1:{}", orch.port);
+    let (code, out, err) = run_orchestrator(&["status", "--url", &url], fleet.dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("NAME") && out.contains("tabled") && out.contains("ready"),
+        "{out}"
+    );
+    let (code, _, err) =
+        run_orchestrator(&["status", "--url", "http://127.0.0.1:1"], fleet.dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach"), "{err}");
+}
