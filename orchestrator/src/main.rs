@@ -95,7 +95,7 @@ fn main() -> ExitCode {
             });
             match status_cmd::status(&base, json) {
                 Ok(text) => {
-                    print!("{text}");
+                    println!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
