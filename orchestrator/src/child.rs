@@ -36,6 +36,10 @@ pub fn spawn(binary: &Path, file: &Path, defaults: &str) -> io::Result<Child> {
     if !defaults.trim().is_empty() {
         cmd.arg("--defaults").arg(defaults);
     }
+    // systemd's notification and watchdog variables are the orchestrator's.
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        cmd.env_remove(var);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -233,6 +233,11 @@ impl Supervisor {
         let name = ch.name().to_string();
         let file = ch.file().to_path_buf();
         let fingerprint = ch.fingerprint;
+        // Listed (as starting) from now on, before the task first runs.
+        self.fleet.update(&name, &file, |s| {
+            s.state = State::Starting;
+            s.config_error = None;
+        });
         let task = ChannelTask {
             ch,
             defaults: defaults.clone(),

@@ -80,11 +80,39 @@ impl FleetDir {
         self.dir.path().join("orchestrator.toml")
     }
 
+    /// Sets a top-level key of orchestrator.toml (before any table).
+    pub fn set_top(&self, line: &str) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(self.config(), format!("{line}\n{text}")).unwrap();
+    }
+
     /// Starts `orchestrator run` on this folder.
     pub fn start(&self) -> Orchestrator {
-        let mut child = Command::new(bin("orchestrator"))
-            .args(["run", "--config"])
+        self.start_with_env(&[])
+    }
+
+    /// Starts `orchestrator run` with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Orchestrator {
+        let mut cmd = Command::new(bin("orchestrator"));
+        cmd.args(["run", "--config"])
             .arg(self.config())
+            .envs(env.iter().copied());
+        self.start_command(cmd)
+    }
+
+    /// Starts `orchestrator run` as systemd would with `WatchdogSec`:
+    /// `WATCHDOG_PID` set to the orchestrator's own pid.
+    pub fn start_with_watchdog(&self, env: &[(&str, &str)]) -> Orchestrator {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\""])
+            .arg(bin("orchestrator"))
+            .arg(self.config())
+            .envs(env.iter().copied());
+        self.start_command(cmd)
+    }
+
+    fn start_command(&self, mut cmd: Command) -> Orchestrator {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -506,3 +506,95 @@ fn status_prints_a_table_of_the_channels() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+#[test]
+fn a_child_never_ready_is_stopped_term_then_kill_and_restarted_with_backoff() {
+    let fleet = FleetDir::new(&[
+        "start_timeout = \"500ms\"",
+        "stop_timeout = \"300ms\"",
+        "backoff_initial = \"100ms\"",
+        "max_restarts = 2",
+        "cooldown = \"1h\"",
+    ]);
+    // A relay that hangs before `ready` and ignores SIGTERM.
+    let fake = fleet.dir.path().join("hanging-relay");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ntrap '' TERM\necho 'starting, slowly' >&2\nwhile :; do sleep 1; done\n",
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&fake).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fleet.set_top(&format!("relay_binary = \"{}\"", fake.display()));
+    fleet.add(&ChannelOpts::unicast("hangs"));
+    let orch = fleet.start();
+    let first = orch.wait_channel("hangs", Duration::from_secs(10), |c| {
+        c["state"] == "backoff"
+    });
+    assert!(
+        first["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not ready within 500ms"),
+        "{first}"
+    );
+    assert_eq!(
+        first["last_exit"]["signal"],
+        libc::SIGKILL,
+        "SIGTERM was ignored, so SIGKILL: {first}"
+    );
+    assert!(
+        orch.log().contains("did not stop within 300ms; killing it"),
+        "{}",
+        orch.log()
+    );
+    let failed = orch.wait_channel("hangs", Duration::from_secs(20), |c| c["state"] == "failed");
+    assert_eq!(failed["restarts"], 2, "{failed}");
+    assert!(
+        failed["last_stderr"]
+            .to_string()
+            .contains("starting, slowly"),
+        "{failed}"
+    );
+}
+
+#[test]
+fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let fleet = FleetDir::new(&[]);
+    fleet.add(&ChannelOpts::unicast("notified"));
+    let sock_path = fleet.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut orch = fleet.start_with_watchdog(&[
+        ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "200000"),
+    ]);
+    orch.wait_ready("notified");
+    let mut got: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let all = got.join("\n");
+    assert!(all.contains("READY=1"), "{all}");
+    assert!(all.contains("STATUS=1 channels:"), "{all}");
+    let pings = got.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(
+        pings >= 5,
+        "{pings} watchdog pings in 3 s at WatchdogSec=0.2s:\n{all}"
+    );
+    orch.signal(libc::SIGTERM);
+    assert_eq!(orch.wait_exit(Duration::from_secs(20)), 0);
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+    }
+    assert!(stopping, "no STOPPING=1");
+}
