@@ -130,7 +130,8 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         valid: Vec::with_capacity(spec.receive.batch),
         picked: Vec::with_capacity(spec.receive.batch),
         reasons: Vec::with_capacity(16),
-        spare: None,
+        pending: None,
+        pending_since: None,
         allocated: 0,
         max_batches: spec.archive.queue + 2,
         batch_records: spec.receive.batch,
@@ -272,8 +273,11 @@ struct ReceivePath {
     picked: Vec<usize>,
     /// Rejections of the current batch by reason.
     reasons: Vec<(&'static str, u64)>,
-    /// A batch taken back after the archive queue refused it.
-    spare: Option<Batch>,
+    /// The batch being filled for the archive; its records already count as
+    /// `in_flight`. Handed over when full or [`HAND_OVER_AFTER`] old, so a
+    /// slow stream does not spend a queue slot per datagram.
+    pending: Option<Batch>,
+    pending_since: Option<Instant>,
     allocated: usize,
     max_batches: usize,
     batch_records: usize,
@@ -286,6 +290,11 @@ struct ReceivePath {
     send_log: RateLimit,
     channel: String,
 }
+
+/// Longest a datagram waits in the receive thread's pending batch.
+const HAND_OVER_AFTER: Duration = Duration::from_millis(10);
+/// A pending batch this large is handed over at once.
+const HAND_OVER_BYTES: usize = 256 << 10;
 
 /// How long the receive thread keeps draining the socket after a stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
@@ -320,6 +329,7 @@ impl ReceivePath {
                     if drain_until.is_some() {
                         break;
                     }
+                    self.hand_over_if_due(&to_archive, true);
                 }
                 Err(e) => {
                     self.shared.counters().receive_errors += 1;
@@ -334,6 +344,56 @@ impl ReceivePath {
             }
         }
         drop(self.socket);
+        // The archive thread is still draining: wait for room rather than drop.
+        if let Some(b) = self.pending.take().filter(|b| !b.is_empty()) {
+            if let Err(e) = to_archive.send_timeout(b, Duration::from_secs(10)) {
+                let b = e.into_inner();
+                let mut c = self.shared.counters();
+                c.in_flight -= b.len() as u64;
+                c.archive_dropped += b.len() as u64;
+                c.quarantine_dropped += b.rejects.len() as u64;
+            }
+        }
+    }
+
+    /// Hands the pending batch over when it is full or old enough (or, with
+    /// `idle`, whenever it holds anything).
+    fn hand_over_if_due(
+        &mut self,
+        to_archive: &crossbeam_channel::Sender<Batch>,
+        idle: bool,
+    ) -> u64 {
+        let Some(b) = &self.pending else { return 0 };
+        if b.is_empty() {
+            return 0;
+        }
+        let due = idle
+            || b.len() >= self.batch_records
+            || b.data.len() >= HAND_OVER_BYTES
+            || b.rejects.len() >= crate::archive::MAX_REJECTS_PER_BATCH
+            || self
+                .pending_since
+                .is_some_and(|t| t.elapsed() >= HAND_OVER_AFTER);
+        if !due {
+            return 0;
+        }
+        self.pending_since = None;
+        let b = self.pending.take().expect("checked above");
+        // Under the counters' lock, so the archive thread cannot account for
+        // the batch before a refusal is counted.
+        let mut c = self.shared.counters();
+        match to_archive.try_send(b) {
+            Ok(()) => 0,
+            Err(TrySendError::Full(mut b)) | Err(TrySendError::Disconnected(mut b)) => {
+                let n = b.len() as u64;
+                c.in_flight -= n;
+                c.archive_dropped += n;
+                c.quarantine_dropped += b.rejects.len() as u64;
+                b.clear();
+                self.pending = Some(b);
+                n
+            }
+        }
     }
 
     /// Joins the group if not yet joined; a missing interface is retried.
@@ -365,7 +425,7 @@ impl ReceivePath {
     }
 
     fn take_batch(&mut self, free: &crossbeam_channel::Receiver<Batch>) -> Option<Batch> {
-        if let Some(b) = self.spare.take() {
+        if let Some(b) = self.pending.take() {
             return Some(b);
         }
         if let Ok(b) = free.try_recv() {
@@ -464,30 +524,22 @@ impl ReceivePath {
         }
 
         let valid = self.valid.len() as u64;
-        if let Some(b) = &mut batch {
-            for &i in &self.valid {
-                b.push(rx.datagram(i).0);
-            }
-        }
-        // Counters and the hand-over change under one lock, so the archive
-        // thread cannot account for a batch before it is counted as queued.
-        let mut c = self.shared.counters();
-        let (queued, dropped) = match batch {
-            Some(b) if b.is_empty() => {
-                self.spare = Some(b);
-                (0, 0)
-            }
-            Some(b) => match to_archive.try_send(b) {
-                Ok(()) => (valid, 0),
-                Err(TrySendError::Full(mut b)) | Err(TrySendError::Disconnected(mut b)) => {
-                    quarantine_dropped += b.rejects.len() as u64;
-                    b.clear();
-                    self.spare = Some(b);
-                    (0, valid)
+        let (queued, mut dropped) = match &mut batch {
+            Some(b) => {
+                for &i in &self.valid {
+                    b.push(rx.datagram(i).0);
                 }
-            },
+                (valid, 0)
+            }
             None => (0, valid),
         };
+        if let Some(b) = batch {
+            if !b.is_empty() && self.pending_since.is_none() {
+                self.pending_since = Some(now);
+            }
+            self.pending = Some(b);
+        }
+        let mut c = self.shared.counters();
         c.received += n as u64;
         c.bytes_received += bytes;
         for &(reason, count) in &self.reasons {
@@ -502,6 +554,7 @@ impl ReceivePath {
         c.send_errors_decimated += dec.failed;
         c.kernel_drops = self.receiver.kernel_drops as u64;
         drop(c);
+        dropped += self.hand_over_if_due(to_archive, false);
         if dropped > 0 {
             if let Some(suppressed) = self.drop_log.allow(now) {
                 tracing::warn!(
