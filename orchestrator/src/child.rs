@@ -40,6 +40,9 @@ pub fn spawn(binary: &Path, file: &Path, defaults: &str) -> io::Result<Child> {
     for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
         cmd.env_remove(var);
     }
+    // The relay then leaves timestamps out of its log lines: the
+    // orchestrator's own log stamps each forwarded line.
+    cmd.env("SPEEDDATA_SUPERVISED", "1");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
