@@ -38,13 +38,42 @@ pub const MAX_REJECT_BYTES_PER_BATCH: usize = 128 << 10;
 /// datagrams) gives the memory back.
 const KEEP_BATCH_CAPACITY: usize = 1 << 20;
 
+/// Why a datagram was rejected. Kept as data (no text is built on the
+/// receive path); displayed when logged or quarantined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Longer than an IPv4 UDP datagram can be (or cut by the kernel).
+    Oversized,
+    /// Not exactly one datum of the schema.
+    Invalid(crate::validate::Invalid),
+}
+
+impl Why {
+    /// Short label, for counters and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Why::Oversized => "oversized",
+            Why::Invalid(i) => i.reason.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Oversized => write!(f, "longer than {} bytes", crate::config::MAX_DATAGRAM),
+            Why::Invalid(i) => i.fmt(f),
+        }
+    }
+}
+
 /// One rejected datagram on its way to quarantine.
 #[derive(Debug, Clone)]
 pub struct Rejected {
     pub at: SystemTime,
     pub from: SocketAddrV4,
     pub reason: &'static str,
-    pub detail: String,
+    pub detail: Why,
     pub start: usize,
     pub end: usize,
 }
@@ -597,7 +626,7 @@ impl Quarantine {
             "time": humantime::format_rfc3339_micros(r.at).to_string(),
             "from": r.from.to_string(),
             "reason": r.reason,
-            "detail": r.detail,
+            "detail": r.detail.to_string(),
             "length": bytes.len(),
             "data_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
         });

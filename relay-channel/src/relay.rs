@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::TrySendError;
 use serde_json::json;
 
-use crate::archive::{Archive, Batch, Rejected};
+use crate::archive::{Archive, Batch, Rejected, Why};
 use crate::config::{ChannelSpec, ConfigError, MAX_DATAGRAM};
 use crate::counters::{emit, stats_line, RateLimit, Shared};
 use crate::net::{self, Receiver, Sender};
@@ -454,16 +454,16 @@ impl ReceivePath {
             let (d, from, truncated) = self.receiver.datagram(i);
             bytes += d.len() as u64;
             let verdict = if truncated || d.len() > MAX_DATAGRAM {
-                Err(("oversized", format!("longer than {MAX_DATAGRAM} bytes")))
+                Err(Why::Oversized)
             } else if let Some(v) = &self.validator {
-                v.validate(d)
-                    .map_err(|inv| (inv.reason.as_str(), inv.to_string()))
+                v.validate(d).map_err(Why::Invalid)
             } else {
                 Ok(())
             };
             match verdict {
                 Ok(()) => self.valid.push(i),
-                Err((reason, detail)) => {
+                Err(detail) => {
+                    let reason = detail.reason();
                     match self.reasons.iter_mut().find(|(r, _)| *r == reason) {
                         Some(slot) => slot.1 += 1,
                         None => self.reasons.push((reason, 1)),
