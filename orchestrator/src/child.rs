@@ -42,7 +42,7 @@ pub fn spawn(binary: &Path, file: &Path, defaults: &str) -> io::Result<Child> {
     }
     // The relay then leaves timestamps out of its log lines: the
     // orchestrator's own log stamps each forwarded line.
-    cmd.env("SPEEDDATA_SUPERVISED", "1");
+    cmd.env(relay_channel::logs::SUPERVISED_ENV, "1");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -70,19 +70,7 @@ struct Files {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A supervisor that went away closes our stderr; logging must not
-        // then panic (tracing-subscriber reports write errors with
-        // eprintln!, which panics on a closed stderr) and stop a clean
-        // shutdown.
-        .log_internal_errors(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    relay_channel::logs::init();
     match cli.command {
         Command::Run { files } => run(&files),
         Command::Check { files } => check(&files),

@@ -7,7 +7,7 @@
 //! The tasks talk to the rest only through [`Fleet`] (status, events,
 //! metrics) and their command queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,11 +128,11 @@ impl Supervisor {
         };
         let defaults = self.cfg.defaults_text();
         let (mut started, mut restarted, mut stopped) = (0, 0, 0);
-        let mut wanted: BTreeMap<String, ()> = BTreeMap::new();
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
 
         for ch in fleet.channels {
             let name = ch.name().to_string();
-            wanted.insert(name.clone(), ());
+            wanted.insert(name.clone());
             self.broken.remove(&name);
             match self.tasks.get_mut(&name) {
                 None => {
@@ -164,13 +164,13 @@ impl Supervisor {
             match self.tasks.get(&r.name) {
                 // The running instance of this file is left alone.
                 Some(t) if t.file == r.error.file => {
-                    wanted.insert(r.name.clone(), ());
+                    wanted.insert(r.name.clone());
                     let _ = t.tx.send(Cmd::ConfigError(text.clone()));
                 }
                 // Another file holds the name (a duplicate): report only.
                 Some(_) => {}
                 None => {
-                    wanted.insert(r.name.clone(), ());
+                    wanted.insert(r.name.clone());
                     self.broken.insert(r.name.clone(), r.error.file.clone());
                     self.fleet.update(&r.name, &r.error.file, |s| {
                         s.state = State::Failed;
@@ -186,13 +186,7 @@ impl Supervisor {
             );
         }
 
-        let gone: Vec<String> = self
-            .tasks
-            .keys()
-            .filter(|n| !wanted.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in gone {
+        for name in unwanted(&self.tasks, &wanted) {
             if let Some(t) = self.tasks.remove(&name) {
                 tracing::info!(channel = %name, "channel file removed: stopping the channel");
                 let _ = t.tx.send(Cmd::Stop);
@@ -204,13 +198,7 @@ impl Supervisor {
                 stopped += 1;
             }
         }
-        let broken_gone: Vec<String> = self
-            .broken
-            .keys()
-            .filter(|n| !wanted.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in broken_gone {
+        for name in unwanted(&self.broken, &wanted) {
             self.broken.remove(&name);
             self.fleet.remove(&name);
         }
@@ -670,6 +658,14 @@ impl ChannelTask {
             }
         }
     }
+}
+
+/// Names in `map` that are not `wanted` any more.
+fn unwanted<V>(map: &BTreeMap<String, V>, wanted: &BTreeSet<String>) -> Vec<String> {
+    map.keys()
+        .filter(|n| !wanted.contains(*n))
+        .cloned()
+        .collect()
 }
 
 fn strip_event(mut m: Map<String, Value>) -> Map<String, Value> {

@@ -6,6 +6,7 @@
 //! - [`container`]: the Avro object container format, written block by block;
 //! - [`archive`]: the archive thread (blocks, rotation, retention, quarantine);
 //! - [`counters`]: shared counters and the JSON status lines on stdout;
+//! - [`logs`]: the logging set-up both binaries share;
 //! - [`relay`]: the threads wired together and the control loop.
 //!
 //! The orchestrator uses [`config`] to validate channel files exactly as the
@@ -15,6 +16,7 @@ pub mod archive;
 pub mod config;
 pub mod container;
 pub mod counters;
+pub mod logs;
 pub mod net;
 pub mod relay;
 pub mod validate;

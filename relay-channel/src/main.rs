@@ -55,29 +55,9 @@ enum Command {
     },
 }
 
-/// Set by the orchestrator for its children: logs without timestamps.
-const SUPERVISED_ENV: &str = "SPEEDDATA_SUPERVISED";
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A supervisor that went away closes our stderr; logging must not
-        // then panic (tracing-subscriber reports write errors with
-        // eprintln!, which panics on a closed stderr) and stop a clean
-        // shutdown.
-        .log_internal_errors(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        );
-    // Under the orchestrator, which stamps each forwarded line itself.
-    if std::env::var_os(SUPERVISED_ENV).is_some() {
-        logs.without_time().with_target(false).init();
-    } else {
-        logs.init();
-    }
+    relay_channel::logs::init();
     let result = match cli.command {
         Command::Run { config, defaults } => {
             load(&config, defaults.as_deref()).and_then(relay::run)

@@ -119,16 +119,7 @@ impl FleetDir {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start orchestrator");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        {
-            let log = log.clone();
-            let err = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let log = crate::collect_lines(child.stderr.take().unwrap());
         let o = Orchestrator {
             child,
             port: self.http_port,

@@ -391,17 +391,8 @@ impl Relay {
             .spawn()
             .expect("start relay-channel");
         let events = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr = collect_lines(child.stderr.take().unwrap());
         let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        {
-            let stderr = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    stderr.lock().unwrap().push(line);
-                }
-            });
-        }
         let reader = {
             let events = events.clone();
             std::thread::spawn(move || {
@@ -540,6 +531,18 @@ impl Drop for Relay {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Collects a child's output lines on a thread of its own.
+pub fn collect_lines(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
 }
 
 /// Closed archive files (`*.avro`) of a folder, sorted by name (= by time).
