@@ -11,6 +11,22 @@
 //!   deterministic noise) for a given sender clock;
 //! - [`put_long`], [`put_int`], [`put_double`], [`put_string`]: the Avro
 //!   primitive encodings, reusable for other schemas.
+//!
+//! The throughput benchmarks use fixed-size records instead
+//! (`benches/schemas/samples-{64,800,8k}.avsc`: `time`, `counter` and an
+//! array of N doubles), selected by [`Size`]:
+//!
+//! - [`encode_samples`]: appends one such datum to a buffer;
+//! - [`SamplesSource`]: produces successive records without allocating;
+//! - [`samples_header`]: reads `time` and `counter` back from a datagram,
+//!   which is what the benchmark receivers need for loss and latency.
+//!
+//! The modules hold the benchmark machinery: [`mmsg`] (batched
+//! `recvmmsg`/`sendmmsg` shared by `ceiling` and the harness's receiver) and
+//! [`harness`] (the `throughput` benchmark itself).
+
+pub mod harness;
+pub mod mmsg;
 
 use std::f64::consts::TAU;
 
@@ -201,6 +217,225 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// What `loadgen --size` sends: the example record, or a benchmark record
+/// of a fixed size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+pub enum Size {
+    /// `channels.d/example.avsc` records (size depends on `--message`).
+    #[value(name = "example")]
+    #[serde(rename = "example")]
+    Example,
+    /// `samples-64.avsc`: 6 doubles, about 62 bytes.
+    #[value(name = "64")]
+    #[serde(rename = "64")]
+    S64,
+    /// `samples-800.avsc`: 99 doubles, about 806 bytes.
+    #[value(name = "800")]
+    #[serde(rename = "800")]
+    S800,
+    /// `samples-8k.avsc`: 1020 doubles, about 8,174 bytes.
+    #[value(name = "8k")]
+    #[serde(rename = "8k")]
+    S8k,
+}
+
+impl Size {
+    /// The benchmark sizes, smallest first.
+    pub const SAMPLES: [Size; 3] = [Size::S64, Size::S800, Size::S8k];
+
+    /// Number of doubles in `values` (`None` for the example record).
+    pub fn values(self) -> Option<usize> {
+        match self {
+            Size::Example => None,
+            Size::S64 => Some(6),
+            Size::S800 => Some(99),
+            Size::S8k => Some(1020),
+        }
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Size::Example => "example",
+            Size::S64 => "64",
+            Size::S800 => "800",
+            Size::S8k => "8k",
+        }
+    }
+
+    /// The schema text (`benches/schemas/samples-*.avsc`, or the example's).
+    pub fn schema_text(self) -> &'static str {
+        match self {
+            Size::Example => include_str!("../../channels.d/example.avsc"),
+            Size::S64 => include_str!("../schemas/samples-64.avsc"),
+            Size::S800 => include_str!("../schemas/samples-800.avsc"),
+            Size::S8k => include_str!("../schemas/samples-8k.avsc"),
+        }
+    }
+
+    /// The schema's file name.
+    pub fn schema_file(self) -> &'static str {
+        match self {
+            Size::Example => "example.avsc",
+            Size::S64 => "samples-64.avsc",
+            Size::S800 => "samples-800.avsc",
+            Size::S8k => "samples-8k.avsc",
+        }
+    }
+
+    /// Largest encoded datum of this size (for the example: without the
+    /// message text).
+    pub fn max_datum(self) -> usize {
+        match self.values() {
+            Some(n) => SAMPLES_OVERHEAD_MAX + 8 * n,
+            None => EXAMPLE_OVERHEAD_MAX,
+        }
+    }
+
+    /// Encoded size of a datum sent now with a small counter (what the
+    /// reports use for byte rates).
+    pub fn typical_datum(self) -> usize {
+        let mut out = Vec::new();
+        match self.values() {
+            Some(n) => encode_samples(now_micros(), 1000, std::iter::repeat_n(0.0, n), &mut out),
+            None => encode_example(
+                &ExampleSource::new(1000, 1).next_record(now_micros(), "speeddata"),
+                &mut out,
+            ),
+        }
+        out.len()
+    }
+}
+
+/// Encoded size of a samples record except its doubles: at most 10 bytes
+/// (time) + 5 (counter) + 10 (item count) + 1 (end of array).
+pub const SAMPLES_OVERHEAD_MAX: usize = 10 + 5 + 10 + 1;
+
+/// Appends the Avro binary datum of a samples record (`time`, `counter`,
+/// `values`) to `out`.
+///
+/// `values` must yield exactly `values.len()` items (the array is written as
+/// one block of that many items, then the end marker). `out` is not
+/// cleared; once it has grown to the datum's size, encoding does not
+/// allocate.
+pub fn encode_samples<I>(time: i64, counter: i32, values: I, out: &mut Vec<u8>)
+where
+    I: ExactSizeIterator<Item = f64>,
+{
+    let n = values.len();
+    out.reserve(SAMPLES_OVERHEAD_MAX + 8 * n);
+    put_long(time, out);
+    put_int(counter, out);
+    if n > 0 {
+        put_long(n as i64, out);
+        // Filling a zeroed run of the final length is much faster than
+        // growing the vector eight bytes at a time.
+        let start = out.len();
+        out.resize(start + 8 * n, 0);
+        let mut written = 0;
+        for (slot, v) in out[start..].chunks_exact_mut(8).zip(values) {
+            slot.copy_from_slice(&v.to_le_bytes());
+            written += 1;
+        }
+        assert_eq!(written, n, "iterator yielded fewer items than its len()");
+    }
+    put_long(0, out);
+}
+
+/// Reads an Avro zig-zag varint `long` from the start of `buf`: the value
+/// and the number of bytes it took, or `None` if `buf` ends first or the
+/// varint is longer than 10 bytes.
+#[inline]
+pub fn read_long(buf: &[u8]) -> Option<(i64, usize)> {
+    let mut n: u64 = 0;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            let v = ((n >> 1) as i64) ^ -((n & 1) as i64);
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// `time` (µs since the epoch) and `counter` of a samples datagram: the
+/// first two fields, read without decoding the rest.
+#[inline]
+pub fn samples_header(datagram: &[u8]) -> Option<(i64, i32)> {
+    let (time, a) = read_long(datagram)?;
+    let (counter, _) = read_long(&datagram[a..])?;
+    let counter = i32::try_from(counter).ok()?;
+    Some((time, counter))
+}
+
+/// Produces successive samples records of a fixed number of values: the
+/// counter increases by one per record (wrapping at `i32::MAX`), value `i`
+/// is a 16-bit quantised sine (phase advancing with the counter, a
+/// different phase per signal) plus -8..=7 counts of xorshift noise, so the
+/// data compress like real ADC readings rather than like random bits.
+#[derive(Debug, Clone)]
+pub struct SamplesSource {
+    n: usize,
+    next_counter: i32,
+    rng: XorShift64,
+    table: [i16; 256],
+}
+
+impl SamplesSource {
+    /// A source of records with `n` values whose first record carries
+    /// `start_counter`.
+    pub fn new(n: usize, start_counter: i32, seed: u64) -> Self {
+        let mut table = [0i16; 256];
+        for (k, t) in table.iter_mut().enumerate() {
+            *t = ((TAU * k as f64 / 256.0).sin() * 30_000.0).round() as i16;
+        }
+        Self {
+            n,
+            next_counter: start_counter,
+            rng: XorShift64::new(seed),
+            table,
+        }
+    }
+
+    /// Number of values per record.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether records carry no values.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The counter the next record will carry.
+    pub fn next_counter(&self) -> i32 {
+        self.next_counter
+    }
+
+    /// Appends the next record, stamped with `time_us`, to `out`; returns
+    /// its counter.
+    pub fn encode_next(&mut self, time_us: i64, out: &mut Vec<u8>) -> i32 {
+        let counter = self.next_counter;
+        self.next_counter = counter.wrapping_add(1);
+        let phase = counter as u32 as usize;
+        let table = &self.table;
+        let rng = &mut self.rng;
+        // Four bits of noise per value: one xorshift step serves 16 values.
+        let mut bits = 0u64;
+        let values = (0..self.n).map(move |i| {
+            if i % 16 == 0 {
+                bits = rng.next_u64();
+            }
+            let noise = (bits & 15) as i32 - 8;
+            bits >>= 4;
+            let q = i32::from(table[phase.wrapping_add(i.wrapping_mul(37)) & 255]) + noise;
+            f64::from(q) * (1.0 / 32_768.0)
+        });
+        encode_samples(time_us, counter, values, out);
+        counter
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,5 +604,146 @@ mod tests {
         out.clear();
         put_int(i32::MIN, &mut out);
         assert_eq!(out, [0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
+    }
+
+    fn samples_schema(size: Size) -> Schema {
+        Schema::parse_str(size.schema_text()).expect("parse samples schema")
+    }
+
+    fn samples_value(time: i64, counter: i32, values: &[f64]) -> Value {
+        Value::Record(vec![
+            ("time".into(), Value::TimestampMicros(time)),
+            ("counter".into(), Value::Int(counter)),
+            (
+                "values".into(),
+                Value::Array(values.iter().map(|v| Value::Double(*v)).collect()),
+            ),
+        ])
+    }
+
+    #[test]
+    fn samples_encoding_matches_apache_avro() {
+        let edge = [
+            0.0,
+            -0.0,
+            1.5,
+            -1.0 / 3.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for size in Size::SAMPLES {
+            let schema = samples_schema(size);
+            let writer = GenericDatumWriter::builder(&schema)
+                .build()
+                .expect("writer");
+            let n = size.values().unwrap();
+            let mut cases: Vec<(i64, i32, Vec<f64>)> = vec![
+                (1_763_847_000_123_456, 0, vec![0.25; n]),
+                (
+                    i64::MIN,
+                    i32::MIN,
+                    edge.iter().copied().cycle().take(n).collect(),
+                ),
+                (
+                    i64::MAX,
+                    i32::MAX,
+                    (0..n).map(|i| i as f64 * 1e-3).collect(),
+                ),
+                (0, -1, Vec::new()),
+                (-5, 64, vec![2.0]),
+            ];
+            // What the source produces, with its own values read back.
+            let mut source = SamplesSource::new(n, 41, 7);
+            let mut buf = Vec::new();
+            let c = source.encode_next(1_700_000_000_000_001, &mut buf);
+            let reader = GenericDatumReader::builder(&schema)
+                .build()
+                .expect("reader");
+            let mut input = buf.as_slice();
+            let Value::Record(fields) = reader.read_value(&mut input).expect("decode") else {
+                panic!("not a record");
+            };
+            assert!(input.is_empty(), "whole datum consumed");
+            let Value::Array(items) = &fields[2].1 else {
+                panic!("values is not an array")
+            };
+            assert_eq!(items.len(), n);
+            let vals: Vec<f64> = items
+                .iter()
+                .map(|v| match v {
+                    Value::Double(d) => *d,
+                    other => panic!("not a double: {other:?}"),
+                })
+                .collect();
+            assert!(vals.iter().all(|v| v.abs() < 1.0));
+            assert_eq!(fields[0].1, Value::TimestampMicros(1_700_000_000_000_001));
+            assert_eq!((c, &fields[1].1), (41, &Value::Int(41)));
+            cases.push((1_700_000_000_000_001, 41, vals));
+            for (time, counter, values) in &cases {
+                let expected = writer
+                    .write_value_to_vec(samples_value(*time, *counter, values))
+                    .expect("encode");
+                let mut hand = Vec::new();
+                encode_samples(*time, *counter, values.iter().copied(), &mut hand);
+                assert_eq!(hand, expected, "{size:?} time {time} counter {counter}");
+                assert_eq!(samples_header(&hand), Some((*time, *counter)));
+            }
+            assert_eq!(buf, {
+                let mut again = Vec::new();
+                encode_samples(
+                    1_700_000_000_000_001,
+                    41,
+                    cases.last().unwrap().2.iter().copied(),
+                    &mut again,
+                );
+                again
+            });
+        }
+    }
+
+    #[test]
+    fn samples_sizes_are_as_advertised() {
+        let now = now_micros();
+        for (size, lo, hi) in [
+            (Size::S64, 56, 64),
+            (Size::S800, 800, 812),
+            (Size::S8k, 8_150, 8_192),
+        ] {
+            let n = size.values().unwrap();
+            let mut source = SamplesSource::new(n, 0, 1);
+            let mut buf = Vec::new();
+            source.encode_next(now, &mut buf);
+            assert!(
+                (lo..=hi).contains(&buf.len()),
+                "{size:?}: {} bytes",
+                buf.len()
+            );
+            assert!(buf.len() <= size.max_datum());
+            let cap = buf.capacity();
+            let ptr = buf.as_ptr();
+            for _ in 0..10 {
+                buf.clear();
+                source.encode_next(now, &mut buf);
+            }
+            assert_eq!(
+                (buf.capacity(), buf.as_ptr()),
+                (cap, ptr),
+                "no reallocation"
+            );
+            assert!(buf.len() <= size.max_datum());
+        }
+    }
+
+    #[test]
+    fn read_long_round_trips() {
+        for v in [0, 1, -1, 63, -64, 64, 1 << 40, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            put_long(v, &mut out);
+            assert_eq!(read_long(&out), Some((v, out.len())));
+            assert_eq!(read_long(&out[..out.len() - 1]), None);
+        }
+        assert_eq!(read_long(&[0x80; 11]), None);
     }
 }

@@ -1,11 +1,13 @@
-//! `loadgen`: a paced, bounded sender of valid example records.
+//! `loadgen`: a paced, bounded sender of valid records.
 //!
 //! Sends UDP datagrams, each exactly one Avro binary datum of
-//! `channels.d/example.avsc` (`speeddata.example.Sample`), at a given rate
-//! until `--count` datagrams are sent or `--duration` has passed, then prints
-//! one JSON summary line on stdout:
+//! `channels.d/example.avsc` (`speeddata.example.Sample`, the default) or of
+//! a benchmark schema of a fixed size (`--size 64|800|8k`:
+//! `benches/schemas/samples-*.avsc`), at a given rate until `--count`
+//! datagrams are sent or `--duration` has passed, then prints one JSON
+//! summary line on stdout:
 //!
-//! `{"sent":N,"elapsed_s":F,"rate":F,"retries":N,"first_counter":N,"last_counter":N}`
+//! `{"sent":N,"elapsed_s":F,"rate":F,"retries":N,"first_counter":N,"last_counter":N,"bytes":N}`
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -17,7 +19,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use speeddata_benches::{
-    encode_example, now_micros, ExampleSource, XorShift64, EXAMPLE_OVERHEAD_MAX, MAX_UDP_PAYLOAD,
+    encode_example, now_micros, ExampleSource, SamplesSource, Size, XorShift64,
+    EXAMPLE_OVERHEAD_MAX, MAX_UDP_PAYLOAD,
 };
 
 /// Most datagrams one `sendmmsg` call accepts (Linux `UIO_MAXIOV`).
@@ -35,15 +38,23 @@ const RETRY_SLEEP: Duration = Duration::from_micros(200);
 /// Longest single sleep, so a signal is noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
-/// Paced sender of valid `speeddata.example.Sample` Avro datagrams.
+/// Paced sender of valid Avro datagrams.
 ///
-/// Each UDP datagram is exactly one Avro binary datum of
-/// channels.d/example.avsc: counter increasing by one from --start-counter,
-/// time = sender clock in µs, a 1 Hz sine, ramp and square wave, and
-/// deterministic xorshift noise in [-1, 1). The run stops by itself after
-/// --count datagrams or --duration, whichever comes first, and prints one
-/// JSON line on stdout:
-/// {"sent":N,"elapsed_s":F,"rate":F,"retries":N,"first_counter":N,"last_counter":N}
+/// With --size example (the default) each UDP datagram is exactly one Avro
+/// binary datum of channels.d/example.avsc: counter increasing by one from
+/// --start-counter, time = sender clock in µs, a 1 Hz sine, ramp and square
+/// wave, and deterministic xorshift noise in [-1, 1).
+///
+/// With --size 64, 800 or 8k it is one datum of
+/// benches/schemas/samples-{64,800,8k}.avsc: time (sender clock in µs since
+/// the epoch, CLOCK_REALTIME, taken as the datagram is encoded: receivers
+/// compute latency from it), counter, and an array of 6, 99 or 1020
+/// doubles (16-bit quantised sines plus noise): about 62, 806 or 8,174
+/// bytes.
+///
+/// The run stops by itself after --count datagrams or --duration,
+/// whichever comes first, and prints one JSON line on stdout:
+/// {"sent":N,"elapsed_s":F,"rate":F,"retries":N,"first_counter":N,"last_counter":N,"bytes":N}
 /// (the counters are null when nothing was sent). Progress and errors go to
 /// stderr.
 ///
@@ -83,7 +94,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     ttl: u32,
 
-    /// Text of the `message` field of every record.
+    /// Record schema and size: the example record, or a benchmark record of
+    /// about 64 bytes, 800 bytes or 8 KiB.
+    #[arg(long, value_name = "SIZE", value_enum, default_value_t = Size::Example)]
+    size: Size,
+
+    /// Text of the `message` field of every record (--size example only).
     #[arg(long, value_name = "TEXT", default_value = "speeddata")]
     message: String,
 
@@ -177,7 +193,7 @@ fn check_safety(args: &Args) -> Result<()> {
             args.to
         );
     }
-    if EXAMPLE_OVERHEAD_MAX + args.message.len() > MAX_UDP_PAYLOAD {
+    if args.size == Size::Example && EXAMPLE_OVERHEAD_MAX + args.message.len() > MAX_UDP_PAYLOAD {
         bail!(
             "--message is {} bytes; a datagram holds at most {} bytes of message",
             args.message.len(),
@@ -292,6 +308,8 @@ fn wait_until(deadline: Instant, spin: bool) {
 
 struct Summary {
     sent: u64,
+    /// Bytes of the datagrams sent.
+    bytes: u64,
     elapsed: Duration,
     retries: u64,
     /// A send error that ended the run early.
@@ -312,8 +330,9 @@ fn run(args: &Args) -> Result<()> {
             format!("{}/s", args.rate)
         };
         eprintln!(
-            "loadgen: sending {} datagrams to {} from {} at {}, batch {}, for at most {}",
+            "loadgen: sending {} {} datagrams to {} from {} at {}, batch {}, for at most {}",
             args.count,
+            args.size.label(),
             args.to,
             socket
                 .local_addr()
@@ -341,8 +360,8 @@ fn run(args: &Args) -> Result<()> {
         (args.start_counter.to_string(), last.to_string())
     };
     println!(
-        "{{\"sent\":{},\"elapsed_s\":{:.6},\"rate\":{:.3},\"retries\":{},\"first_counter\":{},\"last_counter\":{}}}",
-        summary.sent, secs, rate, summary.retries, first, last
+        "{{\"sent\":{},\"elapsed_s\":{:.6},\"rate\":{:.3},\"retries\":{},\"first_counter\":{},\"last_counter\":{},\"bytes\":{}}}",
+        summary.sent, secs, rate, summary.retries, first, last, summary.bytes
     );
     match summary.failure {
         Some(err) => Err(err),
@@ -362,12 +381,18 @@ fn send_loop(args: &Args, fd: RawFd) -> Summary {
     };
     let spin = rate >= SPIN_MIN_RATE;
     let message = args.message.as_str();
-    let mut source = ExampleSource::new(args.start_counter, args.seed);
-    let datum_cap = EXAMPLE_OVERHEAD_MAX + message.len();
+    let mut source = Source::new(args.size, args.start_counter, args.seed);
+    let datum_cap = args.size.max_datum()
+        + if args.size == Size::Example {
+            message.len()
+        } else {
+            0
+        };
     let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| Vec::with_capacity(datum_cap)).collect();
     let mut sender = MmsgSender::new(batch);
 
     let mut sent: u64 = 0;
+    let mut bytes: u64 = 0;
     let mut retries: u64 = 0;
     let mut refused_warned = false;
     let mut failure = None;
@@ -416,14 +441,17 @@ fn send_loop(args: &Args, fd: RawFd) -> Summary {
 
         for buf in &mut bufs[..n] {
             buf.clear();
-            let rec = source.next_record(now_micros(), message);
-            encode_example(&rec, buf);
+            source.encode_next(now_micros(), message, buf);
         }
 
         let mut done = 0;
         while done < n {
             match sender.send(fd, &bufs[done..n]) {
                 Ok(k) => {
+                    bytes += bufs[done..done + k]
+                        .iter()
+                        .map(|b| b.len() as u64)
+                        .sum::<u64>();
                     done += k;
                     sent += k as u64;
                 }
@@ -479,8 +507,37 @@ fn send_loop(args: &Args, fd: RawFd) -> Summary {
     }
     Summary {
         sent,
+        bytes,
         elapsed,
         retries,
         failure,
+    }
+}
+
+/// The record generator for `--size`.
+// One value per run: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    Example(ExampleSource),
+    Samples(SamplesSource),
+}
+
+impl Source {
+    fn new(size: Size, start_counter: i32, seed: u64) -> Source {
+        match size.values() {
+            None => Source::Example(ExampleSource::new(start_counter, seed)),
+            Some(n) => Source::Samples(SamplesSource::new(n, start_counter, seed)),
+        }
+    }
+
+    /// Appends the next record, stamped with `time_us`, to `out`.
+    #[inline]
+    fn encode_next(&mut self, time_us: i64, message: &str, out: &mut Vec<u8>) {
+        match self {
+            Source::Example(s) => encode_example(&s.next_record(time_us, message), out),
+            Source::Samples(s) => {
+                s.encode_next(time_us, out);
+            }
+        }
     }
 }
