@@ -29,6 +29,10 @@ use crate::counters::{emit, RateLimit, Shared};
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Longest wait for a batch, so timers are looked at often enough.
 const TICK: Duration = Duration::from_millis(100);
+/// A batch is handed to the archive once it holds this many bytes (or is
+/// 10 ms old); the archive queue is counted in such batches.
+pub const BATCH_BYTES: usize = 256 << 10;
+
 /// Rejected datagrams one batch may carry to quarantine, in number and in
 /// bytes: quarantine is for inspection, and a flood of junk must not cost
 /// memory or disk bandwidth.
@@ -181,6 +185,10 @@ pub struct Archive {
     last_fsync: Instant,
     quarantine: Quarantine,
     error_log: RateLimit,
+    /// Where closed files go to be finished; `None` before `run` starts it
+    /// (and after `finish`), when files are closed on this thread.
+    closer: Option<Sender<OpenFile>>,
+    closer_state: Closer,
 }
 
 impl Archive {
@@ -203,7 +211,7 @@ impl Archive {
             quarantine: Quarantine::new(dir.join("quarantine.jsonl"), spec.quarantine_size),
             dir,
             schema_json: schema_json.to_string(),
-            shared,
+            shared: shared.clone(),
             encoder: BlockEncoder::new(spec.codec),
             block: Vec::with_capacity(spec.block_size + crate::config::MAX_DATAGRAM),
             block_records: 0,
@@ -214,12 +222,47 @@ impl Archive {
             last_start_ms: 0,
             last_fsync: Instant::now(),
             error_log: RateLimit::new(3, Duration::from_secs(60)),
+            closer: None,
+            closer_state: Closer {
+                spec: spec.clone(),
+                channel: channel.to_string(),
+                dir: spec.channel_dir(channel),
+                shared: shared.clone(),
+            },
         })
     }
 
     /// The thread body: runs until the receive side hangs up, then writes
     /// out everything buffered and closes the file.
     pub fn run(mut self, batches: Receiver<Batch>, free: Sender<Batch>) {
+        let (tx, rx) = crossbeam_channel::unbounded::<OpenFile>();
+        let closer = self.closer_state.clone();
+        let closer_thread = std::thread::Builder::new()
+            .name("archive-close".into())
+            .spawn(move || {
+                for f in rx {
+                    closer.close(f);
+                }
+            });
+        match closer_thread {
+            Ok(t) => {
+                self.closer = Some(tx);
+                self.run_loop(batches, free);
+                self.finish();
+                self.closer = None;
+                if t.join().is_err() {
+                    tracing::error!(channel = %self.channel, "the archive closer thread panicked");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no closer thread: files are closed on the archive thread");
+                self.run_loop(batches, free);
+                self.finish();
+            }
+        }
+    }
+
+    fn run_loop(&mut self, batches: Receiver<Batch>, free: Sender<Batch>) {
         loop {
             let wait = self.next_deadline().map_or(TICK, |d| {
                 d.saturating_duration_since(Instant::now()).min(TICK)
@@ -235,7 +278,6 @@ impl Archive {
             }
             self.tick(Instant::now());
         }
-        self.finish();
     }
 
     fn take(&mut self, batch: &Batch) {
@@ -450,10 +492,35 @@ impl Archive {
         }
     }
 
-    /// Closes the open file: fsync per policy, rename `.part` to `.avro`,
-    /// report it, apply retention.
+    /// Hands the open file to the closer thread, which finishes it (fsync,
+    /// rename) without holding up the writing of the next one.
     fn close_file(&mut self) {
         let Some(f) = self.file.take() else { return };
+        match &self.closer {
+            Some(tx) => {
+                if let Err(e) = tx.send(f) {
+                    // The closer is gone (it panicked): close here.
+                    self.closer_state.close(e.into_inner());
+                }
+            }
+            None => self.closer_state.close(f),
+        }
+    }
+}
+
+/// Finishes closed files: fsync per policy, rename `.part` to `.avro`,
+/// report, apply retention. Runs on a thread of its own, so an fsync that
+/// takes seconds on a slow disk never stalls the archive.
+#[derive(Clone)]
+struct Closer {
+    spec: ArchiveSpec,
+    channel: String,
+    dir: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl Closer {
+    fn close(&self, f: OpenFile) {
         if self.spec.fsync != Fsync::Never {
             if let Err(e) = f.file.sync_all() {
                 tracing::warn!(file = %f.part.display(), error = %e, "fsync failed");
@@ -486,7 +553,7 @@ impl Archive {
 
     /// Deletes the oldest closed files while the folder holds more than
     /// `retention_size` bytes, and files older than `retention_age`.
-    fn apply_retention(&mut self) {
+    fn apply_retention(&self) {
         if self.spec.retention_age.is_none() && self.spec.retention_size.is_none() {
             return;
         }

@@ -109,7 +109,7 @@ struct RawArchive {
     rotate_interval: Option<String>,
     flush_interval: Option<String>,
     fsync: Option<String>,
-    queue: Option<i64>,
+    queue: Option<RawSize>,
     quarantine_size: Option<RawSize>,
     retention_age: Option<String>,
     retention_size: Option<RawSize>,
@@ -192,14 +192,21 @@ pub struct ArchiveSpec {
     pub rotate_interval: Duration,
     pub flush_interval: Duration,
     pub fsync: Fsync,
-    /// Batches the archive queue holds before the receive path drops.
-    pub queue: usize,
+    /// Bytes of datagrams the archive queue holds before the receive path
+    /// drops (counted as `archive_dropped`).
+    pub queue: u64,
     pub quarantine_size: u64,
     pub retention_age: Option<Duration>,
     pub retention_size: Option<u64>,
 }
 
 impl ArchiveSpec {
+    /// Batches the archive queue holds: `queue` bytes in batches of up to
+    /// [`crate::archive::BATCH_BYTES`].
+    pub fn queue_slots(&self) -> usize {
+        ((self.queue / crate::archive::BATCH_BYTES as u64) as usize).max(4)
+    }
+
     /// The folder this channel's files live in.
     pub fn channel_dir(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -235,7 +242,7 @@ pub const DEFAULT_BLOCK_SIZE: usize = 256 << 10;
 pub const DEFAULT_ROTATE_SIZE: u64 = 256 << 20;
 pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-pub const DEFAULT_QUEUE: usize = 128;
+pub const DEFAULT_QUEUE: u64 = 32 << 20;
 pub const DEFAULT_QUARANTINE_SIZE: u64 = 16 << 20;
 pub const DEFAULT_TTL: u32 = 1;
 
@@ -516,12 +523,8 @@ impl Validator<'_> {
                 None
             }
         };
-        let queue = self.in_range(
-            "archive.queue",
-            a.queue.unwrap_or(DEFAULT_QUEUE as i64),
-            1,
-            1 << 16,
-        );
+        let queue = self.size("archive.queue", a.queue).unwrap_or(DEFAULT_QUEUE);
+        let queue = self.in_range("archive.queue", queue, 1 << 20, 1 << 32);
         let quarantine_size = self
             .size("archive.quarantine_size", a.quarantine_size)
             .unwrap_or(DEFAULT_QUARANTINE_SIZE);
@@ -539,7 +542,7 @@ impl Validator<'_> {
             rotate_interval,
             flush_interval,
             fsync: fsync?,
-            queue: queue? as usize,
+            queue: queue?,
             quarantine_size,
             retention_age,
             retention_size,

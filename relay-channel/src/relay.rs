@@ -133,7 +133,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         pending: None,
         pending_since: None,
         allocated: 0,
-        max_batches: spec.archive.queue + 2,
+        max_batches: spec.archive.queue_slots() + 2,
         batch_records: spec.receive.batch,
         shared: shared.clone(),
         join,
@@ -165,8 +165,9 @@ async fn control(
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| failed("signals", e))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| failed("signals", e))?;
 
-    let (to_archive, batches) = crossbeam_channel::bounded::<Batch>(spec.archive.queue);
-    let (free_tx, free_rx) = crossbeam_channel::bounded::<Batch>(spec.archive.queue + 2);
+    let slots = spec.archive.queue_slots();
+    let (to_archive, batches) = crossbeam_channel::bounded::<Batch>(slots);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<Batch>(slots + 2);
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -293,8 +294,6 @@ struct ReceivePath {
 
 /// Longest a datagram waits in the receive thread's pending batch.
 const HAND_OVER_AFTER: Duration = Duration::from_millis(10);
-/// A pending batch this large is handed over at once.
-const HAND_OVER_BYTES: usize = 256 << 10;
 
 /// How long the receive thread keeps draining the socket after a stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
@@ -368,8 +367,7 @@ impl ReceivePath {
             return 0;
         }
         let due = idle
-            || b.len() >= self.batch_records
-            || b.data.len() >= HAND_OVER_BYTES
+            || b.data.len() >= crate::archive::BATCH_BYTES
             || b.rejects.len() >= crate::archive::MAX_REJECTS_PER_BATCH
             || self
                 .pending_since
