@@ -915,24 +915,6 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
-/// Set by SIGINT / SIGTERM: no new trial starts, the report covers what
-/// was measured, and the temporary folder is removed.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
 /// A folder removed when dropped.
 struct TempDir(PathBuf);
 
@@ -971,7 +953,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         trial_len: opts.trial(),
         trial_seq: 0,
     };
-    install_signal_handlers();
+    crate::install_stop_signals();
     let machine = Machine::describe();
     let other_work = OtherWork::start();
     if let Some(busy) = machine.busy_before_pct.filter(|b| *b > 10.0) {
@@ -998,7 +980,7 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     let mut sizes = Vec::new();
     for size in opts.sizes() {
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if crate::stop_requested() {
             warnings.push("interrupted: sizes left out".to_string());
             break;
         }
@@ -1099,8 +1081,7 @@ pub fn run(opts: &Options) -> Result<Report> {
 impl Bench {
     /// Whether a trial of `len` still fits before the run's time cap.
     fn time_left(&self, len: Duration) -> bool {
-        !INTERRUPTED.load(Ordering::Relaxed)
-            && Instant::now() + len + Duration::from_secs(3) < self.deadline
+        !crate::stop_requested() && Instant::now() + len + Duration::from_secs(3) < self.deadline
     }
 
     fn search(&mut self, fwd: Forwarder, size: Size, plan: SearchPlan) -> Search {
@@ -1108,10 +1089,7 @@ impl Bench {
         let deadline = self.deadline;
         let o = search_rate(
             plan,
-            || {
-                !INTERRUPTED.load(Ordering::Relaxed)
-                    && Instant::now() + len + Duration::from_secs(3) < deadline
-            },
+            || !crate::stop_requested() && Instant::now() + len + Duration::from_secs(3) < deadline,
             |rate| self.trial(fwd, size, rate, len, false),
         );
         let s = Search {
@@ -1120,7 +1098,7 @@ impl Bench {
             trials: o.trials,
             best: o.best,
             first_fail: o.first_fail,
-            note: if INTERRUPTED.load(Ordering::Relaxed) {
+            note: if crate::stop_requested() {
                 Some("interrupted".to_string())
             } else {
                 o.note

@@ -436,6 +436,24 @@ impl SamplesSource {
     }
 }
 
+static STOP: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Makes SIGINT and SIGTERM set the flag [`stop_requested`] reads, so a
+/// bench program stops by itself at its next check (and still reports).
+pub fn install_stop_signals() {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, STOP.clone()) {
+            eprintln!("cannot handle signal {sig}: {e}");
+        }
+    }
+}
+
+/// Whether SIGINT or SIGTERM has arrived since [`install_stop_signals`].
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

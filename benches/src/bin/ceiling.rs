@@ -14,7 +14,6 @@
 
 use std::net::SocketAddrV4;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -64,22 +63,6 @@ struct Args {
     max_duration: Duration,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
 fn main() {
     let args = Args::parse();
     if let Err(err) = run(&args) {
@@ -106,7 +89,7 @@ fn run(args: &Args) -> Result<()> {
             args.to
         );
     }
-    install_signal_handlers();
+    speeddata_benches::install_stop_signals();
     let (rx, granted) = open_unicast_receiver(args.listen, args.recv_buffer, RECV_TIMEOUT)
         .with_context(|| format!("listen on {}", args.listen))?;
     let tx = open_sender(args.to).with_context(|| format!("send to {}", args.to))?;
@@ -134,7 +117,7 @@ fn run(args: &Args) -> Result<()> {
     let mut drain_until: Option<Instant> = None;
 
     loop {
-        if drain_until.is_none() && (STOP.load(Ordering::Relaxed) || Instant::now() >= end) {
+        if drain_until.is_none() && (speeddata_benches::stop_requested() || Instant::now() >= end) {
             drain_until = Some(Instant::now() + DRAIN);
         }
         let draining = drain_until.is_some();

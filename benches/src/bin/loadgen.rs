@@ -12,7 +12,6 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -132,22 +131,6 @@ struct Args {
     /// No progress lines on stderr (the JSON summary is still printed).
     #[arg(long, short)]
     quiet: bool,
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
 }
 
 fn main() {
@@ -320,7 +303,7 @@ fn run(args: &Args) -> Result<()> {
     check_safety(args)?;
     let socket = open_socket(args)?;
     let fd = socket.as_raw_fd();
-    install_signal_handlers();
+    speeddata_benches::install_stop_signals();
 
     let batch = args.batch as usize;
     if !args.quiet {
@@ -402,7 +385,7 @@ fn send_loop(args: &Args, fd: RawFd) -> Summary {
     // Token scheme: by time t after start, floor(t·rate) datagrams are due.
     let due_at = |n: u64| start + Duration::from_secs_f64(n as f64 / rate as f64);
 
-    'run: while sent < args.count && !STOP.load(Ordering::Relaxed) {
+    'run: while sent < args.count && !speeddata_benches::stop_requested() {
         let now = Instant::now();
         let past_end = now >= end;
         if past_end && rate == 0 {
@@ -457,13 +440,13 @@ fn send_loop(args: &Args, fd: RawFd) -> Summary {
                 }
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EINTR) => {
-                        if STOP.load(Ordering::Relaxed) {
+                        if speeddata_benches::stop_requested() {
                             break 'run;
                         }
                     }
                     Some(libc::ENOBUFS) | Some(libc::EAGAIN) => {
                         retries += 1;
-                        if STOP.load(Ordering::Relaxed) || Instant::now() >= end {
+                        if speeddata_benches::stop_requested() || Instant::now() >= end {
                             break 'run;
                         }
                         std::thread::sleep(RETRY_SLEEP);
@@ -479,7 +462,7 @@ fn send_loop(args: &Args, fd: RawFd) -> Summary {
                             );
                             refused_warned = true;
                         }
-                        if STOP.load(Ordering::Relaxed) || Instant::now() >= end {
+                        if speeddata_benches::stop_requested() || Instant::now() >= end {
                             break 'run;
                         }
                     }
@@ -495,7 +478,7 @@ fn send_loop(args: &Args, fd: RawFd) -> Summary {
     let elapsed = start.elapsed();
     if failure.is_some() {
         // Reported by the caller after the summary.
-    } else if STOP.load(Ordering::Relaxed) && !args.quiet {
+    } else if speeddata_benches::stop_requested() && !args.quiet {
         eprintln!("loadgen: interrupted");
     } else if sent < args.count && !args.quiet {
         eprintln!(
