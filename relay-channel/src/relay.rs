@@ -137,6 +137,8 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         batch_records: spec.receive.batch,
         shared: shared.clone(),
         join,
+        joined: false,
+        ever_joined: false,
         next_join: Instant::now(),
         reject_log: RateLimit::new(5, Duration::from_secs(60)),
         drop_log: RateLimit::new(1, Duration::from_secs(60)),
@@ -144,7 +146,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         send_log: RateLimit::new(1, Duration::from_secs(60)),
         channel: spec.name.clone(),
     };
-    path.try_join(true);
+    path.keep_joined(true);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -283,7 +285,10 @@ struct ReceivePath {
     max_batches: usize,
     batch_records: usize,
     shared: Arc<Shared>,
+    /// The group and interface address to stay joined to.
     join: Option<(Ipv4Addr, Ipv4Addr)>,
+    joined: bool,
+    ever_joined: bool,
     next_join: Instant,
     reject_log: RateLimit,
     drop_log: RateLimit,
@@ -299,6 +304,8 @@ const HAND_OVER_AFTER: Duration = Duration::from_millis(10);
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// How often a failed multicast join is tried again.
 const JOIN_RETRY: Duration = Duration::from_secs(1);
+/// How often a standing membership is checked (by joining again).
+const JOIN_CHECK: Duration = Duration::from_secs(2);
 
 impl ReceivePath {
     fn run(
@@ -339,7 +346,7 @@ impl ReceivePath {
                 }
             }
             if self.join.is_some() {
-                self.try_join(false);
+                self.keep_joined(false);
             }
         }
         drop(self.socket);
@@ -394,8 +401,11 @@ impl ReceivePath {
         }
     }
 
-    /// Joins the group if not yet joined; a missing interface is retried.
-    fn try_join(&mut self, first: bool) {
+    /// Keeps the multicast membership: joins (retrying every second while
+    /// the interface is missing), then checks every few seconds that the
+    /// membership still stands. The kernel drops it silently when the
+    /// interface goes away; the next check joins again once it is back.
+    fn keep_joined(&mut self, first: bool) {
         let Some((group, iface)) = self.join else {
             return;
         };
@@ -403,16 +413,27 @@ impl ReceivePath {
         if now < self.next_join {
             return;
         }
+        let was_joined = self.joined;
         match net::join(&self.socket, group, iface) {
             Ok(()) => {
-                self.join = None;
-                self.shared.joined.store(true, Ordering::Relaxed);
-                tracing::info!(channel = %self.channel, %group, interface = %iface, "joined multicast group");
+                self.joined = true;
+                self.next_join = now + JOIN_CHECK;
+                if self.ever_joined {
+                    tracing::warn!(channel = %self.channel, %group, interface = %iface, "joined the multicast group again: the membership had been lost (interface gone and back)");
+                } else {
+                    tracing::info!(channel = %self.channel, %group, interface = %iface, "joined multicast group");
+                }
+                self.ever_joined = true;
+            }
+            // Still a member.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                self.joined = true;
+                self.next_join = now + JOIN_CHECK;
             }
             Err(e) => {
+                self.joined = false;
                 self.next_join = now + JOIN_RETRY;
-                self.shared.joined.store(false, Ordering::Relaxed);
-                if first {
+                if first || was_joined {
                     tracing::warn!(
                         channel = %self.channel, %group, interface = %iface, error = %e,
                         "cannot join the multicast group yet; retrying every second"
@@ -420,6 +441,7 @@ impl ReceivePath {
                 }
             }
         }
+        self.shared.joined.store(self.joined, Ordering::Relaxed);
     }
 
     fn take_batch(&mut self, free: &crossbeam_channel::Receiver<Batch>) -> Option<Batch> {

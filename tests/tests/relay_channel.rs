@@ -650,3 +650,89 @@ fn a_join_whose_interface_is_missing_is_retried_until_it_appears() {
     assert_eq!(last["received"], 200);
     assert_eq!(read_archive(&archive).len(), 200);
 }
+
+#[test]
+fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
+    // In a network namespace of its own: the test creates, removes and
+    // re-creates the interface (a veth pair) the channel joins on.
+    let dir = tempdir();
+    let port = free_port();
+    let group = unique_group();
+    let mut opts = ChannelOpts::unicast("rejoin");
+    opts.bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    opts.group = Some(group);
+    let config = write_channel(dir.path(), &opts);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("interface = \"127.0.0.1\"", "interface = \"192.0.2.1\"");
+    std::fs::write(&config, text).unwrap();
+    let mut relay = Relay::spawn_in_netns(dir.path(), &config, "rejoin");
+    relay.wait_event("ready", Duration::from_secs(20));
+    let sh = |relay: &Relay, script: &str| {
+        let ok = relay.in_netns("sh").args(["-c", script]).status().unwrap();
+        assert!(ok.success(), "{script}");
+    };
+    let up = "ip link add v0 type veth peer name v1 && ip addr add 192.0.2.1/24 dev v0 \
+              && ip link set v1 up && ip link set v0 up";
+    let joined_is = |relay: &Relay, want: bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(15);
+        while relay.last_stats().map(|s| s["joined"].clone()) != Some(want.into()) {
+            assert!(
+                std::time::Instant::now() < end,
+                "joined never became {want}: {:?}",
+                relay.last_stats()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let send = |relay: &Relay, first: u32| {
+        let out = relay
+            .in_netns(bin("loadgen"))
+            .args([
+                "--to",
+                &format!("{group}:{port}"),
+                "--interface",
+                "192.0.2.1",
+                "--ttl",
+                "0",
+            ])
+            .args([
+                "--count",
+                "100",
+                "--rate",
+                "2000",
+                "--quiet",
+                "--start-counter",
+                &first.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&relay, up);
+    joined_is(&relay, true);
+    send(&relay, 0);
+    relay.wait_received(100, Duration::from_secs(20));
+
+    // The interface goes away (its memberships with it), then comes back.
+    sh(&relay, "ip link del v0");
+    joined_is(&relay, false);
+    sh(&relay, up);
+    joined_is(&relay, true);
+    assert!(
+        relay.stderr().contains("joined the multicast group again"),
+        "{}",
+        relay.stderr()
+    );
+    send(&relay, 100);
+    relay.wait_received(200, Duration::from_secs(20));
+    let archive = relay.archive_dir();
+    let (code, last) = relay.stop();
+    assert_eq!(code, 0);
+    assert_eq!(last["received"], 200);
+    assert_eq!(read_archive(&archive).len(), 200);
+}
