@@ -48,6 +48,8 @@ const KEEP_BATCH_CAPACITY: usize = 1 << 20;
 pub enum Why {
     /// Longer than an IPv4 UDP datagram can be (or cut by the kernel).
     Oversized,
+    /// From a sender outside `receive.allow_from`.
+    SenderNotAllowed,
     /// Not exactly one datum of the schema.
     Invalid(crate::validate::Invalid),
 }
@@ -57,6 +59,7 @@ impl Why {
     pub fn reason(&self) -> &'static str {
         match self {
             Why::Oversized => "oversized",
+            Why::SenderNotAllowed => "sender_not_allowed",
             Why::Invalid(i) => i.reason.as_str(),
         }
     }
@@ -66,6 +69,7 @@ impl std::fmt::Display for Why {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Why::Oversized => write!(f, "longer than {} bytes", crate::config::MAX_DATAGRAM),
+            Why::SenderNotAllowed => write!(f, "the sender is not in receive.allow_from"),
             Why::Invalid(i) => i.fmt(f),
         }
     }

@@ -96,6 +96,7 @@ struct RawReceive {
     recv_buffer: Option<RawSize>,
     validate: Option<bool>,
     batch: Option<i64>,
+    allow_from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +163,8 @@ pub struct ReceiveSpec {
     pub validate: bool,
     /// Datagrams per `recvmmsg` call.
     pub batch: usize,
+    /// Senders accepted; empty: every sender.
+    pub allow_from: Vec<ipnet::Ipv4Net>,
 }
 
 /// When the archive asks the kernel to put data on disk.
@@ -458,7 +461,21 @@ impl Validator<'_> {
         let recv_buffer = self.in_range("receive.recv_buffer", recv_buffer, 4096, 1 << 31);
         let batch = r.batch.unwrap_or(DEFAULT_BATCH as i64);
         let batch = self.in_range("receive.batch", batch, 1, 1024);
+        let mut allow_from = Vec::new();
+        for (i, a) in r.allow_from.unwrap_or_default().iter().enumerate() {
+            let parsed = a
+                .parse::<ipnet::Ipv4Net>()
+                .or_else(|_| a.parse::<Ipv4Addr>().map(ipnet::Ipv4Net::from));
+            match parsed {
+                Ok(n) => allow_from.push(n.trunc()),
+                Err(_) => self.problem(
+                    &format!("receive.allow_from[{i}]"),
+                    format!("{a:?} is not an IPv4 address or network, e.g. \"10.1.0.0/16\" or \"127.0.0.1\""),
+                ),
+            }
+        }
         Some(ReceiveSpec {
+            allow_from,
             bind: bind?,
             group,
             interface: interface?,
@@ -830,6 +847,23 @@ mod tests {
         assert_eq!(s.archive.flush_interval, Duration::from_millis(250));
         assert_eq!(s.archive.block_size, 65536);
         assert_eq!(s.archive.dir, Path::new("/var/lib/speeddata"));
+    }
+
+    #[test]
+    fn allow_from_takes_networks_and_addresses() {
+        let s = parse(&MINIMAL.replace(
+            "bind = \"127.0.0.1:26000\"",
+            "bind = \"127.0.0.1:26000\"\nallow_from = [\"10.1.2.3/16\", \"127.0.0.1\"]",
+        ))
+        .unwrap();
+        let nets: Vec<String> = s.receive.allow_from.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.1.0.0/16", "127.0.0.1/32"]);
+        let e = parse(&MINIMAL.replace(
+            "bind = \"127.0.0.1:26000\"",
+            "bind = \"127.0.0.1:26000\"\nallow_from = [\"localhost\"]",
+        ))
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "receive.allow_from[0]");
     }
 
     #[test]

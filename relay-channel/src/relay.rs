@@ -123,6 +123,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         receiver: Receiver::new(&rs.socket, spec.receive.batch),
         socket: rs.socket,
         validator: spec.receive.validate.then_some(schema.validator),
+        allow_from: spec.receive.allow_from.clone(),
         full,
         decimated,
         factor: spec.decimated.as_ref().map_or(1, |d| d.factor as u64),
@@ -265,6 +266,8 @@ struct ReceivePath {
     /// Kept open for the receiver's descriptor.
     socket: socket2::Socket,
     validator: Option<Validator>,
+    /// Accepted senders; empty: all.
+    allow_from: Vec<ipnet::Ipv4Net>,
     full: Option<Sender>,
     decimated: Option<Sender>,
     factor: u64,
@@ -473,7 +476,11 @@ impl ReceivePath {
         for i in 0..n {
             let (d, from, truncated) = self.receiver.datagram(i);
             bytes += d.len() as u64;
-            let verdict = if truncated || d.len() > MAX_DATAGRAM {
+            let verdict = if !self.allow_from.is_empty()
+                && !self.allow_from.iter().any(|n| n.contains(from.ip()))
+            {
+                Err(Why::SenderNotAllowed)
+            } else if truncated || d.len() > MAX_DATAGRAM {
                 Err(Why::Oversized)
             } else if let Some(v) = &self.validator {
                 v.validate(d).map_err(Why::Invalid)

@@ -227,6 +227,12 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(to: SocketAddrV4) -> Sender {
+        Sender::from_addr(to, Ipv4Addr::LOCALHOST)
+    }
+
+    /// A sender bound to `from` (an address of 127.0.0.0/8).
+    pub fn from_addr(to: SocketAddrV4, from: Ipv4Addr) -> Sender {
+        assert!(from.is_loopback());
         assert!(
             to.ip().is_loopback() || to.ip().is_multicast(),
             "tests send to 127.0.0.0/8 or to a group on 127.0.0.1 only"
@@ -238,8 +244,7 @@ impl Sender {
             s.set_multicast_loop_v4(true).unwrap();
         }
         s.set_send_buffer_size(4 << 20).unwrap();
-        s.bind(&SockAddr::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)))
-            .unwrap();
+        s.bind(&SockAddr::from(SocketAddrV4::new(from, 0))).unwrap();
         Sender { sock: s.into(), to }
     }
 

@@ -736,3 +736,34 @@ fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
     assert_eq!(last["received"], 200);
     assert_eq!(read_archive(&archive).len(), 200);
 }
+
+#[test]
+fn senders_outside_allow_from_are_rejected_with_their_reason() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("allowlist");
+    let full = group_addr(unique_group(), free_port());
+    opts.full = Some(full);
+    opts.receive = vec!["allow_from = [\"127.0.0.2\"]".into()];
+    let relay = Relay::start(dir.path(), &opts);
+    let full_rx = GroupReceiver::join(full);
+    let allowed = example_records(300, "allowed");
+    let stranger = example_records(200, "stranger");
+    Sender::from_addr(opts.bind, Ipv4Addr::new(127, 0, 0, 2)).send_paced(&allowed, 10);
+    Sender::from_addr(opts.bind, Ipv4Addr::LOCALHOST).send_paced(&stranger, 10);
+    relay.wait_received(500, Duration::from_secs(20));
+    let archive = relay.archive_dir();
+    let (code, last) = relay.stop();
+    assert_eq!(code, 0);
+    assert_eq!(last["rejected"], 200, "{last}");
+    assert_eq!(
+        last["rejected_by_reason"]["sender_not_allowed"], 200,
+        "{last}"
+    );
+    assert_balanced(&last);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        full_rx.finish() == allowed,
+        "the full-rate output carried a stranger's datagrams"
+    );
+    assert!(read_archive(&archive) == allowed);
+}
