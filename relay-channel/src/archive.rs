@@ -50,6 +50,9 @@ pub enum Why {
     Oversized,
     /// From a sender outside `receive.allow_from`.
     SenderNotAllowed,
+    /// `encoding = "single_object"`: no header, or another schema's
+    /// fingerprint.
+    WrongHeader,
     /// Not exactly one datum of the schema.
     Invalid(crate::validate::Invalid),
 }
@@ -60,6 +63,7 @@ impl Why {
         match self {
             Why::Oversized => "oversized",
             Why::SenderNotAllowed => "sender_not_allowed",
+            Why::WrongHeader => "wrong_header",
             Why::Invalid(i) => i.reason.as_str(),
         }
     }
@@ -70,6 +74,10 @@ impl std::fmt::Display for Why {
         match self {
             Why::Oversized => write!(f, "longer than {} bytes", crate::config::MAX_DATAGRAM),
             Why::SenderNotAllowed => write!(f, "the sender is not in receive.allow_from"),
+            Why::WrongHeader => write!(
+                f,
+                "not a single-object header (C3 01 and this schema's fingerprint)"
+            ),
             Why::Invalid(i) => i.fmt(f),
         }
     }

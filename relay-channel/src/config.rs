@@ -97,6 +97,7 @@ struct RawReceive {
     validate: Option<bool>,
     batch: Option<i64>,
     allow_from: Option<Vec<String>>,
+    encoding: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +166,20 @@ pub struct ReceiveSpec {
     pub batch: usize,
     /// Senders accepted; empty: every sender.
     pub allow_from: Vec<ipnet::Ipv4Net>,
+    /// How a datum sits in a datagram.
+    pub encoding: Encoding,
+}
+
+/// How a datum sits in a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The datagram is exactly one Avro binary datum.
+    Datum,
+    /// Avro single-object encoding: `C3 01`, the schema's 8-byte CRC-64-AVRO
+    /// fingerprint, then the datum. The header must match the channel's
+    /// schema; the archive stores the datum, the outputs forward the
+    /// datagram unchanged.
+    SingleObject,
 }
 
 /// When the archive asks the kernel to put data on disk.
@@ -474,7 +489,19 @@ impl Validator<'_> {
                 ),
             }
         }
+        let encoding = match r.encoding.as_deref().unwrap_or("datum") {
+            "datum" => Some(Encoding::Datum),
+            "single_object" => Some(Encoding::SingleObject),
+            other => {
+                self.problem(
+                    "receive.encoding",
+                    format!("{other:?} is not one of \"datum\", \"single_object\""),
+                );
+                None
+            }
+        };
         Some(ReceiveSpec {
+            encoding: encoding?,
             allow_from,
             bind: bind?,
             group,

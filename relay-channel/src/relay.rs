@@ -44,6 +44,9 @@ impl RunError {
 pub struct LoadedSchema {
     pub text: String,
     pub validator: Validator,
+    /// The single-object encoding header of this schema (`C3 01` and the
+    /// CRC-64-AVRO fingerprint of its canonical form).
+    pub single_object_header: [u8; 10],
 }
 
 /// Reads, parses and compiles the channel's schema; problems are
@@ -66,9 +69,14 @@ pub fn load_schema(spec: &ChannelSpec) -> Result<LoadedSchema, ConfigError> {
         ))
     })?;
     let validator = Validator::new(&schema).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    use apache_avro::headers::HeaderBuilder as _;
+    let header = apache_avro::headers::RabinFingerprintHeader::from_schema(&schema).build_header();
+    let mut single_object_header = [0u8; 10];
+    single_object_header.copy_from_slice(&header[..10]);
     Ok(LoadedSchema {
         text: text.trim().to_string(),
         validator,
+        single_object_header,
     })
 }
 
@@ -124,6 +132,8 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         socket: rs.socket,
         validator: spec.receive.validate.then_some(schema.validator),
         allow_from: spec.receive.allow_from.clone(),
+        header: (spec.receive.encoding == crate::config::Encoding::SingleObject)
+            .then_some(schema.single_object_header),
         full,
         decimated,
         factor: spec.decimated.as_ref().map_or(1, |d| d.factor as u64),
@@ -268,6 +278,9 @@ struct ReceivePath {
     validator: Option<Validator>,
     /// Accepted senders; empty: all.
     allow_from: Vec<ipnet::Ipv4Net>,
+    /// With single-object encoding, the header every datagram starts with;
+    /// the datum after it is what is validated and archived.
+    header: Option<[u8; 10]>,
     full: Option<Sender>,
     decimated: Option<Sender>,
     factor: u64,
@@ -447,6 +460,11 @@ impl ReceivePath {
         self.shared.joined.store(self.joined, Ordering::Relaxed);
     }
 
+    /// Bytes before the datum in each datagram.
+    fn header_len(&self) -> usize {
+        self.header.map_or(0, |h| h.len())
+    }
+
     fn take_batch(&mut self, free: &crossbeam_channel::Receiver<Batch>) -> Option<Batch> {
         if let Some(b) = self.pending.take() {
             return Some(b);
@@ -482,8 +500,13 @@ impl ReceivePath {
                 Err(Why::SenderNotAllowed)
             } else if truncated || d.len() > MAX_DATAGRAM {
                 Err(Why::Oversized)
+            } else if self.header.is_some_and(|h| !d.starts_with(&h)) {
+                Err(Why::WrongHeader)
             } else if let Some(v) = &self.validator {
-                v.validate(d).map_err(Why::Invalid)
+                v.validate(&d[self.header_len()..]).map_err(|mut inv| {
+                    inv.offset += self.header_len();
+                    Why::Invalid(inv)
+                })
             } else {
                 Ok(())
             };
@@ -553,8 +576,9 @@ impl ReceivePath {
         let valid = self.valid.len() as u64;
         let (queued, mut dropped) = match &mut batch {
             Some(b) => {
+                let skip = self.header_len();
                 for &i in &self.valid {
-                    b.push(rx.datagram(i).0);
+                    b.push(&rx.datagram(i).0[skip..]);
                 }
                 (valid, 0)
             }

@@ -85,11 +85,10 @@ pub fn unique_group() -> Ipv4Addr {
     Ipv4Addr::new(239, 255, 100 + (pid % 100) as u8, 1 + (n % 250) as u8)
 }
 
-/// One example record, encoded by apache-avro (an encoder independent of
-/// the relay's code).
-pub fn example_datum(schema: &Schema, counter: i32, message: &str) -> Vec<u8> {
+/// One example record as an apache-avro value.
+pub fn example_value(counter: i32, message: &str) -> Value {
     let t = counter as f64 / 1000.0;
-    let v = Value::Record(vec![
+    Value::Record(vec![
         (
             "time".into(),
             Value::TimestampMicros(1_795_383_000_000_000 + counter as i64 * 1000),
@@ -109,12 +108,26 @@ pub fn example_datum(schema: &Schema, counter: i32, message: &str) -> Vec<u8> {
             "noise".into(),
             Value::Double(((counter as f64) * 12.9898).sin().fract()),
         ),
-    ]);
+    ])
+}
+
+/// One example record, encoded by apache-avro (an encoder independent of
+/// the relay's code).
+pub fn example_datum(schema: &Schema, counter: i32, message: &str) -> Vec<u8> {
     let mut out = Vec::new();
     apache_avro::writer::datum::GenericDatumWriter::builder(schema)
         .build()
         .unwrap()
-        .write_value(&mut out, v)
+        .write_value(&mut out, example_value(counter, message))
+        .unwrap();
+    out
+}
+
+/// One example record in Avro single-object encoding, by apache-avro.
+pub fn example_single_object(schema: &Schema, counter: i32, message: &str) -> Vec<u8> {
+    let mut w = apache_avro::GenericSingleObjectWriter::new_with_capacity(schema, 256).unwrap();
+    let mut out = Vec::new();
+    w.write_value_ref(&example_value(counter, message), &mut out)
         .unwrap();
     out
 }

@@ -767,3 +767,45 @@ fn senders_outside_allow_from_are_rejected_with_their_reason() {
     );
     assert!(read_archive(&archive) == allowed);
 }
+
+#[test]
+fn single_object_encoding_is_checked_archived_as_datums_and_forwarded_whole() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("single-object");
+    let full = group_addr(unique_group(), free_port());
+    opts.full = Some(full);
+    opts.receive = vec!["encoding = \"single_object\"".into()];
+    let relay = Relay::start(dir.path(), &opts);
+    let full_rx = GroupReceiver::join(full);
+    let schema = example_schema();
+    let objects: Vec<Vec<u8>> = (0..500)
+        .map(|i| example_single_object(&schema, i, "so"))
+        .collect();
+    let datums: Vec<Vec<u8>> = (0..500).map(|i| example_datum(&schema, i, "so")).collect();
+    assert!(objects
+        .iter()
+        .zip(&datums)
+        .all(|(o, d)| o[..2] == [0xC3, 0x01] && o[10..] == d[..]));
+    // Plain datums (no header) and another schema's fingerprint are refused.
+    let mut other = objects[0].clone();
+    other[5] ^= 0xff;
+    let mut stream = objects.clone();
+    stream.extend(datums[..20].iter().cloned());
+    stream.push(other);
+    Sender::new(opts.bind).send_paced(&stream, 10);
+    relay.wait_received(stream.len() as u64, Duration::from_secs(20));
+    let archive = relay.archive_dir();
+    let (code, last) = relay.stop();
+    assert_eq!(code, 0);
+    assert_eq!(last["archived"], 500, "{last}");
+    assert_eq!(last["rejected_by_reason"]["wrong_header"], 21, "{last}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        full_rx.finish() == objects,
+        "the full-rate output did not carry the datagrams unchanged"
+    );
+    assert!(
+        read_archive(&archive) == datums,
+        "the archive does not hold the bare datums"
+    );
+}
