@@ -2290,7 +2290,10 @@ mod tests {
             relay_channel::config::ChannelSpec::load(&path, None).expect("valid channel file");
         let full = spec.full.as_ref().expect("full output");
         assert_eq!(full.ttl, 0);
-        assert_eq!(full.interface, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            full.interface,
+            Some(relay_channel::config::Interface::Addr(Ipv4Addr::LOCALHOST))
+        );
         assert!(spec.decimated.is_none());
         assert!(spec.receive.validate);
         relay_channel::relay::load_schema(&spec).expect("schema compiles");

@@ -158,8 +158,8 @@ pub struct ChannelSpec {
 pub struct ReceiveSpec {
     pub bind: SocketAddrV4,
     pub group: Option<Ipv4Addr>,
-    /// Interface address for the join (`0.0.0.0`: the kernel chooses).
-    pub interface: Ipv4Addr,
+    /// Interface for the join (`0.0.0.0`: the kernel chooses).
+    pub interface: Interface,
     pub recv_buffer: usize,
     pub validate: bool,
     /// Datagrams per `recvmmsg` call.
@@ -168,6 +168,33 @@ pub struct ReceiveSpec {
     pub allow_from: Vec<ipnet::Ipv4Net>,
     /// How a datum sits in a datagram.
     pub encoding: Encoding,
+}
+
+/// A network interface, by address (`"127.0.0.1"`) or by name (`"eth1"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interface {
+    Addr(Ipv4Addr),
+    /// Resolved to its first IPv4 address when used.
+    Name(String),
+}
+
+impl Interface {
+    /// The interface's IPv4 address now.
+    pub fn resolve(&self) -> std::io::Result<Ipv4Addr> {
+        match self {
+            Interface::Addr(a) => Ok(*a),
+            Interface::Name(n) => crate::net::interface_address(n),
+        }
+    }
+}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Interface::Addr(a) => a.fmt(f),
+            Interface::Name(n) => f.write_str(n),
+        }
+    }
 }
 
 /// How a datum sits in a datagram.
@@ -234,8 +261,8 @@ impl ArchiveSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputSpec {
     pub dest: SocketAddrV4,
-    /// Interface address multicast leaves by; `None` only for unicast.
-    pub interface: Option<Ipv4Addr>,
+    /// Interface multicast leaves by; `None` only for unicast.
+    pub interface: Option<Interface>,
     pub ttl: u32,
     pub loopback: bool,
 }
@@ -456,8 +483,8 @@ impl Validator<'_> {
             }
         });
         let interface = match r.interface {
-            Some(i) => self.ipv4("receive.interface", &i),
-            None => Some(Ipv4Addr::UNSPECIFIED),
+            Some(i) => self.interface("receive.interface", &i),
+            None => Some(Interface::Addr(Ipv4Addr::UNSPECIFIED)),
         };
         if let (Some(b), Some(g)) = (bind, group) {
             if !b.ip().is_unspecified() && *b.ip() != g {
@@ -607,7 +634,7 @@ impl Validator<'_> {
             }
         };
         let interface = match o.interface {
-            Some(i) => self.ipv4(&key("interface"), &i),
+            Some(i) => self.interface(&key("interface"), &i),
             None => None,
         };
         if let Some(d) = dest {
@@ -681,16 +708,22 @@ impl Validator<'_> {
         }
     }
 
-    fn ipv4(&mut self, key: &str, s: &str) -> Option<Ipv4Addr> {
-        match s.parse::<Ipv4Addr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.problem(
-                    key,
-                    format!("{s:?} is not an IPv4 interface address, e.g. \"127.0.0.1\""),
-                );
-                None
-            }
+    fn interface(&mut self, key: &str, s: &str) -> Option<Interface> {
+        if let Ok(a) = s.parse::<Ipv4Addr>() {
+            return Some(Interface::Addr(a));
+        }
+        let name_ok = !s.is_empty()
+            && s.len() < 16
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        if name_ok && s.parse::<std::net::IpAddr>().is_err() {
+            Some(Interface::Name(s.to_string()))
+        } else {
+            self.problem(
+                key,
+                format!("{s:?} is neither an IPv4 interface address (\"127.0.0.1\") nor an interface name (\"eth1\")"),
+            );
+            None
         }
     }
 
@@ -891,6 +924,26 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.problems[0].key, "receive.allow_from[0]");
+    }
+
+    #[test]
+    fn interfaces_are_addresses_or_names() {
+        let text = |iface: &str| {
+            format!(
+                "schema = \"s.avsc\"\n[receive]\nbind = \"0.0.0.0:1\"\ngroup = \"239.1.2.3\"\ninterface = \"{iface}\"\n[archive]\ndir = \"d\"\n"
+            )
+        };
+        let s = parse(&text("eth1")).unwrap();
+        assert_eq!(s.receive.interface, Interface::Name("eth1".into()));
+        let s = parse(&text("10.0.0.7")).unwrap();
+        assert_eq!(
+            s.receive.interface,
+            Interface::Addr(Ipv4Addr::new(10, 0, 0, 7))
+        );
+        let e = parse(&text("not an interface")).unwrap_err();
+        assert_eq!(e.problems[0].key, "receive.interface");
+        let e = parse(&text("::1")).unwrap_err();
+        assert_eq!(e.problems[0].key, "receive.interface");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::config::{OutputSpec, ReceiveSpec};
+use crate::config::{Interface, OutputSpec, ReceiveSpec};
 
 /// Space for one datagram: the IPv4 UDP maximum, rounded up.
 pub const SLOT: usize = 65_536;
@@ -92,9 +92,26 @@ fn set_int_opt(
     }
 }
 
-/// Joins `group` on the interface with address `interface`.
-pub fn join(socket: &Socket, group: Ipv4Addr, interface: Ipv4Addr) -> io::Result<()> {
-    socket.join_multicast_v4(&group, &interface)
+/// Joins `group` on `interface` (resolved now, so an interface that
+/// changed its address is followed).
+pub fn join(socket: &Socket, group: Ipv4Addr, interface: &Interface) -> io::Result<()> {
+    socket.join_multicast_v4(&group, &interface.resolve()?)
+}
+
+/// The first IPv4 address of the interface called `name`.
+pub fn interface_address(name: &str) -> io::Result<Ipv4Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    for a in addrs {
+        if a.interface_name == name {
+            if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                return Ok(sin.ip());
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no interface {name:?} with an IPv4 address"),
+    ))
 }
 
 /// Opens an output socket connected to its destination, with the multicast
@@ -102,7 +119,8 @@ pub fn join(socket: &Socket, group: Ipv4Addr, interface: Ipv4Addr) -> io::Result
 pub fn open_output(spec: &OutputSpec) -> io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if spec.dest.ip().is_multicast() {
-        if let Some(iface) = spec.interface {
+        if let Some(iface) = &spec.interface {
+            let iface = iface.resolve()?;
             socket.set_multicast_if_v4(&iface)?;
             socket.bind(&SockAddr::from(SocketAddrV4::new(iface, 0)))?;
         }

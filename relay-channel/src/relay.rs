@@ -112,7 +112,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
     }
     let full = match &spec.full {
         Some(o) => Some(Sender::new(
-            net::open_output(o).map_err(|e| failed(&format!("full.group {}", o.dest), e))?,
+            net::open_output(o).map_err(|e| failed(&output_what("full", o), e))?,
             spec.receive.batch,
         )),
         None => None,
@@ -120,13 +120,16 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
     let decimated = match &spec.decimated {
         Some(d) => Some(Sender::new(
             net::open_output(&d.output)
-                .map_err(|e| failed(&format!("decimated.group {}", d.output.dest), e))?,
+                .map_err(|e| failed(&output_what("decimated", &d.output), e))?,
             spec.receive.batch,
         )),
         None => None,
     };
 
-    let join = spec.receive.group.map(|g| (g, spec.receive.interface));
+    let join = spec
+        .receive
+        .group
+        .map(|g| (g, spec.receive.interface.clone()));
     let mut path = ReceivePath {
         receiver: Receiver::new(&rs.socket, spec.receive.batch),
         socket: rs.socket,
@@ -164,6 +167,14 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         .build()
         .map_err(|e| failed("tokio runtime", e))?;
     rt.block_on(control(spec, path, archive, shared, rs.recv_buffer_granted))
+}
+
+/// "full.group 239.1.1.1:6000 (interface eth1)", for errors.
+fn output_what(section: &str, o: &crate::config::OutputSpec) -> String {
+    match &o.interface {
+        Some(i) => format!("{section}.group {} ({section}.interface {i})", o.dest),
+        None => format!("{section}.group {}", o.dest),
+    }
 }
 
 async fn control(
@@ -302,7 +313,7 @@ struct ReceivePath {
     batch_records: usize,
     shared: Arc<Shared>,
     /// The group and interface address to stay joined to.
-    join: Option<(Ipv4Addr, Ipv4Addr)>,
+    join: Option<(Ipv4Addr, crate::config::Interface)>,
     joined: bool,
     ever_joined: bool,
     next_join: Instant,
@@ -422,15 +433,16 @@ impl ReceivePath {
     /// membership still stands. The kernel drops it silently when the
     /// interface goes away; the next check joins again once it is back.
     fn keep_joined(&mut self, first: bool) {
-        let Some((group, iface)) = self.join else {
+        let Some((group, iface)) = &self.join else {
             return;
         };
+        let (group, iface) = (*group, iface.clone());
         let now = Instant::now();
         if now < self.next_join {
             return;
         }
         let was_joined = self.joined;
-        match net::join(&self.socket, group, iface) {
+        match net::join(&self.socket, group, &iface) {
             Ok(()) => {
                 self.joined = true;
                 self.next_join = now + JOIN_CHECK;

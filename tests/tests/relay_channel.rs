@@ -654,7 +654,8 @@ fn a_join_whose_interface_is_missing_is_retried_until_it_appears() {
 #[test]
 fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
     // In a network namespace of its own: the test creates, removes and
-    // re-creates the interface (a veth pair) the channel joins on.
+    // re-creates the interface (a veth pair) the channel joins on, named
+    // in the channel file by its name, v0.
     let dir = tempdir();
     let port = free_port();
     let group = unique_group();
@@ -664,7 +665,7 @@ fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
     let config = write_channel(dir.path(), &opts);
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("interface = \"127.0.0.1\"", "interface = \"192.0.2.1\"");
+        .replace("interface = \"127.0.0.1\"", "interface = \"v0\"");
     std::fs::write(&config, text).unwrap();
     let mut relay = Relay::spawn_in_netns(dir.path(), &config, "rejoin");
     relay.wait_event("ready", Duration::from_secs(20));
