@@ -511,6 +511,15 @@ impl Relay {
         (code, last)
     }
 
+    /// SIGTERM; asserts a clean exit (0) and returns the channel's archive
+    /// folder and the final stats line.
+    pub fn stop_ok(self) -> (PathBuf, Json) {
+        let archive = self.archive_dir();
+        let (code, last) = self.stop();
+        assert_eq!(code, 0, "relay-channel did not exit cleanly: {last}");
+        (archive, last)
+    }
+
     /// Waits for exit; returns the exit code (128+signal if killed).
     pub fn wait_exit(&mut self, limit: Duration) -> i32 {
         let end = Instant::now() + limit;

@@ -80,9 +80,7 @@ fn valid_datagrams_are_archived_forwarded_and_decimated_exactly() {
     let sender = Sender::new(opts.bind);
     sender.send_paced(&stream, 20);
     relay.wait_received(stream.len() as u64, Duration::from_secs(30));
-    let archive = relay.archive_dir();
-    let (code, last) = relay.stop();
-    assert_eq!(code, 0);
+    let (archive, last) = relay.stop_ok();
 
     // Archive: exactly the valid records, byte for byte, in order.
     let records = read_archive(&archive);
@@ -158,9 +156,7 @@ fn every_codec_round_trips() {
         let relay = Relay::start(dir.path(), &opts);
         Sender::new(opts.bind).send_paced(&records, 20);
         relay.wait_received(records.len() as u64, Duration::from_secs(30));
-        let archive = relay.archive_dir();
-        let (code, last) = relay.stop();
-        assert_eq!(code, 0);
+        let (archive, last) = relay.stop_ok();
         assert_eq!(last["archived"], 3_000, "{codec}");
         let got = read_archive(&archive);
         assert!(got == records, "codec {codec}: records differ");
@@ -190,9 +186,7 @@ fn rotation_by_size_gives_whole_files_in_order() {
     let records = example_records(5_000, "rotation by size");
     Sender::new(opts.bind).send_paced(&records, 20);
     relay.wait_received(records.len() as u64, Duration::from_secs(30));
-    let archive = relay.archive_dir();
-    let (code, last) = relay.stop();
-    assert_eq!(code, 0);
+    let (archive, last) = relay.stop_ok();
     let files = avro_files(&archive);
     assert!(
         files.len() >= 5,
@@ -233,9 +227,7 @@ fn rotation_by_time_gives_whole_files_in_order() {
     // 2,000 records over about 2 s: several 300 ms files.
     Sender::new(opts.bind).send_paced(&records, 1);
     relay.wait_received(records.len() as u64, Duration::from_secs(30));
-    let archive = relay.archive_dir();
-    let (code, _) = relay.stop();
-    assert_eq!(code, 0);
+    let (archive, _) = relay.stop_ok();
     let files = avro_files(&archive);
     assert!(
         files.len() >= 4,
@@ -502,9 +494,7 @@ fn a_removed_archive_folder_never_stops_the_live_output() {
     std::fs::remove_dir_all(relay.archive_dir()).unwrap();
     sender.send_paced(&records[1_000..], 1);
     relay.wait_received(4_000, Duration::from_secs(30));
-    let archive = relay.archive_dir();
-    let (code, last) = relay.stop();
-    assert_eq!(code, 0);
+    let (archive, last) = relay.stop_ok();
     std::thread::sleep(Duration::from_millis(200));
     let got_full = full_rx.finish();
     assert!(
@@ -564,9 +554,7 @@ fn kernel_drops_are_reported_so_every_datagram_sent_is_accounted_for() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let archive = relay.archive_dir();
-    let (code, last) = relay.stop();
-    assert_eq!(code, 0);
+    let (archive, last) = relay.stop_ok();
     let received = last["received"].as_u64().unwrap();
     let drops = last["kernel_drops"].as_u64().unwrap();
     assert!(
@@ -644,9 +632,7 @@ fn a_join_whose_interface_is_missing_is_retried_until_it_appears() {
         String::from_utf8_lossy(&out.stderr)
     );
     relay.wait_received(200, Duration::from_secs(20));
-    let archive = relay.archive_dir();
-    let (code, last) = relay.stop();
-    assert_eq!(code, 0);
+    let (archive, last) = relay.stop_ok();
     assert_eq!(last["received"], 200);
     assert_eq!(read_archive(&archive).len(), 200);
 }
@@ -731,9 +717,7 @@ fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
     );
     send(&relay, 100);
     relay.wait_received(200, Duration::from_secs(20));
-    let archive = relay.archive_dir();
-    let (code, last) = relay.stop();
-    assert_eq!(code, 0);
+    let (archive, last) = relay.stop_ok();
     assert_eq!(last["received"], 200);
     assert_eq!(read_archive(&archive).len(), 200);
 }
@@ -752,9 +736,7 @@ fn senders_outside_allow_from_are_rejected_with_their_reason() {
     Sender::from_addr(opts.bind, Ipv4Addr::new(127, 0, 0, 2)).send_paced(&allowed, 10);
     Sender::from_addr(opts.bind, Ipv4Addr::LOCALHOST).send_paced(&stranger, 10);
     relay.wait_received(500, Duration::from_secs(20));
-    let archive = relay.archive_dir();
-    let (code, last) = relay.stop();
-    assert_eq!(code, 0);
+    let (archive, last) = relay.stop_ok();
     assert_eq!(last["rejected"], 200, "{last}");
     assert_eq!(
         last["rejected_by_reason"]["sender_not_allowed"], 200,
@@ -795,9 +777,7 @@ fn single_object_encoding_is_checked_archived_as_datums_and_forwarded_whole() {
     stream.push(other);
     Sender::new(opts.bind).send_paced(&stream, 10);
     relay.wait_received(stream.len() as u64, Duration::from_secs(20));
-    let archive = relay.archive_dir();
-    let (code, last) = relay.stop();
-    assert_eq!(code, 0);
+    let (archive, last) = relay.stop_ok();
     assert_eq!(last["archived"], 500, "{last}");
     assert_eq!(last["rejected_by_reason"]["wrong_header"], 21, "{last}");
     std::thread::sleep(Duration::from_millis(200));
