@@ -441,14 +441,7 @@ impl ChannelTask {
         if code == Some(78) {
             let reason = format!("configuration error (exit 78): {last_line}");
             tracing::error!(channel = %self.name(), "{reason}; not restarted until its file changes");
-            self.set(|s| {
-                s.state = State::Failed;
-                s.reason = Some(reason.clone());
-            });
-            self.emit(
-                "failed",
-                json!({"reason": reason, "exit": exit, "last_stderr": last_stderr}),
-            );
+            self.mark_failed(reason, &exit, last_stderr);
             return Next::WaitForChange;
         }
         let jitter = fastrand::f64() * 2.0 - 1.0;
@@ -482,17 +475,23 @@ impl ChannelTask {
                     fmt_duration(self.policy.cooldown)
                 );
                 tracing::error!(channel = %self.name(), last_stderr = %last_line, "failed: {reason}");
-                self.set(|s| {
-                    s.state = State::Failed;
-                    s.reason = Some(reason.clone());
-                });
-                self.emit(
-                    "failed",
-                    json!({"reason": reason, "exit": exit, "last_stderr": last_stderr}),
-                );
+                self.mark_failed(reason, &exit, last_stderr);
                 Next::Wait(until)
             }
         }
+    }
+
+    /// Shows the channel as `failed`, with why, and says so on the event
+    /// stream.
+    fn mark_failed(&self, reason: String, exit: &Exit, last_stderr: Vec<String>) {
+        self.set(|s| {
+            s.state = State::Failed;
+            s.reason = Some(reason.clone());
+        });
+        self.emit(
+            "failed",
+            json!({"reason": reason, "exit": exit, "last_stderr": last_stderr}),
+        );
     }
 
     /// Follows a child from start to end.

@@ -251,21 +251,12 @@ impl Orchestrator {
 
     /// Waits for exit; returns the exit code (128+signal if killed).
     pub fn wait_exit(&mut self, limit: Duration) -> i32 {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                use std::os::unix::process::ExitStatusExt;
-                return s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                panic!(
-                    "orchestrator did not exit within {limit:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_child(&mut self.child, limit).unwrap_or_else(|| {
+            panic!(
+                "orchestrator did not exit within {limit:?}; log:\n{}",
+                self.log()
+            )
+        })
     }
 
     /// Lifecycle events from the SSE stream (replayed from the start), until

@@ -511,6 +511,17 @@ impl Relay {
         (code, last)
     }
 
+    /// Sends `datagrams` to the relay's unicast address at most `per_ms` a
+    /// millisecond and waits until its stats show them received.
+    pub fn feed(&self, to: SocketAddrV4, datagrams: &[Vec<u8>], per_ms: usize) {
+        let before = self
+            .last_stats()
+            .and_then(|s| s["received"].as_u64())
+            .unwrap_or(0);
+        Sender::new(to).send_paced(datagrams, per_ms);
+        self.wait_received(before + datagrams.len() as u64, Duration::from_secs(30));
+    }
+
     /// SIGTERM; asserts a clean exit (0) and returns the channel's archive
     /// folder and the final stats line.
     pub fn stop_ok(self) -> (PathBuf, Json) {
@@ -522,27 +533,16 @@ impl Relay {
 
     /// Waits for exit; returns the exit code (128+signal if killed).
     pub fn wait_exit(&mut self, limit: Duration) -> i32 {
-        let end = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                panic!(
-                    "relay-channel did not exit within {limit:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let code = wait_child(&mut self.child, limit).unwrap_or_else(|| {
+            panic!(
+                "relay-channel did not exit within {limit:?}; stderr:\n{}",
+                self.stderr()
+            )
+        });
         if let Some(r) = self.reader.take() {
             r.join().unwrap();
         }
-        use std::os::unix::process::ExitStatusExt;
-        status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+        code
     }
 
     /// The channel's archive folder.
@@ -557,6 +557,24 @@ impl Drop for Relay {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Waits up to `limit` for a child to exit; its exit code (128+signal if a
+/// signal ended it), or `None` after killing it when it did not exit.
+pub fn wait_child(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -154,8 +154,7 @@ fn every_codec_round_trips() {
             "block_size = \"16KiB\"".into(),
         ];
         let relay = Relay::start(dir.path(), &opts);
-        Sender::new(opts.bind).send_paced(&records, 20);
-        relay.wait_received(records.len() as u64, Duration::from_secs(30));
+        relay.feed(opts.bind, &records, 20);
         let (archive, last) = relay.stop_ok();
         assert_eq!(last["archived"], 3_000, "{codec}");
         let got = read_archive(&archive);
@@ -184,8 +183,7 @@ fn rotation_by_size_gives_whole_files_in_order() {
     ];
     let relay = Relay::start(dir.path(), &opts);
     let records = example_records(5_000, "rotation by size");
-    Sender::new(opts.bind).send_paced(&records, 20);
-    relay.wait_received(records.len() as u64, Duration::from_secs(30));
+    relay.feed(opts.bind, &records, 20);
     let (archive, last) = relay.stop_ok();
     let files = avro_files(&archive);
     assert!(
@@ -225,8 +223,7 @@ fn rotation_by_time_gives_whole_files_in_order() {
     let relay = Relay::start(dir.path(), &opts);
     let records = example_records(2_000, "rotation by time");
     // 2,000 records over about 2 s: several 300 ms files.
-    Sender::new(opts.bind).send_paced(&records, 1);
-    relay.wait_received(records.len() as u64, Duration::from_secs(30));
+    relay.feed(opts.bind, &records, 1);
     let (archive, _) = relay.stop_ok();
     let files = avro_files(&archive);
     assert!(
@@ -775,8 +772,7 @@ fn single_object_encoding_is_checked_archived_as_datums_and_forwarded_whole() {
     let mut stream = objects.clone();
     stream.extend(datums[..20].iter().cloned());
     stream.push(other);
-    Sender::new(opts.bind).send_paced(&stream, 10);
-    relay.wait_received(stream.len() as u64, Duration::from_secs(20));
+    relay.feed(opts.bind, &stream, 10);
     let (archive, last) = relay.stop_ok();
     assert_eq!(last["archived"], 500, "{last}");
     assert_eq!(last["rejected_by_reason"]["wrong_header"], 21, "{last}");
