@@ -49,7 +49,12 @@ struct RawSupervisor {
     max_restarts: Option<i64>,
     restart_window: Option<String>,
     cooldown: Option<String>,
+    liveness_timeout: Option<String>,
 }
+
+/// The shortest `supervisor.liveness_timeout` other than off: a relay
+/// writes its stats line every second.
+pub const MIN_LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How children are started, restarted and stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +75,10 @@ pub struct Policy {
     pub max_restarts: u32,
     pub restart_window: Duration,
     pub cooldown: Duration,
+    /// A relay that has been `ready` and then writes no stdout line (its
+    /// stats line comes every second) for this long is hung: it is killed
+    /// and counted as a failure. `None` (written `"0s"`): never.
+    pub liveness_timeout: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -84,6 +93,7 @@ impl Default for Policy {
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
             cooldown: Duration::from_secs(300),
+            liveness_timeout: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -186,6 +196,20 @@ impl Config {
                 &mut policy.restart_window,
             );
             dur("cooldown", s.cooldown, &mut policy.cooldown);
+            if let Some(v) = s.liveness_timeout {
+                match humantime::parse_duration(&v) {
+                    Ok(d) if d.is_zero() => policy.liveness_timeout = None,
+                    Ok(d) if d >= MIN_LIVENESS_TIMEOUT => policy.liveness_timeout = Some(d),
+                    Ok(_) => problem(
+                        "supervisor.liveness_timeout",
+                        format!("{v:?} is too short: relays report once a second; write \"0s\" (off) or at least \"2s\""),
+                    ),
+                    Err(e) => problem(
+                        "supervisor.liveness_timeout",
+                        format!("{v:?} is not a duration ({e}); write e.g. \"5s\", or \"0s\" to turn it off"),
+                    ),
+                }
+            }
             if let Some(f) = s.backoff_factor {
                 if (1.0..=10.0).contains(&f) {
                     policy.backoff_factor = f;
@@ -591,6 +615,27 @@ mod tests {
         assert!(text.contains("supervisor.backoff_initial"), "{text}");
         assert!(text.contains("supervisor.max_restarts"), "{text}");
         assert!(text.contains("defaults.archive"), "{text}");
+    }
+
+    #[test]
+    fn liveness_timeout_is_on_by_default_off_at_zero_and_never_too_short() {
+        let d = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            write(d.path(), "orchestrator.toml", text);
+            Config::load(&d.path().join("orchestrator.toml"), None)
+        };
+        assert_eq!(
+            load("").unwrap().policy.liveness_timeout,
+            Some(Duration::from_secs(5))
+        );
+        let off = load("[supervisor]\nliveness_timeout = \"0s\"\n").unwrap();
+        assert_eq!(off.policy.liveness_timeout, None);
+        let set = load("[supervisor]\nliveness_timeout = \"12s\"\n").unwrap();
+        assert_eq!(set.policy.liveness_timeout, Some(Duration::from_secs(12)));
+        for bad in ["\"500ms\"", "\"soon\""] {
+            let e = load(&format!("[supervisor]\nliveness_timeout = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("supervisor.liveness_timeout"), "{e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
@@ -88,13 +88,22 @@ pub struct ChannelStatus {
     pub config_error: Option<String>,
     /// The child's latest `stats` line (counters since the child started).
     pub counters: Option<Map<String, Value>>,
-    /// Per-second rates of the counters over the last stats interval.
+    /// Per-second rates of the counters between the last two stats lines;
+    /// every rate reads 0 once the next line is overdue
+    /// ([`REPORT_OVERDUE`]), so a relay that stopped reporting does not
+    /// show its last rate as if it were still moving data.
     pub rates: Option<Map<String, Value>>,
+    /// When the current child's latest stats line arrived (RFC 3339).
+    pub last_report_at: Option<String>,
     #[serde(skip)]
     pub started: Option<Instant>,
     #[serde(skip)]
     last_stats_at: Option<Instant>,
 }
+
+/// A relay writes a stats line every second; one that has written none
+/// for this long is overdue, and its rates read 0.
+pub const REPORT_OVERDUE: Duration = Duration::from_millis(2500);
 
 /// How many stderr lines a status keeps.
 pub const STDERR_LINES: usize = 20;
@@ -116,6 +125,7 @@ impl ChannelStatus {
             config_error: None,
             counters: None,
             rates: None,
+            last_report_at: None,
             started: None,
             last_stats_at: None,
         }
@@ -129,7 +139,7 @@ impl ChannelStatus {
     }
 }
 
-/// One lifecycle event: `started`, `ready`, `exited`, `restarting`,
+/// One lifecycle event: `started`, `ready`, `hung`, `exited`, `restarting`,
 /// `failed`, `stopped`, `reloaded`, `config_error`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -507,6 +517,7 @@ impl Fleet {
         }
         st.counters = Some(stats);
         st.last_stats_at = Some(now);
+        st.last_report_at = Some(now_rfc3339());
     }
 
     /// Forgets a child's counters (it ended); Prometheus totals stay.
@@ -515,6 +526,7 @@ impl Fleet {
             st.counters = None;
             st.rates = None;
             st.last_stats_at = None;
+            st.last_report_at = None;
         }
     }
 
@@ -573,12 +585,23 @@ impl Fleet {
     }
 }
 
+/// A status as shown now: the uptime as of now, and rates at 0 when the
+/// child's report is overdue.
 fn with_uptime(c: &ChannelStatus) -> ChannelStatus {
     let mut c = c.clone();
     c.uptime_s = c
         .started
         .filter(|_| c.pid.is_some())
         .map(|s| (s.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+    if c.last_stats_at
+        .is_some_and(|t| t.elapsed() >= REPORT_OVERDUE)
+    {
+        if let Some(rates) = &mut c.rates {
+            for v in rates.values_mut() {
+                *v = Value::from(0.0);
+            }
+        }
+    }
     c
 }
 
@@ -630,6 +653,29 @@ mod tests {
         let v = serde_json::to_value(&f.subscribe(0).0[0]).unwrap();
         assert_eq!(v["pid"], 7);
         assert_eq!(v["channel"], "a");
+    }
+
+    #[test]
+    fn rates_read_zero_once_a_report_is_overdue() {
+        let f = Fleet::new();
+        f.update("a", "a.toml".as_ref(), |s| s.state = State::Ready);
+        f.record_stats("a", stats(100));
+        f.update("a", "a.toml".as_ref(), |s| {
+            s.last_stats_at = Some(Instant::now() - Duration::from_secs(1));
+        });
+        f.record_stats("a", stats(600));
+        let live = f.get("a").unwrap();
+        let rate = live.rates.as_ref().unwrap()["received_per_s"].as_f64();
+        assert!(rate.is_some_and(|r| r > 400.0), "{:?}", live.rates);
+        assert!(live.last_report_at.is_some());
+        // No line since: once overdue, the rates read 0, not the last value.
+        f.update("a", "a.toml".as_ref(), |s| {
+            s.last_stats_at = Some(Instant::now() - REPORT_OVERDUE);
+        });
+        let silent = f.get("a").unwrap();
+        let rates = silent.rates.unwrap();
+        assert!(rates.values().all(|v| v.as_f64() == Some(0.0)), "{rates:?}");
+        assert_eq!(silent.last_report_at, live.last_report_at);
     }
 
     #[test]

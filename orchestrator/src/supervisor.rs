@@ -22,6 +22,9 @@ use crate::config::{self, Channel, Config, Policy};
 use crate::policy::{Decision, Tracker};
 use crate::state::{now_rfc3339, Exit, Fleet, State};
 
+/// A deadline that does not come.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// What the HTTP API may ask of the supervisor.
 #[derive(Debug)]
 pub enum Request {
@@ -509,36 +512,37 @@ impl ChannelTask {
         self.emit("started", json!({"pid": pid, "file": self.file()}));
         let start_deadline = tokio::time::sleep(self.policy.start_timeout);
         tokio::pin!(start_deadline);
+        // Once ready, every stdout line (a stats line comes each second) is
+        // the relay's heartbeat; silence for `liveness_timeout` means hung.
+        let liveness = self.policy.liveness_timeout;
+        let silence = tokio::time::sleep(liveness.unwrap_or(NEVER));
+        tokio::pin!(silence);
         let mut ready = false;
         loop {
             tokio::select! {
+                // Output first: lines already in the pipe (after the
+                // orchestrator itself was stalled, say) count before any
+                // deadline is looked at.
+                biased;
                 out = child.next() => match out {
                     Ok(Output::Stdout(line)) => {
                         if self.on_status_line(&line, pid) {
                             ready = true;
                         }
+                        if let Some(limit) = liveness {
+                            silence.as_mut().reset((Instant::now() + limit).into());
+                        }
                     }
                     Ok(Output::Stderr(line)) => self.on_log_line(line),
                     Ok(Output::Exited(status)) => {
-                        return self.exited(&status, started, pid);
+                        return self.exited(&status, started, pid, None);
                     }
                     Err(e) => {
                         tracing::error!(channel = %self.name(), error = %e, "lost the child's pipes; stopping it");
                         let status = self.stop_child(&mut child).await;
-                        return self.exited(&status, started, pid);
+                        return self.exited(&status, started, pid, None);
                     }
                 },
-                _ = &mut start_deadline, if !ready => {
-                    let limit = fmt_duration(self.policy.start_timeout);
-                    tracing::warn!(channel = %self.name(), pid, "not ready within {limit}; stopping it");
-                    let status = self.stop_child(&mut child).await;
-                    let mut end = self.exited(&status, started, pid);
-                    if let RunEnd::Failed { exit, code, .. } = &mut end {
-                        exit.description = format!("not ready within {limit} ({})", exit.description);
-                        *code = None;
-                    }
-                    return end;
-                }
                 cmd = self.rx.recv() => match cmd {
                     None | Some(Cmd::Stop) => {
                         self.stop_child(&mut child).await;
@@ -568,6 +572,25 @@ impl ChannelTask {
                     }
                     Some(Cmd::ConfigOk) => self.set(|s| s.config_error = None),
                 },
+                _ = &mut start_deadline, if !ready => {
+                    let limit = fmt_duration(self.policy.start_timeout);
+                    tracing::warn!(channel = %self.name(), pid, "not ready within {limit}; stopping it");
+                    let status = self.stop_child(&mut child).await;
+                    let cause = format!("not ready within {limit}");
+                    let mut end = self.exited(&status, started, pid, Some(&cause));
+                    if let RunEnd::Failed { code, .. } = &mut end {
+                        *code = None;
+                    }
+                    return end;
+                }
+                _ = &mut silence, if ready && liveness.is_some() => {
+                    let limit = fmt_duration(liveness.unwrap_or_default());
+                    tracing::error!(channel = %self.name(), pid, "no status line for {limit}: the relay is hung; killing it");
+                    self.emit("hung", json!({"pid": pid, "silent_for": limit}));
+                    let status = self.kill_child(&mut child).await;
+                    let cause = format!("stopped reporting: no status line for {limit}");
+                    return self.exited(&status, started, pid, Some(&cause));
+                }
             }
         }
     }
@@ -605,13 +628,25 @@ impl ChannelTask {
         self.set(|s| s.push_stderr(line));
     }
 
-    fn exited(&mut self, status: &std::process::ExitStatus, started: Instant, pid: u32) -> RunEnd {
+    /// Records how a child ended; `cause`, when the orchestrator ended it,
+    /// says why ("not ready within 10s").
+    fn exited(
+        &mut self,
+        status: &std::process::ExitStatus,
+        started: Instant,
+        pid: u32,
+        cause: Option<&str>,
+    ) -> RunEnd {
         use std::os::unix::process::ExitStatusExt;
+        let description = match cause {
+            Some(c) => format!("{c} ({})", child::describe(status)),
+            None => child::describe(status),
+        };
         let exit = Exit {
             code: status.code(),
             signal: status.signal(),
             at: now_rfc3339(),
-            description: child::describe(status),
+            description,
         };
         self.set(|s| {
             s.pid = None;
@@ -623,6 +658,28 @@ impl ChannelTask {
             exit,
             uptime: started.elapsed(),
         }
+    }
+
+    /// SIGKILL at once (a hung child would not act on SIGTERM); reads what
+    /// is left in its pipes.
+    async fn kill_child(&mut self, child: &mut Child) -> std::process::ExitStatus {
+        child.signal(Signal::SIGKILL);
+        let drain = async {
+            loop {
+                match child.next().await {
+                    Ok(Output::Stdout(_)) => {}
+                    Ok(Output::Stderr(line)) => self.on_log_line(line),
+                    Ok(Output::Exited(status)) => return Some(status),
+                    Err(_) => return None,
+                }
+            }
+        };
+        let status = match tokio::time::timeout(self.policy.stop_timeout, drain).await {
+            Ok(Some(status)) => status,
+            _ => child.wait_exit().await,
+        };
+        self.set(|s| s.pid = None);
+        status
     }
 
     /// SIGTERM, then SIGKILL after `stop_timeout`; reads the child's last

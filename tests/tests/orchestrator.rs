@@ -598,3 +598,138 @@ fn systemd_hears_ready_status_watchdog_and_stopping() {
     }
     assert!(stopping, "no STOPPING=1");
 }
+
+#[test]
+fn a_hung_relay_is_killed_and_replaced_and_the_others_lose_nothing() {
+    let fleet = FleetDir::new(&["liveness_timeout = \"3s\"", "backoff_initial = \"100ms\""]);
+    let (frozen, _) = channel_with_output("frozen");
+    let (steady, steady_full) = channel_with_output("steady");
+    fleet.add(&frozen);
+    fleet.add(&steady);
+    let orch = fleet.start();
+    let old = pid_of(&orch.wait_ready("frozen"));
+    orch.wait_ready("steady");
+    let rx = GroupReceiver::join(steady_full);
+
+    // Steady traffic to both channels for about 6 s.
+    let records = example_records(6_000, "steady");
+    let senders: Vec<_> = [frozen.bind, steady.bind]
+        .into_iter()
+        .map(|bind| {
+            let recs = records.clone();
+            std::thread::spawn(move || Sender::new(bind).send_paced(&recs, 1))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1_500));
+
+    // Freeze the relay: it stays alive but says nothing.
+    let t0 = Instant::now();
+    kill(old, libc::SIGSTOP);
+    let back = orch.wait_channel("frozen", Duration::from_secs(20), |c| {
+        c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p as u32 != old)
+    });
+    let took = t0.elapsed();
+    // liveness_timeout (3 s) + backoff (100 ms ± 20%) + a start, with room
+    // for a loaded machine.
+    assert!(
+        took < Duration::from_secs(5),
+        "a hung relay took {took:?} to be replaced"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "replaced after {took:?}, before liveness_timeout could pass"
+    );
+    assert!(!running(old), "the hung relay {old} is still there");
+    assert_eq!(back["restarts"], 1, "{back}");
+    assert_eq!(back["last_exit"]["signal"], libc::SIGKILL, "{back}");
+    let description = back["last_exit"]["description"].as_str().unwrap();
+    assert!(description.contains("stopped reporting"), "{description}");
+
+    let events = orch.events(Duration::from_secs(5), |ev| {
+        ev.iter()
+            .filter(|e| e["channel"] == "frozen" && e["event"] == "ready")
+            .count()
+            >= 2
+    });
+    let story: Vec<&str> = events
+        .iter()
+        .filter(|e| e["channel"] == "frozen")
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        story,
+        [
+            "started",
+            "ready",
+            "hung",
+            "exited",
+            "restarting",
+            "started",
+            "ready"
+        ],
+        "{events:?}"
+    );
+    let hung = events.iter().find(|e| e["event"] == "hung").unwrap();
+    assert_eq!(hung["pid"], old, "{hung}");
+
+    // The other channel lost nothing and was not touched.
+    for s in senders {
+        s.join().unwrap();
+    }
+    let st = orch.wait_channel("steady", Duration::from_secs(30), |c| {
+        c["counters"]["received"] == 6_000 && c["counters"]["archived"] == 6_000
+    });
+    assert_eq!(st["restarts"], 0);
+    assert_eq!(st["counters"]["kernel_drops"], 0, "{st}");
+    let mut orch = orch;
+    orch.signal(libc::SIGTERM);
+    assert_eq!(orch.wait_exit(Duration::from_secs(30)), 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        rx.finish() == records,
+        "steady's full-rate output lost datagrams"
+    );
+    assert!(read_with_apache_avro(&avro_files(&fleet.archive_dir("steady"))) == records);
+}
+
+#[test]
+fn a_silent_relay_shows_zero_rates_and_liveness_off_leaves_it_running() {
+    let fleet = FleetDir::new(&["liveness_timeout = \"0s\""]);
+    let (quiet, _) = channel_with_output("quiet");
+    fleet.add(&quiet);
+    let orch = fleet.start();
+    let pid = pid_of(&orch.wait_ready("quiet"));
+    let records = example_records(4_000, "rates");
+    let sender = std::thread::spawn(move || Sender::new(quiet.bind).send_paced(&records, 1));
+    let moving = orch.wait_channel("quiet", Duration::from_secs(20), |c| {
+        c["rates"]["received_per_s"]
+            .as_f64()
+            .is_some_and(|r| r > 100.0)
+    });
+    let last_report = moving["last_report_at"].as_str().unwrap().to_string();
+
+    kill(pid, libc::SIGSTOP);
+    // Past the default liveness_timeout (5 s): with it off, nothing is killed.
+    std::thread::sleep(Duration::from_secs(6));
+    let silent = orch.channel("quiet").unwrap();
+    assert_eq!(pid_of(&silent), pid);
+    assert_eq!(silent["state"], "ready");
+    assert!(running(pid));
+    let stale = silent["last_report_at"].as_str().unwrap();
+    assert!(stale >= last_report.as_str(), "{silent}");
+    let rates = silent["rates"].as_object().unwrap();
+    assert!(!rates.is_empty());
+    for (k, v) in rates {
+        assert_eq!(v.as_f64(), Some(0.0), "{k} of a silent relay: {silent}");
+    }
+
+    kill(pid, libc::SIGCONT);
+    let stale = stale.to_string();
+    orch.wait_channel("quiet", Duration::from_secs(10), |c| {
+        c["last_report_at"]
+            .as_str()
+            .is_some_and(|t| t > stale.as_str())
+    });
+    sender.join().unwrap();
+    assert_eq!(orch.channel("quiet").unwrap()["restarts"], 0);
+}
