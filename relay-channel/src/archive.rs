@@ -1,7 +1,7 @@
 //! The archive thread: packs valid datagrams into Avro container blocks,
 //! writes them under `.avro.part`, rotates by size and by time, renames
-//! closed files to `.avro`, applies retention, and keeps rejected datagrams
-//! in a bounded quarantine file.
+//! closed files to `.avro` and applies retention. Rejected datagrams never
+//! come here: they take the quarantine's own path ([`crate::quarantine`]).
 //!
 //! It receives [`Batch`]es from the receive thread over a bounded channel and
 //! hands them back empty over another, so buffers are recycled and the
@@ -11,13 +11,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine as _;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::json;
 
@@ -33,66 +31,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// 10 ms old); the archive queue is counted in such batches.
 pub const BATCH_BYTES: usize = 256 << 10;
 
-/// Rejected datagrams one batch may carry to quarantine, in number and in
-/// bytes: quarantine is for inspection, and a flood of junk must not cost
-/// memory or disk bandwidth.
-pub const MAX_REJECTS_PER_BATCH: usize = 16;
-pub const MAX_REJECT_BYTES_PER_BATCH: usize = 128 << 10;
 /// Capacity a recycled batch keeps; one that grew past it (a burst of large
 /// datagrams) gives the memory back.
 const KEEP_BATCH_CAPACITY: usize = 1 << 20;
-
-/// Why a datagram was rejected. Kept as data (no text is built on the
-/// receive path); displayed when logged or quarantined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
-    /// Longer than an IPv4 UDP datagram can be (or cut by the kernel).
-    Oversized,
-    /// From a sender outside `receive.allow_from`.
-    SenderNotAllowed,
-    /// `encoding = "single_object"`: no header, or another schema's
-    /// fingerprint.
-    WrongHeader,
-    /// Not exactly one datum of the schema.
-    Invalid(crate::validate::Invalid),
-}
-
-impl Why {
-    /// Short label, for counters and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Why::Oversized => "oversized",
-            Why::SenderNotAllowed => "sender_not_allowed",
-            Why::WrongHeader => "wrong_header",
-            Why::Invalid(i) => i.reason.as_str(),
-        }
-    }
-}
-
-impl std::fmt::Display for Why {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Why::Oversized => write!(f, "longer than {} bytes", crate::config::MAX_DATAGRAM),
-            Why::SenderNotAllowed => write!(f, "the sender is not in receive.allow_from"),
-            Why::WrongHeader => write!(
-                f,
-                "not a single-object header (C3 01 and this schema's fingerprint)"
-            ),
-            Why::Invalid(i) => i.fmt(f),
-        }
-    }
-}
-
-/// One rejected datagram on its way to quarantine.
-#[derive(Debug, Clone)]
-pub struct Rejected {
-    pub at: SystemTime,
-    pub from: SocketAddrV4,
-    pub reason: &'static str,
-    pub detail: Why,
-    pub start: usize,
-    pub end: usize,
-}
 
 /// Datagrams handed from the receive thread to the archive thread.
 #[derive(Debug, Default)]
@@ -101,9 +42,6 @@ pub struct Batch {
     pub data: Vec<u8>,
     /// End offset of each datagram in `data`.
     pub ends: Vec<usize>,
-    /// Rejected datagrams' bytes, back to back.
-    pub reject_data: Vec<u8>,
-    pub rejects: Vec<Rejected>,
 }
 
 impl Batch {
@@ -111,8 +49,6 @@ impl Batch {
         Batch {
             data: Vec::with_capacity(records * 256),
             ends: Vec::with_capacity(records),
-            reject_data: Vec::new(),
-            rejects: Vec::new(),
         }
     }
 
@@ -121,40 +57,19 @@ impl Batch {
         self.ends.push(self.data.len());
     }
 
-    pub fn push_reject(&mut self, datagram: &[u8], r: Rejected) -> bool {
-        if self.rejects.len() >= MAX_REJECTS_PER_BATCH
-            || self.reject_data.len() + datagram.len() > MAX_REJECT_BYTES_PER_BATCH
-        {
-            return false;
-        }
-        let start = self.reject_data.len();
-        self.reject_data.extend_from_slice(datagram);
-        self.rejects.push(Rejected {
-            start,
-            end: self.reject_data.len(),
-            ..r
-        });
-        true
-    }
-
     pub fn len(&self) -> usize {
         self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty() && self.rejects.is_empty()
+        self.ends.is_empty()
     }
 
     pub fn clear(&mut self) {
         self.data.clear();
         self.ends.clear();
-        self.reject_data.clear();
-        self.rejects.clear();
         if self.data.capacity() > KEEP_BATCH_CAPACITY {
             self.data.shrink_to(KEEP_BATCH_CAPACITY);
-        }
-        if self.reject_data.capacity() > KEEP_BATCH_CAPACITY {
-            self.reject_data.shrink_to(0);
         }
     }
 
@@ -195,7 +110,6 @@ pub struct Archive {
     retry_at: Option<Instant>,
     last_start_ms: u128,
     last_fsync: Instant,
-    quarantine: Quarantine,
     error_log: RateLimit,
     /// Where closed files go to be finished; `None` before `run` starts it
     /// (and after `finish`), when files are closed on this thread.
@@ -220,7 +134,6 @@ impl Archive {
         Ok(Archive {
             spec: spec.clone(),
             channel: channel.to_string(),
-            quarantine: Quarantine::new(dir.join("quarantine.jsonl"), spec.quarantine_size),
             dir,
             schema_json: schema_json.to_string(),
             shared: shared.clone(),
@@ -304,15 +217,6 @@ impl Archive {
         if self.block.len() >= self.spec.block_size {
             self.write_block();
         }
-        for r in &batch.rejects {
-            let ok = self.quarantine.write(r, &batch.reject_data[r.start..r.end]);
-            let mut c = self.shared.counters();
-            if ok {
-                c.quarantined += 1;
-            } else {
-                c.quarantine_dropped += 1;
-            }
-        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -346,7 +250,6 @@ impl Archive {
     fn finish(&mut self) {
         self.write_block();
         self.close_file();
-        self.quarantine.flush();
     }
 
     /// Writes the open block to the file (opening one if needed).
@@ -670,88 +573,6 @@ fn recover_leftovers(dir: &Path) {
             Err(e) => {
                 tracing::error!(file = %part.display(), error = %e, "cannot recover archive file")
             }
-        }
-    }
-}
-
-/// Rejected datagrams, one JSON object a line, in a file beside the archive
-/// that never grows past about `max` bytes: at half of it the file is moved
-/// to `<name>.1` (replacing the previous one) and a new one begins.
-struct Quarantine {
-    path: PathBuf,
-    max: u64,
-    file: Option<File>,
-    len: u64,
-    line: String,
-}
-
-impl Quarantine {
-    fn new(path: PathBuf, max: u64) -> Quarantine {
-        Quarantine {
-            path,
-            max,
-            file: None,
-            len: 0,
-            line: String::new(),
-        }
-    }
-
-    fn write(&mut self, r: &Rejected, bytes: &[u8]) -> bool {
-        if self.max == 0 {
-            return false;
-        }
-        self.line.clear();
-        let entry = json!({
-            "time": humantime::format_rfc3339_micros(r.at).to_string(),
-            "from": r.from.to_string(),
-            "reason": r.reason,
-            "detail": r.detail.to_string(),
-            "length": bytes.len(),
-            "data_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
-        });
-        self.line.push_str(&entry.to_string());
-        self.line.push('\n');
-        let n = self.line.len() as u64;
-        if n > self.max / 2 {
-            return false;
-        }
-        for _ in 0..2 {
-            if self.file.is_none() {
-                match OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                {
-                    Ok(f) => {
-                        self.len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                        self.file = Some(f);
-                    }
-                    Err(_) => return false,
-                }
-            }
-            if self.len > 0 && self.len + n > self.max / 2 {
-                self.file = None;
-                let mut old = self.path.clone().into_os_string();
-                old.push(".1");
-                let _ = fs::rename(&self.path, old);
-            }
-        }
-        let f = self.file.as_mut().expect("opened above");
-        match f.write_all(self.line.as_bytes()) {
-            Ok(()) => {
-                self.len += n;
-                true
-            }
-            Err(_) => {
-                self.file = None;
-                false
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Some(f) = &self.file {
-            let _ = f.sync_data();
         }
     }
 }

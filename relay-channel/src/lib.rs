@@ -4,7 +4,8 @@
 //! - [`net`]: sockets, `recvmmsg`/`sendmmsg` batches;
 //! - [`validate`]: checks that a datagram is exactly one Avro datum of the schema;
 //! - [`container`]: the Avro object container format, written block by block;
-//! - [`archive`]: the archive thread (blocks, rotation, retention, quarantine);
+//! - [`archive`]: the archive thread (blocks, rotation, retention);
+//! - [`quarantine`]: rejected datagrams kept for inspection, on a path of their own;
 //! - [`counters`]: shared counters and the JSON status lines on stdout;
 //! - [`logs`]: the logging set-up both binaries share;
 //! - [`relay`]: the threads wired together and the control loop.
@@ -18,5 +19,6 @@ pub mod container;
 pub mod counters;
 pub mod logs;
 pub mod net;
+pub mod quarantine;
 pub mod relay;
 pub mod validate;

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::TrySendError;
 use serde_json::json;
 
-use crate::archive::{Archive, Batch, Rejected, Why};
+use crate::archive::{Archive, Batch};
 use crate::config::{ChannelSpec, ConfigError, MAX_DATAGRAM};
 use crate::counters::{emit, stats_line, RateLimit, Shared};
 use crate::net::{self, Receiver, Sender};
+use crate::quarantine::{self, Rejected, Why};
 use crate::validate::Validator;
 
 /// Why a channel stopped other than by a signal.
@@ -91,6 +92,12 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
     let archive = Archive::open(&spec.archive, &spec.name, &schema.text, shared.clone())
         .map_err(|e| failed(&format!("archive folder {}", archive_dir.display()), e))?;
 
+    let (quarantine, quarantine_writer) = quarantine::path(
+        archive_dir.join("quarantine.jsonl"),
+        spec.archive.quarantine_size,
+        shared.clone(),
+    );
+
     let rs = net::open_receive(&spec.receive)
         .map_err(|e| failed(&format!("receive.bind {}", spec.receive.bind), e))?;
     let requested = spec.receive.recv_buffer;
@@ -159,6 +166,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         error_log: RateLimit::new(1, Duration::from_secs(60)),
         send_log: RateLimit::new(1, Duration::from_secs(60)),
         channel: spec.name.clone(),
+        quarantine,
     };
     path.keep_joined(true);
 
@@ -166,7 +174,14 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(|e| failed("tokio runtime", e))?;
-    rt.block_on(control(spec, path, archive, shared, rs.recv_buffer_granted))
+    rt.block_on(control(
+        spec,
+        path,
+        archive,
+        quarantine_writer,
+        shared,
+        rs.recv_buffer_granted,
+    ))
 }
 
 /// "full.group 239.1.1.1:6000 (interface eth1)", for errors.
@@ -181,6 +196,7 @@ async fn control(
     spec: ChannelSpec,
     path: ReceivePath,
     archive: Archive,
+    quarantine_writer: Option<quarantine::Writer>,
     shared: Arc<Shared>,
     recv_buffer_granted: usize,
 ) -> Result<(), RunError> {
@@ -204,6 +220,21 @@ async fn control(
                 archive.run(batches, free_tx);
             })
             .map_err(|e| failed("spawn archive thread", e))?
+    };
+    let quarantine_thread = match quarantine_writer {
+        Some(w) => {
+            let guard = EndGuard("quarantine", ended_tx.clone());
+            Some(
+                thread::Builder::new()
+                    .name("quarantine".into())
+                    .spawn(move || {
+                        let _guard = guard;
+                        w.run();
+                    })
+                    .map_err(|e| failed("spawn quarantine thread", e))?,
+            )
+        }
+        None => None,
     };
     let receive_thread = {
         let guard = EndGuard("receive", ended_tx);
@@ -252,6 +283,10 @@ async fn control(
     stop.store(true, Ordering::Relaxed);
     let receive_ok = receive_thread.join().is_ok();
     let archive_ok = archive_thread.join().is_ok();
+    // The quarantine is for inspection: its failure is logged, not fatal.
+    if quarantine_thread.is_some_and(|t| t.join().is_err()) {
+        tracing::error!(channel = %spec.name, "the quarantine thread panicked");
+    }
     let last = stats_line(&spec.name, &shared, true);
     emit(&last);
     emit(&json!({"event": "stopped", "channel": spec.name}));
@@ -312,6 +347,8 @@ struct ReceivePath {
     max_batches: usize,
     batch_records: usize,
     shared: Arc<Shared>,
+    /// Where copies of rejected datagrams go.
+    quarantine: quarantine::Feed,
     /// The group and interface address to stay joined to.
     join: Option<(Ipv4Addr, crate::config::Interface)>,
     joined: bool,
@@ -363,6 +400,10 @@ impl ReceivePath {
                         break;
                     }
                     self.hand_over_if_due(&to_archive, true);
+                    let lost = self.quarantine.hand_over_if_due(Instant::now(), true);
+                    if lost > 0 {
+                        self.shared.counters().quarantine_dropped += lost;
+                    }
                 }
                 Err(e) => {
                     self.shared.counters().receive_errors += 1;
@@ -384,9 +425,10 @@ impl ReceivePath {
                 let mut c = self.shared.counters();
                 c.in_flight -= b.len() as u64;
                 c.archive_dropped += b.len() as u64;
-                c.quarantine_dropped += b.rejects.len() as u64;
             }
         }
+        let lost = self.quarantine.close();
+        self.shared.counters().quarantine_dropped += lost;
     }
 
     /// Hands the pending batch over when it is full or old enough (or, with
@@ -402,7 +444,6 @@ impl ReceivePath {
         }
         let due = idle
             || b.data.len() >= crate::archive::BATCH_BYTES
-            || b.rejects.len() >= crate::archive::MAX_REJECTS_PER_BATCH
             || self
                 .pending_since
                 .is_some_and(|t| t.elapsed() >= HAND_OVER_AFTER);
@@ -420,7 +461,6 @@ impl ReceivePath {
                 let n = b.len() as u64;
                 c.in_flight -= n;
                 c.archive_dropped += n;
-                c.quarantine_dropped += b.rejects.len() as u64;
                 b.clear();
                 self.pending = Some(b);
                 n
@@ -536,20 +576,12 @@ impl ReceivePath {
                             "rejected a datagram"
                         );
                     }
-                    let kept = batch.as_mut().is_some_and(|b| {
-                        b.push_reject(
-                            d,
-                            Rejected {
-                                at: SystemTime::now(),
-                                from,
-                                reason,
-                                detail,
-                                start: 0,
-                                end: 0,
-                            },
-                        )
-                    });
-                    if !kept {
+                    let r = Rejected {
+                        at: SystemTime::now(),
+                        from,
+                        detail,
+                    };
+                    if !self.quarantine.offer(d, r, now) {
                         quarantine_dropped += 1;
                     }
                 }
@@ -610,7 +642,7 @@ impl ReceivePath {
         }
         c.in_flight += queued;
         c.archive_dropped += dropped;
-        c.quarantine_dropped += quarantine_dropped;
+        c.quarantine_dropped += quarantine_dropped + self.quarantine.hand_over_if_due(now, false);
         c.forwarded_full += full.sent;
         c.send_errors_full += full.failed;
         c.forwarded_decimated += dec.sent;

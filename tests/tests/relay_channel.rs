@@ -786,3 +786,62 @@ fn single_object_encoding_is_checked_archived_as_datums_and_forwarded_whole() {
         "the archive does not hold the bare datums"
     );
 }
+
+/// A flood of invalid datagrams (short and long) next to a valid stream, at
+/// a rate the relay keeps up with: every valid record is archived. `quarantine`
+/// is the `archive.quarantine_size` line.
+fn flood_next_to_valid_stream(name: &str, quarantine: &str) {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast(name);
+    // The smallest archive queue there is.
+    opts.archive = vec!["queue = \"1MiB\"".into(), quarantine.into()];
+    let relay = Relay::start(dir.path(), &opts);
+    let valid = example_records(3_000, "flood");
+    let mut stream = Vec::new();
+    for (i, v) in valid.iter().enumerate() {
+        stream.push(v.clone());
+        for k in 0..20 {
+            stream.push(match (i + k) % 2 {
+                // Short: a varint that never ends.
+                0 => vec![0x80u8; 3],
+                // Long: a string length far past the end, and junk.
+                _ => {
+                    let mut x = vec![0xffu8; 1_400];
+                    x[0] = 0x02;
+                    x
+                }
+            });
+        }
+    }
+    Sender::new(opts.bind).send_paced(&stream, 20);
+    relay.wait_received(stream.len() as u64, Duration::from_secs(60));
+    let (archive, last) = relay.stop_ok();
+    assert_eq!(
+        last["kernel_drops"], 0,
+        "the flood was too fast to judge: {last}"
+    );
+    assert_balanced(&last);
+    assert_eq!(last["rejected"], 60_000, "{last}");
+    assert_eq!(
+        last["archive_dropped"], 0,
+        "valid records lost to the flood: {last}"
+    );
+    assert_eq!(last["archived"], 3_000, "{last}");
+    assert!(read_archive(&archive) == valid, "archive differs");
+    // Every reject is kept or counted as not kept.
+    assert_eq!(
+        last["quarantined"].as_u64().unwrap() + last["quarantine_dropped"].as_u64().unwrap(),
+        60_000,
+        "{last}"
+    );
+}
+
+#[test]
+fn a_flood_of_garbage_never_costs_a_valid_record_its_place() {
+    flood_next_to_valid_stream("flood-kept", "quarantine_size = \"16MiB\"");
+}
+
+#[test]
+fn a_flood_of_garbage_without_quarantine_never_costs_a_valid_record_its_place() {
+    flood_next_to_valid_stream("flood-unkept", "quarantine_size = 0");
+}
