@@ -159,7 +159,10 @@ pub async fn serve_with(
 ) -> io::Result<()> {
     let (closing_tx, closing) = watch::channel(false);
     let app = build(api, closing.clone(), None);
-    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    // At least one; at most what a semaphore (and `acquire_many`) takes.
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let slots = Arc::new(Semaphore::new(max));
     let refusal = refusal(max);
     let mut refused = Throttled::default();
