@@ -1,7 +1,8 @@
 //! One `relay-channel` child process: spawned in its own process group,
 //! tied to the orchestrator's life with `PR_SET_PDEATHSIG`, its stdout
 //! status lines and stderr log lines read as they come, stopped with
-//! SIGTERM then SIGKILL.
+//! SIGTERM then SIGKILL. It starts with the descriptor limit the
+//! orchestrator was started with, not the one it raised for itself.
 
 use std::io;
 use std::path::Path;
@@ -51,9 +52,16 @@ pub fn spawn(binary: &Path, file: &Path, defaults: &str) -> io::Result<Child> {
         // group (Ctrl-C in a terminal) does not reach the children; the
         // orchestrator stops them itself, in order.
         .process_group(0);
+    // The orchestrator's raised descriptor limit is not the relay's.
+    let limit = crate::fdlimit::child_limit();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(limit) = &limit {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             // SIGTERM (a clean stop that finalizes the archive) when the
             // orchestrator dies, even by SIGKILL. The orchestrator spawns
             // from its main thread, which lives as long as the process.

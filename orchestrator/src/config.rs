@@ -20,6 +20,10 @@ use serde::Deserialize;
 /// Where `orchestrator run` looks without `--config`.
 pub const DEFAULT_CONFIG: &str = "/etc/speeddata/orchestrator.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// `http.max_connections` when not set.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// The highest `http.max_connections` accepted.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +39,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
+    max_connections: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +112,9 @@ pub struct Config {
     /// own executable.
     pub relay_binary: Option<PathBuf>,
     pub listen: SocketAddr,
+    /// HTTP connections open at once, at most (before the descriptor
+    /// limit's say, see [`crate::fdlimit::http_cap`]).
+    pub max_connections: usize,
     pub policy: Policy,
     /// Merged under every channel file; relative paths already resolved
     /// against this file's folder.
@@ -150,10 +158,11 @@ impl Config {
             None => base.join(raw.channels_dir.unwrap_or_else(|| "channels.d".into())),
         };
         let relay_binary = raw.relay_binary.map(|p| base.join(p));
-        let listen_text = raw
-            .http
-            .and_then(|h| h.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let (listen_text, max_connections) = match raw.http {
+            Some(h) => (h.listen, h.max_connections),
+            None => (None, None),
+        };
+        let listen_text = listen_text.unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = match listen_text.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
@@ -164,6 +173,17 @@ impl Config {
                     ),
                 );
                 DEFAULT_LISTEN.parse().expect("default listen parses")
+            }
+        };
+        let max_connections = match max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) if (1..=MAX_MAX_CONNECTIONS as i64).contains(&n) => n as usize,
+            Some(n) => {
+                problem(
+                    "http.max_connections",
+                    format!("{n} is out of range (1 to {MAX_MAX_CONNECTIONS})"),
+                );
+                DEFAULT_MAX_CONNECTIONS
             }
         };
 
@@ -249,6 +269,7 @@ impl Config {
                 channels_dir,
                 relay_binary,
                 listen,
+                max_connections,
                 policy,
                 defaults,
             })
@@ -636,6 +657,42 @@ mod tests {
             let e = load(&format!("[supervisor]\nliveness_timeout = {bad}\n")).unwrap_err();
             assert!(e.to_string().contains("supervisor.liveness_timeout"), "{e}");
         }
+    }
+
+    #[test]
+    fn http_max_connections_defaults_and_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("orchestrator.toml");
+        write(d.path(), "orchestrator.toml", "");
+        let cfg = Config::load(&file, None).unwrap();
+        assert_eq!(cfg.max_connections, DEFAULT_MAX_CONNECTIONS);
+        write(
+            d.path(),
+            "orchestrator.toml",
+            "[http]\nmax_connections = 3\n",
+        );
+        assert_eq!(Config::load(&file, None).unwrap().max_connections, 3);
+        for bad in ["0", "-1", "1000001"] {
+            write(
+                d.path(),
+                "orchestrator.toml",
+                &format!("[http]\nmax_connections = {bad}\n"),
+            );
+            let text = Config::load(&file, None).unwrap_err().to_string();
+            assert!(
+                text.contains("orchestrator.toml")
+                    && text.contains("http.max_connections: ")
+                    && text.contains("out of range (1 to 1000000)"),
+                "{text}"
+            );
+        }
+        write(
+            d.path(),
+            "orchestrator.toml",
+            "[http]\nmax_connections = \"many\"\n",
+        );
+        let text = Config::load(&file, None).unwrap_err().to_string();
+        assert!(text.contains("http.max_connections"), "{text}");
     }
 
     #[test]

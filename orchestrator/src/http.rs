@@ -13,12 +13,22 @@
 //!
 //! Unknown paths answer 404 and a wrong method 405 (with `Allow`), both
 //! with a JSON `{"error": ...}` body.
+//!
+//! Connections are bounded (see [`Limits`]): a client has
+//! [`HEADER_TIMEOUT`] to send a whole request head, a kept-alive
+//! connection may sit idle between requests for [`IDLE_TIMEOUT`], and at
+//! most `http.max_connections` are open at once; a connection beyond that
+//! is answered 503 at once and closed. A response being sent (an event
+//! stream above all) is never cut by these timeouts.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -28,10 +38,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::service::Service as _;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::state::{Event, Fleet, State as ChannelState};
 use crate::supervisor::Request;
@@ -40,6 +56,31 @@ use crate::supervisor::Request;
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How long a restart request waits for the supervisor's answer.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a whole request head: counted from
+/// the connection's acceptance for its first request, from the first byte
+/// of the next one on a kept-alive connection.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a kept-alive connection may wait for its next request.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bounds on the API's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
 
 /// What the API reads and whom it asks.
 pub struct Api {
@@ -97,21 +138,395 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then ends the
-/// open event streams and returns once every connection is closed.
+/// Serves the API on `listener` with the default [`Limits`]; see
+/// [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     api: Api,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (tx, rx) = watch::channel(false);
-    let app = build(api, rx, None);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = tx.send(true);
+) -> io::Result<()> {
+    serve_with(listener, api, Limits::default(), shutdown).await
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops
+/// accepting, closes the connections that are not serving a request, ends
+/// the open event streams and returns once every connection is closed.
+pub async fn serve_with(
+    listener: TcpListener,
+    api: Api,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (closing_tx, closing) = watch::channel(false);
+    let app = build(api, closing.clone(), None);
+    // At least one; at most what a semaphore (and `acquire_many`) takes.
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let slots = Arc::new(Semaphore::new(max));
+    let refusal = refusal(max);
+    let mut refused = Throttled::default();
+    let mut accept_errors = Throttled::default();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of descriptors (or memory): the listener stays
+                    // readable, so wait a little rather than spin.
+                    accept_errors.note(|n| {
+                        tracing::warn!(error = %e, errors = n, "HTTP: cannot accept connections")
+                    });
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            },
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(connection(
+                    stream,
+                    peer,
+                    app.clone(),
+                    limits,
+                    closing.clone(),
+                    slot,
+                ));
+            }
+            Err(_) => {
+                refuse(stream, &refusal);
+                refused.note(|n| {
+                    tracing::warn!(
+                        refused = n,
+                        max_connections = max,
+                        "HTTP: too many connections; refusing new ones with 503"
+                    )
+                });
+            }
+        }
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    // Every connection holds a slot until it is closed.
+    let _ = slots.acquire_many(max as u32).await;
+    Ok(())
+}
+
+/// Errors of one connection that `accept` reports; the next is fine.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Counts occurrences and reports at most one line every 10 s, with the
+/// count since the last report.
+#[derive(Default)]
+struct Throttled {
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl Throttled {
+    fn note(&mut self, report: impl FnOnce(u64)) {
+        self.count += 1;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            report(self.count);
+            self.count = 0;
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
+/// What a connection beyond the cap is told.
+fn refusal(max: usize) -> Vec<u8> {
+    let body =
+        json!({ "error": format!("too many connections (at most {max} at once)") }).to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answers a connection beyond the cap with a 503 and closes it, without
+/// waiting for anything: a client learns that the server is up but busy
+/// (and when to try again), where a bare close would look like a crash.
+/// What part of the request has already arrived is read first, so that the
+/// close is a FIN rather than a reset that could make the client lose the
+/// answer.
+fn refuse(stream: TcpStream, answer: &[u8]) {
+    use std::io::{Read, Write};
+    // Plain non-blocking calls: tokio has not seen this socket's readiness yet.
+    let Ok(mut s) = stream.into_std() else { return };
+    let mut buf = [0u8; 4096];
+    for _ in 0..4 {
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    // A fresh socket's send buffer takes the whole answer.
+    let _ = s.write(answer);
+}
+
+/// Serves one connection, and closes it when its client is too slow to
+/// send a request head or leaves it idle too long, or at shutdown.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    mut closing: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        io: stream,
+        activity: activity.clone(),
+    });
+    let router = TowerToHyperService::new(app);
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req: axum::http::Request<Incoming>| {
+            let in_flight = activity.request_started();
+            let response = router.call(req);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| Served {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
         })
-        .await
+    };
+    // The header timeout is ours (hyper's would also cut kept-alive
+    // connections that are merely idle).
+    let conn = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        let deadline = activity.deadline(&limits);
+        let expired = async {
+            match deadline {
+                Some((t, _)) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                }
+                return;
+            }
+            _ = closing.wait_for(|c| *c), if !stopping => {
+                stopping = true;
+                if activity.idle() {
+                    return;
+                }
+                // Finish the response under way (event streams end now).
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = activity.changed.notified() => {}
+            _ = expired => {
+                if let Some((t, why)) = activity.deadline(&limits) {
+                    if t <= Instant::now() {
+                        tracing::debug!(%peer, "closing the HTTP connection: {why}");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a connection is doing, for its timeouts.
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Told whenever `state` changes.
+    changed: Notify,
+}
+
+struct ActivityState {
+    /// Requests whose response is not finished.
+    in_flight: usize,
+    /// Responses finished.
+    served: u64,
+    /// When the connection was accepted or its last response finished.
+    idle_since: Instant,
+    /// When the first byte after `idle_since` arrived (a request head under
+    /// way).
+    head_started: Option<Instant>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                served: 0,
+                idle_since: Instant::now(),
+                head_started: None,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes arrived from the client.
+    fn received(&self) {
+        let mut s = self.lock();
+        if s.in_flight == 0 && s.head_started.is_none() {
+            s.head_started = Some(Instant::now());
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A whole request head arrived; the request is served until the
+    /// returned guard (kept with the response body) is dropped.
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        self.lock().in_flight += 1;
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    fn idle(&self) -> bool {
+        self.lock().in_flight == 0
+    }
+
+    /// When the connection is to be closed unless something happens first,
+    /// and why; `None` while a request is served.
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
+        let s = self.lock();
+        if s.in_flight > 0 {
+            None
+        } else if s.served == 0 {
+            Some((
+                s.idle_since + limits.header_timeout,
+                "no whole request head in time",
+            ))
+        } else if let Some(t) = s.head_started {
+            Some((t + limits.header_timeout, "no whole request head in time"))
+        } else {
+            Some((s.idle_since + limits.idle_timeout, "idle"))
+        }
+    }
+}
+
+/// A request being served: dropped with its response body, once the
+/// response is sent (or the connection is gone).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.in_flight -= 1;
+        s.served += 1;
+        if s.in_flight == 0 {
+            s.idle_since = Instant::now();
+            s.head_started = None;
+        }
+        drop(s);
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as served until it is
+/// sent.
+struct Served {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Served {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection's socket, noting when bytes arrive.
+struct Watched {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.received();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -329,20 +744,31 @@ mod tests {
 
     struct Server {
         base: String,
+        addr: SocketAddr,
         stop: Option<oneshot::Sender<()>>,
         task: JoinHandle<std::io::Result<()>>,
     }
 
     impl Server {
         async fn start(fleet: Arc<Fleet>, requests: mpsc::Sender<Request>) -> Server {
+            Server::start_with(fleet, requests, Limits::default()).await
+        }
+
+        async fn start_with(
+            fleet: Arc<Fleet>,
+            requests: mpsc::Sender<Request>,
+            limits: Limits,
+        ) -> Server {
             let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-            let base = format!("http://{}", listener.local_addr().unwrap());
+            let addr = listener.local_addr().unwrap();
             let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve(listener, Api { fleet, requests }, async move {
+            let api = Api { fleet, requests };
+            let task = tokio::spawn(serve_with(listener, api, limits, async move {
                 let _ = stopped.await;
             }));
             Server {
-                base,
+                base: format!("http://{addr}"),
+                addr,
                 stop: Some(stop),
                 task,
             }
@@ -732,6 +1158,163 @@ mod tests {
         assert!(matches!(stream.next().await, Some(Item::Lagged(76))));
         let after = emitted + 76 + 1;
         assert!(matches!(stream.next().await, Some(Item::Event(e)) if e.seq == after));
+    }
+
+    /// A connection to `server` that has sent `sent`.
+    async fn raw(server: &Server, sent: &str) -> TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(sent.as_bytes()).await.unwrap();
+        s
+    }
+
+    /// Reads until the server closes the connection (EOF or reset): what it
+    /// sent and how long that took. Panics if it is still open after `limit`.
+    async fn until_closed(s: &mut TcpStream, limit: Duration) -> (String, Duration) {
+        use tokio::io::AsyncReadExt;
+        let t0 = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(t0 + limit, s.read(&mut buf)).await {
+                Err(_) => panic!(
+                    "still open after {limit:?}; got {:?}",
+                    String::from_utf8_lossy(&got)
+                ),
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        (String::from_utf8_lossy(&got).into_owned(), t0.elapsed())
+    }
+
+    /// Sends one keep-alive request on `s` and reads its answer (whose body
+    /// is `ok`).
+    async fn healthz_on(s: &mut TcpStream) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    const SHORT: Limits = Limits {
+        max_connections: 16,
+        header_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(1200),
+    };
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn slow_request_heads_and_idle_connections_are_closed() {
+        let server = Server::start_with(fleet(), supervisor(), SHORT).await;
+        let ms = Duration::from_millis;
+
+        // Nothing sent, or a head never finished: closed after the header
+        // timeout.
+        let t0 = Instant::now();
+        let mut silent = raw(&server, "").await;
+        let mut half = raw(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+        for s in [&mut silent, &mut half] {
+            let (got, _) = until_closed(s, ms(3000)).await;
+            assert!(got.is_empty(), "{got:?}");
+            assert!(t0.elapsed() >= ms(250), "closed after {:?}", t0.elapsed());
+        }
+
+        // A kept-alive connection: idle longer than the header timeout is
+        // fine; idle longer than the idle timeout is not.
+        let mut kept = raw(&server, "").await;
+        assert!(healthz_on(&mut kept).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(ms(700)).await;
+        assert!(healthz_on(&mut kept).await.starts_with("HTTP/1.1 200"));
+        let (got, took) = until_closed(&mut kept, ms(5000)).await;
+        assert!(got.is_empty(), "{got:?}");
+        assert!(took >= ms(1100), "closed after {took:?} idle");
+
+        // A kept-alive connection whose next head stalls: the header
+        // timeout, counted from its first byte.
+        let mut stalls = raw(&server, "").await;
+        healthz_on(&mut stalls).await;
+        tokio::time::sleep(ms(500)).await;
+        {
+            use tokio::io::AsyncWriteExt;
+            stalls.write_all(b"GET /hea").await.unwrap();
+        }
+        let (_, took) = until_closed(&mut stalls, ms(3000)).await;
+        assert!(took >= ms(250) && took < ms(1000), "closed after {took:?}");
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn event_streams_outlive_the_timeouts() {
+        let fleet = fleet();
+        let short = Limits {
+            header_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(200),
+            ..SHORT
+        };
+        let server = Server::start_with(fleet.clone(), supervisor(), short).await;
+        let (mut rx, reader) = read_events(format!("{}/api/v1/events", server.base), None);
+        assert_eq!(next(&mut rx).await[0].0, "connected");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        fleet.emit("ready", Some("b"), Value::Null);
+        assert_eq!(field(&next(&mut rx).await, "event"), "ready");
+        server.stop().await;
+        assert!(next(&mut rx).await.is_empty(), "the stream ends");
+        reader.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_beyond_the_cap_are_answered_503() {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let server = Server::start_with(fleet(), supervisor(), limits).await;
+        let head = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
+        let first = raw(&server, head).await;
+        let _second = raw(&server, head).await;
+        let mut third = raw(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let (got, took) = until_closed(&mut third, Duration::from_secs(2)).await;
+        assert!(
+            got.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{got:?}"
+        );
+        assert!(got.contains("retry-after: 1\r\n"), "{got:?}");
+        assert!(
+            got.ends_with(r#"{"error":"too many connections (at most 2 at once)"}"#),
+            "{got:?}"
+        );
+        assert!(took < Duration::from_secs(1), "{took:?}");
+
+        // A slot comes free when a connection closes.
+        drop(first);
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut s = raw(
+                &server,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            let (r, _) = until_closed(&mut s, Duration::from_secs(5)).await;
+            if r.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(Instant::now() < end, "no slot came free: {r:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Shutting down closes the connections that wait for a head, long
+        // before their header timeout.
+        server.stop().await;
     }
 
     #[tokio::test(flavor = "current_thread")]

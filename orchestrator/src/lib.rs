@@ -6,11 +6,13 @@
 //! - [`supervisor`]: one task per channel, reload and reconcile;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
 //! - [`http`]: the HTTP API;
+//! - [`fdlimit`]: the descriptor limit, and the share HTTP connections get;
 //! - [`status_cmd`]: `orchestrator status`, a table from a running API;
 //! - [`systemd`]: readiness, watchdog and status notifications.
 
 pub mod child;
 pub mod config;
+pub mod fdlimit;
 pub mod http;
 pub mod policy;
 pub mod state;

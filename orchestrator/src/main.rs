@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use orchestrator::config::{self, Config, Report, DEFAULT_CONFIG};
 use orchestrator::state::Fleet;
 use orchestrator::supervisor::{self, Request, Supervisor};
-use orchestrator::{http, status_cmd, systemd};
+use orchestrator::{fdlimit, http, status_cmd, systemd};
 
 /// The speeddata-relay supervisor: reads one TOML file per channel from
 /// channels.d/, runs one isolated `relay-channel` process per channel,
@@ -159,6 +159,7 @@ fn run(files: &Files) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let http_limits = http_limits(&cfg);
     // One thread: children are spawned from the main thread, which lives
     // as long as the process, as PR_SET_PDEATHSIG requires.
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -171,7 +172,7 @@ fn run(files: &Files) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(serve(cfg, binary)) {
+    match rt.block_on(serve(cfg, binary, http_limits)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -180,7 +181,50 @@ fn run(files: &Files) -> ExitCode {
     }
 }
 
-async fn serve(cfg: Config, binary: PathBuf) -> anyhow::Result<()> {
+/// Raises the descriptor limit, and sizes the HTTP connection cap so that
+/// the relays always find descriptors to start with.
+fn http_limits(cfg: &Config) -> http::Limits {
+    let limit = match fdlimit::raise() {
+        Ok(n) => {
+            if n.soft > n.before {
+                tracing::info!(
+                    from = n.before,
+                    to = n.soft,
+                    hard = n.hard,
+                    "raised the open-file limit (RLIMIT_NOFILE)"
+                );
+            } else {
+                tracing::info!(
+                    limit = n.soft,
+                    hard = n.hard,
+                    "open-file limit (RLIMIT_NOFILE)"
+                );
+            }
+            n.soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)");
+            fdlimit::current().unwrap_or(1024)
+        }
+    };
+    let channels = fdlimit::count_channel_files(&cfg.channels_dir);
+    let cap = fdlimit::http_cap(cfg.max_connections, limit, channels);
+    if cap < cfg.max_connections {
+        tracing::warn!(
+            configured = cfg.max_connections,
+            allowed = cap,
+            open_file_limit = limit,
+            reserved = fdlimit::reserve(channels),
+            "http.max_connections is too high for the open-file limit (raise LimitNOFILE); serving at most {cap} HTTP connections at once"
+        );
+    }
+    http::Limits {
+        max_connections: cap,
+        ..http::Limits::default()
+    }
+}
+
+async fn serve(cfg: Config, binary: PathBuf, http_limits: http::Limits) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use tokio::signal::unix::{signal, SignalKind};
 
@@ -198,7 +242,7 @@ async fn serve(cfg: Config, binary: PathBuf) -> anyhow::Result<()> {
         fleet: fleet.clone(),
         requests: req_tx,
     };
-    let http_task = tokio::spawn(http::serve(listener, api, async {
+    let http_task = tokio::spawn(http::serve_with(listener, api, http_limits, async {
         let _ = http_stopped.await;
     }));
 
@@ -210,6 +254,7 @@ async fn serve(cfg: Config, binary: PathBuf) -> anyhow::Result<()> {
         channels_dir = %cfg.channels_dir.display(),
         relay = %binary.display(),
         http = %cfg.listen,
+        http_max_connections = http_limits.max_connections,
         "orchestrator starting"
     );
     let mut sup = Supervisor::new(cfg, binary, fleet.clone());

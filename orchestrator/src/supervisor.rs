@@ -19,11 +19,14 @@ use tokio::task::JoinHandle;
 
 use crate::child::{self, Child, Output};
 use crate::config::{self, Channel, Config, Policy};
+use crate::fdlimit;
 use crate::policy::{Decision, Tracker};
 use crate::state::{now_rfc3339, Exit, Fleet, State};
 
 /// A deadline that does not come.
 const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// How soon a spawn that ran out of descriptors is tried again.
+const SPAWN_RETRY: Duration = Duration::from_secs(1);
 
 /// What the HTTP API may ask of the supervisor.
 #[derive(Debug)]
@@ -90,9 +93,12 @@ impl Supervisor {
     pub fn reload(&mut self, why: &str) {
         match Config::load(&self.cfg.file, Some(&self.cfg.channels_dir)) {
             Ok(new) => {
-                if new.listen != self.cfg.listen || new.relay_binary != self.cfg.relay_binary {
+                if new.listen != self.cfg.listen
+                    || new.max_connections != self.cfg.max_connections
+                    || new.relay_binary != self.cfg.relay_binary
+                {
                     tracing::warn!(
-                        "http.listen and relay_binary take effect at the next start of the orchestrator"
+                        "http.listen, http.max_connections and relay_binary take effect at the next start of the orchestrator"
                     );
                 }
                 self.cfg.defaults = new.defaults;
@@ -403,6 +409,12 @@ impl ChannelTask {
     }
 
     async fn start_and_watch(&mut self) -> Next {
+        let spawned = child::spawn(&self.binary, &self.ch.spec.file, &self.defaults);
+        if let Err(e) = &spawned {
+            if fdlimit::is_exhausted(e) {
+                return self.spawn_later(e);
+            }
+        }
         let restart = self.starts > 0;
         self.starts += 1;
         if restart {
@@ -414,7 +426,7 @@ impl ChannelTask {
                 .inc();
         }
         self.fleet.clear_stats(self.name());
-        let end = match child::spawn(&self.binary, &self.ch.spec.file, &self.defaults) {
+        let end = match spawned {
             Ok(child) => self.watch(child).await,
             Err(e) => RunEnd::Failed {
                 exit: Exit {
@@ -431,6 +443,27 @@ impl ChannelTask {
             RunEnd::Stopped(next) => next,
             RunEnd::Failed { exit, uptime, code } => self.after_failure(exit, uptime, code),
         }
+    }
+
+    /// The orchestrator ran out of descriptors (EMFILE, ENFILE) while
+    /// spawning: not the channel's failure, so not counted towards
+    /// `failed`, nor as a restart; tried again shortly.
+    fn spawn_later(&mut self, e: &std::io::Error) -> Next {
+        let reason = format!(
+            "cannot start {}: {e}; trying again in {}",
+            self.binary.display(),
+            fmt_duration(SPAWN_RETRY)
+        );
+        tracing::warn!(channel = %self.name(), "{reason}");
+        self.set(|s| {
+            s.state = State::Backoff;
+            s.reason = Some(reason);
+        });
+        self.emit(
+            "restarting",
+            json!({"delay_ms": SPAWN_RETRY.as_millis() as u64, "after": e.to_string()}),
+        );
+        Next::Wait(Instant::now() + SPAWN_RETRY)
     }
 
     /// Decides what follows a failure, and says so.

@@ -100,6 +100,28 @@ impl FleetDir {
         self.start_command(cmd)
     }
 
+    /// Starts `orchestrator run` with `RLIMIT_NOFILE` set to `soft` and
+    /// `hard` (as `prlimit --nofile=soft:hard` would).
+    pub fn start_with_fd_limit(&self, soft: u64, hard: u64) -> Orchestrator {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin("orchestrator"));
+        cmd.args(["run", "--config"]).arg(self.config());
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: only setrlimit, a plain system call, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.start_command(cmd)
+    }
+
     /// Starts `orchestrator run` as systemd would with `WatchdogSec`:
     /// `WATCHDOG_PID` set to the orchestrator's own pid.
     pub fn start_with_watchdog(&self, env: &[(&str, &str)]) -> Orchestrator {
@@ -348,6 +370,46 @@ pub fn running(pid: u32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// The processes whose parent is `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // After the name in parentheses: state, then the parent's pid.
+                    let rest = stat.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// A process's `RLIMIT_NOFILE`: (soft, hard).
+pub fn open_file_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+/// How many descriptors a process has open.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// User + system CPU time of a process, in clock ticks.

@@ -733,3 +733,143 @@ fn a_silent_relay_shows_zero_rates_and_liveness_off_leaves_it_running() {
     sender.join().unwrap();
     assert_eq!(orch.channel("quiet").unwrap()["restarts"], 0);
 }
+
+#[test]
+fn half_open_connections_neither_starve_the_relays_nor_lock_out_the_api() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    let fleet = FleetDir::new(&["backoff_initial = \"100ms\""]);
+    fleet.add(&ChannelOpts::unicast("victim"));
+    fleet.add(&ChannelOpts::unicast("bystander"));
+    // Fewer descriptors than the 500 connections below would take, even
+    // once the orchestrator has raised its soft limit to the hard one.
+    let orch = fleet.start_with_fd_limit(256, 384);
+    let old = pid_of(&orch.wait_ready("victim"));
+    let bystander = pid_of(&orch.wait_ready("bystander"));
+    assert_eq!(open_file_limit(orch.pid()), (384, 384));
+    assert_eq!(
+        open_file_limit(old),
+        (256, 384),
+        "a relay gets the soft limit the orchestrator found"
+    );
+
+    // 500 connections that never finish their request head.
+    let addr: SocketAddr = ([127, 0, 0, 1], orch.port).into();
+    let t0 = Instant::now();
+    let mut half_open: Vec<TcpStream> = Vec::new();
+    let mut not_accepted = None;
+    for i in 0..500 {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                // A connection already refused may be reset: fine.
+                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+                half_open.push(s);
+            }
+            // The listen queue is full: the server no longer accepts.
+            Err(e) => {
+                not_accepted = Some(format!("connection {i}: {e}"));
+                break;
+            }
+        }
+    }
+
+    // Meanwhile a relay is killed: it is started again at once.
+    kill(old, libc::SIGKILL);
+    let end = Instant::now() + Duration::from_secs(5);
+    let new = loop {
+        let fresh: Vec<u32> = children(orch.pid())
+            .into_iter()
+            .filter(|p| *p != old && *p != bystander && running(*p))
+            .collect();
+        if let [p] = fresh[..] {
+            break p;
+        }
+        assert!(
+            Instant::now() < end,
+            "no new relay within 5 s of the kill; log:\n{}",
+            orch.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(e) = not_accepted {
+        panic!("the server stopped accepting: {e}");
+    }
+    assert!(
+        open_files(orch.pid()) < 384,
+        "{} descriptors open",
+        open_files(orch.pid())
+    );
+
+    // Within 15 s the server has closed every one of them: those beyond
+    // the cap at once (with a 503), the others at the header timeout.
+    let deadline = t0 + Duration::from_secs(15);
+    let mut refused = 0;
+    for (i, s) in half_open.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!(
+                    "connection {i} still open {:?} after opening ({e}); log:\n{}",
+                    t0.elapsed(),
+                    orch.log()
+                ),
+            }
+        }
+        if !got.is_empty() {
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 503 "), "connection {i}: {text}");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0,
+        "500 connections, and none beyond the cap was refused"
+    );
+    drop(half_open);
+
+    // The API answers at once again; the killed channel is back.
+    let t = Instant::now();
+    let r = orch.get("/healthz");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "/healthz took {:?}",
+        t.elapsed()
+    );
+    let back = orch.wait_channel("victim", Duration::from_secs(5), |c| c["state"] == "ready");
+    assert_eq!(pid_of(&back), new, "{back}");
+    assert_eq!(back["restarts"], 1, "{back}");
+    assert_eq!(pid_of(&orch.channel("bystander").unwrap()), bystander);
+    assert!(
+        !orch.log().contains("Too many open files"),
+        "{}",
+        orch.log()
+    );
+}
+
+#[test]
+fn http_max_connections_below_1_is_a_configuration_error() {
+    let fleet = FleetDir::new(&[]);
+    let text = std::fs::read_to_string(fleet.config()).unwrap();
+    std::fs::write(
+        fleet.config(),
+        text.replace("[http]\n", "[http]\nmax_connections = 0\n"),
+    )
+    .unwrap();
+    let cfg = fleet.config();
+    let (code, out, err) = run_orchestrator(
+        &["run", "--config", cfg.to_str().unwrap()],
+        fleet.dir.path(),
+    );
+    assert_eq!(code, 78, "{out}\n{err}");
+    let needle = format!("{}: http.max_connections: 0 is out of range", cfg.display());
+    assert!(err.contains(&needle), "{needle:?} not in:\n{err}");
+}
