@@ -11,6 +11,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -366,6 +367,7 @@ impl Archive {
 
     fn open_file(&mut self) -> io::Result<OpenFile> {
         fs::create_dir_all(&self.dir)?;
+        refuse_symlinked_folder(&self.dir)?;
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -381,7 +383,12 @@ impl Archive {
                 ms += 1;
                 continue;
             }
-            let mut file = match OpenOptions::new().write(true).create_new(true).open(&part) {
+            let mut file = match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&part)
+            {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     ms += 1;
@@ -497,7 +504,9 @@ impl Closer {
     }
 }
 
-/// Closed archive files of a folder: (path, bytes, modified).
+/// Closed archive files of a folder: (path, bytes, modified). Only regular
+/// files directly in it count (`DirEntry::metadata` does not follow a
+/// symlink), so retention never deletes through one.
 fn closed_files(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let Ok(rd) = fs::read_dir(dir) else {
         return Vec::new();
@@ -524,8 +533,25 @@ fn file_stamp(ms: u128) -> String {
 
 fn probe_writable(dir: &Path) -> io::Result<()> {
     let probe = dir.join(format!(".write-probe-{}", std::process::id()));
-    File::create(&probe)?;
+    let _ = fs::remove_file(&probe);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&probe)?;
     fs::remove_file(&probe)
+}
+
+/// A channel folder must be a real folder: one replaced by a symlink would
+/// send the archive elsewhere.
+pub fn refuse_symlinked_folder(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is a symlink, not a folder", dir.display()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn sync_dir(dir: &Path) {
@@ -541,6 +567,14 @@ fn recover_leftovers(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
+        // Only regular files directly in the folder (the entry's own type:
+        // a symlink is not followed).
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            if name.ends_with(".avro.part") {
+                tracing::warn!(file = %e.path().display(), "not a regular file: left alone by recovery");
+            }
+            continue;
+        }
         let Some(stem) = name.strip_suffix(".part") else {
             continue;
         };

@@ -14,8 +14,9 @@
 //! Nothing here panics on file content: every length read from a file is bounded by the
 //! bytes actually present before anything is allocated for it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The 4-byte magic that starts every Avro object container file.
@@ -324,9 +325,23 @@ pub struct Recovery {
 /// end of the last whole good block (`set_len` + `sync_all`). If the header is incomplete,
 /// not an Avro container or names a codec we do not handle, `header_ok` is false and the
 /// file is left unchanged (the caller renames it aside; we never delete data).
+///
+/// Only a regular file is touched: a symlink in its place is refused
+/// (`O_NOFOLLOW`), as is anything else that is not a plain file.
 pub fn recover_part(path: &Path) -> io::Result<Recovery> {
-    let file = File::open(path)?;
-    let file_len = file.metadata()?.len();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let file_len = meta.len();
     let mut rd = Counting {
         inner: BufReader::with_capacity(64 * 1024, (&file).take(file_len)),
         pos: 0,
@@ -356,13 +371,11 @@ pub fn recover_part(path: &Path) -> io::Result<Recovery> {
         }
     }
     drop(rd);
-    drop(file);
     rec.truncated_bytes = file_len - rec.valid_len;
-    let f = OpenOptions::new().write(true).open(path)?;
     if rec.truncated_bytes > 0 {
-        f.set_len(rec.valid_len)?;
+        file.set_len(rec.valid_len)?;
     }
-    f.sync_all()?;
+    file.sync_all()?;
     Ok(rec)
 }
 

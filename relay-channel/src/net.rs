@@ -25,7 +25,9 @@ pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
 /// The bound receive socket and what the kernel granted.
 pub struct ReceiveSocket {
     pub socket: Socket,
-    /// `SO_RCVBUF` as read back (Linux reports double the usable size).
+    /// The receive buffer granted, in the bytes `recv_buffer` asks for:
+    /// `SO_RCVBUF` as read back, halved (Linux reports double the size
+    /// asked for, the other half being its bookkeeping).
     pub recv_buffer_granted: usize,
     /// Whether the kernel delivers its drop counter (`SO_RXQ_OVFL`).
     pub drop_counter: bool,
@@ -55,18 +57,23 @@ pub fn open_receive(spec: &ReceiveSpec) -> io::Result<ReceiveSocket> {
 
 /// Asks for `size` bytes of receive buffer; where `net.core.rmem_max` clamps
 /// it, tries `SO_RCVBUFFORCE` (permitted to root / CAP_NET_ADMIN). Returns
-/// what the kernel granted, as it reports it.
+/// what the kernel granted, comparable with `size` (its report, halved).
 fn set_recv_buffer(socket: &Socket, size: usize) -> usize {
     let _ = socket.set_recv_buffer_size(size);
-    let granted = socket.recv_buffer_size().unwrap_or(0);
-    // Linux doubles the value for bookkeeping overhead.
-    if granted < size * 2 {
+    let mut reported = socket.recv_buffer_size().unwrap_or(0);
+    if granted_of(reported) < size {
         let want = size.min(i32::MAX as usize) as libc::c_int;
         if set_int_opt(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_ok() {
-            return socket.recv_buffer_size().unwrap_or(granted);
+            reported = socket.recv_buffer_size().unwrap_or(reported);
         }
     }
-    granted
+    granted_of(reported)
+}
+
+/// The buffer granted, in the units it was asked for, from what `SO_RCVBUF`
+/// reads back: Linux doubles the request for its bookkeeping.
+fn granted_of(reported: usize) -> usize {
+    reported / 2
 }
 
 fn set_int_opt(

@@ -89,6 +89,17 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
     let failed = |what: &str, e: std::io::Error| RunError::Failed(format!("{what}: {e}"));
 
     let archive_dir = spec.archive.channel_dir(&spec.name);
+    if let Err(e) = crate::archive::refuse_symlinked_folder(&archive_dir) {
+        return Err(RunError::Config(ConfigError {
+            file: spec.file.clone(),
+            problems: vec![crate::config::Problem {
+                key: "archive.dir".into(),
+                message: format!(
+                    "the channel folder {e}: it must be a real folder inside archive.dir (archive.dir itself may be a symlink)"
+                ),
+            }],
+        }));
+    }
     let archive = Archive::open(&spec.archive, &spec.name, &schema.text, shared.clone())
         .map_err(|e| failed(&format!("archive folder {}", archive_dir.display()), e))?;
 

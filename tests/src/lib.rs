@@ -390,6 +390,17 @@ impl Relay {
         Relay::spawn_command(dir, cmd, name)
     }
 
+    /// Starts `PREFIX... relay-channel run --config FILE` (a wrapper such as
+    /// `setpriv` or `prlimit`), without waiting.
+    pub fn spawn_wrapped(dir: &Path, config: &Path, name: &str, prefix: &[&str]) -> Relay {
+        let mut cmd = Command::new(prefix[0]);
+        cmd.args(&prefix[1..])
+            .arg(bin("relay-channel"))
+            .args(["run", "--config"])
+            .arg(config);
+        Relay::spawn_command(dir, cmd, name)
+    }
+
     /// A command that runs `program` inside this relay's network namespace.
     pub fn in_netns(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");

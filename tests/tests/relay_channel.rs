@@ -845,3 +845,121 @@ fn a_flood_of_garbage_never_costs_a_valid_record_its_place() {
 fn a_flood_of_garbage_without_quarantine_never_costs_a_valid_record_its_place() {
     flood_next_to_valid_stream("flood-unkept", "quarantine_size = 0");
 }
+
+#[test]
+fn symlinks_in_the_channel_folder_are_never_followed() {
+    use std::os::unix::fs::symlink;
+    let dir = tempdir();
+    let outside = tempdir();
+    let precious_q = outside.path().join("notes.txt");
+    let precious_p = outside.path().join("data.bin");
+    std::fs::write(&precious_q, "precious\n").unwrap();
+    let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&precious_p, &bytes).unwrap();
+
+    let opts = ChannelOpts::unicast("links");
+    let folder = dir.path().join("archive").join("links");
+    std::fs::create_dir_all(&folder).unwrap();
+    // Planted where the relay appends rejects and where recovery truncates.
+    symlink(&precious_q, folder.join("quarantine.jsonl")).unwrap();
+    let planted_part = folder.join("links-20260101T000000.000Z.avro.part");
+    symlink(&precious_p, &planted_part).unwrap();
+
+    let relay = Relay::start(dir.path(), &opts);
+    let valid = example_records(200, "links");
+    let mut stream = valid.clone();
+    for i in 0..20 {
+        stream.push(malformed(&valid[0], i % 4));
+    }
+    relay.feed(opts.bind, &stream, 5);
+    let (archive, last) = relay.stop_ok();
+
+    assert_eq!(std::fs::read_to_string(&precious_q).unwrap(), "precious\n");
+    assert!(
+        std::fs::read(&precious_p).unwrap() == bytes,
+        "recovery wrote through a symlink"
+    );
+    assert!(std::fs::symlink_metadata(&planted_part)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(last["rejected"], 20, "{last}");
+    assert_eq!(last["quarantined"], 0, "{last}");
+    assert_eq!(last["quarantine_dropped"], 20, "{last}");
+    assert!(read_archive(&archive) == valid);
+}
+
+#[test]
+fn a_channel_folder_that_is_a_symlink_is_refused_but_archive_dir_may_be_one() {
+    use std::os::unix::fs::symlink;
+    // The channel's own folder, <archive.dir>/<name>, is a symlink: exit 78.
+    let dir = tempdir();
+    let elsewhere = tempdir();
+    let opts = ChannelOpts::unicast("moved");
+    let config = write_channel(dir.path(), &opts);
+    std::fs::create_dir_all(dir.path().join("archive")).unwrap();
+    symlink(elsewhere.path(), dir.path().join("archive").join("moved")).unwrap();
+    let (code, _out, err) = run_relay(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("moved.toml") && err.contains("archive.dir") && err.contains("symlink"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
+    // archive.dir itself a symlink (a mount elsewhere, say): fine.
+    let dir = tempdir();
+    let real = tempdir();
+    symlink(real.path(), dir.path().join("archive")).unwrap();
+    let opts = ChannelOpts::unicast("linked-root");
+    let relay = Relay::start(dir.path(), &opts);
+    let valid = example_records(50, "root");
+    relay.feed(opts.bind, &valid, 5);
+    relay.stop_ok();
+    assert!(read_archive(&real.path().join("linked-root")) == valid);
+}
+
+#[test]
+fn a_receive_buffer_smaller_than_asked_is_reported() {
+    // Without CAP_NET_ADMIN the kernel clamps SO_RCVBUF to rmem_max, and
+    // reads it back doubled: ask for 1.5 × rmem_max, which the doubled
+    // figure would seem to cover.
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("small-buffer");
+    opts.recv_buffer = (rmem_max + rmem_max / 2).to_string();
+    let config = write_channel(dir.path(), &opts);
+    let mut relay = Relay::spawn_wrapped(
+        dir.path(),
+        &config,
+        &opts.name,
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-net_admin",
+            "--inh-caps",
+            "-net_admin",
+        ],
+    );
+    let ready = relay.wait_event("ready", Duration::from_secs(20));
+    assert_eq!(ready["recv_buffer_granted"], rmem_max, "{ready}");
+    // Logged before `ready`; the stderr reader may lag a little behind.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while !relay
+        .stderr()
+        .contains("granted less receive buffer than asked")
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "no warning:\n{}",
+            relay.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, _) = relay.stop();
+    assert_eq!(code, 0);
+}
