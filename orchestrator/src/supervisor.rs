@@ -71,6 +71,10 @@ pub struct Supervisor {
     tasks: BTreeMap<String, Task>,
     /// Channels whose file does not validate and that have no task.
     broken: BTreeMap<String, PathBuf>,
+    /// Files whose configuration error was announced (log, event, counter),
+    /// with a fingerprint of their text and the error: a reload that finds
+    /// the same file with the same error says nothing new.
+    announced: BTreeMap<PathBuf, u64>,
 }
 
 impl Supervisor {
@@ -81,6 +85,7 @@ impl Supervisor {
             fleet,
             tasks: BTreeMap::new(),
             broken: BTreeMap::new(),
+            announced: BTreeMap::new(),
         }
     }
 
@@ -105,15 +110,21 @@ impl Supervisor {
                 self.cfg.policy = new.policy;
             }
             Err(e) => {
-                self.fleet.metrics.config_errors.inc();
-                tracing::error!("{e}\n(keeping the previous orchestrator configuration)");
-                self.fleet.emit(
-                    "config_error",
-                    None,
-                    json!({"file": self.cfg.file, "error": e.to_string()}),
-                );
+                let file = self.cfg.file.clone();
+                if self.first_announcement(&file, &e.to_string()) {
+                    self.fleet.metrics.config_errors.inc();
+                    tracing::error!("{e}\n(keeping the previous orchestrator configuration)");
+                    self.fleet.emit(
+                        "config_error",
+                        None,
+                        json!({"file": file, "error": e.to_string()}),
+                    );
+                }
+                self.reconcile(why);
+                return;
             }
         }
+        self.announced.remove(&self.cfg.file);
         self.reconcile(why);
     }
 
@@ -166,10 +177,15 @@ impl Supervisor {
             }
         }
 
+        let mut still_broken = BTreeSet::new();
         for r in fleet.rejected {
-            self.fleet.metrics.config_errors.inc();
             let text = r.error.to_string();
-            tracing::error!("{text}");
+            still_broken.insert(r.error.file.clone());
+            let new = self.first_announcement(&r.error.file, &text);
+            if new {
+                self.fleet.metrics.config_errors.inc();
+                tracing::error!("{text}");
+            }
             match self.tasks.get(&r.name) {
                 // The running instance of this file is left alone.
                 Some(t) if t.file == r.error.file => {
@@ -188,12 +204,19 @@ impl Supervisor {
                     });
                 }
             }
-            self.fleet.emit(
-                "config_error",
-                Some(&r.name),
-                json!({"file": r.error.file, "error": text}),
-            );
+            if new {
+                self.fleet.emit(
+                    "config_error",
+                    Some(&r.name),
+                    json!({"file": r.error.file, "error": text}),
+                );
+            }
         }
+        // A file that validates again (or is gone) is announced afresh if
+        // it breaks later.
+        let cfg_file = self.cfg.file.clone();
+        self.announced
+            .retain(|f, _| still_broken.contains(f) || *f == cfg_file);
 
         for name in unwanted(&self.tasks, &wanted) {
             if let Some(t) = self.tasks.remove(&name) {
@@ -223,6 +246,17 @@ impl Supervisor {
             None,
             json!({"reason": why, "started": started, "restarted": restarted, "stopped": stopped}),
         );
+    }
+
+    /// Whether this error of this file, as the file reads now, is news
+    /// (and remembers it): each change of a broken file is announced once.
+    fn first_announcement(&mut self, file: &Path, error: &str) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::fs::read(file).unwrap_or_default().hash(&mut h);
+        error.hash(&mut h);
+        let print = h.finish();
+        self.announced.insert(file.to_path_buf(), print) != Some(print)
     }
 
     fn start_task(&mut self, ch: Channel, defaults: String) {

@@ -873,3 +873,40 @@ fn http_max_connections_below_1_is_a_configuration_error() {
     let needle = format!("{}: http.max_connections: 0 is out of range", cfg.display());
     assert!(err.contains(&needle), "{needle:?} not in:\n{err}");
 }
+
+#[test]
+fn a_broken_file_is_counted_and_announced_once_per_change() {
+    let fleet = FleetDir::new(&[]);
+    fleet.write("broken.toml", "[receive]\nbind = \"nowhere\"\n");
+    let orch = fleet.start();
+    let count = |kind: &str, events: &[Json]| events.iter().filter(|e| e["event"] == kind).count();
+    let errors_total = || {
+        orch.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("speeddata_config_errors_total "))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .unwrap()
+    };
+    orch.wait_channel("broken", Duration::from_secs(20), |c| {
+        c["state"] == "failed"
+    });
+
+    // Reloads that find the file as it was say nothing new.
+    for _ in 0..3 {
+        orch.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = orch.events(Duration::from_secs(10), |ev| count("reloaded", ev) >= 4);
+    assert_eq!(count("reloaded", &events), 4, "{events:?}");
+    assert_eq!(count("config_error", &events), 1, "{events:?}");
+    assert_eq!(errors_total(), 1);
+
+    // A change of the file, still broken: announced once more.
+    fleet.write("broken.toml", "[receive]\nbind = \"still nowhere\"\n");
+    let events = orch.events(Duration::from_secs(10), |ev| count("config_error", ev) >= 2);
+    assert_eq!(count("config_error", &events), 2, "{events:?}");
+    orch.signal(libc::SIGHUP);
+    let events = orch.events(Duration::from_secs(10), |ev| count("reloaded", ev) >= 6);
+    assert_eq!(count("config_error", &events), 2, "{events:?}");
+    assert_eq!(errors_total(), 2);
+}
