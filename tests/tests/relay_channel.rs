@@ -963,3 +963,90 @@ fn a_receive_buffer_smaller_than_asked_is_reported() {
     let (code, _) = relay.stop();
     assert_eq!(code, 0);
 }
+
+/// The records of `got` are the last ones of `sent`, in order.
+fn is_suffix_of(got: &[Vec<u8>], sent: &[Vec<u8>]) -> bool {
+    got.len() <= sent.len() && got == &sent[sent.len() - got.len()..]
+}
+
+#[test]
+fn retention_by_size_deletes_the_oldest_files_and_keeps_the_folder_bounded() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("ret-size");
+    opts.archive = vec![
+        "codec = \"null\"".into(),
+        "block_size = \"8KiB\"".into(),
+        "rotate_size = \"64KiB\"".into(),
+        "retention_size = \"200KiB\"".into(),
+    ];
+    let relay = Relay::start(dir.path(), &opts);
+    let records = example_records(12_000, "retention by size");
+    relay.feed(opts.bind, &records, 20);
+    let (archive, last) = relay.stop_ok();
+    let files = avro_files(&archive);
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    let closed = last["files_closed"].as_u64().unwrap() as usize;
+    assert!(closed >= 6, "expected many files closed, got {closed}");
+    assert!(
+        files.len() < closed,
+        "nothing was deleted: {} of {closed} files left",
+        files.len()
+    );
+    assert!(
+        total <= 200 << 10,
+        "the folder holds {total} bytes, over 200KiB"
+    );
+    // The kept files are the newest: whole, in order, with no gap.
+    let got = read_archive(&archive);
+    assert!(!got.is_empty());
+    assert!(
+        is_suffix_of(&got, &records),
+        "the kept records are not the newest ones"
+    );
+    // Files other than closed archives are never touched by retention.
+    assert!(archive.join("quarantine.jsonl").exists() || last["rejected"] == 0);
+}
+
+#[test]
+fn retention_by_age_deletes_files_older_than_it() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("ret-age");
+    opts.archive = vec![
+        "codec = \"null\"".into(),
+        "flush_interval = \"100ms\"".into(),
+        "rotate_interval = \"300ms\"".into(),
+        "retention_age = \"1s\"".into(),
+    ];
+    let relay = Relay::start(dir.path(), &opts);
+    // About 3 s of traffic: about ten files, of which the last second's stay.
+    let records = example_records(3_000, "retention by age");
+    relay.feed(opts.bind, &records, 1);
+    let (archive, last) = relay.stop_ok();
+    let stopped = std::time::SystemTime::now();
+    let files = avro_files(&archive);
+    let closed = last["files_closed"].as_u64().unwrap() as usize;
+    assert!(closed >= 6, "expected many files closed, got {closed}");
+    assert!(
+        !files.is_empty() && files.len() <= closed / 2,
+        "{} of {closed} files left",
+        files.len()
+    );
+    for f in &files {
+        let age = stopped
+            .duration_since(std::fs::metadata(f).unwrap().modified().unwrap())
+            .unwrap_or_default();
+        assert!(
+            age < Duration::from_millis(2_500),
+            "{} is {age:?} old, past retention_age",
+            f.display()
+        );
+    }
+    let got = read_archive(&archive);
+    assert!(
+        is_suffix_of(&got, &records),
+        "the kept records are not the newest ones"
+    );
+}
