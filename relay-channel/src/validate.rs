@@ -23,10 +23,59 @@
 //! that branch; array and map: blocks of a long count and that many items
 //! (map items are a string key and a value) ending with a count of 0, where a
 //! negative count `-n` is followed by a long byte size and then `n` items;
-//! record: its fields in order. Logical types are checked as their underlying
-//! type (decimal: bytes or fixed; uuid: string, bytes or fixed; date and
-//! time-millis: int; time-micros and the timestamps: long; duration: fixed;
-//! big-decimal: bytes).
+//! record: its fields in order.
+//!
+//! Logical types are encoded as their underlying type, and their values are
+//! checked too, so that no reader that converts them (fastavro's default
+//! reader, say, which stops at the first value it cannot convert and so loses
+//! the rest of the file) meets a value it cannot represent. Out of range is
+//! [`Reason::LogicalTypeRange`]:
+//! - `date` (days), `timestamp-millis`, `timestamp-micros`,
+//!   `local-timestamp-millis`, `local-timestamp-micros`: within years 1 to
+//!   9999, i.e. 0001-01-01T00:00:00 to 9999-12-31T23:59:59.999… (UTC for the
+//!   timestamps); the range of Python's `datetime`, and so of fastavro's.
+//!   `timestamp-nanos` and `local-timestamp-nanos` need no check: every long
+//!   of nanoseconds lies within years 1677 to 2262 (and fastavro 1.13 does
+//!   not convert them at all).
+//! - `time-millis`, `time-micros`: within one day, `0 <= v < 86,400,000`
+//!   (`86,400,000,000` for micros).
+//! - `decimal` (on bytes or fixed): the unscaled value, a big-endian two's
+//!   complement integer, has at most `precision` digits:
+//!   `|unscaled| < 10^precision`, exactly. (A fixed too small to hold an out
+//!   of range value is not checked and stays a plain fixed. So is a precision
+//!   of 157,824 digits or more, which every value of up to 64 KiB meets.)
+//! - `uuid` on a string: the RFC 4122 form, 8-4-4-4-12 hex digits (either
+//!   case), 36 characters; `uuid` on bytes: 16 bytes. A uuid on a fixed(16)
+//!   and a duration (fixed(12)) can hold no wrong value.
+//! - `big-decimal` is checked as bytes only (see "Laxer" below).
+//!
+//! # Naming the field
+//!
+//! A [`Reason::LogicalTypeRange`] names the field it was found in
+//! ([`Invalid::field`]), as a dotted path of field names from the top record
+//! (`time`, `inner.when`), with `[]` for the items of an array and `{}` for
+//! the values of a map (`samples[].at`, `by_day{}`); a union branch adds
+//! nothing; a logical type that is the whole schema has no field (`None`).
+//! The receive path carries [`Invalid`] by value (it is `Copy`) and displays
+//! it only later, as the quarantine entry's `detail`, without the validator
+//! at hand, so the name travels inside it as a `&'static str`: each path is
+//! built once, when the schema is compiled, and interned in a process-wide
+//! set, so compiling the same schema again (the orchestrator re-checks
+//! channel files on every reload) reuses the strings instead of leaking new
+//! ones; what the set holds is bounded by the distinct paths of the schemas
+//! the process ever compiled. While walking, the validator carries only the
+//! index of the check that failed (its internal error stays two words, so
+//! the hot recursion returns in registers) and builds the [`Invalid`] once,
+//! on the way out.
+//!
+//! A named record with logical-type fields is compiled once per place it is
+//! used, so that each copy names its own path (`inner.when` and
+//! `recs[].when`); records without them are shared, as before. A reference
+//! back into a record being compiled (recursion) shares it: inside a
+//! recursive type the path is that of its first level (`list.next.at` is
+//! reported as `list.at`). Past 65,536 nodes records are shared regardless,
+//! so a schema that reuses a type at every level cannot blow up; a shared
+//! copy names the path of its first use.
 //!
 //! # Differences from apache-avro 0.22 (`GenericDatumReader::read_value`)
 //!
@@ -44,13 +93,20 @@
 //! - apache-avro takes end-of-input at a boolean, a string's body or a union
 //!   index as a null and so accepts some truncated datums; here they are
 //!   [`Reason::Truncated`].
+//! - Logical-type values out of range ([`Reason::LogicalTypeRange`]):
+//!   apache-avro reads dates, times and timestamps as plain numbers and
+//!   decimals without their precision, so it accepts any; and it parses a
+//!   uuid string in any of the `uuid` crate's forms (also 32 digits without
+//!   hyphens, braced, `urn:uuid:`), where only the hyphenated form passes
+//!   here (the one the spec names, and the one every reader parses).
 //!
-//! Laxer (accepted here, rejected there): the content of logical types is not
-//! parsed, so a string that is not a UUID in a uuid field, or big-decimal bytes
-//! that are not a well-formed big decimal, pass.
+//! Laxer (accepted here, rejected there): the content of `big-decimal` bytes
+//! is not parsed, so bytes that are not a well-formed big decimal pass
+//! (fastavro does not know the type and reads them as bytes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use apache_avro::schema::{
     DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, NamesRef, NamespaceRef,
@@ -61,22 +117,48 @@ use apache_avro::schema::{
 /// follows before giving up with [`Reason::TooDeep`].
 const MAX_DEPTH: u32 = 128;
 
-/// One compiled schema node. Indices refer to [`Validator::nodes`] and
-/// [`Validator::edges`].
+/// Node count past which named records with logical-type fields are shared
+/// instead of compiled once per use (see "Naming the field").
+const UNFOLD_LIMIT: usize = 1 << 16;
+
+/// Decimal precisions from this many digits up are not checked: every
+/// unscaled value of up to 65,535 bytes, at most 2^524,279 in magnitude, is
+/// below 10^157,824.
+const DECIMAL_UNCHECKED: usize = 157_824;
+
+/// Years 1 to 9999: 0001-01-01T00:00:00 and 9999-12-31T23:59:59 in seconds
+/// since 1970-01-01T00:00:00.
+const FIRST_SECOND: i64 = -62_135_596_800;
+const LAST_SECOND: i64 = 253_402_300_799;
+/// The same days, in days since 1970-01-01.
+const FIRST_DAY: i64 = -719_162;
+const LAST_DAY: i64 = 2_932_896;
+const DAY_MILLIS: i64 = 86_400_000;
+
+/// "No logical-type check": [`Fault::check`] of every other fault.
+const NO_CHECK: u32 = u32::MAX;
+
+/// One compiled schema node. Indices refer to [`Validator::nodes`],
+/// [`Validator::edges`] and [`Validator::checks`].
 #[derive(Debug, Clone, Copy)]
 enum Node {
     /// Exactly this many bytes of any content: null (0), float (4), double
-    /// (8), fixed, and runs of such fields (or whole records of them) merged.
+    /// (8), fixed (also uuid on fixed, duration, and decimal on a fixed too
+    /// small to go out of range), and runs of such fields (or whole records of
+    /// them) merged.
     Skip(usize),
     Boolean,
-    /// int, date, time-millis.
     Int,
-    /// long, time-micros, timestamp-*, local-timestamp-*.
+    /// long, timestamp-nanos, local-timestamp-nanos.
     Long,
-    /// bytes, decimal on bytes, big-decimal, uuid on bytes.
+    /// bytes, big-decimal, decimal with a precision of 157,824 or more.
     Bytes,
-    /// string, uuid on string.
     String,
+    /// A value of a logical type, checked as `checks[check]` says.
+    Checked {
+        kind: Kind,
+        check: u32,
+    },
     Enum {
         symbols: usize,
     },
@@ -102,6 +184,40 @@ enum Node {
     },
 }
 
+/// The kinds of [`Node::Checked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// date, time-millis: an int within `lo..=hi`.
+    Int,
+    /// time-micros, timestamp-millis/micros, local-timestamp-millis/micros:
+    /// a long within `lo..=hi`.
+    Long,
+    /// decimal on bytes: at most `max` in magnitude.
+    DecimalBytes,
+    /// decimal on fixed: `size` bytes, at most `max` in magnitude.
+    DecimalFixed,
+    /// uuid on string: the 8-4-4-4-12 form.
+    UuidString,
+    /// uuid on bytes: 16 bytes.
+    UuidBytes,
+}
+
+/// What one logical-type node checks, and where it is.
+#[derive(Debug, Clone)]
+struct Check {
+    logical: Logical,
+    /// The field's path, interned; `None` for the whole datum.
+    path: Option<&'static str>,
+    /// Inclusive bounds of a [`Kind::Int`] or [`Kind::Long`] value.
+    lo: i64,
+    hi: i64,
+    /// Size of a [`Kind::DecimalFixed`].
+    size: usize,
+    /// Largest magnitude of a decimal's unscaled value, `10^precision - 1`,
+    /// big-endian without leading zero bytes.
+    max: Box<[u8]>,
+}
+
 /// A schema compiled for allocation-free validation of binary datums.
 ///
 /// Build it once per channel with [`Validator::new`]; it is immutable, cheap
@@ -110,6 +226,7 @@ enum Node {
 pub struct Validator {
     nodes: Box<[Node]>,
     edges: Box<[u32]>,
+    checks: Box<[Check]>,
     root: u32,
     /// Lower bound of the encoded length of a whole datum.
     root_min: usize,
@@ -123,6 +240,51 @@ pub struct Invalid {
     pub offset: usize,
     /// What is wrong there.
     pub reason: Reason,
+    /// For [`Reason::LogicalTypeRange`]: the field, as a dotted path from the
+    /// top record (`time`, `inner.when`, `samples[].at`, `by_day{}`); `None`
+    /// when the logical type is the whole schema, and for other reasons.
+    pub field: Option<&'static str>,
+    /// For [`Reason::LogicalTypeRange`]: the logical type; `None` for other
+    /// reasons.
+    pub logical: Option<Logical>,
+}
+
+/// The logical types whose values [`Validator::validate`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Logical {
+    Date,
+    TimeMillis,
+    TimeMicros,
+    TimestampMillis,
+    TimestampMicros,
+    LocalTimestampMillis,
+    LocalTimestampMicros,
+    Decimal,
+    Uuid,
+}
+
+impl Logical {
+    /// The `logicalType` name, e.g. `"timestamp-micros"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Logical::Date => "date",
+            Logical::TimeMillis => "time-millis",
+            Logical::TimeMicros => "time-micros",
+            Logical::TimestampMillis => "timestamp-millis",
+            Logical::TimestampMicros => "timestamp-micros",
+            Logical::LocalTimestampMillis => "local-timestamp-millis",
+            Logical::LocalTimestampMicros => "local-timestamp-micros",
+            Logical::Decimal => "decimal",
+            Logical::Uuid => "uuid",
+        }
+    }
+}
+
+impl fmt::Display for Logical {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The kind of defect [`Validator::validate`] found.
@@ -159,6 +321,10 @@ pub enum Reason {
     BlockSizeMismatch,
     /// Records, arrays and maps nested more than 128 deep.
     TooDeep,
+    /// A value of a logical type outside what the type can represent: a date
+    /// or timestamp outside years 1 to 9999, a time of day outside one day, a
+    /// decimal with more digits than its precision, a uuid that is not one.
+    LogicalTypeRange,
 }
 
 impl Reason {
@@ -177,6 +343,7 @@ impl Reason {
         Reason::ImplausibleCount,
         Reason::BlockSizeMismatch,
         Reason::TooDeep,
+        Reason::LogicalTypeRange,
     ];
 
     /// Short snake_case label for metrics and logs, e.g. `"trailing_bytes"`.
@@ -195,6 +362,7 @@ impl Reason {
             Reason::ImplausibleCount => "implausible_count",
             Reason::BlockSizeMismatch => "block_size_mismatch",
             Reason::TooDeep => "too_deep",
+            Reason::LogicalTypeRange => "logical_type_range",
         }
     }
 }
@@ -238,6 +406,42 @@ impl fmt::Display for Invalid {
                 f,
                 "nesting deeper than {MAX_DEPTH} records/arrays/maps at offset {at}"
             ),
+            Reason::LogicalTypeRange => {
+                match self.field {
+                    Some(path) => write!(f, "field `{path}`: ")?,
+                    None => f.write_str("the datum: ")?,
+                }
+                match self.logical {
+                    Some(
+                        l @ (Logical::Date
+                        | Logical::TimestampMillis
+                        | Logical::TimestampMicros
+                        | Logical::LocalTimestampMillis
+                        | Logical::LocalTimestampMicros),
+                    ) => write!(
+                        f,
+                        "{l} value at offset {at} is outside years 1 to 9999 \
+                         (0001-01-01 to 9999-12-31)"
+                    ),
+                    Some(l @ (Logical::TimeMillis | Logical::TimeMicros)) => write!(
+                        f,
+                        "{l} value at offset {at} is not a time of day (0 to 24 h, 24 h excluded)"
+                    ),
+                    Some(Logical::Decimal) => write!(
+                        f,
+                        "decimal at offset {at} has more digits than its precision"
+                    ),
+                    Some(Logical::Uuid) => write!(
+                        f,
+                        "uuid at offset {at} is not a UUID (a string of 8-4-4-4-12 hex digits, \
+                         or 16 bytes)"
+                    ),
+                    None => write!(
+                        f,
+                        "value at offset {at} is outside the range of its logical type"
+                    ),
+                }
+            }
         }
     }
 }
@@ -270,6 +474,18 @@ pub enum CompileError {
     TooLarge,
 }
 
+/// The walk's own error: an [`Invalid`] without its field, which
+/// [`Validator::validate`] looks up once at the end. Two words, so that the
+/// recursive walk returns it in registers.
+#[derive(Debug, Clone, Copy)]
+struct Fault {
+    offset: usize,
+    reason: Reason,
+    /// Index in [`Validator::checks`] for [`Reason::LogicalTypeRange`],
+    /// otherwise [`NO_CHECK`].
+    check: u32,
+}
+
 impl Validator {
     /// Compiles `schema`. Fails if its named types do not resolve or a part of
     /// it can never be encoded (see [`CompileError`]).
@@ -278,21 +494,30 @@ impl Validator {
         let mut c = Compiler {
             nodes: Vec::new(),
             edges: Vec::new(),
+            checks: Vec::new(),
             named: HashMap::new(),
+            open: Vec::new(),
             defs: resolved.get_names(),
             records: Vec::new(),
+            path: String::new(),
         };
         let root = c.compile(schema, None)?;
         c.finish(root)
     }
 
     /// Checks that `datum` is exactly one datum of the schema: it decodes
-    /// completely and nothing follows. Never allocates and never panics.
+    /// completely and nothing follows, and the values of its logical types
+    /// are in range. Never allocates and never panics.
     pub fn validate(&self, datum: &[u8]) -> Result<(), Invalid> {
+        self.fault(datum).map_err(|fault| self.invalid(fault))
+    }
+
+    fn fault(&self, datum: &[u8]) -> Result<(), Fault> {
         if datum.is_empty() && self.root_min > 0 {
-            return Err(Invalid {
+            return Err(Fault {
                 offset: 0,
                 reason: Reason::Empty,
+                check: NO_CHECK,
             });
         }
         let mut cur = Cursor { buf: datum, pos: 0 };
@@ -304,9 +529,20 @@ impl Validator {
         }
     }
 
+    #[cold]
+    fn invalid(&self, fault: Fault) -> Invalid {
+        let check = self.checks.get(fault.check as usize);
+        Invalid {
+            offset: fault.offset,
+            reason: fault.reason,
+            field: check.and_then(|c| c.path),
+            logical: check.map(|c| c.logical),
+        }
+    }
+
     /// Checks one datum of `node` at the cursor. `depth` counts the records,
     /// arrays and maps already entered.
-    fn walk(&self, mut node: u32, cur: &mut Cursor<'_>, depth: u32) -> Result<(), Invalid> {
+    fn walk(&self, mut node: u32, cur: &mut Cursor<'_>, depth: u32) -> Result<(), Fault> {
         loop {
             return match self.nodes[node as usize] {
                 Node::Skip(n) => cur.skip(n, cur.pos),
@@ -315,6 +551,7 @@ impl Validator {
                 Node::Long => cur.long().map(drop),
                 Node::Bytes => cur.bytes().map(drop),
                 Node::String => cur.string(),
+                Node::Checked { kind, check } => self.checked(kind, check, cur),
                 Node::Enum { symbols } => {
                     let at = cur.pos;
                     let index = cur.int()?;
@@ -361,11 +598,150 @@ impl Validator {
             };
         }
     }
+
+    /// Checks one value of a logical type at the cursor. Apart from
+    /// [`Validator::walk`], so that the plain nodes' loop stays as small as
+    /// it was (and its stack frame too, in debug builds).
+    fn checked(&self, kind: Kind, check: u32, cur: &mut Cursor<'_>) -> Result<(), Fault> {
+        let c = &self.checks[check as usize];
+        let at = cur.pos;
+        let fits = match kind {
+            Kind::Int => {
+                let v = i64::from(cur.int()?);
+                c.lo <= v && v <= c.hi
+            }
+            Kind::Long => {
+                let v = cur.long()?;
+                c.lo <= v && v <= c.hi
+            }
+            Kind::DecimalBytes => decimal_fits(cur.bytes()?, &c.max),
+            Kind::DecimalFixed => decimal_fits(cur.take(c.size)?, &c.max),
+            Kind::UuidString => {
+                let body = cur.bytes()?;
+                is_uuid(body) || {
+                    // Not a UUID; but invalid UTF-8 is said first.
+                    cur.utf8(body)?;
+                    false
+                }
+            }
+            Kind::UuidBytes => cur.bytes()?.len() == 16,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(out_of_range(at, check))
+        }
+    }
+}
+
+/// A [`Reason::LogicalTypeRange`] fault of the value at `at`.
+#[cold]
+fn out_of_range(at: usize, check: u32) -> Fault {
+    Fault {
+        offset: at,
+        reason: Reason::LogicalTypeRange,
+        check,
+    }
+}
+
+/// Whether the big-endian two's complement integer `unscaled` (empty is 0) is
+/// at most `max` (big-endian, no leading zero bytes) in magnitude. Linear in
+/// the length, no allocation.
+///
+/// For `v >= 0` that is `v <= max`. For `v < 0`, `|v| = !v + 1`, so it is
+/// `!v < max`. Either way the comparison is of unsigned numbers once the
+/// sign-extension bytes (0x00 or 0xff) are dropped and the rest of a
+/// negative number is inverted.
+fn decimal_fits(unscaled: &[u8], max: &[u8]) -> bool {
+    let Some(&first) = unscaled.first() else {
+        return true;
+    };
+    let sign = if first & 0x80 == 0 { 0x00 } else { 0xff };
+    let start = unscaled
+        .iter()
+        .position(|&b| b != sign)
+        .unwrap_or(unscaled.len());
+    let magnitude = &unscaled[start..];
+    match magnitude.len().cmp(&max.len()) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => {
+            for (&b, &m) in magnitude.iter().zip(max) {
+                let b = b ^ sign;
+                if b != m {
+                    return b < m;
+                }
+            }
+            // Equal: `v == max` fits, `!v == max` is `|v| == max + 1`.
+            sign == 0x00
+        }
+    }
+}
+
+/// Whether `s` is a UUID in the RFC 4122 string form: 8-4-4-4-12 hex digits
+/// (either case) separated by hyphens.
+fn is_uuid(s: &[u8]) -> bool {
+    s.len() == 36
+        && s.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// `10^precision - 1`, big-endian without leading zero bytes (empty for 0);
+/// `None` from [`DECIMAL_UNCHECKED`] digits up.
+fn decimal_max(precision: usize) -> Option<Box<[u8]>> {
+    if precision >= DECIMAL_UNCHECKED {
+        return None;
+    }
+    // Little-endian 64-bit limbs, multiplied up 19 digits at a time.
+    let mut limbs: Vec<u64> = vec![1];
+    let mut left = precision;
+    while left > 0 {
+        let digits = left.min(19);
+        let factor = u128::from(10u64.pow(digits as u32));
+        let mut carry = 0u128;
+        for limb in &mut limbs {
+            let x = u128::from(*limb) * factor + carry;
+            *limb = x as u64;
+            carry = x >> 64;
+        }
+        if carry > 0 {
+            limbs.push(carry as u64);
+        }
+        left -= digits;
+    }
+    for limb in &mut limbs {
+        let (x, borrow) = limb.overflowing_sub(1);
+        *limb = x;
+        if !borrow {
+            break;
+        }
+    }
+    let bytes: Vec<u8> = limbs.iter().rev().flat_map(|l| l.to_be_bytes()).collect();
+    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    Some(bytes[start..].into())
+}
+
+/// `path`, as a string that lives as long as the process, shared with every
+/// earlier call for the same path.
+fn intern(path: &str) -> &'static str {
+    static PATHS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut paths = PATHS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(&p) = paths.get(path) {
+        return p;
+    }
+    let p: &'static str = Box::leak(path.into());
+    paths.insert(p);
+    p
 }
 
 /// Enters one more level of nesting, or fails with [`Reason::TooDeep`].
 #[inline]
-fn enter(cur: &Cursor<'_>, depth: u32) -> Result<u32, Invalid> {
+fn enter(cur: &Cursor<'_>, depth: u32) -> Result<u32, Fault> {
     if depth < MAX_DEPTH {
         Ok(depth + 1)
     } else {
@@ -388,8 +764,8 @@ fn blocks(
     cur: &mut Cursor<'_>,
     item_min: usize,
     fixed: Option<usize>,
-    mut item: impl FnMut(&mut Cursor<'_>) -> Result<(), Invalid>,
-) -> Result<(), Invalid> {
+    mut item: impl FnMut(&mut Cursor<'_>) -> Result<(), Fault>,
+) -> Result<(), Fault> {
     loop {
         let at = cur.pos;
         let count = cur.long()?;
@@ -434,8 +810,12 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     #[inline]
-    fn invalid(&self, offset: usize, reason: Reason) -> Invalid {
-        Invalid { offset, reason }
+    fn invalid(&self, offset: usize, reason: Reason) -> Fault {
+        Fault {
+            offset,
+            reason,
+            check: NO_CHECK,
+        }
     }
 
     #[inline]
@@ -445,7 +825,7 @@ impl<'a> Cursor<'a> {
 
     /// Advances over `n` bytes, or fails as truncated at `at`.
     #[inline]
-    fn skip(&mut self, n: usize, at: usize) -> Result<(), Invalid> {
+    fn skip(&mut self, n: usize, at: usize) -> Result<(), Fault> {
         if n <= self.remaining() {
             self.pos += n;
             Ok(())
@@ -454,10 +834,19 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Advances over `n` bytes and returns them, or fails as truncated.
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Fault> {
+        let start = self.pos;
+        self.skip(n, start)?;
+        let buf: &'a [u8] = self.buf;
+        Ok(&buf[start..self.pos])
+    }
+
     /// Reads a varint of at most `max_len` bytes. Like apache-avro (and Java),
     /// bits beyond the 64th in a 10-byte varint are dropped, not rejected.
     #[inline]
-    fn varint(&mut self, max_len: usize) -> Result<u64, Invalid> {
+    fn varint(&mut self, max_len: usize) -> Result<u64, Fault> {
         let start = self.pos;
         let mut value = 0u64;
         let mut shift = 0u32;
@@ -476,13 +865,13 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline]
-    fn long(&mut self) -> Result<i64, Invalid> {
+    fn long(&mut self) -> Result<i64, Fault> {
         let z = self.varint(10)?;
         Ok((z >> 1) as i64 ^ -((z & 1) as i64))
     }
 
     #[inline]
-    fn int(&mut self) -> Result<i32, Invalid> {
+    fn int(&mut self) -> Result<i32, Fault> {
         let at = self.pos;
         let z = self.varint(5)?;
         let v = (z >> 1) as i64 ^ -((z & 1) as i64);
@@ -490,7 +879,7 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline]
-    fn boolean(&mut self) -> Result<(), Invalid> {
+    fn boolean(&mut self) -> Result<(), Fault> {
         match self.buf.get(self.pos) {
             Some(0 | 1) => {
                 self.pos += 1;
@@ -503,7 +892,7 @@ impl<'a> Cursor<'a> {
 
     /// Skips a length-prefixed byte sequence and returns it.
     #[inline]
-    fn bytes(&mut self) -> Result<&'a [u8], Invalid> {
+    fn bytes(&mut self) -> Result<&'a [u8], Fault> {
         let at = self.pos;
         let len = self.long()?;
         let Ok(len) = u64::try_from(len) else {
@@ -519,8 +908,14 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline]
-    fn string(&mut self) -> Result<(), Invalid> {
+    fn string(&mut self) -> Result<(), Fault> {
         let body = self.bytes()?;
+        self.utf8(body)
+    }
+
+    /// Checks that `body`, which ends at the cursor, is UTF-8.
+    #[inline]
+    fn utf8(&self, body: &[u8]) -> Result<(), Fault> {
         match std::str::from_utf8(body) {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -534,12 +929,19 @@ impl<'a> Cursor<'a> {
 struct Compiler<'s> {
     nodes: Vec<Node>,
     edges: Vec<u32>,
-    /// Named types compiled so far, by fully qualified name.
+    checks: Vec<Check>,
+    /// Named types compiled so far that every use shares, by fully qualified
+    /// name.
     named: HashMap<Name, u32>,
+    /// Records being compiled, innermost last: a reference to one of them is
+    /// recursion and shares its node.
+    open: Vec<(Name, u32)>,
     /// Definitions of every named type, from apache-avro's resolution.
     defs: &'s NamesRef<'s>,
     /// Record nodes and their full names, for error messages.
     records: Vec<(u32, String)>,
+    /// Path of the field being compiled (see "Naming the field").
+    path: String,
 }
 
 impl<'s> Compiler<'s> {
@@ -555,6 +957,53 @@ impl<'s> Compiler<'s> {
         first.checked_add(len).ok_or(CompileError::TooLarge)?;
         self.edges.extend_from_slice(edges);
         Ok((first, len))
+    }
+
+    /// Adds a check of the field at the current path.
+    fn check(&mut self, logical: Logical, lo: i64, hi: i64) -> Result<u32, CompileError> {
+        self.check_with(Check {
+            logical,
+            path: None,
+            lo,
+            hi,
+            size: 0,
+            max: Box::default(),
+        })
+    }
+
+    fn check_with(&mut self, mut check: Check) -> Result<u32, CompileError> {
+        // u32::MAX is NO_CHECK.
+        let index = u32::try_from(self.checks.len())
+            .ok()
+            .filter(|&i| i != NO_CHECK)
+            .ok_or(CompileError::TooLarge)?;
+        check.path = (!self.path.is_empty()).then(|| intern(&self.path));
+        self.checks.push(check);
+        Ok(index)
+    }
+
+    /// Compiles `schema` with `suffix` added to the path (`.name`, `[]`, `{}`).
+    fn compile_at(
+        &mut self,
+        suffix: &str,
+        schema: &'s Schema,
+        ns: NamespaceRef<'_>,
+    ) -> Result<u32, CompileError> {
+        let len = self.path.len();
+        self.path.push_str(suffix);
+        let node = self.compile(schema, ns);
+        self.path.truncate(len);
+        node
+    }
+
+    /// A node of a previously compiled named type that this use may share.
+    fn lookup(&self, fq: &Name) -> Option<u32> {
+        self.open
+            .iter()
+            .rev()
+            .find(|(name, _)| name == fq)
+            .map(|&(_, index)| index)
+            .or_else(|| self.named.get(fq).copied())
     }
 
     /// The node of the named type `name` (defined in `ns`), made with `node`
@@ -574,36 +1023,121 @@ impl<'s> Compiler<'s> {
         Ok(index)
     }
 
+    /// A decimal on a fixed of `size` bytes, checked if the fixed can hold an
+    /// out-of-range value; shared as a plain fixed otherwise.
+    fn decimal_fixed(
+        &mut self,
+        name: &Name,
+        ns: NamespaceRef<'_>,
+        size: usize,
+        precision: usize,
+    ) -> Result<u32, CompileError> {
+        // Every value fits if max >= 2^(8 * size - 1), the largest magnitude
+        // (of the most negative value) a fixed of `size` bytes holds.
+        match decimal_max(precision) {
+            Some(max)
+                if max.len() < size
+                    || (max.len() == size && max.first().is_some_and(|&b| b < 0x80)) =>
+            {
+                let check = self.check_with(Check {
+                    logical: Logical::Decimal,
+                    path: None,
+                    lo: 0,
+                    hi: 0,
+                    size,
+                    max,
+                })?;
+                self.push(Node::Checked {
+                    kind: Kind::DecimalFixed,
+                    check,
+                })
+            }
+            _ => self.named(name, ns, Node::Skip(size)),
+        }
+    }
+
     /// Compiles `schema`, found in the enclosing namespace `ns`, to a node.
     fn compile(&mut self, schema: &'s Schema, ns: NamespaceRef<'_>) -> Result<u32, CompileError> {
+        const MS: i64 = 1_000;
+        const US: i64 = 1_000_000;
         let node = match schema {
             Schema::Null => Node::Skip(0),
             Schema::Boolean => Node::Boolean,
-            Schema::Int | Schema::Date | Schema::TimeMillis => Node::Int,
-            Schema::Long
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => Node::Long,
+            Schema::Int => Node::Int,
+            Schema::Long | Schema::TimestampNanos | Schema::LocalTimestampNanos => Node::Long,
+            Schema::Date => Node::Checked {
+                kind: Kind::Int,
+                check: self.check(Logical::Date, FIRST_DAY, LAST_DAY)?,
+            },
+            Schema::TimeMillis => Node::Checked {
+                kind: Kind::Int,
+                check: self.check(Logical::TimeMillis, 0, DAY_MILLIS - 1)?,
+            },
+            Schema::TimeMicros => Node::Checked {
+                kind: Kind::Long,
+                check: self.check(Logical::TimeMicros, 0, DAY_MILLIS * MS - 1)?,
+            },
+            Schema::TimestampMillis | Schema::LocalTimestampMillis => {
+                let logical = if matches!(schema, Schema::TimestampMillis) {
+                    Logical::TimestampMillis
+                } else {
+                    Logical::LocalTimestampMillis
+                };
+                let (lo, hi) = (FIRST_SECOND * MS, LAST_SECOND * MS + (MS - 1));
+                Node::Checked {
+                    kind: Kind::Long,
+                    check: self.check(logical, lo, hi)?,
+                }
+            }
+            Schema::TimestampMicros | Schema::LocalTimestampMicros => {
+                let logical = if matches!(schema, Schema::TimestampMicros) {
+                    Logical::TimestampMicros
+                } else {
+                    Logical::LocalTimestampMicros
+                };
+                let (lo, hi) = (FIRST_SECOND * US, LAST_SECOND * US + (US - 1));
+                Node::Checked {
+                    kind: Kind::Long,
+                    check: self.check(logical, lo, hi)?,
+                }
+            }
             Schema::Float => Node::Skip(4),
             Schema::Double => Node::Skip(8),
-            Schema::Bytes
-            | Schema::BigDecimal
-            | Schema::Uuid(UuidSchema::Bytes)
-            | Schema::Decimal(DecimalSchema {
+            Schema::Bytes | Schema::BigDecimal => Node::Bytes,
+            Schema::Decimal(DecimalSchema {
                 inner: InnerDecimalSchema::Bytes,
+                precision,
                 ..
-            }) => Node::Bytes,
-            Schema::String | Schema::Uuid(UuidSchema::String) => Node::String,
+            }) => match decimal_max(*precision) {
+                Some(max) => Node::Checked {
+                    kind: Kind::DecimalBytes,
+                    check: self.check_with(Check {
+                        logical: Logical::Decimal,
+                        path: None,
+                        lo: 0,
+                        hi: 0,
+                        size: 0,
+                        max,
+                    })?,
+                },
+                None => Node::Bytes,
+            },
+            Schema::Uuid(UuidSchema::Bytes) => Node::Checked {
+                kind: Kind::UuidBytes,
+                check: self.check(Logical::Uuid, 0, 0)?,
+            },
+            Schema::String => Node::String,
+            Schema::Uuid(UuidSchema::String) => Node::Checked {
+                kind: Kind::UuidString,
+                check: self.check(Logical::Uuid, 0, 0)?,
+            },
+            Schema::Decimal(DecimalSchema {
+                inner: InnerDecimalSchema::Fixed(FixedSchema { name, size, .. }),
+                precision,
+                ..
+            }) => return self.decimal_fixed(name, ns, *size, *precision),
             Schema::Fixed(FixedSchema { name, size, .. })
             | Schema::Uuid(UuidSchema::Fixed(FixedSchema { name, size, .. }))
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Fixed(FixedSchema { name, size, .. }),
-                ..
-            })
             | Schema::Duration(FixedSchema { name, size, .. }) => {
                 return self.named(name, ns, Node::Skip(*size));
             }
@@ -612,11 +1146,11 @@ impl<'s> Compiler<'s> {
                 return self.named(name, ns, Node::Enum { symbols });
             }
             Schema::Array(array) => Node::Array {
-                items: self.compile(&array.items, ns)?,
+                items: self.compile_at("[]", &array.items, ns)?,
                 item_min: 0, // set by `finish`
             },
             Schema::Map(map) => Node::Map {
-                values: self.compile(&map.types, ns)?,
+                values: self.compile_at("{}", &map.types, ns)?,
                 entry_min: 0, // set by `finish`
             },
             Schema::Union(union) => {
@@ -631,7 +1165,7 @@ impl<'s> Compiler<'s> {
             Schema::Record(record) => return self.record(record, ns),
             Schema::Ref { name } => {
                 let fq = name.fully_qualified_name(ns);
-                if let Some(&index) = self.named.get(fq.as_ref()) {
+                if let Some(index) = self.lookup(fq.as_ref()) {
                     return Ok(index);
                 }
                 let Some(def) = self.defs.get(fq.as_ref()) else {
@@ -651,18 +1185,24 @@ impl<'s> Compiler<'s> {
         ns: NamespaceRef<'_>,
     ) -> Result<u32, CompileError> {
         let fq = record.name.fully_qualified_name(ns).into_owned();
-        if let Some(&index) = self.named.get(&fq) {
+        if let Some(index) = self.lookup(&fq) {
             return Ok(index);
         }
-        // Register before the fields so that they can refer back to it.
+        // Open before the fields so that they can refer back to it.
         let index = self.push(Node::Record { first: 0, len: 0 })?;
-        self.named.insert(fq.clone(), index);
+        self.open.push((fq.clone(), index));
         self.records.push((index, fq.to_string()));
+        let checks_before = self.checks.len();
 
         let mut fields = Vec::with_capacity(record.fields.len());
         let mut run = 0usize; // bytes of fixed-size fields not yet emitted
         for field in &record.fields {
-            let node = self.compile(&field.schema, fq.namespace())?;
+            let dot = if self.path.is_empty() { "" } else { "." };
+            let node = self.compile_at(
+                &format!("{dot}{}", field.name),
+                &field.schema,
+                fq.namespace(),
+            )?;
             if let Node::Skip(n) = self.nodes[node as usize] {
                 run = run.saturating_add(n);
             } else {
@@ -672,6 +1212,11 @@ impl<'s> Compiler<'s> {
                 }
                 fields.push(node);
             }
+        }
+        self.open.pop();
+        // Share it with later uses unless it names paths of its own.
+        if self.checks.len() == checks_before || self.nodes.len() >= UNFOLD_LIMIT {
+            self.named.insert(fq, index);
         }
         if fields.is_empty() {
             // Only fixed-size fields (none can refer back to this record, or
@@ -739,11 +1284,16 @@ impl<'s> Compiler<'s> {
             for i in 0..self.nodes.len() {
                 let now = match self.nodes[i] {
                     Node::Skip(n) => n,
+                    Node::Checked {
+                        kind: Kind::DecimalFixed,
+                        check,
+                    } => self.checks[check as usize].size,
                     Node::Boolean
                     | Node::Int
                     | Node::Long
                     | Node::Bytes
                     | Node::String
+                    | Node::Checked { .. }
                     | Node::Enum { .. }
                     | Node::Array { .. }
                     | Node::Map { .. } => 1,
@@ -781,6 +1331,7 @@ impl<'s> Compiler<'s> {
         Ok(Validator {
             nodes: self.nodes.into_boxed_slice(),
             edges: self.edges.into_boxed_slice(),
+            checks: self.checks.into_boxed_slice(),
             root,
             root_min: min[root as usize],
         })
@@ -871,6 +1422,10 @@ mod tests {
         fn int(&mut self) -> i32 {
             (self.long() >> 32) as i32 ^ self.long() as i32
         }
+        /// A timestamp-micros within years 1 to 9999.
+        fn timestamp_micros(&mut self) -> i64 {
+            self.long() % 62_135_596_800_000_000
+        }
         fn string(&mut self) -> String {
             const PARTS: [&str; 6] = ["a", "Z", "0", " ", "é", "日本"];
             (0..self.below(6))
@@ -932,7 +1487,7 @@ mod tests {
 
     fn example_value(rng: &mut Rng) -> Value {
         record(vec![
-            ("time", Value::TimestampMicros(rng.long())),
+            ("time", Value::TimestampMicros(rng.timestamp_micros())),
             ("message", Value::String(rng.string())),
             ("counter", Value::Int(rng.int())),
             ("sine_wave", Value::Double(rng.next() as f64)),
@@ -988,7 +1543,6 @@ mod tests {
                 (rng.string(), v)
             })
             .collect();
-        let fixed8: Vec<u8> = (0..8).map(|_| rng.byte()).collect();
         record(vec![
             ("n", Value::Null),
             ("b", Value::Boolean(rng.below(2) == 1)),
@@ -1026,13 +1580,23 @@ mod tests {
                 "dec_b",
                 Value::Decimal(Decimal::from([rng.byte(), rng.byte()])),
             ),
-            ("dec_f", Value::Decimal(Decimal::from(fixed8))),
+            // Within precision 18: |unscaled| < 10^18.
+            (
+                "dec_f",
+                Value::Decimal(Decimal::from(
+                    (rng.long() % 1_000_000_000_000_000_000).to_be_bytes(),
+                )),
+            ),
             (
                 "id",
                 Value::Uuid(Uuid::from_u64_pair(rng.next(), rng.next())),
             ),
-            ("date", Value::Date(rng.int())),
-            ("ts", Value::TimestampMicros(rng.long())),
+            // Years 1 to 9999.
+            (
+                "date",
+                Value::Date(rng.int().rem_euclid(3_652_059) - 719_162),
+            ),
+            ("ts", Value::TimestampMicros(rng.timestamp_micros())),
             (
                 "dur",
                 Value::Duration(Duration::new(
@@ -1104,14 +1668,15 @@ mod tests {
         both_reject: usize,
         eof_quirk: usize,
         stricter: usize,
+        /// Of `stricter`: logical-type values out of range.
+        logical: usize,
     }
 
     /// Checks the validator against apache-avro on `x`.
     ///
     /// `oracle` is the schema apache-avro decodes with: the channel schema,
-    /// except that logical types whose content apache-avro parses (uuid,
-    /// big-decimal) are left unannotated, since the validator deliberately
-    /// checks them as their underlying type only.
+    /// except that a big-decimal would be left unannotated, since the
+    /// validator deliberately checks it as bytes only.
     fn cross_check(v: &Validator, oracle: &Schema, x: &[u8], tally: &mut Tally) {
         let ours = v.validate(x);
         let literal = apache_accepts(oracle, x);
@@ -1156,6 +1721,12 @@ mod tests {
                     Reason::TooDeep => true,
                     // An int in more than 5 bytes.
                     Reason::BadVarint => overlong_int_at(x, e.offset),
+                    // A logical-type value apache-avro reads without checking
+                    // its range (or a uuid string in a form it also parses).
+                    Reason::LogicalTypeRange => {
+                        tally.logical += 1;
+                        true
+                    }
                     _ => false,
                 };
                 assert!(
@@ -1211,15 +1782,9 @@ mod tests {
 
         // Mutated valid encodings of the all-types and example schemas.
         let all = parse(ALL_TYPES);
-        let all_oracle = parse(&ALL_TYPES.replace("\"uuid\"", "\"not-uuid\""));
         let example = parse(EXAMPLE);
         for (schema, oracle, make, n) in [
-            (
-                &all,
-                &all_oracle,
-                all_types_value as fn(&mut Rng) -> Value,
-                4000,
-            ),
+            (&all, &all, all_types_value as fn(&mut Rng) -> Value, 4000),
             (&example, &example, example_value, 1500),
         ] {
             let v = Validator::new(schema).unwrap();
@@ -1279,6 +1844,8 @@ mod tests {
         assert!(tally.both_reject > 5000, "{tally:?}");
         // The exclusions stay narrow.
         assert!(tally.stricter + tally.eof_quirk < total / 10, "{tally:?}");
+        // Mutations reach the logical types too.
+        assert!(tally.logical >= 10, "{tally:?}");
     }
 
     #[test]
@@ -1458,16 +2025,469 @@ mod tests {
         assert_eq!(reason(&doubles, &x), Some(Reason::BlockSizeMismatch));
     }
 
-    #[test]
-    fn logical_types_are_checked_as_their_underlying_type() {
-        // Deliberately laxer than apache-avro, which parses the content.
-        let uuid = parse(r#"{"type":"string","logicalType":"uuid"}"#);
-        let v = Validator::new(&uuid).unwrap();
-        assert_eq!(v.validate(b"\x06abc"), Ok(()));
-        assert!(!apache_accepts(&uuid, b"\x06abc"));
-        let id = encode(&uuid, Value::Uuid(Uuid::from_u128(0x1234)));
-        assert_eq!(v.validate(&id), Ok(()));
+    /// `zz(len)` and the bytes: a bytes or string datum.
+    fn bytes_datum(b: &[u8]) -> Vec<u8> {
+        let mut x = zz(b.len() as i64);
+        x.extend_from_slice(b);
+        x
+    }
 
+    /// Asserts a [`Reason::LogicalTypeRange`] at `offset`.
+    fn assert_out_of_range(v: &Validator, x: &[u8], offset: usize) -> Invalid {
+        let err = v.validate(x).unwrap_err();
+        assert_eq!(
+            (err.offset, err.reason),
+            (offset, Reason::LogicalTypeRange),
+            "{err} {x:02x?}"
+        );
+        err
+    }
+
+    /// Every range-checked logical type on an int or a long, and its
+    /// inclusive bounds: Python's `datetime` years 1 to 9999 (what fastavro
+    /// 1.13 converts to without an OverflowError), one day for the times.
+    const RANGES: &[(&str, Logical, i64, i64)] = &[
+        (
+            r#"{"type":"int","logicalType":"date"}"#,
+            Logical::Date,
+            -719_162,
+            2_932_896,
+        ),
+        (
+            r#"{"type":"int","logicalType":"time-millis"}"#,
+            Logical::TimeMillis,
+            0,
+            86_399_999,
+        ),
+        (
+            r#"{"type":"long","logicalType":"time-micros"}"#,
+            Logical::TimeMicros,
+            0,
+            86_399_999_999,
+        ),
+        (
+            r#"{"type":"long","logicalType":"timestamp-millis"}"#,
+            Logical::TimestampMillis,
+            -62_135_596_800_000,
+            253_402_300_799_999,
+        ),
+        (
+            r#"{"type":"long","logicalType":"local-timestamp-millis"}"#,
+            Logical::LocalTimestampMillis,
+            -62_135_596_800_000,
+            253_402_300_799_999,
+        ),
+        (
+            r#"{"type":"long","logicalType":"timestamp-micros"}"#,
+            Logical::TimestampMicros,
+            -62_135_596_800_000_000,
+            253_402_300_799_999_999,
+        ),
+        (
+            r#"{"type":"long","logicalType":"local-timestamp-micros"}"#,
+            Logical::LocalTimestampMicros,
+            -62_135_596_800_000_000,
+            253_402_300_799_999_999,
+        ),
+    ];
+
+    #[test]
+    fn dates_times_and_timestamps_at_their_bounds() {
+        // The bounds, from the calendar: 0001-01-01 is day 1 of the proleptic
+        // Gregorian calendar and 1970-01-01 day 719,163; 9999-12-31 is day
+        // 3,652,059.
+        assert_eq!(FIRST_DAY, 1 - 719_163);
+        assert_eq!(LAST_DAY, 3_652_059 - 719_163);
+        assert_eq!(FIRST_SECOND, FIRST_DAY * 86_400);
+        assert_eq!(LAST_SECOND, (LAST_DAY + 1) * 86_400 - 1);
+
+        for &(json, logical, lo, hi) in RANGES {
+            let schema = parse(json);
+            let v = Validator::new(&schema).unwrap();
+            for ok in [lo, lo + 1, 0, hi - 1, hi] {
+                assert_eq!(v.validate(&zz(ok)), Ok(()), "{json} {ok}");
+            }
+            let int = json.contains("\"int\"");
+            let (min, max) = if int {
+                (i32::MIN.into(), i32::MAX.into())
+            } else {
+                (i64::MIN, i64::MAX)
+            };
+            for bad in [lo - 1, hi + 1, min, max, lo - 1_000_000, hi + 1_000_000] {
+                let err = assert_out_of_range(&v, &zz(bad), 0);
+                assert_eq!((err.field, err.logical), (None, Some(logical)));
+                // Stricter than apache-avro, which reads any number.
+                assert!(apache_accepts(&schema, &zz(bad)), "{json} {bad}");
+            }
+            if int {
+                // Beyond 32 bits it is still not an int at all.
+                assert_eq!(reason(&v, &zz(1 << 31)), Some(Reason::IntOutOfRange));
+            }
+            assert_eq!(reason(&v, &zz(hi + 1)[..1]), Some(Reason::Truncated));
+        }
+
+        // Issue 7's value: some time in the year 132,177.
+        let micros = Validator::new(&parse(RANGES[5].0)).unwrap();
+        let err = assert_out_of_range(&micros, &zz(4_108_947_283_768_568_201), 0);
+        assert_eq!(
+            err.to_string(),
+            "the datum: timestamp-micros value at offset 0 is outside years 1 to 9999 \
+             (0001-01-01 to 9999-12-31)"
+        );
+
+        // Every long of nanoseconds lies within years 1677 to 2262.
+        for json in [
+            r#"{"type":"long","logicalType":"timestamp-nanos"}"#,
+            r#"{"type":"long","logicalType":"local-timestamp-nanos"}"#,
+        ] {
+            let v = Validator::new(&parse(json)).unwrap();
+            assert!(matches!(v.nodes[v.root as usize], Node::Long));
+            for ok in [i64::MIN, -1, 0, i64::MAX] {
+                assert_eq!(v.validate(&zz(ok)), Ok(()), "{json} {ok}");
+            }
+        }
+        // A plain long stays a plain long.
+        let long = Validator::new(&parse(r#""long""#)).unwrap();
+        assert!(matches!(long.nodes[long.root as usize], Node::Long));
+        assert!(long.checks.is_empty());
+    }
+
+    /// `n` in big-endian two's complement, in its fewest bytes (none for 0),
+    /// then sign-extended by `extra` bytes.
+    fn twos(n: i128, extra: usize) -> Vec<u8> {
+        let full = n.to_be_bytes();
+        let sign = if n < 0 { 0xff } else { 0x00 };
+        let mut start = 0;
+        while start < 16
+            && full[start] == sign
+            && (start == 15 || full[start + 1] & 0x80 == sign & 0x80)
+        {
+            start += 1;
+        }
+        if n == -1 {
+            start = 15;
+        }
+        let mut out = vec![sign; extra];
+        out.extend_from_slice(&full[start..]);
+        out
+    }
+
+    fn decimal_bytes(precision: usize) -> Schema {
+        parse(&format!(
+            r#"{{"type":"bytes","logicalType":"decimal","precision":{precision},"scale":1}}"#
+        ))
+    }
+
+    fn decimal_fixed(size: usize, precision: usize) -> Schema {
+        parse(&format!(
+            r#"{{"type":"fixed","name":"D","size":{size},"logicalType":"decimal","precision":{precision}}}"#
+        ))
+    }
+
+    #[test]
+    fn decimals_on_bytes_fit_their_precision() {
+        assert_eq!(twos(0, 0), Vec::<u8>::new());
+        assert_eq!(twos(-1, 0), [0xff]);
+        assert_eq!(twos(128, 0), [0x00, 0x80]);
+        assert_eq!(twos(-128, 1), [0xff, 0x80]);
+        assert_eq!(twos(-129, 0), [0xff, 0x7f]);
+
+        let schema = decimal_bytes(3);
+        let v = Validator::new(&schema).unwrap();
+        let ok: &[&[u8]] = &[
+            b"",
+            &[0x00],
+            &[0xff],
+            &[0x03, 0xe7],                   // 999
+            &[0xfc, 0x19],                   // -999
+            &[0x00, 0x00, 0x00, 0x03, 0xe7], // 999, sign-extended
+            &[0xff, 0xff, 0xfc, 0x19],       // -999, sign-extended
+            &[0x00, 0x80],                   // 128
+            &[0x80],                         // -128
+        ];
+        for b in ok {
+            assert_eq!(v.validate(&bytes_datum(b)), Ok(()), "{b:02x?}");
+        }
+        let bad: &[&[u8]] = &[
+            &[0x03, 0xe8],             // 1000
+            &[0xfc, 0x18],             // -1000
+            &[0x00, 0x00, 0x03, 0xe8], // 1000, sign-extended
+            &[0xff, 0xff, 0xfc, 0x18], // -1000, sign-extended
+            &[0x7f, 0xff],
+            &[0x80, 0x00],
+            &[0x01, 0, 0, 0, 0, 0, 0, 0, 0],
+        ];
+        for b in bad {
+            let x = bytes_datum(b);
+            let err = assert_out_of_range(&v, &x, 0);
+            assert_eq!(err.logical, Some(Logical::Decimal));
+            // apache-avro reads a decimal without its precision.
+            assert!(apache_accepts(&schema, &x));
+        }
+
+        // Long values: 60,000 bytes of sign extension, then the value.
+        for (sign, last, fits) in [
+            (0x00, [0x03, 0xe7], true),
+            (0x00, [0x03, 0xe8], false),
+            (0xff, [0xfc, 0x19], true),
+            (0xff, [0xfc, 0x18], false),
+        ] {
+            let mut b = vec![sign; 60_000];
+            b.extend(last);
+            let x = bytes_datum(&b);
+            if fits {
+                assert_eq!(v.validate(&x), Ok(()));
+            } else {
+                assert_out_of_range(&v, &x, 0);
+            }
+        }
+        let x = bytes_datum(&[0x7f; 60_000]);
+        assert_out_of_range(&v, &x, 0);
+        // A length far past the end is truncated, not out of range.
+        let mut x = zz(1 << 62);
+        x.push(0x7f);
+        assert_eq!(reason(&v, &x), Some(Reason::Truncated));
+        assert_eq!(reason(&v, &zz(-2)), Some(Reason::NegativeLength));
+
+        // Precision 1: -9 to 9.
+        let one = Validator::new(&decimal_bytes(1)).unwrap();
+        for (n, fits) in [(9, true), (-9, true), (10, false), (-10, false), (0, true)] {
+            let x = bytes_datum(&twos(n, 0));
+            assert_eq!(one.validate(&x).is_ok(), fits, "{n}");
+        }
+
+        // Against i128 arithmetic: precisions 1 to 38, values near the bounds
+        // and anywhere, in their fewest bytes and sign-extended.
+        let mut rng = Rng(0xdec1_3a15);
+        for precision in 1..=38usize {
+            let v = Validator::new(&decimal_bytes(precision)).unwrap();
+            let bound = 10i128.pow(precision as u32);
+            for _ in 0..400 {
+                let near = rng.below(5) as i128 - 2;
+                let n = match rng.below(4) {
+                    0 => bound + near,
+                    1 => -bound + near,
+                    2 => ((rng.next() as i128) << 64 | rng.next() as i128) >> rng.below(128),
+                    _ => (rng.long() as i128) % bound,
+                };
+                let x = bytes_datum(&twos(n, rng.below(3)));
+                let fits = n.unsigned_abs() < bound as u128;
+                assert_eq!(v.validate(&x).is_ok(), fits, "{precision} {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn decimals_on_fixed_fit_their_precision() {
+        // fixed(2), precision 4: -9,999 to 9,999.
+        let schema = decimal_fixed(2, 4);
+        let v = Validator::new(&schema).unwrap();
+        for (b, fits) in [
+            ([0x27, 0x0f], true),  // 9999
+            ([0xd8, 0xf1], true),  // -9999
+            ([0x00, 0x00], true),  // 0
+            ([0xff, 0xff], true),  // -1
+            ([0x27, 0x10], false), // 10000
+            ([0xd8, 0xf0], false), // -10000
+            ([0x7f, 0xff], false),
+            ([0x80, 0x00], false),
+        ] {
+            if fits {
+                assert_eq!(v.validate(&b), Ok(()), "{b:02x?}");
+            } else {
+                assert_out_of_range(&v, &b, 0);
+                assert!(apache_accepts(&schema, &b));
+            }
+        }
+        assert_eq!(reason(&v, &[0x27]), Some(Reason::Truncated));
+
+        // fixed(8), precision 18 and fixed(16), precision 38, at the bounds.
+        for (size, precision) in [(8usize, 18usize), (16, 38)] {
+            let v = Validator::new(&decimal_fixed(size, precision)).unwrap();
+            let bound = 10i128.pow(precision as u32);
+            for (n, fits) in [
+                (bound - 1, true),
+                (-(bound - 1), true),
+                (bound, false),
+                (-bound, false),
+                (0, true),
+            ] {
+                let b = n.to_be_bytes();
+                let x = &b[16 - size..];
+                if size < 16 && i64::try_from(n).is_err() {
+                    continue;
+                }
+                assert_eq!(v.validate(x).is_ok(), fits, "{size} {n}");
+            }
+            let mut most_negative = vec![0; size];
+            most_negative[0] = 0x80;
+            assert_out_of_range(&v, &most_negative, 0);
+        }
+
+        // fixed(1), precision 2: -99 to 99; precision 3 cannot be exceeded.
+        let v = Validator::new(&decimal_fixed(1, 2)).unwrap();
+        assert_eq!(v.validate(&[99]), Ok(()));
+        assert_eq!(v.validate(&[(-99i8) as u8]), Ok(()));
+        assert_out_of_range(&v, &[100], 0);
+        assert_out_of_range(&v, &[(-100i8) as u8], 0);
+        assert_out_of_range(&v, &[0x80], 0);
+        let v = Validator::new(&decimal_fixed(1, 3)).unwrap();
+        assert!(matches!(v.nodes[v.root as usize], Node::Skip(1)));
+
+        // A fixed too small to go out of range (2 bytes hold at most 32,768
+        // in magnitude; precision 5 allows 99,999), a uuid on fixed and a
+        // duration stay plain fixed, merged with their neighbours.
+        let rec = parse(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":"double"},
+                {"name":"d","type":{"type":"fixed","name":"D","size":2,"logicalType":"decimal","precision":5}},
+                {"name":"u","type":{"type":"fixed","name":"U","size":16,"logicalType":"uuid"}},
+                {"name":"dur","type":{"type":"fixed","name":"Du","size":12,"logicalType":"duration"}}]}"#,
+        );
+        let v = Validator::new(&rec).unwrap();
+        assert!(matches!(v.nodes[v.root as usize], Node::Skip(38)));
+        assert_eq!(v.validate(&[0xff; 38]), Ok(()));
+        // A checked one is not merged, but the fields around it still are.
+        let rec = parse(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":"double"},
+                {"name":"d","type":{"type":"fixed","name":"D","size":2,"logicalType":"decimal","precision":4}},
+                {"name":"b","type":"double"},
+                {"name":"c","type":"float"},
+                {"name":"d2","type":"D"}]}"#,
+        );
+        let v = Validator::new(&rec).unwrap();
+        let Node::Record { first, len } = v.nodes[v.root as usize] else {
+            panic!("{:?}", v.nodes);
+        };
+        let kinds: Vec<Node> = v.edges[first as usize..(first + len) as usize]
+            .iter()
+            .map(|&e| v.nodes[e as usize])
+            .collect();
+        assert!(
+            matches!(
+                kinds[..],
+                [
+                    Node::Skip(8),
+                    Node::Checked {
+                        kind: Kind::DecimalFixed,
+                        ..
+                    },
+                    Node::Skip(12),
+                    Node::Checked {
+                        kind: Kind::DecimalFixed,
+                        ..
+                    }
+                ]
+            ),
+            "{kinds:?}"
+        );
+        let mut x = vec![0u8; 24];
+        assert_eq!(v.validate(&x), Ok(()));
+        x[22..].copy_from_slice(&[0x27, 0x10]);
+        let err = assert_out_of_range(&v, &x, 22);
+        assert_eq!(err.field, Some("d2"));
+
+        // A fixed of 10^12 bytes: truncated, whatever the precision.
+        let v = Validator::new(&decimal_fixed(1_000_000_000_000, 5)).unwrap();
+        assert_eq!(reason(&v, &[0; 100]), Some(Reason::Truncated));
+    }
+
+    #[test]
+    fn huge_precisions() {
+        // 65,535 bytes of 0x7f 0xff…: 2^524,279 - 1, about 10^157,823.3, so
+        // 157,824 digits: one too many for precision 157,823.
+        let mut top = vec![0xff; 65_535];
+        top[0] = 0x7f;
+        let start = Instant::now();
+        let v = Validator::new(&decimal_bytes(157_823)).unwrap();
+        let compiled = start.elapsed();
+        assert_out_of_range(&v, &bytes_datum(&top), 0);
+        top[0] = 0x0f;
+        assert_eq!(v.validate(&bytes_datum(&top)), Ok(()));
+        // From 157,824 digits on nothing of up to 64 KiB can be out of
+        // range: not checked, and compiled at once whatever the precision.
+        let start = Instant::now();
+        for precision in [157_824, 1 << 40, usize::MAX] {
+            let v = Validator::new(&decimal_bytes(precision)).unwrap();
+            assert!(matches!(v.nodes[v.root as usize], Node::Bytes));
+            top[0] = 0x7f;
+            assert_eq!(v.validate(&bytes_datum(&top)), Ok(()));
+        }
+        assert!(start.elapsed() < StdDuration::from_millis(100));
+        // The largest bound takes a moment to compute, once.
+        assert!(compiled < StdDuration::from_secs(10), "{compiled:?}");
+    }
+
+    #[test]
+    fn uuid_strings_and_bytes() {
+        let schema = parse(r#"{"type":"string","logicalType":"uuid"}"#);
+        let v = Validator::new(&schema).unwrap();
+        let s = |t: &str| bytes_datum(t.as_bytes());
+        for good in [
+            "01234567-89ab-cdef-0123-456789abcdef",
+            "01234567-89AB-CDEF-0123-456789ABCDEF",
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-FFFF-ffff-FFFF-ffffffffffff",
+        ] {
+            assert_eq!(v.validate(&s(good)), Ok(()), "{good}");
+            assert!(apache_accepts(&schema, &s(good)), "{good}");
+        }
+        let id = encode(&schema, Value::Uuid(Uuid::from_u128(0x1234)));
+        assert_eq!(v.validate(&id), Ok(()));
+        // Forms the `uuid` crate (and Python) also parse, but not the one the
+        // spec names: stricter than apache-avro.
+        for other in [
+            "0123456789abcdef0123456789abcdef",
+            "{01234567-89ab-cdef-0123-456789abcdef}",
+            "urn:uuid:01234567-89ab-cdef-0123-456789abcdef",
+        ] {
+            let err = assert_out_of_range(&v, &s(other), 0);
+            assert_eq!(err.logical, Some(Logical::Uuid));
+            assert!(apache_accepts(&schema, &s(other)), "{other}");
+        }
+        for bad in [
+            "",
+            "abc",
+            "01234567-89ab-cdef-0123-456789abcde",
+            "01234567-89ab-cdef-0123-456789abcdef0",
+            "01234567089ab-cdef-0123-456789abcdef",
+            "0123456-789ab-cdef-0123-456789abcdef",
+            "g1234567-89ab-cdef-0123-456789abcdef",
+            "+1234567-89ab-cdef-0123-456789abcdef",
+            " 1234567-89ab-cdef-0123-456789abcdef",
+            "01234567-89ab-cdef-0123-456789abcd\u{0661}",
+        ] {
+            assert_out_of_range(&v, &s(bad), 0);
+            assert!(!apache_accepts(&schema, &s(bad)), "{bad}");
+        }
+        // Invalid UTF-8 is still invalid UTF-8, at its byte.
+        let mut x = s("01234567-89ab-cdef-0123-456789abcdef");
+        x[5] = 0xff;
+        let err = v.validate(&x).unwrap_err();
+        assert_eq!((err.offset, err.reason), (5, Reason::InvalidUtf8));
+        let x = s("01234567-89ab-cdef-0123-456789abcdef");
+        assert_eq!(reason(&v, &x[..20]), Some(Reason::Truncated));
+
+        // uuid on bytes: exactly 16 bytes (apache-avro's Uuid::from_slice).
+        let b = parse(r#"{"type":"bytes","logicalType":"uuid"}"#);
+        assert!(matches!(b, Schema::Uuid(UuidSchema::Bytes)));
+        let v = Validator::new(&b).unwrap();
+        assert_eq!(v.validate(&bytes_datum(&[7; 16])), Ok(()));
+        for len in [0, 1, 15, 17, 36] {
+            let x = bytes_datum(&vec![7; len]);
+            assert_out_of_range(&v, &x, 0);
+            assert!(!apache_accepts(&b, &x), "{len}");
+        }
+        // uuid on fixed(16): any 16 bytes, a plain fixed.
+        let f = parse(r#"{"type":"fixed","name":"U","size":16,"logicalType":"uuid"}"#);
+        assert!(matches!(f, Schema::Uuid(UuidSchema::Fixed(_))));
+        let v = Validator::new(&f).unwrap();
+        assert!(matches!(v.nodes[v.root as usize], Node::Skip(16)));
+        assert_eq!(v.validate(&[0xff; 16]), Ok(()));
+
+        // big-decimal is checked as bytes only: deliberately laxer than
+        // apache-avro, which parses the content.
         let big = parse(r#"{"type":"bytes","logicalType":"big-decimal"}"#);
         let v = Validator::new(&big).unwrap();
         // Well formed: 2 bytes of unscaled value, then scale 3, as bytes of 4.
@@ -1476,36 +2496,243 @@ mod tests {
         assert!(apache_accepts(&big, &good));
         assert_eq!(v.validate(&[0x02, 0x7f]), Ok(()));
         assert!(!apache_accepts(&big, &[0x02, 0x7f]));
+    }
 
-        for json in [
-            r#"{"type":"int","logicalType":"date"}"#,
-            r#"{"type":"int","logicalType":"time-millis"}"#,
-        ] {
-            let v = Validator::new(&parse(json)).unwrap();
-            assert_eq!(reason(&v, &zz(1 << 31)), Some(Reason::IntOutOfRange));
-        }
-        for json in [
-            r#"{"type":"long","logicalType":"time-micros"}"#,
-            r#"{"type":"long","logicalType":"timestamp-millis"}"#,
-            r#"{"type":"long","logicalType":"timestamp-nanos"}"#,
-            r#"{"type":"long","logicalType":"local-timestamp-millis"}"#,
-            r#"{"type":"long","logicalType":"local-timestamp-micros"}"#,
-            r#"{"type":"long","logicalType":"local-timestamp-nanos"}"#,
-        ] {
-            let v = Validator::new(&parse(json)).unwrap();
-            assert_eq!(v.validate(&zz(1 << 40)), Ok(()), "{json}");
-        }
-        let dur = parse(r#"{"type":"fixed","name":"D","size":12,"logicalType":"duration"}"#);
-        assert!(matches!(dur, Schema::Duration(_)));
-        let v = Validator::new(&dur).unwrap();
-        assert_eq!(v.validate(&[0; 12]), Ok(()));
-        assert_eq!(reason(&v, &[0; 11]), Some(Reason::Truncated));
-        let uuid_fixed = parse(r#"{"type":"fixed","name":"U","size":16,"logicalType":"uuid"}"#);
-        assert!(matches!(uuid_fixed, Schema::Uuid(UuidSchema::Fixed(_))));
-        assert_eq!(
-            Validator::new(&uuid_fixed).unwrap().validate(&[7; 16]),
-            Ok(())
+    const PATHS: &str = r#"{"type":"record","name":"R","namespace":"t","fields":[
+        {"name":"time","type":{"type":"long","logicalType":"timestamp-micros"}},
+        {"name":"inner","type":{"type":"record","name":"Inner","fields":[
+            {"name":"n","type":"int"},
+            {"name":"when","type":{"type":"int","logicalType":"date"}}]}},
+        {"name":"recs","type":{"type":"array","items":"Inner"}},
+        {"name":"by_day","type":{"type":"map","values":{"type":"int","logicalType":"time-millis"}}},
+        {"name":"maybe","type":["null",{"type":"long","logicalType":"timestamp-millis"}]},
+        {"name":"price","type":{"type":"fixed","name":"Price","size":4,"logicalType":"decimal","precision":4,"scale":2}},
+        {"name":"cost","type":"Price"},
+        {"name":"id","type":{"type":"string","logicalType":"uuid"}}
+    ]}"#;
+
+    /// A datum of [`PATHS`], with an out-of-range value in field `bad` (if
+    /// any): the datum and the offset of the bad value.
+    fn paths_datum(bad: &str) -> (Vec<u8>, usize) {
+        let mut x = Vec::new();
+        let mut at = usize::MAX;
+        let mut put = |x: &mut Vec<u8>, field: &str, good: Vec<u8>, wrong: Vec<u8>| {
+            if field == bad {
+                at = x.len();
+                x.extend(wrong);
+            } else {
+                x.extend(good);
+            }
+        };
+        put(&mut x, "time", zz(0), zz(4_108_947_283_768_568_201));
+        x.extend(zz(1)); // inner.n
+        put(&mut x, "inner", zz(0), zz(2_932_897));
+        x.extend(zz(2)); // recs: a block of 2
+        x.extend(zz(1)); // recs[0].n
+        x.extend(zz(2));
+        x.extend(zz(1)); // recs[1].n
+        put(&mut x, "recs", zz(3), zz(-719_163));
+        x.extend(zz(0));
+        x.extend(zz(1)); // by_day: a block of 1
+        x.extend(bytes_datum(b"mon"));
+        put(&mut x, "by_day", zz(5), zz(86_400_000));
+        x.extend(zz(0));
+        x.extend(zz(1)); // maybe: the second branch
+        put(&mut x, "maybe", zz(7), zz(i64::MAX));
+        put(&mut x, "price", vec![0, 0, 0, 1], vec![0, 0, 0x27, 0x10]);
+        put(&mut x, "cost", vec![0xff; 4], vec![0xff, 0xff, 0xd8, 0xf0]);
+        put(
+            &mut x,
+            "id",
+            bytes_datum(b"01234567-89ab-cdef-0123-456789abcdef"),
+            bytes_datum(b"01234567-89ab-cdef-0123-456789abcdeg"),
         );
+        (x, at)
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field() {
+        let schema = parse(PATHS);
+        let v = Validator::new(&schema).unwrap();
+        let (good, _) = paths_datum("");
+        assert_eq!(v.validate(&good), Ok(()));
+        assert!(apache_accepts(&schema, &good));
+        for (bad, path, logical) in [
+            ("time", "time", Logical::TimestampMicros),
+            ("inner", "inner.when", Logical::Date),
+            ("recs", "recs[].when", Logical::Date),
+            ("by_day", "by_day{}", Logical::TimeMillis),
+            ("maybe", "maybe", Logical::TimestampMillis),
+            ("price", "price", Logical::Decimal),
+            ("cost", "cost", Logical::Decimal),
+            ("id", "id", Logical::Uuid),
+        ] {
+            let (x, at) = paths_datum(bad);
+            let err = assert_out_of_range(&v, &x, at);
+            assert_eq!((err.field, err.logical), (Some(path), Some(logical)));
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("field `{path}`: ")), "{text}");
+            assert!(text.contains(logical.as_str()), "{text}");
+            assert!(apache_accepts(&schema, &x) || bad == "id", "{bad}");
+        }
+        let (x, _) = paths_datum("inner");
+        let err = v.validate(&x).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `inner.when`: date value at offset 2 is outside years 1 to 9999 \
+             (0001-01-01 to 9999-12-31)"
+        );
+        let (x, _) = paths_datum("by_day");
+        assert_eq!(
+            v.validate(&x).unwrap_err().to_string(),
+            format!(
+                "field `by_day{{}}`: time-millis value at offset {} is not a time of day \
+                 (0 to 24 h, 24 h excluded)",
+                paths_datum("by_day").1
+            )
+        );
+        let (x, _) = paths_datum("price");
+        assert!(v
+            .validate(&x)
+            .unwrap_err()
+            .to_string()
+            .ends_with("decimal at offset 18 has more digits than its precision"));
+
+        // The paths are interned: compiling the schema again reuses them.
+        let again = Validator::new(&schema).unwrap();
+        let (x, _) = paths_datum("recs");
+        let (a, b) = (v.validate(&x).unwrap_err(), again.validate(&x).unwrap_err());
+        assert!(std::ptr::eq(a.field.unwrap(), b.field.unwrap()));
+        assert!(std::ptr::eq(intern("recs[].when"), a.field.unwrap()));
+
+        // Other reasons name no field.
+        let err = v.validate(&good[..good.len() - 1]).unwrap_err();
+        assert_eq!(
+            (err.reason, err.field, err.logical),
+            (Reason::Truncated, None, None)
+        );
+    }
+
+    #[test]
+    fn recursive_types_name_their_first_level() {
+        let node = r#"{"type":"record","name":"Node","fields":[
+            {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}},
+            {"name":"next","type":["null","Node"]}]}"#;
+        // Three levels, the last out of range.
+        let mut x = Vec::new();
+        for (i, at) in [0, 1, i64::MIN].into_iter().enumerate() {
+            x.extend(zz(at));
+            x.extend(zz(if i < 2 { 1 } else { 0 }));
+        }
+        let v = Validator::new(&parse(node)).unwrap();
+        let err = assert_out_of_range(&v, &x, 4);
+        assert_eq!(err.field, Some("at"));
+        let wrapped =
+            format!(r#"{{"type":"record","name":"W","fields":[{{"name":"list","type":{node}}}]}}"#);
+        let v = Validator::new(&parse(&wrapped)).unwrap();
+        assert_eq!(assert_out_of_range(&v, &x, 4).field, Some("list.at"));
+    }
+
+    #[test]
+    fn a_type_reused_at_every_level_compiles_small() {
+        // L0 holds a timestamp; each L(k) holds two L(k-1): 2^24 uses of L0,
+        // far too many to compile one copy each.
+        let mut json = r#"{"type":"record","name":"L0","fields":[
+            {"name":"t","type":{"type":"long","logicalType":"timestamp-micros"}}]}"#
+            .to_owned();
+        for k in 1..=24 {
+            json = format!(
+                r#"{{"type":"record","name":"L{k}","fields":[{{"name":"a","type":{json}}},{{"name":"b","type":"L{}"}}]}}"#,
+                k - 1
+            );
+        }
+        let start = Instant::now();
+        let v = Validator::new(&parse(&json)).unwrap();
+        assert!(start.elapsed() < StdDuration::from_secs(5));
+        assert!(v.nodes.len() < 2 * UNFOLD_LIMIT, "{}", v.nodes.len());
+        assert!(v.checks.len() < UNFOLD_LIMIT, "{}", v.checks.len());
+        // The first use has its own path.
+        let mut x = zz(i64::MAX);
+        x.extend(vec![0; (1 << 24) - 1]);
+        let err = assert_out_of_range(&v, &x, 0);
+        assert_eq!(err.field, Some(&*format!("{}t", "a.".repeat(24))));
+        assert_eq!(v.validate(&vec![0; 1 << 24]), Ok(()));
+    }
+
+    thread_local! {
+        /// Allocations made by this thread (see [`Counting`]).
+        static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The system allocator, counting each thread's allocations so that a
+    /// test can show some code makes none.
+    struct Counting;
+
+    // SAFETY: forwards to the system allocator; the counter is a
+    // const-initialised thread-local without a destructor.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            // SAFETY: the caller's contract, passed on.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            // SAFETY: the caller's contract, passed on.
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    #[test]
+    fn validate_does_not_allocate() {
+        let mut rng = Rng(0xa110_c8ed);
+        let all = parse(ALL_TYPES);
+        let paths = parse(PATHS);
+        let cases: Vec<(Validator, Vec<Vec<u8>>)> = vec![
+            (
+                Validator::new(&all).unwrap(),
+                (0..200)
+                    .map(|_| {
+                        let x = encode(&all, all_types_value(&mut rng));
+                        if rng.below(2) == 0 {
+                            x
+                        } else {
+                            mutate(&mut rng, &x)
+                        }
+                    })
+                    .collect(),
+            ),
+            (
+                Validator::new(&paths).unwrap(),
+                [
+                    "", "time", "inner", "recs", "by_day", "maybe", "price", "cost", "id",
+                ]
+                .iter()
+                .map(|bad| paths_datum(bad).0)
+                .collect(),
+            ),
+        ];
+        let mut verdicts = [0usize; 2];
+        let before = ALLOCATIONS.with(|n| n.get());
+        for (v, datums) in &cases {
+            for x in datums {
+                verdicts[usize::from(v.validate(x).is_err())] += 1;
+            }
+        }
+        assert_eq!(ALLOCATIONS.with(|n| n.get()), before);
+        assert!(verdicts[0] > 50 && verdicts[1] > 50, "{verdicts:?}");
     }
 
     #[test]
@@ -1557,7 +2784,7 @@ mod tests {
     fn labels_and_messages() {
         let labels: std::collections::HashSet<_> = Reason::ALL.iter().map(Reason::as_str).collect();
         assert_eq!(labels.len(), Reason::ALL.len());
-        assert_eq!(Reason::ALL.len(), 13);
+        assert_eq!(Reason::ALL.len(), 14);
         for label in labels {
             assert!(
                 label
@@ -1569,12 +2796,31 @@ mod tests {
         let e = Invalid {
             offset: 57,
             reason: Reason::TrailingBytes,
+            field: None,
+            logical: None,
         };
         assert_eq!(
             e.to_string(),
             "trailing bytes: the datum ends at offset 57, before the datagram"
         );
         assert_eq!(Reason::TooDeep.to_string(), "too_deep");
+        assert_eq!(Reason::LogicalTypeRange.to_string(), "logical_type_range");
+        let e = Invalid {
+            offset: 3,
+            reason: Reason::LogicalTypeRange,
+            field: Some("a.b"),
+            logical: Some(Logical::Uuid),
+        };
+        assert_eq!(
+            e.to_string(),
+            "field `a.b`: uuid at offset 3 is not a UUID (a string of 8-4-4-4-12 hex digits, \
+             or 16 bytes)"
+        );
+
+        // The walk's error and nodes stay two words: the recursive walk
+        // returns its result in registers, as before logical types had checks.
+        assert_eq!(std::mem::size_of::<Result<(), Fault>>(), 16);
+        assert_eq!(std::mem::size_of::<Node>(), 16);
 
         fn send_sync<T: Send + Sync + 'static>() {}
         send_sync::<Validator>();

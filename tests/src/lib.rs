@@ -351,7 +351,12 @@ pub struct Relay {
 
 /// Writes the channel file (and the example schema) into `dir`.
 pub fn write_channel(dir: &Path, opts: &ChannelOpts) -> PathBuf {
-    std::fs::write(dir.join("schema.avsc"), EXAMPLE_SCHEMA).unwrap();
+    write_channel_with_schema(dir, opts, EXAMPLE_SCHEMA)
+}
+
+/// Writes the channel file and `schema` (Avro schema JSON) into `dir`.
+pub fn write_channel_with_schema(dir: &Path, opts: &ChannelOpts, schema: &str) -> PathBuf {
+    std::fs::write(dir.join("schema.avsc"), schema).unwrap();
     let path = dir.join(format!("{}.toml", opts.name));
     std::fs::write(&path, opts.toml()).unwrap();
     path
@@ -361,6 +366,15 @@ impl Relay {
     /// Starts `relay-channel run` on the channel file and waits for `ready`.
     pub fn start(dir: &Path, opts: &ChannelOpts) -> Relay {
         let config = write_channel(dir, opts);
+        let mut r = Relay::spawn(dir, &config, &opts.name);
+        r.wait_event("ready", Duration::from_secs(20));
+        r
+    }
+
+    /// Like [`Relay::start`], with `schema` (Avro schema JSON) as the
+    /// channel's schema instead of the example's.
+    pub fn start_with_schema(dir: &Path, opts: &ChannelOpts, schema: &str) -> Relay {
+        let config = write_channel_with_schema(dir, opts, schema);
         let mut r = Relay::spawn(dir, &config, &opts.name);
         r.wait_event("ready", Duration::from_secs(20));
         r
@@ -656,12 +670,12 @@ pub struct FastavroRead {
     pub records: Vec<Vec<u8>>,
 }
 
-/// Reads the files with fastavro through `py/read_avro.py`.
-pub fn read_with_fastavro(files: &[PathBuf]) -> FastavroRead {
+/// Runs `py/read_avro.py` with `args`; its JSON output.
+fn run_read_avro(args: &[&std::ffi::OsStr]) -> Json {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/read_avro.py");
     let out = Command::new("python3")
         .arg(script)
-        .args(files)
+        .args(args)
         .output()
         .expect("run python3");
     assert!(
@@ -669,7 +683,30 @@ pub fn read_with_fastavro(files: &[PathBuf]) -> FastavroRead {
         "fastavro could not read the archive (pip install fastavro?):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every record of the files, in order, as fastavro's default reader
+/// returns it (`fastavro.reader(f)`, logical types converted to datetime,
+/// date, Decimal, UUID), as JSON objects: dates and times in ISO 8601
+/// (`"2026-11-22T21:30:00+00:00"`), decimals and UUIDs as strings, bytes in
+/// hex. Panics, with fastavro's error, if a record cannot be read.
+pub fn read_values_with_fastavro(files: &[PathBuf]) -> Vec<Json> {
+    let mut args = vec![std::ffi::OsStr::new("--values")];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let v = run_read_avro(&args);
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["records"].as_array().unwrap().iter().cloned())
+        .collect()
+}
+
+/// Reads the files with fastavro through `py/read_avro.py`.
+pub fn read_with_fastavro(files: &[PathBuf]) -> FastavroRead {
+    let args: Vec<&std::ffi::OsStr> = files.iter().map(|f| f.as_os_str()).collect();
+    let v = run_read_avro(&args);
     let mut r = FastavroRead {
         files: vec![],
         records: vec![],

@@ -1050,3 +1050,213 @@ fn retention_by_age_deletes_files_older_than_it() {
         "the kept records are not the newest ones"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Logical types: values no reader can convert are rejected, not archived.
+
+/// A schema with logical types at the top and in a nested record.
+const LOGICAL_SCHEMA: &str = r#"{
+  "type": "record", "name": "Reading", "namespace": "test.logical",
+  "fields": [
+    {"name": "time", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+    {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
+    {"name": "inner", "type": {"type": "record", "name": "Inner", "fields": [
+      {"name": "when", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}},
+    {"name": "counter", "type": "int"}
+  ]
+}"#;
+
+/// `n` as a decimal's unscaled bytes: big-endian two's complement, fewest
+/// bytes.
+fn unscaled(n: i64) -> Vec<u8> {
+    let b = n.to_be_bytes();
+    let sign = if n < 0 { 0xff } else { 0x00 };
+    let mut start = 0;
+    while start < 7 && b[start] == sign && (b[start + 1] & 0x80) == (sign & 0x80) {
+        start += 1;
+    }
+    b[start..].to_vec()
+}
+
+/// The logical-typed values of one record of [`LOGICAL_SCHEMA`].
+#[derive(Clone, Copy)]
+struct Reading {
+    time: i64,
+    day: i32,
+    amount: i64,
+    when: i64,
+}
+
+/// One record of [`LOGICAL_SCHEMA`], encoded by apache-avro.
+fn logical_datum(schema: &apache_avro::Schema, r: Reading, counter: i32) -> Vec<u8> {
+    use apache_avro::types::Value;
+    let value = Value::Record(vec![
+        ("time".into(), Value::TimestampMicros(r.time)),
+        ("day".into(), Value::Date(r.day)),
+        (
+            "amount".into(),
+            Value::Decimal(apache_avro::Decimal::from(unscaled(r.amount))),
+        ),
+        (
+            "inner".into(),
+            Value::Record(vec![("when".into(), Value::TimestampMillis(r.when))]),
+        ),
+        ("counter".into(), Value::Int(counter)),
+    ]);
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(value)
+        .unwrap()
+}
+
+#[test]
+fn out_of_range_logical_values_are_rejected_so_fastavro_reads_the_whole_archive() {
+    let dir = tempdir();
+    let opts = ChannelOpts::unicast("logical");
+    let relay = Relay::start_with_schema(dir.path(), &opts, LOGICAL_SCHEMA);
+    let schema = apache_avro::Schema::parse_str(LOGICAL_SCHEMA).unwrap();
+
+    // 2026-11-22T21:30:00Z, in microseconds and in days.
+    const T0: i64 = 1_795_383_000_000_000;
+    const DAY0: i32 = 20_779;
+    let valid_at = |i: i32| Reading {
+        time: T0 + i64::from(i) * 1_000,
+        day: DAY0 + i % 7,
+        // Up to nine digits: 9,999,999.99 at most.
+        amount: if i % 2 == 0 {
+            999_999_999 - i64::from(i)
+        } else {
+            -123_456 * i64::from(i)
+        },
+        when: T0 / 1_000 + i64::from(i),
+    };
+    // Valid as Avro, out of range for their logical types: (field, values).
+    let ok = valid_at(0);
+    let bad_kinds = [
+        // Issue 7's value: in the year 132,177.
+        (
+            "time",
+            Reading {
+                time: 4_108_947_283_768_568_201,
+                ..ok
+            },
+        ),
+        (
+            "time",
+            Reading {
+                time: 253_402_300_800_000_000,
+                ..ok
+            },
+        ), // 10000-01-01
+        (
+            "time",
+            Reading {
+                time: -62_135_596_800_000_001,
+                ..ok
+            },
+        ), // before 0001-01-01
+        (
+            "day",
+            Reading {
+                day: 2_932_897,
+                ..ok
+            },
+        ), // 10000-01-01
+        (
+            "amount",
+            Reading {
+                amount: 1_000_000_000,
+                ..ok
+            },
+        ), // ten digits
+        (
+            "amount",
+            Reading {
+                amount: -1_000_000_000,
+                ..ok
+            },
+        ),
+        (
+            "inner.when",
+            Reading {
+                when: i64::MAX,
+                ..ok
+            },
+        ),
+    ];
+    let mut stream = Vec::new();
+    let mut valid = Vec::new();
+    let mut bad = Vec::new();
+    for i in 0..2_000 {
+        let d = logical_datum(&schema, valid_at(i), i);
+        stream.push(d.clone());
+        valid.push(d);
+        if i % 50 == 25 {
+            let (field, r) = bad_kinds[bad.len() % bad_kinds.len()];
+            let d = logical_datum(&schema, r, -1);
+            stream.push(d.clone());
+            bad.push((field, d));
+        }
+    }
+    assert_eq!(bad.len(), 40);
+    relay.feed(opts.bind, &stream, 10);
+    let (archive, last) = relay.stop_ok();
+
+    // Exactly the out-of-range ones are rejected, under their own reason.
+    assert_balanced(&last);
+    assert_eq!(last["received"], 2_040, "{last}");
+    assert_eq!(last["archived"], 2_000, "{last}");
+    assert_eq!(last["rejected"], 40, "{last}");
+    assert_eq!(
+        last["rejected_by_reason"]["logical_type_range"], 40,
+        "{last}"
+    );
+    assert_eq!(
+        last["rejected_by_reason"].as_object().unwrap().len(),
+        1,
+        "{last}"
+    );
+
+    // Quarantine: each entry says why and names the field.
+    let q = std::fs::read_to_string(archive.join("quarantine.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 40, "{q}");
+    for (line, (field, d)) in lines.iter().zip(&bad) {
+        assert_eq!(line["reason"], "logical_type_range", "{line}");
+        assert_eq!(line["length"], d.len(), "{line}");
+        let detail = line["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("field `{field}`")), "{detail}");
+    }
+    assert!(lines[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("timestamp-micros value at offset 0 is outside years 1 to 9999"));
+
+    // The archive holds exactly the valid records, and reads to its end with
+    // fastavro's default reader (logical types converted) and apache-avro.
+    let files = avro_files(&archive);
+    assert!(!files.is_empty() && part_files(&archive).is_empty());
+    let values = read_values_with_fastavro(&files);
+    assert_eq!(values.len(), 2_000);
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(v["counter"], i as i64, "{v}");
+    }
+    assert_eq!(values[0]["time"], "2026-11-22T21:30:00+00:00");
+    assert_eq!(values[0]["day"], "2026-11-22");
+    assert_eq!(values[0]["amount"], "9999999.99");
+    assert_eq!(values[1]["amount"], "-1234.56");
+    assert_eq!(
+        values[1]["inner"]["when"],
+        "2026-11-22T21:30:00.001000+00:00"
+    );
+    assert_eq!(values[1_999]["time"], "2026-11-22T21:30:01.999000+00:00");
+    assert!(
+        read_with_apache_avro(&files) == valid,
+        "apache-avro reads other records"
+    );
+}
