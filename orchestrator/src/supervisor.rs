@@ -488,6 +488,12 @@ impl ChannelTask {
             self.binary.display(),
             fmt_duration(SPAWN_RETRY)
         );
+        self.back_off(SPAWN_RETRY, reason, &e.to_string())
+    }
+
+    /// Shows the channel in `backoff` (with why), says so on the event
+    /// stream, and waits `after` before the next start.
+    fn back_off(&mut self, after: Duration, reason: String, cause: &str) -> Next {
         tracing::warn!(channel = %self.name(), "{reason}");
         self.set(|s| {
             s.state = State::Backoff;
@@ -495,9 +501,9 @@ impl ChannelTask {
         });
         self.emit(
             "restarting",
-            json!({"delay_ms": SPAWN_RETRY.as_millis() as u64, "after": e.to_string()}),
+            json!({"delay_ms": after.as_millis() as u64, "after": cause}),
         );
-        Next::Wait(Instant::now() + SPAWN_RETRY)
+        Next::Wait(Instant::now() + after)
     }
 
     /// Decides what follows a failure, and says so.
@@ -525,16 +531,7 @@ impl ChannelTask {
                     exit.description,
                     fmt_duration(after)
                 );
-                tracing::warn!(channel = %self.name(), "{reason}");
-                self.set(|s| {
-                    s.state = State::Backoff;
-                    s.reason = Some(reason);
-                });
-                self.emit(
-                    "restarting",
-                    json!({"delay_ms": after.as_millis() as u64, "after": exit.description}),
-                );
-                Next::Wait(Instant::now() + after)
+                self.back_off(after, reason, &exit.description)
             }
             Decision::Park { until } => {
                 let reason = format!(
