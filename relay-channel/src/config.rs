@@ -298,6 +298,17 @@ impl ChannelSpec {
         Self::from_table(table, path, defaults)
     }
 
+    /// Parses and validates the text of a channel file as [`load`](Self::load)
+    /// does once it has read it; `path` is where the text stands (paths in it
+    /// resolve against its folder, and errors name it).
+    pub fn from_text(
+        text: &str,
+        path: &Path,
+        defaults: Option<&toml::Table>,
+    ) -> Result<ChannelSpec, ConfigError> {
+        Self::from_table(parse_table(text, path)?, path, defaults)
+    }
+
     /// Validates an already parsed channel file. `defaults`, when given, is
     /// merged under the file: a key the file sets wins.
     pub fn from_table(
