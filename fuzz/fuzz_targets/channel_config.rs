@@ -21,22 +21,11 @@ use relay_channel::config::{parse_table, ChannelSpec, ConfigError};
 
 const SCHEMA: &str = include_str!("../../channels.d/example.avsc");
 
-/// Where scratch files go: /dev/shm where there is one (recovery syncs the
-/// file, which costs nothing there), else the temporary folder.
-fn scratch_root() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    }
-}
-
 /// This process's scratch folder, with `example.avsc` in it.
 fn scratch() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let dir = scratch_root().join(format!("relay-fuzz-config-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("relay-fuzz-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch folder");
         std::fs::write(dir.join("example.avsc"), SCHEMA).expect("schema file");
         std::fs::canonicalize(&dir).expect("canonical scratch folder")

@@ -18,7 +18,7 @@
 //! data is checked to decompress, not to hold well-formed records).
 #![no_main]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -35,22 +35,11 @@ const CODECS: [Codec; 4] = [
 
 const SYNC: [u8; 16] = *b"fuzz-sync-marker";
 
-/// Where scratch files go: /dev/shm where there is one (recovery syncs the
-/// file, which costs nothing there), else the temporary folder.
-fn scratch_root() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    }
-}
-
 /// This process's scratch file.
 fn scratch() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let dir = scratch_root().join(format!("relay-fuzz-recover-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("relay-fuzz-recover-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch folder");
         dir.join("f.avro.part")
     })
