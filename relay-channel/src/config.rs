@@ -298,6 +298,17 @@ impl ChannelSpec {
         Self::from_table(table, path, defaults)
     }
 
+    /// Parses and validates the text of a channel file as [`load`](Self::load)
+    /// does once it has read it; `path` is where the text stands (paths in it
+    /// resolve against its folder, and errors name it).
+    pub fn from_text(
+        text: &str,
+        path: &Path,
+        defaults: Option<&toml::Table>,
+    ) -> Result<ChannelSpec, ConfigError> {
+        Self::from_table(parse_table(text, path)?, path, defaults)
+    }
+
     /// Validates an already parsed channel file. `defaults`, when given, is
     /// merged under the file: a key the file sets wins.
     pub fn from_table(
@@ -310,8 +321,7 @@ impl ChannelSpec {
         }
         let raw: RawChannel =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                let key = if key == "." { String::new() } else { key };
+                let key = dotted_key(e.path());
                 // toml appends "in `key`" on a line of its own; the key is
                 // already named.
                 let message = e.into_inner().to_string();
@@ -343,6 +353,38 @@ impl ChannelSpec {
             })
         }
     }
+}
+
+/// The dotted key (`receive.allow_from[0]`) of a deserialization path, empty
+/// for the file as a whole. A key that is not a bare TOML key is quoted
+/// (`archive."a b"`, `""`), so that every key, even an empty one, is named.
+fn dotted_key(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        let name = match segment {
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key } => key.as_str(),
+            Segment::Enum { variant } => variant.as_str(),
+            Segment::Unknown => "?",
+        };
+        if !out.is_empty() {
+            out.push('.');
+        }
+        let bare = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if bare || matches!(segment, Segment::Unknown) {
+            out.push_str(name);
+        } else {
+            out.push_str(&format!("{name:?}"));
+        }
+    }
+    out
 }
 
 /// Reads a TOML file into a table; errors name the file.
@@ -842,6 +884,23 @@ mod tests {
         assert!(text.contains("ch1.toml"), "{text}");
         assert!(text.contains("archive"), "{text}");
         assert!(text.contains("bogus_key"), "{text}");
+    }
+
+    #[test]
+    fn keys_that_are_not_bare_are_named_quoted() {
+        // Found by fuzzing (fuzz/, target channel_config): the empty key of
+        // `''=0xa` was reported with no key at all, as if the file as a whole
+        // were wrong; an empty key in a section as `archive.`.
+        let e = ChannelSpec::from_text("''=0xa", Path::new("c/x.toml"), None).unwrap_err();
+        assert_eq!(e.problems[0].key, r#""""#, "{e}");
+        let e = parse(&MINIMAL.replace("[archive]", "[archive]\n\"\" = 1")).unwrap_err();
+        assert_eq!(e.problems[0].key, r#"archive."""#, "{e}");
+        let e = parse(&MINIMAL.replace("[archive]", "[archive]\n\"a.b c\" = 1")).unwrap_err();
+        assert_eq!(e.problems[0].key, r#"archive."a.b c""#, "{e}");
+        let e = parse(&format!("{MINIMAL}\nlevel = \"x\"")).unwrap_err();
+        assert_eq!(e.problems[0].key, "archive.level", "{e}");
+        let e = parse(&MINIMAL.replace("bind =", "allow_from = [1]\nbind =")).unwrap_err();
+        assert_eq!(e.problems[0].key, "receive.allow_from[0]", "{e}");
     }
 
     #[test]

@@ -361,10 +361,12 @@ pub fn recover_part(path: &Path) -> io::Result<Recovery> {
     };
     let mut checker = BlockChecker::default();
     while rd.pos < file_len {
-        match next_block(&mut rd, file_len, codec, &header.sync, &mut checker)? {
-            Some(count) => {
+        let block = next_block(&mut rd, file_len, codec, &header.sync, &mut checker)?;
+        // A count that takes the total past u64::MAX is no writer's: damage.
+        match block.and_then(|count| rec.records.checked_add(count)) {
+            Some(records) => {
                 rec.blocks += 1;
-                rec.records += count;
+                rec.records = records;
                 rec.valid_len = rd.pos;
             }
             None => break,
@@ -884,6 +886,45 @@ mod tests {
                 assert_eq!(r.truncated_bytes as usize, g.len());
                 let after = std::fs::read(&p).unwrap();
                 assert_eq!(read_all(&after), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn container_recover_record_total_does_not_overflow() {
+        // Found writing the oracle of the recover fuzz target (fuzz/), and
+        // reproduced with it: three null-codec blocks that each claim i64::MAX
+        // records in 0 bytes, after two good blocks, overflowed the record
+        // total (a panic in debug builds, a wrong count in release). The input,
+        // with this file's marker: `fe ff ff ff ff ff ff ff ff 01` (count
+        // i64::MAX), `00` (size 0), the marker; three times.
+        let dir = tempfile::tempdir().unwrap();
+        let bl = blocks(&[5, 5]);
+        for codec in ALL {
+            let sync = new_sync_marker();
+            let (bytes, _) = build(codec, &bl, &sync);
+            let mut forged = vec![
+                0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00,
+            ];
+            forged.extend_from_slice(&sync);
+            let mut f = bytes.clone();
+            for _ in 0..3 {
+                f.extend_from_slice(&forged);
+            }
+            let p = write_tmp(&dir, "o.avro.part", &f);
+            let r = recover_part(&p).unwrap();
+            assert!(r.header_ok);
+            // The good blocks stay; no count adds up past u64::MAX.
+            assert!(r.valid_len as usize >= bytes.len(), "{codec:?} {r:?}");
+            assert!(r.records >= 10, "{codec:?} {r:?}");
+            assert_eq!(std::fs::read(&p).unwrap().len() as u64, r.valid_len);
+            if codec == Codec::Null {
+                // Null data is not checked beyond the marker: the first forged
+                // block stays, the second would take the total past u64::MAX.
+                assert_eq!((r.blocks, r.records), (3, 10 + i64::MAX as u64));
+            } else {
+                // Empty data does not decompress: the forged blocks go.
+                assert_eq!((r.blocks, r.records), (2, 10), "{codec:?}");
             }
         }
     }
