@@ -136,13 +136,13 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
+                let key = rc::dotted_key(e.path());
                 let message = e.into_inner().to_string();
                 let message: Vec<&str> = message
                     .lines()
                     .filter(|l| !l.trim().is_empty() && !l.starts_with("in `"))
                     .collect();
-                one(path, if key == "." { "" } else { &key }, message.join(" "))
+                one(path, &key, message.join(" "))
             })?;
         let base = base_dir(path);
         let mut problems = Vec::new();
@@ -693,6 +693,16 @@ mod tests {
         );
         let text = Config::load(&file, None).unwrap_err().to_string();
         assert!(text.contains("http.max_connections"), "{text}");
+    }
+
+    #[test]
+    fn a_key_that_is_not_bare_is_named_quoted() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "orchestrator.toml", "''=1\n[http]\n\"a b\"=2\n");
+        let text = Config::load(&d.path().join("orchestrator.toml"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("orchestrator.toml: \"\": "), "{text}");
     }
 
     #[test]

@@ -358,7 +358,7 @@ impl ChannelSpec {
 /// The dotted key (`receive.allow_from[0]`) of a deserialization path, empty
 /// for the file as a whole. A key that is not a bare TOML key is quoted
 /// (`archive."a b"`, `""`), so that every key, even an empty one, is named.
-fn dotted_key(path: &serde_path_to_error::Path) -> String {
+pub fn dotted_key(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
     for segment in path.iter() {
