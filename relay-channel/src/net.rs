@@ -8,10 +8,11 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::{Interface, OutputSpec, ReceiveSpec};
@@ -45,7 +46,7 @@ pub fn open_receive(spec: &ReceiveSpec) -> io::Result<ReceiveSocket> {
         socket.set_multicast_all_v4(false)?;
     }
     let recv_buffer_granted = set_recv_buffer(&socket, spec.recv_buffer);
-    let drop_counter = set_int_opt(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1).is_ok();
+    let drop_counter = setsockopt(&socket, sockopt::RxqOvfl, &1).is_ok();
     socket.bind(&SockAddr::from(spec.bind))?;
     socket.set_read_timeout(Some(RECV_TIMEOUT))?;
     Ok(ReceiveSocket {
@@ -62,8 +63,8 @@ fn set_recv_buffer(socket: &Socket, size: usize) -> usize {
     let _ = socket.set_recv_buffer_size(size);
     let mut reported = socket.recv_buffer_size().unwrap_or(0);
     if granted_of(reported) < size {
-        let want = size.min(i32::MAX as usize) as libc::c_int;
-        if set_int_opt(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_ok() {
+        let want = size.min(i32::MAX as usize);
+        if setsockopt(socket, sockopt::RcvBufForce, &want).is_ok() {
             reported = socket.recv_buffer_size().unwrap_or(reported);
         }
     }
@@ -76,26 +77,18 @@ fn granted_of(reported: usize) -> usize {
     reported / 2
 }
 
-fn set_int_opt(
-    socket: &Socket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: a plain integer socket option on a valid descriptor.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            &value as *const libc::c_int as *const libc::c_void,
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+/// Runs a system call that returns a count or -1, again while it is
+/// interrupted by a signal (`EINTR`).
+fn retry_eintr(mut call: impl FnMut() -> libc::c_int) -> io::Result<usize> {
+    loop {
+        let rc = call();
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
@@ -209,9 +202,9 @@ impl Receiver {
         } else {
             libc::MSG_WAITFORONE
         };
-        loop {
+        let got = retry_eintr(|| {
             // SAFETY: every header points at buffers owned by self, sized as declared.
-            let rc = unsafe {
+            unsafe {
                 libc::recvmmsg(
                     self.fd,
                     self.hdrs.as_mut_ptr(),
@@ -219,17 +212,10 @@ impl Receiver {
                     flags,
                     std::ptr::null_mut(),
                 )
-            };
-            if rc >= 0 {
-                let got = rc as usize;
-                self.read_drop_counter(got);
-                return Ok(got);
             }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        })?;
+        self.read_drop_counter(got);
+        Ok(got)
     }
 
     fn read_drop_counter(&mut self, got: usize) {
@@ -295,10 +281,6 @@ impl Sender {
         }
     }
 
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.socket.local_addr().ok().and_then(|a| a.as_socket())
-    }
-
     /// Sends every datagram of `dgrams` (at most the capacity). A datagram
     /// the kernel refuses is counted as failed and skipped.
     pub fn send<'a>(&mut self, dgrams: impl IntoIterator<Item = &'a [u8]>) -> SendOutcome {
@@ -319,28 +301,28 @@ impl Sender {
         let mut out = SendOutcome::default();
         let mut done = 0;
         while done < n {
+            let fd = self.socket.as_raw_fd();
+            let hdrs = self.hdrs[done..].as_mut_ptr();
             // SAFETY: headers point at iovecs into slices borrowed for this call.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    self.socket.as_raw_fd(),
-                    self.hdrs[done..].as_mut_ptr(),
-                    (n - done) as libc::c_uint,
-                    0,
-                )
-            };
-            if rc > 0 {
-                done += rc as usize;
-                out.sent += rc as u64;
-                continue;
+            let sent =
+                retry_eintr(|| unsafe { libc::sendmmsg(fd, hdrs, (n - done) as libc::c_uint, 0) });
+            match sent {
+                Ok(k) if k > 0 => {
+                    done += k;
+                    out.sent += k as u64;
+                }
+                // The first remaining datagram failed: count it and go on.
+                Ok(_) => {
+                    out.failed += 1;
+                    out.error = io::Error::last_os_error().raw_os_error();
+                    done += 1;
+                }
+                Err(e) => {
+                    out.failed += 1;
+                    out.error = e.raw_os_error();
+                    done += 1;
+                }
             }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // The first remaining datagram failed: count it and go on.
-            out.failed += 1;
-            out.error = e.raw_os_error();
-            done += 1;
         }
         out
     }
