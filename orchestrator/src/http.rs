@@ -95,27 +95,14 @@ struct AppState {
     /// Becomes `true` when the server shuts down: event streams end then,
     /// so that the graceful shutdown does not wait for them forever.
     closing: watch::Receiver<bool>,
-    /// Keeps `closing` open when no [`serve`] owns its sender.
-    _closing_sender: Option<Arc<watch::Sender<bool>>>,
 }
 
-/// The API's routes. Event streams served by this router end only when
-/// their client goes away; [`serve`] also ends them at shutdown.
-pub fn router(api: Api) -> Router {
-    let (tx, rx) = watch::channel(false);
-    build(api, rx, Some(Arc::new(tx)))
-}
-
-fn build(
-    api: Api,
-    closing: watch::Receiver<bool>,
-    closing_sender: Option<Arc<watch::Sender<bool>>>,
-) -> Router {
+/// The API's routes; event streams end when `closing` turns true.
+fn build(api: Api, closing: watch::Receiver<bool>) -> Router {
     let state = AppState {
         fleet: api.fleet,
         requests: api.requests,
         closing,
-        _closing_sender: closing_sender,
     };
     Router::new()
         .route("/healthz", get(healthz))
@@ -158,7 +145,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (closing_tx, closing) = watch::channel(false);
-    let app = build(api, closing.clone(), None);
+    let app = build(api, closing.clone());
     // At least one; at most what a semaphore (and `acquire_many`) takes.
     let max = limits
         .max_connections

@@ -177,7 +177,7 @@ const COUNTERS: &[(&str, &str, &str)] = &[
     (
         "rejected",
         "rejected_datagrams_total",
-        "Datagrams that failed validation",
+        "Datagrams rejected (invalid, sender not allowed, wrong header, oversized)",
     ),
     (
         "archive_dropped",

@@ -89,10 +89,6 @@ impl Supervisor {
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     /// Re-reads orchestrator.toml (keeping the old one if the new one is
     /// wrong) and then reconciles the channels.
     pub fn reload(&mut self, why: &str) {

@@ -217,16 +217,6 @@ pub enum Fsync {
     Interval,
 }
 
-impl Fsync {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fsync::Never => "never",
-            Fsync::OnRotate => "on_rotate",
-            Fsync::Interval => "interval",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct ArchiveSpec {
     /// The archive root; this channel's files go to `dir/<name>/`.

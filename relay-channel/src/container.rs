@@ -197,11 +197,6 @@ impl BlockEncoder {
         }
     }
 
-    /// The codec this encoder writes.
-    pub fn codec(&self) -> Codec {
-        self.codec
-    }
-
     /// Appends one whole block (count, size, compressed data, sync) to `out`. `data` is the
     /// concatenation of `count` datums. A `count` of 0 appends nothing (a zero-count block
     /// would end reading early in some readers); `data` must then be empty.

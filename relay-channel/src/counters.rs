@@ -22,7 +22,8 @@ pub struct Counters {
     pub bytes_received: u64,
     /// Records written to an archive file (a whole block written).
     pub archived: u64,
-    /// Datagrams that failed validation: never archived nor re-emitted.
+    /// Datagrams rejected (not exactly one datum of the schema, a sender not
+    /// allowed, a wrong header, too long): never archived nor re-emitted.
     pub rejected: u64,
     /// Valid datagrams the archive could not take (queue full, disk trouble).
     pub archive_dropped: u64,

@@ -328,7 +328,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, for registering one metric per label up front.
+    /// Every reason the validator gives (for tests and documentation).
     pub const ALL: &'static [Reason] = &[
         Reason::Empty,
         Reason::Truncated,
