@@ -725,7 +725,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 mod tests {
     use super::*;
     use crate::state::Fleet;
-    use serde_json::{Map, Value};
+    use serde_json::Value;
     use std::io::{BufRead, BufReader};
     use tokio::task::JoinHandle;
 
@@ -796,11 +796,12 @@ mod tests {
         tx
     }
 
-    fn stats(received: u64) -> Map<String, Value> {
-        json!({"event": "stats", "received": received, "archived": received, "rejected": 1})
-            .as_object()
-            .unwrap()
-            .clone()
+    fn stats(received: u64) -> relay_channel::status::Stats {
+        let mut s = relay_channel::status::Stats::default();
+        s.counters.received = received;
+        s.counters.archived = received - 1;
+        s.counters.rejected = 1;
+        s
     }
 
     /// `a` ready, `b` failed; three events.

@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use relay_channel::status::{reject_reasons, Counters, Kind, Stats, COUNTERS};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
@@ -87,7 +88,7 @@ pub struct ChannelStatus {
     /// keeps running meanwhile.
     pub config_error: Option<String>,
     /// The child's latest `stats` line (counters since the child started).
-    pub counters: Option<Map<String, Value>>,
+    pub counters: Option<Stats>,
     /// Per-second rates of the counters between the last two stats lines;
     /// every rate reads 0 once the next line is overdue
     /// ([`REPORT_OVERDUE`]), so a relay that stopped reporting does not
@@ -156,112 +157,38 @@ pub struct Event {
     pub detail: Map<String, Value>,
 }
 
-/// Counters of a relay's `stats` line exported as Prometheus counters:
-/// (stats key, metric name, help).
-const COUNTERS: &[(&str, &str, &str)] = &[
+/// A health flag of a relay's `stats` line exported as a gauge (1 or 0):
+/// (metric name, help, the flag).
+type Flag = (&'static str, &'static str, fn(&Stats) -> bool);
+
+const FLAGS: &[Flag] = &[
     (
-        "received",
-        "received_datagrams_total",
-        "Datagrams read from the receive socket",
+        "archive_healthy",
+        "1 while the archive writes, 0 during disk trouble",
+        |s| s.archive_healthy,
     ),
     (
-        "bytes_received",
-        "received_bytes_total",
-        "Bytes of datagrams read from the receive socket",
-    ),
-    (
-        "archived",
-        "archived_records_total",
-        "Records written to archive files",
-    ),
-    (
-        "rejected",
-        "rejected_datagrams_total",
-        "Datagrams rejected (invalid, sender not allowed, wrong header, oversized)",
-    ),
-    (
-        "archive_dropped",
-        "archive_dropped_datagrams_total",
-        "Valid datagrams the archive could not take",
-    ),
-    (
-        "forwarded_full",
-        "forwarded_full_datagrams_total",
-        "Datagrams sent on the full-rate output",
-    ),
-    (
-        "forwarded_decimated",
-        "forwarded_decimated_datagrams_total",
-        "Datagrams sent on the decimated output",
-    ),
-    (
-        "send_errors_full",
-        "send_errors_full_datagrams_total",
-        "Datagrams the kernel refused on the full-rate output",
-    ),
-    (
-        "send_errors_decimated",
-        "send_errors_decimated_datagrams_total",
-        "Datagrams the kernel refused on the decimated output",
-    ),
-    (
-        "files_closed",
-        "archive_files_closed_total",
-        "Archive files closed",
-    ),
-    (
-        "archive_errors",
-        "archive_errors_total",
-        "Archive open, write or rename failures",
-    ),
-    (
-        "quarantined",
-        "quarantined_datagrams_total",
-        "Rejected datagrams kept in quarantine",
-    ),
-    (
-        "quarantine_dropped",
-        "quarantine_dropped_datagrams_total",
-        "Rejected datagrams not kept in quarantine",
-    ),
-    (
-        "receive_errors",
-        "receive_errors_total",
-        "Receive socket errors",
-    ),
-    (
-        "kernel_drops",
-        "kernel_dropped_datagrams_total",
-        "Datagrams the kernel dropped on the receive socket (SO_RXQ_OVFL)",
+        "multicast_joined",
+        "1 once the multicast group is joined (or none is configured)",
+        |s| s.joined,
     ),
 ];
 
-/// Relay values exported as gauges: (stats key, metric name, help).
-const GAUGES: &[(&str, &str, &str)] = &[
-    (
-        "in_flight",
-        "in_flight_records",
-        "Valid datagrams queued for the archive or in its open block",
-    ),
-    (
-        "archive_healthy",
-        "archive_healthy",
-        "1 while the archive writes, 0 during disk trouble",
-    ),
-    (
-        "joined",
-        "multicast_joined",
-        "1 once the multicast group is joined (or none is configured)",
-    ),
-];
+/// A series for each counter of [`COUNTERS`], in its order.
+enum Series {
+    Counter(IntCounterVec),
+    Gauge(IntGaugeVec),
+}
 
 const NAMESPACE: &str = "speeddata";
 
 /// The Prometheus registry and its series.
 pub struct Metrics {
     pub registry: Registry,
-    counters: Vec<IntCounterVec>,
-    gauges: Vec<IntGaugeVec>,
+    counters: Vec<Series>,
+    flags: Vec<IntGaugeVec>,
+    /// Rejections by channel and reason.
+    rejected_by_reason: IntCounterVec,
     pub restarts: IntCounterVec,
     pub state: IntGaugeVec,
     pub config_error: IntGaugeVec,
@@ -275,18 +202,34 @@ impl Metrics {
         let opts = |name: &str, help: &str| {
             Opts::new(format!("channel_{name}"), help).namespace(NAMESPACE)
         };
-        let counters: Vec<IntCounterVec> = COUNTERS
+        let counters: Vec<Series> = COUNTERS
             .iter()
-            .map(|(_, name, help)| {
-                IntCounterVec::new(opts(name, help), &["channel"]).expect("metric")
+            .map(|c| {
+                let o = opts(c.metric, c.help.trim());
+                match c.kind {
+                    Kind::Counter => {
+                        Series::Counter(IntCounterVec::new(o, &["channel"]).expect("metric"))
+                    }
+                    Kind::Gauge => {
+                        Series::Gauge(IntGaugeVec::new(o, &["channel"]).expect("metric"))
+                    }
+                }
             })
             .collect();
-        let gauges: Vec<IntGaugeVec> = GAUGES
+        let flags: Vec<IntGaugeVec> = FLAGS
             .iter()
-            .map(|(_, name, help)| {
+            .map(|(name, help, _)| {
                 IntGaugeVec::new(opts(name, help), &["channel"]).expect("metric")
             })
             .collect();
+        let rejected_by_reason = IntCounterVec::new(
+            opts(
+                "rejected_by_reason_total",
+                "Datagrams rejected, by reason (the labels of rejected_by_reason)",
+            ),
+            &["channel", "reason"],
+        )
+        .expect("metric");
         let restarts = IntCounterVec::new(
             opts(
                 "restarts_total",
@@ -328,11 +271,18 @@ impl Metrics {
         )
         .expect("metric");
         for c in &counters {
-            registry.register(Box::new(c.clone())).expect("register");
+            match c {
+                Series::Counter(c) => registry.register(Box::new(c.clone())),
+                Series::Gauge(g) => registry.register(Box::new(g.clone())),
+            }
+            .expect("register");
         }
-        for g in &gauges {
+        for g in &flags {
             registry.register(Box::new(g.clone())).expect("register");
         }
+        registry
+            .register(Box::new(rejected_by_reason.clone()))
+            .expect("register");
         registry
             .register(Box::new(restarts.clone()))
             .expect("register");
@@ -351,7 +301,8 @@ impl Metrics {
         Metrics {
             registry,
             counters,
-            gauges,
+            flags,
+            rejected_by_reason,
             restarts,
             state,
             config_error,
@@ -379,10 +330,18 @@ impl Metrics {
 
     fn forget(&self, channel: &str) {
         for c in &self.counters {
-            let _ = c.remove_label_values(&[channel]);
+            let _ = match c {
+                Series::Counter(c) => c.remove_label_values(&[channel]),
+                Series::Gauge(g) => g.remove_label_values(&[channel]),
+            };
         }
-        for g in &self.gauges {
+        for g in &self.flags {
             let _ = g.remove_label_values(&[channel]);
+        }
+        for reason in reject_reasons() {
+            let _ = self
+                .rejected_by_reason
+                .remove_label_values(&[channel, reason]);
         }
         let _ = self.restarts.remove_label_values(&[channel]);
         let _ = self.config_error.remove_label_values(&[channel]);
@@ -463,53 +422,64 @@ impl Fleet {
     }
 
     /// Records a child's `stats` line: counters, rates, metrics.
-    pub fn record_stats(&self, name: &str, stats: Map<String, Value>) {
+    pub fn record_stats(&self, name: &str, stats: Stats) {
         let mut map = self.lock();
         let Some(st) = map.get_mut(name) else { return };
         let now = Instant::now();
         let previous = st.counters.take();
-        // Prometheus counters keep counting across child restarts: add what
-        // this child counted since its previous line.
-        for (i, (key, _, _)) in COUNTERS.iter().enumerate() {
-            let new = stats.get(*key).and_then(Value::as_u64).unwrap_or(0);
+        let zero = Counters::default();
+        let old = previous.as_ref().map_or(&zero, |p| &p.counters);
+        for ((info, new), (series, (_, old))) in stats
+            .counters
+            .values()
+            .zip(self.metrics.counters.iter().zip(old.values()))
+        {
+            match series {
+                // Prometheus counters keep counting across child restarts:
+                // add what this child counted since its previous line (an
+                // increase by 0 makes the series exist from the first line).
+                Series::Counter(c) => {
+                    c.with_label_values(&[name])
+                        .inc_by(if new >= old { new - old } else { new })
+                }
+                Series::Gauge(g) => g
+                    .with_label_values(&[name])
+                    .set(i64::try_from(new).unwrap_or(i64::MAX)),
+            }
+            debug_assert_eq!(
+                info.kind == Kind::Counter,
+                matches!(series, Series::Counter(_))
+            );
+        }
+        for (reason, new) in reject_reasons().map(|r| (r, stats.rejected_by_reason.get(r))) {
             let old = previous
                 .as_ref()
-                .and_then(|p| p.get(*key))
-                .and_then(Value::as_u64)
+                .and_then(|p| p.rejected_by_reason.get(reason))
+                .copied()
                 .unwrap_or(0);
-            let delta = if new >= old { new - old } else { new };
-            if delta > 0 {
-                self.metrics.counters[i]
-                    .with_label_values(&[name])
-                    .inc_by(delta);
-            } else {
-                // Make the series exist from the first line on.
-                self.metrics.counters[i]
-                    .with_label_values(&[name])
-                    .inc_by(0);
-            }
+            let new = new.copied().unwrap_or(0);
+            self.metrics
+                .rejected_by_reason
+                .with_label_values(&[name, reason])
+                .inc_by(if new >= old { new - old } else { new });
         }
-        for (i, (key, _, _)) in GAUGES.iter().enumerate() {
-            let v = match stats.get(*key) {
-                Some(Value::Bool(b)) => i64::from(*b),
-                Some(v) => v.as_i64().unwrap_or(0),
-                None => 0,
-            };
-            self.metrics.gauges[i].with_label_values(&[name]).set(v);
+        for ((_, _, flag), g) in FLAGS.iter().zip(&self.metrics.flags) {
+            g.with_label_values(&[name]).set(i64::from(flag(&stats)));
         }
         if let (Some(prev), Some(at)) = (&previous, st.last_stats_at) {
             let secs = now.duration_since(at).as_secs_f64();
             if secs > 0.0 {
-                let rates: Map<String, Value> = COUNTERS
-                    .iter()
-                    .filter_map(|(key, _, _)| {
-                        let new = stats.get(*key)?.as_u64()?;
-                        let old = prev.get(*key)?.as_u64()?;
+                let rates: Map<String, Value> = stats
+                    .counters
+                    .values()
+                    .zip(prev.counters.values())
+                    .filter(|((info, _), _)| info.kind == Kind::Counter)
+                    .map(|((info, new), (_, old))| {
                         let r = new.saturating_sub(old) as f64 / secs;
-                        Some((
-                            format!("{key}_per_s"),
+                        (
+                            format!("{}_per_s", info.key),
                             Value::from((r * 10.0).round() / 10.0),
-                        ))
+                        )
                     })
                     .collect();
                 st.rates = Some(rates);
@@ -614,11 +584,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn stats(received: u64) -> Map<String, Value> {
-        json!({"event": "stats", "received": received, "archived": received, "in_flight": 0, "archive_healthy": true})
-            .as_object()
-            .unwrap()
-            .clone()
+    fn stats(received: u64) -> Stats {
+        let mut s = Stats {
+            channel: "a".into(),
+            archive_healthy: true,
+            ..Stats::default()
+        };
+        s.counters.received = received;
+        s.counters.archived = received;
+        s
     }
 
     #[test]
@@ -637,6 +611,48 @@ mod tests {
         );
         assert!(text.contains("speeddata_channel_state{channel=\"a\",state=\"ready\"} 1"));
         assert!(text.contains("speeddata_channel_archive_healthy{channel=\"a\"} 1"));
+        f.remove("a");
+        assert!(!f.metrics.render().contains("channel=\"a\""));
+    }
+
+    #[test]
+    fn every_counter_reaches_prometheus_the_api_and_the_rates() {
+        let f = Fleet::new();
+        f.update("a", "a.toml".as_ref(), |s| s.state = State::Ready);
+        let mut line = stats(10);
+        line.rejected_by_reason.insert("truncated".into(), 3);
+        f.record_stats("a", line.clone());
+        f.update("a", "a.toml".as_ref(), |s| {
+            s.last_stats_at = Some(Instant::now() - Duration::from_secs(1));
+        });
+        line.rejected_by_reason.insert("truncated".into(), 5);
+        f.record_stats("a", line);
+        let text = f.metrics.render();
+        let api = serde_json::to_value(f.get("a").unwrap()).unwrap();
+        for c in COUNTERS {
+            let series = format!("speeddata_channel_{}{{channel=\"a\"}}", c.metric);
+            assert!(text.contains(&series), "{series} missing:\n{text}");
+            assert!(
+                api["counters"][c.key].is_u64(),
+                "{} missing from the API",
+                c.key
+            );
+            let rate = &api["rates"][format!("{}_per_s", c.key)];
+            assert_eq!(
+                rate.is_f64(),
+                c.kind == Kind::Counter,
+                "{} rate: {rate}",
+                c.key
+            );
+        }
+        for reason in reject_reasons() {
+            let expected = if reason == "truncated" { 5 } else { 0 };
+            let series = format!(
+                "speeddata_channel_rejected_by_reason_total{{channel=\"a\",reason=\"{reason}\"}} {expected}"
+            );
+            assert!(text.contains(&series), "{series} missing:\n{text}");
+        }
+        assert_eq!(api["counters"]["rejected_by_reason"]["truncated"], 5);
         f.remove("a");
         assert!(!f.metrics.render().contains("channel=\"a\""));
     }

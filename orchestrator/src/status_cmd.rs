@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use relay_channel::status::COUNTERS;
 use serde_json::Value;
 
 /// How long `status` waits for the orchestrator.
@@ -82,6 +83,16 @@ const RIGHT: [bool; 10] = [
     false, false, true, true, true, true, true, true, true, false,
 ];
 
+/// The sum of the counters that [`COUNTERS`] puts in the column `name`;
+/// `None` when the channel has none of them (no stats yet).
+fn column_total(counters: Option<&Value>, name: &str) -> Option<u64> {
+    COUNTERS
+        .iter()
+        .filter(|c| c.column == Some(name))
+        .filter_map(|c| counters?.get(c.key)?.as_u64())
+        .reduce(|a, b| a + b)
+}
+
 /// The table of an `/api/v1/channels` answer, then one line per failed
 /// channel (its reason) and per channel whose file does not validate.
 /// No trailing newline.
@@ -93,15 +104,7 @@ pub fn render_table(v: &Value) -> String {
     for c in channels {
         let name = cell(c.get("name").and_then(Value::as_str).unwrap_or("?"));
         let state = c.get("state").and_then(Value::as_str).unwrap_or("?");
-        let counter = |key: &str| {
-            c.get("counters")
-                .and_then(|m| m.get(key))
-                .and_then(Value::as_u64)
-        };
-        let dropped = match (counter("archive_dropped"), counter("kernel_drops")) {
-            (None, None) => None,
-            (a, k) => Some(a.unwrap_or(0) + k.unwrap_or(0)),
-        };
+        let column = |name: &str| column_total(c.get("counters"), name);
         let received_per_s = c
             .get("rates")
             .and_then(|m| m.get("received_per_s"))
@@ -115,9 +118,9 @@ pub fn render_table(v: &Value) -> String {
                 .map_or_else(|| "-".into(), human_duration),
             opt(c.get("restarts").and_then(Value::as_u64)),
             received_per_s.map_or_else(|| "-".into(), format_rate),
-            opt(counter("archived")),
-            opt(counter("rejected")),
-            opt(dropped),
+            opt(column("ARCHIVED")),
+            opt(column("REJECTED")),
+            opt(column("DROPPED")),
             c.get("last_exit")
                 .and_then(|e| e.get("description"))
                 .and_then(Value::as_str)
@@ -272,6 +275,24 @@ west-long-name  ready     17   2h05m        12        12.5         5         0  
 north: failed: 6 failures within 60s; next try in 5m
 west-long-name: config error: west.toml: receive.port: expected an integer; west.toml: archive.dir: missing";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn every_counter_column_is_a_column_of_the_table() {
+        for c in COUNTERS {
+            if let Some(col) = c.column {
+                assert!(
+                    HEADERS.contains(&col),
+                    "{}: column {col} is not shown",
+                    c.key
+                );
+            }
+        }
+        assert_eq!(
+            column_total(sample()["channels"][0].get("counters"), "DROPPED"),
+            Some(7)
+        );
+        assert_eq!(column_total(None, "ARCHIVED"), None);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::{json, Map, Value};
+use relay_channel::status::StatusLine;
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -657,12 +658,12 @@ impl ChannelTask {
 
     /// Handles one stdout line; true if it was `ready`.
     fn on_status_line(&self, line: &str, pid: u32) -> bool {
-        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(line) else {
+        let Some(status) = StatusLine::parse(line) else {
             tracing::warn!(channel = %self.name(), line, "unexpected line on the relay's stdout");
             return false;
         };
-        match map.get("event").and_then(Value::as_str) {
-            Some("ready") => {
+        match status {
+            StatusLine::Ready(_) => {
                 tracing::info!(channel = %self.name(), pid, "ready");
                 self.set(|s| {
                     s.state = State::Ready;
@@ -671,15 +672,15 @@ impl ChannelTask {
                 self.emit("ready", json!({"pid": pid}));
                 true
             }
-            Some("stats") => {
-                self.fleet.record_stats(self.name(), strip_event(map));
+            StatusLine::Stats(stats) => {
+                self.fleet.record_stats(self.name(), stats);
                 false
             }
-            Some("file_closed") => {
-                tracing::debug!(channel = %self.name(), path = ?map.get("path"), "archive file closed");
+            StatusLine::FileClosed(f) => {
+                tracing::debug!(channel = %self.name(), path = %f.path.display(), "archive file closed");
                 false
             }
-            _ => false,
+            StatusLine::Stopped(_) => false,
         }
     }
 
@@ -782,12 +783,6 @@ fn unwanted<V>(map: &BTreeMap<String, V>, wanted: &BTreeSet<String>) -> Vec<Stri
         .filter(|n| !wanted.contains(*n))
         .cloned()
         .collect()
-}
-
-fn strip_event(mut m: Map<String, Value>) -> Map<String, Value> {
-    m.remove("event");
-    m.remove("channel");
-    m
 }
 
 fn fmt_duration(d: Duration) -> String {

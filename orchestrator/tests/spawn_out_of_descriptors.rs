@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use orchestrator::config::Config;
 use orchestrator::state::{Fleet, State};
 use orchestrator::supervisor::{self, Supervisor};
+use relay_channel::status::{Ready, StatusLine};
 
 fn set_soft_limit(soft: u64) -> u64 {
     let mut r = libc::rlimit {
@@ -41,11 +42,22 @@ async fn a_spawn_out_of_descriptors_is_retried_and_not_counted() {
         ),
     )
     .unwrap();
-    // A stand-in relay: ready at once, then waits to be stopped.
+    // A stand-in relay: ready at once (the line the relay writes, from the
+    // protocol's own type), then waits to be stopped.
     let relay = d.join("relay");
+    let ready = StatusLine::Ready(Ready {
+        channel: "a".into(),
+        pid: 0,
+        bind: "127.0.0.1:9".into(),
+        group: None,
+        recv_buffer_granted: 0,
+        archive_dir: d.join("archive/a"),
+        full: None,
+        decimated: None,
+    });
     std::fs::write(
         &relay,
-        "#!/bin/sh\necho '{\"event\":\"ready\"}'\nexec sleep 60\n",
+        format!("#!/bin/sh\necho '{}'\nexec sleep 60\n", ready.to_json()),
     )
     .unwrap();
     std::fs::set_permissions(&relay, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use serde_json::json;
 
 use crate::config::{ArchiveSpec, Fsync};
 use crate::container::{self, BlockEncoder};
-use crate::counters::{emit, RateLimit, Shared};
+use crate::counters::{RateLimit, Shared};
+use crate::status::{FileClosed, StatusLine};
 
 /// How long the archive waits after disk trouble before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -456,13 +456,13 @@ impl Closer {
                 }
                 self.shared.counters().files_closed += 1;
                 tracing::info!(file = %f.path.display(), records = f.records, bytes = f.len, "archive file closed");
-                emit(&json!({
-                    "event": "file_closed",
-                    "channel": self.channel,
-                    "path": f.path,
-                    "records": f.records,
-                    "bytes": f.len,
-                }));
+                StatusLine::FileClosed(FileClosed {
+                    channel: self.channel.clone(),
+                    path: f.path.clone(),
+                    records: f.records,
+                    bytes: f.len,
+                })
+                .emit();
                 self.apply_retention();
             }
             Err(e) => {

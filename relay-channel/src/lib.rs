@@ -6,12 +6,13 @@
 //! - [`container`]: the Avro object container format, written block by block;
 //! - [`archive`]: the archive thread (blocks, rotation, retention);
 //! - [`quarantine`]: rejected datagrams kept for inspection, on a path of their own;
-//! - [`counters`]: shared counters and the JSON status lines on stdout;
+//! - [`counters`]: the counters the threads share;
+//! - [`status`]: the status lines on stdout, and the table of counters;
 //! - [`logs`]: the logging set-up both binaries share;
 //! - [`relay`]: the threads wired together and the control loop.
 //!
 //! The orchestrator uses [`config`] to validate channel files exactly as the
-//! relay will, and reads the status lines described in [`counters`].
+//! relay will, and reads the status lines described in [`status`].
 
 pub mod archive;
 pub mod config;
@@ -21,4 +22,5 @@ pub mod logs;
 pub mod net;
 pub mod quarantine;
 pub mod relay;
+pub mod status;
 pub mod validate;

@@ -58,6 +58,11 @@ pub enum Why {
 }
 
 impl Why {
+    /// The labels of the receive path's own checks (the validator's are
+    /// `validate::Reason::ALL`).
+    pub const OWN_REASONS: &'static [&'static str] =
+        &["oversized", "sender_not_allowed", "wrong_header"];
+
     /// Short label, for counters and logs.
     pub fn reason(&self) -> &'static str {
         match self {

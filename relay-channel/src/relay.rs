@@ -10,13 +10,13 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::TrySendError;
-use serde_json::json;
 
 use crate::archive::{Archive, Batch};
 use crate::config::{ChannelSpec, ConfigError, MAX_DATAGRAM};
-use crate::counters::{emit, stats_line, RateLimit, Shared};
+use crate::counters::{stats_line, RateLimit, Shared};
 use crate::net::{self, Receiver, Sender};
 use crate::quarantine::{self, Rejected, Why};
+use crate::status::{Ready, StatusLine, Stopped};
 use crate::validate::Validator;
 
 /// Why a channel stopped other than by a signal.
@@ -259,17 +259,17 @@ async fn control(
             .map_err(|e| failed("spawn receive thread", e))?
     };
 
-    emit(&json!({
-        "event": "ready",
-        "channel": spec.name,
-        "pid": std::process::id(),
-        "bind": spec.receive.bind.to_string(),
-        "group": spec.receive.group.map(|g| g.to_string()),
-        "recv_buffer_granted": recv_buffer_granted,
-        "archive_dir": spec.archive.channel_dir(&spec.name),
-        "full": spec.full.as_ref().map(|o| o.dest.to_string()),
-        "decimated": spec.decimated.as_ref().map(|d| d.output.dest.to_string()),
-    }));
+    StatusLine::Ready(Ready {
+        channel: spec.name.clone(),
+        pid: std::process::id(),
+        bind: spec.receive.bind.to_string(),
+        group: spec.receive.group.map(|g| g.to_string()),
+        recv_buffer_granted,
+        archive_dir: spec.archive.channel_dir(&spec.name),
+        full: spec.full.as_ref().map(|o| o.dest.to_string()),
+        decimated: spec.decimated.as_ref().map(|d| d.output.dest.to_string()),
+    })
+    .emit();
     tracing::info!(channel = %spec.name, bind = %spec.receive.bind, "ready");
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -277,7 +277,7 @@ async fn control(
     tick.tick().await;
     let outcome = loop {
         tokio::select! {
-            _ = tick.tick() => emit(&stats_line(&spec.name, &shared, false)),
+            _ = tick.tick() => stats_line(&spec.name, &shared, false).emit(),
             _ = sigterm.recv() => break Ok("SIGTERM"),
             _ = sigint.recv() => break Ok("SIGINT"),
             Some(which) = ended.recv() => break Err(which),
@@ -298,9 +298,11 @@ async fn control(
     if quarantine_thread.is_some_and(|t| t.join().is_err()) {
         tracing::error!(channel = %spec.name, "the quarantine thread panicked");
     }
-    let last = stats_line(&spec.name, &shared, true);
-    emit(&last);
-    emit(&json!({"event": "stopped", "channel": spec.name}));
+    stats_line(&spec.name, &shared, true).emit();
+    StatusLine::Stopped(Stopped {
+        channel: spec.name.clone(),
+    })
+    .emit();
     match outcome {
         Ok(_) if receive_ok && archive_ok => {
             tracing::info!(channel = %spec.name, "stopped");

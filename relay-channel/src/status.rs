@@ -1,0 +1,337 @@
+//! The relay's stdout protocol: one JSON object per line, tagged by its
+//! `event` field, defined once here. The relay writes [`StatusLine`]s and the
+//! orchestrator reads them with the same type, so a field renamed on one
+//! side cannot go unnoticed on the other.
+//!
+//! The channel's counters are described once, in [`COUNTERS`]: that table
+//! drives the [`Counters`] struct on the stats line, and the orchestrator's
+//! Prometheus series, rates, API and status table.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One line on the relay's stdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum StatusLine {
+    /// Sockets open, threads running: the channel relays from now on.
+    Ready(Ready),
+    /// Every second, and once more (`final`) when the channel stops.
+    Stats(Stats),
+    /// An archive file was closed and renamed to `.avro`.
+    FileClosed(FileClosed),
+    /// The last line: everything buffered was written out.
+    Stopped(Stopped),
+}
+
+/// The `ready` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    pub channel: String,
+    pub pid: u32,
+    /// The receive address, `ip:port`.
+    pub bind: String,
+    /// The multicast group joined, if any.
+    pub group: Option<String>,
+    /// The receive buffer the kernel granted, in bytes.
+    pub recv_buffer_granted: usize,
+    /// The channel's archive folder.
+    pub archive_dir: PathBuf,
+    /// The full-rate output's destination, if any.
+    pub full: Option<String>,
+    /// The decimated output's destination, if any.
+    pub decimated: Option<String>,
+}
+
+/// The `stats` line: the counters since the relay started, and health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub channel: String,
+    #[serde(flatten)]
+    pub counters: Counters,
+    /// Rejections by reason label (see [`reject_reasons`]); only reasons
+    /// seen so far appear.
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// False while the archive cannot write (disk full, folder gone, ...).
+    pub archive_healthy: bool,
+    /// False while a multicast join waits for its interface.
+    pub joined: bool,
+    /// True on the line written as the relay stops.
+    #[serde(rename = "final")]
+    pub last: bool,
+}
+
+/// The `file_closed` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileClosed {
+    pub channel: String,
+    /// The closed file (`.avro`).
+    pub path: PathBuf,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The `stopped` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopped {
+    pub channel: String,
+}
+
+impl StatusLine {
+    /// The line as written: one JSON object, no newline.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("status lines serialize")
+    }
+
+    /// Reads one line; `None` for anything that is not a status line.
+    pub fn parse(line: &str) -> Option<StatusLine> {
+        serde_json::from_str(line).ok()
+    }
+
+    /// Writes the line on stdout. A supervisor that went away (closed pipe)
+    /// is not the relay's problem: errors are ignored.
+    pub fn emit(&self) {
+        let mut line = self.to_json();
+        line.push('\n');
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        let _ = lock.write_all(line.as_bytes());
+        let _ = lock.flush();
+    }
+}
+
+/// How a counter behaves, for Prometheus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only grows while the relay runs.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// One counter of the stats line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterInfo {
+    /// The key on the stats line and in the API.
+    pub key: &'static str,
+    pub kind: Kind,
+    /// The Prometheus series, after `speeddata_channel_`.
+    pub metric: &'static str,
+    pub help: &'static str,
+    /// The column of `speeddata-orchestrator status` it adds to, if any.
+    pub column: Option<&'static str>,
+}
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $key:ident: $kind:ident, $metric:literal, $column:expr;)*) => {
+        /// Every counter of one channel, in the order of [`COUNTERS`].
+        #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct Counters {
+            $($(#[doc = $doc])* pub $key: u64,)*
+        }
+
+        /// The counters of the stats line, described once.
+        pub const COUNTERS: &[CounterInfo] = &[
+            $(CounterInfo {
+                key: stringify!($key),
+                kind: Kind::$kind,
+                metric: $metric,
+                help: concat!($($doc),*),
+                column: $column,
+            },)*
+        ];
+
+        impl Counters {
+            /// Each counter's value, in the order of [`COUNTERS`].
+            pub fn values(&self) -> impl Iterator<Item = (&'static CounterInfo, u64)> {
+                COUNTERS.iter().zip([$(self.$key),*])
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams read from the receive socket.
+    received: Counter, "received_datagrams_total", None;
+    /// Bytes of the datagrams read from the receive socket.
+    bytes_received: Counter, "received_bytes_total", None;
+    /// Records written to an archive file (a whole block written).
+    archived: Counter, "archived_records_total", Some("ARCHIVED");
+    /// Datagrams rejected (not exactly one datum of the schema, a sender not
+    /// allowed, a wrong header, too long): never archived nor re-emitted.
+    rejected: Counter, "rejected_datagrams_total", Some("REJECTED");
+    /// Valid datagrams the archive could not take (queue full, disk trouble).
+    archive_dropped: Counter, "archive_dropped_datagrams_total", Some("DROPPED");
+    /// Valid datagrams on their way to disk: queued or in the open block.
+    in_flight: Gauge, "in_flight_records", None;
+    /// Datagrams sent on the full-rate output.
+    forwarded_full: Counter, "forwarded_full_datagrams_total", None;
+    /// Datagrams sent on the decimated output.
+    forwarded_decimated: Counter, "forwarded_decimated_datagrams_total", None;
+    /// Datagrams the kernel refused to send on the full-rate output.
+    send_errors_full: Counter, "send_errors_full_datagrams_total", None;
+    /// Datagrams the kernel refused to send on the decimated output.
+    send_errors_decimated: Counter, "send_errors_decimated_datagrams_total", None;
+    /// Archive files closed (renamed from `.avro.part` to `.avro`).
+    files_closed: Counter, "archive_files_closed_total", None;
+    /// Archive open, write, close or rename failures.
+    archive_errors: Counter, "archive_errors_total", None;
+    /// Rejected datagrams written to the quarantine file.
+    quarantined: Counter, "quarantined_datagrams_total", None;
+    /// Rejected datagrams not written to quarantine (queue full, cap, error).
+    quarantine_dropped: Counter, "quarantine_dropped_datagrams_total", None;
+    /// Receive-socket errors other than timeouts.
+    receive_errors: Counter, "receive_errors_total", None;
+    /// Datagrams the kernel dropped on the receive socket (SO_RXQ_OVFL):
+    /// they never reached the relay, so they are not part of `received`.
+    kernel_drops: Counter, "kernel_dropped_datagrams_total", Some("DROPPED");
+}
+
+impl Counters {
+    /// Whether the accounting identity holds:
+    /// `received = archived + rejected + archive_dropped + in_flight`.
+    pub fn balanced(&self) -> bool {
+        self.received == self.archived + self.rejected + self.archive_dropped + self.in_flight
+    }
+}
+
+/// Every label a rejection can carry in `rejected_by_reason`: the receive
+/// path's own checks, then the validator's reasons.
+pub fn reject_reasons() -> impl Iterator<Item = &'static str> {
+    crate::quarantine::Why::OWN_REASONS
+        .iter()
+        .copied()
+        .chain(crate::validate::Reason::ALL.iter().map(|r| r.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn stats() -> Stats {
+        let mut s = Stats {
+            channel: "ch".into(),
+            archive_healthy: true,
+            joined: true,
+            ..Stats::default()
+        };
+        s.counters.received = 5;
+        s.counters.archived = 2;
+        s.counters.rejected = 2;
+        s.counters.in_flight = 1;
+        s.rejected_by_reason.insert("truncated".into(), 2);
+        s
+    }
+
+    #[test]
+    fn every_line_round_trips_and_carries_its_event_first() {
+        let lines = [
+            StatusLine::Ready(Ready {
+                channel: "ch".into(),
+                pid: 7,
+                bind: "127.0.0.1:9000".into(),
+                group: None,
+                recv_buffer_granted: 1 << 20,
+                archive_dir: "/var/lib/speeddata/archive/ch".into(),
+                full: Some("239.1.1.1:9001".into()),
+                decimated: None,
+            }),
+            StatusLine::Stats(stats()),
+            StatusLine::FileClosed(FileClosed {
+                channel: "ch".into(),
+                path: "/a/b.avro".into(),
+                records: 3,
+                bytes: 400,
+            }),
+            StatusLine::Stopped(Stopped {
+                channel: "ch".into(),
+            }),
+        ];
+        for (line, event) in lines
+            .iter()
+            .zip(["ready", "stats", "file_closed", "stopped"])
+        {
+            let text = line.to_json();
+            assert!(
+                text.starts_with(&format!("{{\"event\":\"{event}\"")),
+                "{text}"
+            );
+            assert!(!text.contains('\n'));
+            assert_eq!(StatusLine::parse(&text).as_ref(), Some(line), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_stats_line_has_exactly_the_table_s_counters_at_top_level() {
+        let v: Value = serde_json::from_str(&StatusLine::Stats(stats()).to_json()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected = vec!["event", "channel"];
+        expected.extend(COUNTERS.iter().map(|c| c.key));
+        expected.extend(["rejected_by_reason", "archive_healthy", "joined", "final"]);
+        assert_eq!(keys, expected);
+        assert_eq!(v["received"], 5);
+        assert_eq!(v["rejected_by_reason"]["truncated"], 2);
+        assert_eq!(v["final"], false);
+        for (info, value) in stats().counters.values() {
+            assert_eq!(v[info.key], value, "{}", info.key);
+        }
+    }
+
+    #[test]
+    fn a_line_missing_a_counter_is_not_a_stats_line() {
+        let mut v: Value = serde_json::from_str(&StatusLine::Stats(stats()).to_json()).unwrap();
+        v.as_object_mut().unwrap().remove("kernel_drops");
+        assert_eq!(StatusLine::parse(&v.to_string()), None);
+        assert_eq!(StatusLine::parse("not json"), None);
+        assert_eq!(StatusLine::parse(r#"{"event":"launched"}"#), None);
+    }
+
+    #[test]
+    fn counter_names_are_unique_and_metrics_well_formed() {
+        let mut keys: Vec<_> = COUNTERS.iter().map(|c| c.key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), COUNTERS.len());
+        for c in COUNTERS {
+            assert!(!c.help.is_empty(), "{}", c.key);
+            assert!(
+                c.metric
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+                "{}",
+                c.metric
+            );
+            assert_eq!(
+                c.kind == Kind::Counter,
+                c.metric.ends_with("_total"),
+                "{}",
+                c.key
+            );
+        }
+    }
+
+    #[test]
+    fn balanced_is_the_accounting_identity() {
+        let mut c = stats().counters;
+        assert!(c.balanced());
+        c.archive_dropped += 1;
+        assert!(!c.balanced());
+    }
+
+    #[test]
+    fn reject_reasons_are_unique_labels() {
+        let mut all: Vec<_> = reject_reasons().collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        use crate::quarantine::Why;
+        let own = [Why::Oversized, Why::SenderNotAllowed, Why::WrongHeader].map(|w| w.reason());
+        assert_eq!(Why::OWN_REASONS, own);
+        assert!(all.contains(&"trailing_bytes"));
+    }
+}
