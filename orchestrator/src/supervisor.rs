@@ -7,8 +7,10 @@
 //! The tasks talk to the rest only through [`Fleet`] (status, events,
 //! metrics) and their command queue. A task decides nothing itself: it
 //! feeds what happens to its [`Lifecycle`] and performs what that says.
+//! Likewise reconcile applies what [`reconcile::plan`] says.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +26,7 @@ use crate::fdlimit;
 use crate::lifecycle::{
     fmt_duration, ChannelEvent, Command, Effect, Input, Lifecycle, Show, SpawnFailure,
 };
+use crate::reconcile::{self, Action, BrokenFile, Found, Running, Version};
 use crate::state::{now_rfc3339, Exit, Fleet, State};
 
 /// What the HTTP API may ask of the supervisor.
@@ -53,12 +56,18 @@ enum Cmd {
     ConfigOk,
 }
 
+/// A running channel task.
 struct Task {
     tx: mpsc::UnboundedSender<Cmd>,
     join: JoinHandle<()>,
-    file: PathBuf,
-    fingerprint: u64,
-    defaults: String,
+}
+
+/// Channels started, stopped and restarted by reconcile.
+#[derive(Debug, Default)]
+struct Counts {
+    started: usize,
+    restarted: usize,
+    stopped: usize,
 }
 
 /// All channel tasks, and the configuration they were started from.
@@ -67,12 +76,12 @@ pub struct Supervisor {
     binary: PathBuf,
     fleet: Arc<Fleet>,
     tasks: BTreeMap<String, Task>,
-    /// Channels whose file does not validate and that have no task.
-    broken: BTreeMap<String, PathBuf>,
-    /// Files whose configuration error was announced (log, event, counter),
-    /// with a fingerprint of their text and the error: a reload that finds
-    /// the same file with the same error says nothing new.
-    announced: BTreeMap<PathBuf, u64>,
+    /// What the tasks run, the broken channels shown, the broken files
+    /// announced: what reconcile plans from.
+    running: Running,
+    /// The print (see [`print_of`]) of orchestrator.toml's error, once
+    /// announced: a reload that finds it as it was says nothing new.
+    config_announced: Option<u64>,
 }
 
 impl Supervisor {
@@ -82,8 +91,8 @@ impl Supervisor {
             binary,
             fleet,
             tasks: BTreeMap::new(),
-            broken: BTreeMap::new(),
-            announced: BTreeMap::new(),
+            running: Running::default(),
+            config_announced: None,
         }
     }
 
@@ -102,23 +111,21 @@ impl Supervisor {
                 }
                 self.cfg.defaults = new.defaults;
                 self.cfg.policy = new.policy;
+                self.config_announced = None;
             }
             Err(e) => {
-                let file = self.cfg.file.clone();
-                if self.first_announcement(&file, &e.to_string()) {
+                let print = print_of(&self.cfg.file, &e.to_string());
+                if self.config_announced.replace(print) != Some(print) {
                     self.fleet.metrics.config_errors.inc();
                     tracing::error!("{e}\n(keeping the previous orchestrator configuration)");
                     self.fleet.emit(
                         "config_error",
                         None,
-                        json!({"file": file, "error": e.to_string()}),
+                        json!({"file": self.cfg.file, "error": e.to_string()}),
                     );
                 }
-                self.reconcile(why);
-                return;
             }
         }
-        self.announced.remove(&self.cfg.file);
         self.reconcile(why);
     }
 
@@ -141,125 +148,95 @@ impl Supervisor {
             }
         };
         let defaults = self.cfg.defaults_text();
-        let (mut started, mut restarted, mut stopped) = (0, 0, 0);
-        let mut wanted: BTreeSet<String> = BTreeSet::new();
-
-        for ch in fleet.channels {
-            let name = ch.name().to_string();
-            wanted.insert(name.clone());
-            self.broken.remove(&name);
-            match self.tasks.get_mut(&name) {
-                None => {
-                    self.start_task(ch, defaults.clone());
-                    started += 1;
-                }
-                Some(t)
-                    if t.fingerprint != ch.fingerprint
-                        || t.defaults != defaults
-                        || t.file != ch.file() =>
-                {
-                    tracing::info!(channel = %name, "configuration changed: restarting the channel");
-                    t.fingerprint = ch.fingerprint;
-                    t.file = ch.file().to_path_buf();
-                    t.defaults = defaults.clone();
-                    let _ = t.tx.send(Cmd::Reconfigure(Box::new(ch), defaults.clone()));
-                    restarted += 1;
-                }
-                Some(t) => {
-                    let _ = t.tx.send(Cmd::ConfigOk);
-                }
-            }
-        }
-
-        let mut still_broken = BTreeSet::new();
-        for r in fleet.rejected {
-            let text = r.error.to_string();
-            still_broken.insert(r.error.file.clone());
-            let new = self.first_announcement(&r.error.file, &text);
-            if new {
-                self.fleet.metrics.config_errors.inc();
-                tracing::error!("{text}");
-            }
-            match self.tasks.get(&r.name) {
-                // The running instance of this file is left alone.
-                Some(t) if t.file == r.error.file => {
-                    wanted.insert(r.name.clone());
-                    let _ = t.tx.send(Cmd::ConfigError(text.clone()));
-                }
-                // Another file holds the name (a duplicate): report only.
-                Some(_) => {}
-                None => {
-                    wanted.insert(r.name.clone());
-                    self.broken.insert(r.name.clone(), r.error.file.clone());
-                    self.fleet.update(&r.name, &r.error.file, |s| {
-                        s.state = State::Failed;
-                        s.reason = Some("configuration error".into());
-                        s.config_error = Some(text.clone());
-                    });
-                }
-            }
-            if new {
-                self.fleet.emit(
-                    "config_error",
-                    Some(&r.name),
-                    json!({"file": r.error.file, "error": text}),
-                );
-            }
-        }
-        // A file that validates again (or is gone) is announced afresh if
-        // it breaks later.
-        let cfg_file = self.cfg.file.clone();
-        self.announced
-            .retain(|f, _| still_broken.contains(f) || *f == cfg_file);
-
-        for name in unwanted(&self.tasks, &wanted) {
-            if let Some(t) = self.tasks.remove(&name) {
-                tracing::info!(channel = %name, "channel file removed: stopping the channel");
-                let _ = t.tx.send(Cmd::Stop);
-                let fleet = self.fleet.clone();
-                tokio::spawn(async move {
-                    let _ = t.join.await;
-                    fleet.remove(&name);
-                });
-                stopped += 1;
-            }
-        }
-        for name in unwanted(&self.broken, &wanted) {
-            self.broken.remove(&name);
-            self.fleet.remove(&name);
-        }
+        let found = found(&fleet, &defaults);
+        let actions = reconcile::plan(&self.running, &found);
+        let n = self.apply(actions, fleet.channels, &defaults);
+        self.running.announced = found.prints();
         tracing::info!(
             reason = why,
-            started,
-            restarted,
-            stopped,
+            started = n.started,
+            restarted = n.restarted,
+            stopped = n.stopped,
             "channels reconciled"
         );
         self.fleet.emit(
             "reloaded",
             None,
-            json!({"reason": why, "started": started, "restarted": restarted, "stopped": stopped}),
+            json!({"reason": why, "started": n.started, "restarted": n.restarted, "stopped": n.stopped}),
         );
     }
 
-    /// Whether this error of this file, as the file reads now, is news
-    /// (and remembers it): each change of a broken file is announced once.
-    fn first_announcement(&mut self, file: &Path, error: &str) -> bool {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::fs::read(file).unwrap_or_default().hash(&mut h);
-        error.hash(&mut h);
-        let print = h.finish();
-        self.announced.insert(file.to_path_buf(), print) != Some(print)
+    /// Performs reconcile's actions.
+    fn apply(&mut self, actions: Vec<Action>, channels: Vec<Channel>, defaults: &str) -> Counts {
+        let mut channels: BTreeMap<String, Channel> = channels
+            .into_iter()
+            .map(|c| (c.name().to_string(), c))
+            .collect();
+        let mut n = Counts::default();
+        for action in actions {
+            match action {
+                Action::Start(name) => {
+                    let Some(ch) = channels.remove(&name) else {
+                        continue;
+                    };
+                    self.start_task(ch, defaults);
+                    n.started += 1;
+                }
+                Action::Reconfigure(name) => {
+                    let Some(ch) = channels.remove(&name) else {
+                        continue;
+                    };
+                    tracing::info!(channel = %name, "configuration changed: restarting the channel");
+                    self.running
+                        .tasks
+                        .insert(name.clone(), version(&ch, defaults));
+                    self.send(&name, Cmd::Reconfigure(Box::new(ch), defaults.to_string()));
+                    n.restarted += 1;
+                }
+                Action::Unchanged(name) => self.send(&name, Cmd::ConfigOk),
+                Action::KeepRunning { name, error } => self.send(&name, Cmd::ConfigError(error)),
+                Action::ShowBroken { name, file, error } => {
+                    self.fleet.update(&name, &file, |s| {
+                        s.state = State::Failed;
+                        s.reason = Some("configuration error".into());
+                        s.config_error = Some(error);
+                    });
+                    self.running.broken.insert(name);
+                }
+                Action::Announce { name, file, error } => {
+                    self.fleet.metrics.config_errors.inc();
+                    tracing::error!("{error}");
+                    self.fleet.emit(
+                        "config_error",
+                        Some(&name),
+                        json!({"file": file, "error": error}),
+                    );
+                }
+                Action::Stop(name) => {
+                    self.stop_task(&name);
+                    n.stopped += 1;
+                }
+                Action::Forget(name) => {
+                    self.running.broken.remove(&name);
+                    self.fleet.remove(&name);
+                }
+            }
+        }
+        n
     }
 
-    fn start_task(&mut self, ch: Channel, defaults: String) {
+    fn send(&self, name: &str, cmd: Cmd) {
+        if let Some(t) = self.tasks.get(name) {
+            let _ = t.tx.send(cmd);
+        }
+    }
+
+    fn start_task(&mut self, ch: Channel, defaults: &str) {
         let (tx, rx) = mpsc::unbounded_channel();
         let name = ch.name().to_string();
-        let file = ch.file().to_path_buf();
-        let fingerprint = ch.fingerprint;
+        let version = version(&ch, defaults);
         // Listed (as starting) from now on, before the task first runs.
-        self.fleet.update(&name, &file, |s| {
+        self.fleet.update(&name, ch.file(), |s| {
             s.state = State::Starting;
             s.config_error = None;
         });
@@ -270,7 +247,7 @@ impl Supervisor {
         );
         let task = ChannelTask {
             ch,
-            defaults: defaults.clone(),
+            defaults: defaults.to_string(),
             binary: self.binary.clone(),
             fleet: self.fleet.clone(),
             rx,
@@ -278,16 +255,25 @@ impl Supervisor {
             child: None,
         };
         let join = tokio::spawn(task.run());
-        self.tasks.insert(
-            name,
-            Task {
-                tx,
-                join,
-                file,
-                fingerprint,
-                defaults,
-            },
-        );
+        self.running.broken.remove(&name);
+        self.running.tasks.insert(name.clone(), version);
+        self.tasks.insert(name, Task { tx, join });
+    }
+
+    /// Stops a task whose file is gone; its status goes once it has ended.
+    fn stop_task(&mut self, name: &str) {
+        self.running.tasks.remove(name);
+        let Some(t) = self.tasks.remove(name) else {
+            return;
+        };
+        tracing::info!(channel = %name, "channel file removed: stopping the channel");
+        let _ = t.tx.send(Cmd::Stop);
+        let fleet = self.fleet.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let _ = t.join.await;
+            fleet.remove(&name);
+        });
     }
 
     /// Handles a request from the HTTP API.
@@ -299,7 +285,7 @@ impl Supervisor {
                         let _ = t.tx.send(Cmd::Restart);
                         Ok(())
                     }
-                    None if self.broken.contains_key(&name) => Err(format!(
+                    None if self.running.broken.contains(&name) => Err(format!(
                         "channel {name:?} cannot start: its file does not validate"
                     )),
                     None => Err(format!("no channel {name:?}")),
@@ -318,7 +304,51 @@ impl Supervisor {
         for (_, t) in std::mem::take(&mut self.tasks) {
             let _ = t.join.await;
         }
+        self.running.tasks.clear();
     }
+}
+
+/// What `channels.d` holds, for [`reconcile::plan`]; reads each broken
+/// file for its print.
+fn found(fleet: &config::Fleet, defaults: &str) -> Found {
+    let valid = fleet
+        .channels
+        .iter()
+        .map(|c| (c.name().to_string(), version(c, defaults)))
+        .collect();
+    let broken = fleet
+        .rejected
+        .iter()
+        .map(|r| {
+            let error = r.error.to_string();
+            BrokenFile {
+                name: r.name.clone(),
+                file: r.error.file.clone(),
+                print: print_of(&r.error.file, &error),
+                error,
+            }
+        })
+        .collect();
+    Found { valid, broken }
+}
+
+/// What a task of `ch` runs with these defaults.
+fn version(ch: &Channel, defaults: &str) -> Version {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (ch.fingerprint, defaults).hash(&mut h);
+    Version {
+        file: ch.file().to_path_buf(),
+        fingerprint: h.finish(),
+    }
+}
+
+/// A fingerprint of a broken file as it reads now and its error: each
+/// change of a broken file is announced once.
+fn print_of(file: &Path, error: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(file).unwrap_or_default().hash(&mut h);
+    error.hash(&mut h);
+    h.finish()
 }
 
 /// Performs one channel's [`Lifecycle`]: owns the child, turns what it
@@ -606,14 +636,6 @@ fn exit_of(status: &std::process::ExitStatus) -> Exit {
         at: now_rfc3339(),
         description: child::describe(status),
     }
-}
-
-/// Names in `map` that are not `wanted` any more.
-fn unwanted<V>(map: &BTreeMap<String, V>, wanted: &BTreeSet<String>) -> Vec<String> {
-    map.keys()
-        .filter(|n| !wanted.contains(*n))
-        .cloned()
-        .collect()
 }
 
 fn strip_event(mut m: Map<String, Value>) -> Map<String, Value> {
