@@ -516,11 +516,11 @@ impl ChannelTask {
         let channel = self.name();
         let pid = self.child.as_ref().map(|c| c.pid);
         if level == Level::ERROR {
-            tracing::error!(channel, pid, "{message}");
+            tracing::error!(channel = %channel, pid, "{message}");
         } else if level == Level::WARN {
-            tracing::warn!(channel, pid, "{message}");
+            tracing::warn!(channel = %channel, pid, "{message}");
         } else {
-            tracing::info!(channel, pid, "{message}");
+            tracing::info!(channel = %channel, pid, "{message}");
         }
     }
 
