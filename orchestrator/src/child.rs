@@ -109,15 +109,11 @@ impl Child {
         }
     }
 
-    /// Waits for the process to end, leaving its pipes unread.
-    pub async fn wait_exit(&mut self) -> ExitStatus {
-        use std::os::unix::process::ExitStatusExt;
+    /// Stops reading the pipes (a descendant may hold them open): `next`
+    /// then waits only for the exit.
+    pub fn abandon_pipes(&mut self) {
         self.stdout = None;
         self.stderr = None;
-        self.process
-            .wait()
-            .await
-            .unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL))
     }
 
     /// Sends a signal to the child's process group.

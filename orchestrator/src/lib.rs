@@ -4,6 +4,8 @@
 //! - [`policy`]: backoff and crash-loop decisions, pure;
 //! - [`child`]: one `relay-channel` process: spawn, status lines, stop;
 //! - [`supervisor`]: one task per channel, reload and reconcile;
+//! - `lifecycle`: one channel's lifecycle as a pure transition table;
+//! - `reconcile`: running vs wanted channels as a pure diff;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
 //! - [`http`]: the HTTP API;
 //! - [`fdlimit`]: the descriptor limit, and the share HTTP connections get;
@@ -14,7 +16,9 @@ pub mod child;
 pub mod config;
 pub mod fdlimit;
 pub mod http;
+mod lifecycle;
 pub mod policy;
+mod reconcile;
 pub mod state;
 pub mod status_cmd;
 pub mod supervisor;

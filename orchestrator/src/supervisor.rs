@@ -5,29 +5,30 @@
 //! Each channel task is independent: its waits, restarts and failures
 //! happen in its own task, so one channel's trouble never delays another.
 //! The tasks talk to the rest only through [`Fleet`] (status, events,
-//! metrics) and their command queue.
+//! metrics) and their command queue. A task decides nothing itself: it
+//! feeds what happens to its [`Lifecycle`] and performs what that says.
+//! Likewise reconcile applies what [`reconcile::plan`] says.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nix::sys::signal::Signal;
 use relay_channel::status::StatusLine;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Level;
 
 use crate::child::{self, Child, Output};
-use crate::config::{self, Channel, Config, Policy};
+use crate::config::{self, Channel, Config};
 use crate::fdlimit;
-use crate::policy::{Decision, Tracker};
+use crate::lifecycle::{
+    fmt_duration, ChannelEvent, Command, Effect, Input, Lifecycle, Show, SpawnFailure,
+};
+use crate::reconcile::{self, Action, BrokenFile, Found, Running, Version};
 use crate::state::{now_rfc3339, Exit, Fleet, State};
-
-/// A deadline that does not come.
-const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
-/// How soon a spawn that ran out of descriptors is tried again.
-const SPAWN_RETRY: Duration = Duration::from_secs(1);
 
 /// What the HTTP API may ask of the supervisor.
 #[derive(Debug)]
@@ -56,12 +57,18 @@ enum Cmd {
     ConfigOk,
 }
 
+/// A running channel task.
 struct Task {
     tx: mpsc::UnboundedSender<Cmd>,
     join: JoinHandle<()>,
-    file: PathBuf,
-    fingerprint: u64,
-    defaults: String,
+}
+
+/// Channels started, stopped and restarted by reconcile.
+#[derive(Debug, Default)]
+struct Counts {
+    started: usize,
+    restarted: usize,
+    stopped: usize,
 }
 
 /// All channel tasks, and the configuration they were started from.
@@ -70,12 +77,12 @@ pub struct Supervisor {
     binary: PathBuf,
     fleet: Arc<Fleet>,
     tasks: BTreeMap<String, Task>,
-    /// Channels whose file does not validate and that have no task.
-    broken: BTreeMap<String, PathBuf>,
-    /// Files whose configuration error was announced (log, event, counter),
-    /// with a fingerprint of their text and the error: a reload that finds
-    /// the same file with the same error says nothing new.
-    announced: BTreeMap<PathBuf, u64>,
+    /// What the tasks run, the broken channels shown, the broken files
+    /// announced: what reconcile plans from.
+    running: Running,
+    /// The print (see [`print_of`]) of orchestrator.toml's error, once
+    /// announced: a reload that finds it as it was says nothing new.
+    config_announced: Option<u64>,
 }
 
 impl Supervisor {
@@ -85,8 +92,8 @@ impl Supervisor {
             binary,
             fleet,
             tasks: BTreeMap::new(),
-            broken: BTreeMap::new(),
-            announced: BTreeMap::new(),
+            running: Running::default(),
+            config_announced: None,
         }
     }
 
@@ -105,23 +112,21 @@ impl Supervisor {
                 }
                 self.cfg.defaults = new.defaults;
                 self.cfg.policy = new.policy;
+                self.config_announced = None;
             }
             Err(e) => {
-                let file = self.cfg.file.clone();
-                if self.first_announcement(&file, &e.to_string()) {
+                let print = print_of(&self.cfg.file, &e.to_string());
+                if self.config_announced.replace(print) != Some(print) {
                     self.fleet.metrics.config_errors.inc();
                     tracing::error!("{e}\n(keeping the previous orchestrator configuration)");
                     self.fleet.emit(
                         "config_error",
                         None,
-                        json!({"file": file, "error": e.to_string()}),
+                        json!({"file": self.cfg.file, "error": e.to_string()}),
                     );
                 }
-                self.reconcile(why);
-                return;
             }
         }
-        self.announced.remove(&self.cfg.file);
         self.reconcile(why);
     }
 
@@ -144,149 +149,132 @@ impl Supervisor {
             }
         };
         let defaults = self.cfg.defaults_text();
-        let (mut started, mut restarted, mut stopped) = (0, 0, 0);
-        let mut wanted: BTreeSet<String> = BTreeSet::new();
-
-        for ch in fleet.channels {
-            let name = ch.name().to_string();
-            wanted.insert(name.clone());
-            self.broken.remove(&name);
-            match self.tasks.get_mut(&name) {
-                None => {
-                    self.start_task(ch, defaults.clone());
-                    started += 1;
-                }
-                Some(t)
-                    if t.fingerprint != ch.fingerprint
-                        || t.defaults != defaults
-                        || t.file != ch.file() =>
-                {
-                    tracing::info!(channel = %name, "configuration changed: restarting the channel");
-                    t.fingerprint = ch.fingerprint;
-                    t.file = ch.file().to_path_buf();
-                    t.defaults = defaults.clone();
-                    let _ = t.tx.send(Cmd::Reconfigure(Box::new(ch), defaults.clone()));
-                    restarted += 1;
-                }
-                Some(t) => {
-                    let _ = t.tx.send(Cmd::ConfigOk);
-                }
-            }
-        }
-
-        let mut still_broken = BTreeSet::new();
-        for r in fleet.rejected {
-            let text = r.error.to_string();
-            still_broken.insert(r.error.file.clone());
-            let new = self.first_announcement(&r.error.file, &text);
-            if new {
-                self.fleet.metrics.config_errors.inc();
-                tracing::error!("{text}");
-            }
-            match self.tasks.get(&r.name) {
-                // The running instance of this file is left alone.
-                Some(t) if t.file == r.error.file => {
-                    wanted.insert(r.name.clone());
-                    let _ = t.tx.send(Cmd::ConfigError(text.clone()));
-                }
-                // Another file holds the name (a duplicate): report only.
-                Some(_) => {}
-                None => {
-                    wanted.insert(r.name.clone());
-                    self.broken.insert(r.name.clone(), r.error.file.clone());
-                    self.fleet.update(&r.name, &r.error.file, |s| {
-                        s.state = State::Failed;
-                        s.reason = Some("configuration error".into());
-                        s.config_error = Some(text.clone());
-                    });
-                }
-            }
-            if new {
-                self.fleet.emit(
-                    "config_error",
-                    Some(&r.name),
-                    json!({"file": r.error.file, "error": text}),
-                );
-            }
-        }
-        // A file that validates again (or is gone) is announced afresh if
-        // it breaks later.
-        let cfg_file = self.cfg.file.clone();
-        self.announced
-            .retain(|f, _| still_broken.contains(f) || *f == cfg_file);
-
-        for name in unwanted(&self.tasks, &wanted) {
-            if let Some(t) = self.tasks.remove(&name) {
-                tracing::info!(channel = %name, "channel file removed: stopping the channel");
-                let _ = t.tx.send(Cmd::Stop);
-                let fleet = self.fleet.clone();
-                tokio::spawn(async move {
-                    let _ = t.join.await;
-                    fleet.remove(&name);
-                });
-                stopped += 1;
-            }
-        }
-        for name in unwanted(&self.broken, &wanted) {
-            self.broken.remove(&name);
-            self.fleet.remove(&name);
-        }
+        let found = found(&fleet, &defaults);
+        let actions = reconcile::plan(&self.running, &found);
+        let n = self.apply(actions, fleet.channels, &defaults);
+        self.running.announced = found.prints();
         tracing::info!(
             reason = why,
-            started,
-            restarted,
-            stopped,
+            started = n.started,
+            restarted = n.restarted,
+            stopped = n.stopped,
             "channels reconciled"
         );
         self.fleet.emit(
             "reloaded",
             None,
-            json!({"reason": why, "started": started, "restarted": restarted, "stopped": stopped}),
+            json!({"reason": why, "started": n.started, "restarted": n.restarted, "stopped": n.stopped}),
         );
     }
 
-    /// Whether this error of this file, as the file reads now, is news
-    /// (and remembers it): each change of a broken file is announced once.
-    fn first_announcement(&mut self, file: &Path, error: &str) -> bool {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::fs::read(file).unwrap_or_default().hash(&mut h);
-        error.hash(&mut h);
-        let print = h.finish();
-        self.announced.insert(file.to_path_buf(), print) != Some(print)
+    /// Performs reconcile's actions.
+    fn apply(&mut self, actions: Vec<Action>, channels: Vec<Channel>, defaults: &str) -> Counts {
+        let mut channels: BTreeMap<String, Channel> = channels
+            .into_iter()
+            .map(|c| (c.name().to_string(), c))
+            .collect();
+        let mut n = Counts::default();
+        for action in actions {
+            match action {
+                Action::Start(name) => {
+                    let Some(ch) = channels.remove(&name) else {
+                        continue;
+                    };
+                    self.start_task(ch, defaults);
+                    n.started += 1;
+                }
+                Action::Reconfigure(name) => {
+                    let Some(ch) = channels.remove(&name) else {
+                        continue;
+                    };
+                    tracing::info!(channel = %name, "configuration changed: restarting the channel");
+                    self.running
+                        .tasks
+                        .insert(name.clone(), version(&ch, defaults));
+                    self.send(&name, Cmd::Reconfigure(Box::new(ch), defaults.to_string()));
+                    n.restarted += 1;
+                }
+                Action::Unchanged(name) => self.send(&name, Cmd::ConfigOk),
+                Action::KeepRunning { name, error } => self.send(&name, Cmd::ConfigError(error)),
+                Action::ShowBroken { name, file, error } => {
+                    self.fleet.update(&name, &file, |s| {
+                        s.state = State::Failed;
+                        s.reason = Some("configuration error".into());
+                        s.config_error = Some(error);
+                    });
+                    self.running.broken.insert(name);
+                }
+                Action::Announce { name, file, error } => {
+                    self.fleet.metrics.config_errors.inc();
+                    tracing::error!("{error}");
+                    self.fleet.emit(
+                        "config_error",
+                        Some(&name),
+                        json!({"file": file, "error": error}),
+                    );
+                }
+                Action::Stop(name) => {
+                    self.stop_task(&name);
+                    n.stopped += 1;
+                }
+                Action::Forget(name) => {
+                    self.running.broken.remove(&name);
+                    self.fleet.remove(&name);
+                }
+            }
+        }
+        n
     }
 
-    fn start_task(&mut self, ch: Channel, defaults: String) {
+    fn send(&self, name: &str, cmd: Cmd) {
+        if let Some(t) = self.tasks.get(name) {
+            let _ = t.tx.send(cmd);
+        }
+    }
+
+    fn start_task(&mut self, ch: Channel, defaults: &str) {
         let (tx, rx) = mpsc::unbounded_channel();
         let name = ch.name().to_string();
-        let file = ch.file().to_path_buf();
-        let fingerprint = ch.fingerprint;
+        let version = version(&ch, defaults);
         // Listed (as starting) from now on, before the task first runs.
-        self.fleet.update(&name, &file, |s| {
+        self.fleet.update(&name, ch.file(), |s| {
             s.state = State::Starting;
             s.config_error = None;
         });
+        let life = Lifecycle::new(
+            self.cfg.policy.clone(),
+            self.binary.display().to_string(),
+            || fastrand::f64() * 2.0 - 1.0,
+        );
         let task = ChannelTask {
             ch,
-            defaults: defaults.clone(),
-            policy: self.cfg.policy.clone(),
+            defaults: defaults.to_string(),
             binary: self.binary.clone(),
             fleet: self.fleet.clone(),
             rx,
-            tracker: Tracker::default(),
-            starts: 0,
+            life,
+            child: None,
         };
         let join = tokio::spawn(task.run());
-        self.tasks.insert(
-            name,
-            Task {
-                tx,
-                join,
-                file,
-                fingerprint,
-                defaults,
-            },
-        );
+        self.running.broken.remove(&name);
+        self.running.tasks.insert(name.clone(), version);
+        self.tasks.insert(name, Task { tx, join });
+    }
+
+    /// Stops a task whose file is gone; its status goes once it has ended.
+    fn stop_task(&mut self, name: &str) {
+        self.running.tasks.remove(name);
+        let Some(t) = self.tasks.remove(name) else {
+            return;
+        };
+        tracing::info!(channel = %name, "channel file removed: stopping the channel");
+        let _ = t.tx.send(Cmd::Stop);
+        let fleet = self.fleet.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let _ = t.join.await;
+            fleet.remove(&name);
+        });
     }
 
     /// Handles a request from the HTTP API.
@@ -298,7 +286,7 @@ impl Supervisor {
                         let _ = t.tx.send(Cmd::Restart);
                         Ok(())
                     }
-                    None if self.broken.contains_key(&name) => Err(format!(
+                    None if self.running.broken.contains(&name) => Err(format!(
                         "channel {name:?} cannot start: its file does not validate"
                     )),
                     None => Err(format!("no channel {name:?}")),
@@ -317,49 +305,69 @@ impl Supervisor {
         for (_, t) in std::mem::take(&mut self.tasks) {
             let _ = t.join.await;
         }
+        self.running.tasks.clear();
     }
 }
 
-/// What ended a child's run.
-enum RunEnd {
-    /// The child exited by itself (or failed its start timeout).
-    Failed {
-        exit: Exit,
-        uptime: Duration,
-        code: Option<i32>,
-    },
-    /// Stopped on a command; what to do next.
-    Stopped(Next),
+/// What `channels.d` holds, for [`reconcile::plan`]; reads each broken
+/// file for its print.
+fn found(fleet: &config::Fleet, defaults: &str) -> Found {
+    let valid = fleet
+        .channels
+        .iter()
+        .map(|c| (c.name().to_string(), version(c, defaults)))
+        .collect();
+    let broken = fleet
+        .rejected
+        .iter()
+        .map(|r| {
+            let error = r.error.to_string();
+            BrokenFile {
+                name: r.name.clone(),
+                file: r.error.file.clone(),
+                print: print_of(&r.error.file, &error),
+                error,
+            }
+        })
+        .collect();
+    Found { valid, broken }
 }
 
-/// What a channel task does next.
-enum Next {
-    Start,
-    Wait(Instant),
-    /// Parked until the file changes or an operator asks.
-    WaitForChange,
-    End,
+/// What a task of `ch` runs with these defaults.
+fn version(ch: &Channel, defaults: &str) -> Version {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (ch.fingerprint, defaults).hash(&mut h);
+    Version {
+        file: ch.file().to_path_buf(),
+        fingerprint: h.finish(),
+    }
 }
 
+/// A fingerprint of a broken file as it reads now and its error: each
+/// change of a broken file is announced once.
+fn print_of(file: &Path, error: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(file).unwrap_or_default().hash(&mut h);
+    error.hash(&mut h);
+    h.finish()
+}
+
+/// Performs one channel's [`Lifecycle`]: owns the child, turns what it
+/// says and does, deadlines and commands into inputs, and carries out the
+/// effects.
 struct ChannelTask {
     ch: Channel,
     defaults: String,
-    policy: Policy,
     binary: PathBuf,
     fleet: Arc<Fleet>,
     rx: mpsc::UnboundedReceiver<Cmd>,
-    tracker: Tracker,
-    /// Children started so far.
-    starts: u64,
+    life: Lifecycle,
+    child: Option<Child>,
 }
 
 impl ChannelTask {
     fn name(&self) -> &str {
         &self.ch.spec.name
-    }
-
-    fn file(&self) -> PathBuf {
-        self.ch.spec.file.clone()
     }
 
     fn set(&self, f: impl FnOnce(&mut crate::state::ChannelStatus)) {
@@ -377,283 +385,205 @@ impl ChannelTask {
             .restarts
             .with_label_values(&[self.name()])
             .inc_by(0);
-        self.set(|s| {
-            s.state = State::Starting;
-            s.config_error = None;
-        });
-        let mut next = Next::Start;
+        let mut input = Input::Begin;
         loop {
-            next = match next {
-                Next::Start => self.start_and_watch().await,
-                Next::Wait(until) => self.wait(Some(until)).await,
-                Next::WaitForChange => self.wait(None).await,
-                Next::End => break,
-            };
+            self.feed(input);
+            if self.life.is_done() {
+                return;
+            }
+            input = self.next_input().await;
         }
-        self.set(|s| {
-            s.state = State::Stopped;
-            s.pid = None;
-            s.reason = None;
-        });
-        self.emit("stopped", Value::Null);
     }
 
-    /// Waits for `until` (then starts) or for a command.
-    async fn wait(&mut self, until: Option<Instant>) -> Next {
-        let sleep = async {
-            match until {
+    /// Steps the lifecycle and performs its effects; a spawn's outcome is
+    /// fed back at once.
+    fn feed(&mut self, input: Input) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            for effect in self.life.step(input, Instant::now()) {
+                inputs.extend(self.perform(effect));
+            }
+        }
+    }
+
+    /// The next thing that happens.
+    async fn next_input(&mut self) -> Input {
+        let deadline = self.life.deadline();
+        let sleep = async move {
+            match deadline {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
+        let takes_commands = self.life.takes_commands();
         tokio::select! {
-            _ = sleep => {
-                if self.fleet.get(self.name()).is_some_and(|s| s.state == State::Failed) {
-                    // The cool-down is over: a fresh start.
-                    self.tracker.reset();
-                }
-                Next::Start
-            }
-            cmd = self.rx.recv() => match cmd {
-                None | Some(Cmd::Stop) => Next::End,
-                Some(Cmd::Restart) => {
-                    self.tracker.reset();
-                    Next::Start
-                }
-                Some(Cmd::Reconfigure(ch, defaults)) => {
-                    self.ch = *ch;
-                    self.defaults = defaults;
-                    self.tracker.reset();
-                    self.set(|s| s.config_error = None);
-                    Next::Start
-                }
-                Some(Cmd::ConfigError(e)) => {
-                    self.set(|s| s.config_error = Some(e));
-                    match until { Some(t) => Next::Wait(t), None => Next::WaitForChange }
-                }
-                Some(Cmd::ConfigOk) => {
-                    self.set(|s| s.config_error = None);
-                    match until { Some(t) => Next::Wait(t), None => Next::WaitForChange }
-                }
-            }
+            // Output first: lines already in the pipe (after the
+            // orchestrator itself was stalled, say) count before any
+            // deadline is looked at.
+            biased;
+            out = next_output(&mut self.child) => self.on_output(out),
+            cmd = self.rx.recv(), if takes_commands => self.on_command(cmd),
+            () = sleep => Input::Tick,
         }
     }
 
-    async fn start_and_watch(&mut self) -> Next {
-        let spawned = child::spawn(&self.binary, &self.ch.spec.file, &self.defaults);
-        if let Err(e) = &spawned {
-            if fdlimit::is_exhausted(e) {
-                return self.spawn_later(e);
-            }
-        }
-        let restart = self.starts > 0;
-        self.starts += 1;
-        if restart {
-            self.set(|s| s.restarts += 1);
-            self.fleet
-                .metrics
-                .restarts
-                .with_label_values(&[self.name()])
-                .inc();
-        }
-        self.fleet.clear_stats(self.name());
-        let end = match spawned {
-            Ok(child) => self.watch(child).await,
-            Err(e) => RunEnd::Failed {
-                exit: Exit {
-                    code: None,
-                    signal: None,
-                    at: now_rfc3339(),
-                    description: format!("cannot start {}: {e}", self.binary.display()),
-                },
-                uptime: Duration::ZERO,
-                code: None,
+    fn on_output(&mut self, out: std::io::Result<Output>) -> Input {
+        let pid = self.child.as_ref().map_or(0, |c| c.pid);
+        match out {
+            Ok(Output::Stdout(line)) => Input::Stdout {
+                ready: self.on_status_line(&line, pid),
             },
+            Ok(Output::Stderr(line)) => {
+                self.on_log_line(line.clone());
+                Input::Stderr(line)
+            }
+            Ok(Output::Exited(status)) => {
+                self.child = None;
+                Input::Exited(exit_of(&status))
+            }
+            Err(e) => {
+                if let Some(c) = &mut self.child {
+                    c.abandon_pipes();
+                }
+                Input::PipesLost {
+                    error: e.to_string(),
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Option<Cmd>) -> Input {
+        Input::Command(match cmd {
+            None | Some(Cmd::Stop) => Command::Stop,
+            Some(Cmd::Restart) => Command::Restart,
+            Some(Cmd::Reconfigure(ch, defaults)) => {
+                // The running child has its configuration; the next one
+                // starts with this.
+                self.ch = *ch;
+                self.defaults = defaults;
+                Command::Reconfigure
+            }
+            Some(Cmd::ConfigError(e)) => Command::ConfigError(e),
+            Some(Cmd::ConfigOk) => Command::ConfigOk,
+        })
+    }
+
+    /// Carries out one effect; a spawn answers with its outcome.
+    fn perform(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Spawn => return Some(self.spawn()),
+            Effect::Signal(sig) => {
+                if let Some(c) = &self.child {
+                    c.signal(sig);
+                }
+            }
+            Effect::AbandonPipes => {
+                if let Some(c) = &mut self.child {
+                    c.abandon_pipes();
+                }
+            }
+            Effect::Log(level, message) => self.log(level, &message),
+            Effect::Emit(event) => self.announce(event),
+            Effect::Show(change) => self.show(change),
+            Effect::CountRestart => {
+                self.set(|s| s.restarts += 1);
+                self.fleet
+                    .metrics
+                    .restarts
+                    .with_label_values(&[self.name()])
+                    .inc();
+            }
+            Effect::ClearStats => self.fleet.clear_stats(self.name()),
+        }
+        None
+    }
+
+    fn spawn(&mut self) -> Input {
+        match child::spawn(&self.binary, self.ch.file(), &self.defaults) {
+            Ok(c) => {
+                let pid = c.pid;
+                self.child = Some(c);
+                Input::Spawned { pid }
+            }
+            Err(e) => Input::SpawnFailed(SpawnFailure {
+                out_of_descriptors: fdlimit::is_exhausted(&e),
+                error: e.to_string(),
+                at: now_rfc3339(),
+            }),
+        }
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        let channel = self.name();
+        let pid = self.child.as_ref().map(|c| c.pid);
+        if level == Level::ERROR {
+            tracing::error!(channel = %channel, pid, "{message}");
+        } else if level == Level::WARN {
+            tracing::warn!(channel = %channel, pid, "{message}");
+        } else {
+            tracing::info!(channel = %channel, pid, "{message}");
+        }
+    }
+
+    /// Writes a change into the channel's status.
+    fn show(&self, change: Show) {
+        self.set(|s| match change {
+            Show::Started { pid, since } => {
+                s.state = State::Starting;
+                s.pid = Some(pid);
+                s.started = Some(since);
+                s.reason = None;
+                s.last_stderr.clear();
+            }
+            Show::Ended { exit } => {
+                s.pid = None;
+                if exit.is_some() {
+                    s.last_exit = exit;
+                }
+            }
+            Show::State { state, reason } => {
+                s.state = state;
+                s.reason = reason;
+            }
+            Show::ConfigError(error) => s.config_error = error,
+        });
+    }
+
+    /// Publishes a lifecycle event.
+    fn announce(&self, event: ChannelEvent) {
+        let (kind, detail) = match event {
+            ChannelEvent::Started { pid } => {
+                ("started", json!({"pid": pid, "file": self.ch.file()}))
+            }
+            ChannelEvent::Hung { pid, silent_for } => (
+                "hung",
+                json!({"pid": pid, "silent_for": fmt_duration(silent_for)}),
+            ),
+            ChannelEvent::Exited { pid, exit } => ("exited", json!({"pid": pid, "exit": exit})),
+            ChannelEvent::Ended { pid, reason } => {
+                ("exited", json!({"pid": pid, "reason": reason}))
+            }
+            ChannelEvent::Restarting { delay, after } => (
+                "restarting",
+                json!({"delay_ms": delay.as_millis() as u64, "after": after}),
+            ),
+            ChannelEvent::RestartingNow { reason } => {
+                ("restarting", json!({"reason": reason, "delay_ms": 0}))
+            }
+            ChannelEvent::Failed { reason, exit } => {
+                let last_stderr = self
+                    .fleet
+                    .get(self.name())
+                    .map(|s| s.last_stderr)
+                    .unwrap_or_default();
+                (
+                    "failed",
+                    json!({"reason": reason, "exit": exit, "last_stderr": last_stderr}),
+                )
+            }
+            ChannelEvent::Stopped => ("stopped", Value::Null),
         };
-        match end {
-            RunEnd::Stopped(next) => next,
-            RunEnd::Failed { exit, uptime, code } => self.after_failure(exit, uptime, code),
-        }
-    }
-
-    /// The orchestrator ran out of descriptors (EMFILE, ENFILE) while
-    /// spawning: not the channel's failure, so not counted towards
-    /// `failed`, nor as a restart; tried again shortly.
-    fn spawn_later(&mut self, e: &std::io::Error) -> Next {
-        let reason = format!(
-            "cannot start {}: {e}; trying again in {}",
-            self.binary.display(),
-            fmt_duration(SPAWN_RETRY)
-        );
-        self.back_off(SPAWN_RETRY, reason, &e.to_string())
-    }
-
-    /// Shows the channel in `backoff` (with why), says so on the event
-    /// stream, and waits `after` before the next start.
-    fn back_off(&mut self, after: Duration, reason: String, cause: &str) -> Next {
-        tracing::warn!(channel = %self.name(), "{reason}");
-        self.set(|s| {
-            s.state = State::Backoff;
-            s.reason = Some(reason);
-        });
-        self.emit(
-            "restarting",
-            json!({"delay_ms": after.as_millis() as u64, "after": cause}),
-        );
-        Next::Wait(Instant::now() + after)
-    }
-
-    /// Decides what follows a failure, and says so.
-    fn after_failure(&mut self, exit: Exit, uptime: Duration, code: Option<i32>) -> Next {
-        let last_stderr = self
-            .fleet
-            .get(self.name())
-            .map(|s| s.last_stderr)
-            .unwrap_or_default();
-        let last_line = last_stderr.last().cloned().unwrap_or_default();
-        if code == Some(78) {
-            let reason = format!("configuration error (exit 78): {last_line}");
-            tracing::error!(channel = %self.name(), "{reason}; not restarted until its file changes");
-            self.mark_failed(reason, &exit, last_stderr);
-            return Next::WaitForChange;
-        }
-        let jitter = fastrand::f64() * 2.0 - 1.0;
-        match self
-            .tracker
-            .on_failure(Instant::now(), uptime, &self.policy, jitter)
-        {
-            Decision::Restart { after } => {
-                let reason = format!(
-                    "{}; restarting in {}",
-                    exit.description,
-                    fmt_duration(after)
-                );
-                self.back_off(after, reason, &exit.description)
-            }
-            Decision::Park { until } => {
-                let reason = format!(
-                    "{} failures within {}, the last: {}; trying again in {}",
-                    self.tracker.recent_failures(),
-                    fmt_duration(self.policy.restart_window),
-                    exit.description,
-                    fmt_duration(self.policy.cooldown)
-                );
-                tracing::error!(channel = %self.name(), last_stderr = %last_line, "failed: {reason}");
-                self.mark_failed(reason, &exit, last_stderr);
-                Next::Wait(until)
-            }
-        }
-    }
-
-    /// Shows the channel as `failed`, with why, and says so on the event
-    /// stream.
-    fn mark_failed(&self, reason: String, exit: &Exit, last_stderr: Vec<String>) {
-        self.set(|s| {
-            s.state = State::Failed;
-            s.reason = Some(reason.clone());
-        });
-        self.emit(
-            "failed",
-            json!({"reason": reason, "exit": exit, "last_stderr": last_stderr}),
-        );
-    }
-
-    /// Follows a child from start to end.
-    async fn watch(&mut self, mut child: Child) -> RunEnd {
-        let pid = child.pid;
-        let started = Instant::now();
-        tracing::info!(channel = %self.name(), pid, "started");
-        self.set(|s| {
-            s.state = State::Starting;
-            s.pid = Some(pid);
-            s.started = Some(started);
-            s.reason = None;
-            s.last_stderr.clear();
-        });
-        self.emit("started", json!({"pid": pid, "file": self.file()}));
-        let start_deadline = tokio::time::sleep(self.policy.start_timeout);
-        tokio::pin!(start_deadline);
-        // Once ready, every stdout line (a stats line comes each second) is
-        // the relay's heartbeat; silence for `liveness_timeout` means hung.
-        let liveness = self.policy.liveness_timeout;
-        let silence = tokio::time::sleep(liveness.unwrap_or(NEVER));
-        tokio::pin!(silence);
-        let mut ready = false;
-        loop {
-            tokio::select! {
-                // Output first: lines already in the pipe (after the
-                // orchestrator itself was stalled, say) count before any
-                // deadline is looked at.
-                biased;
-                out = child.next() => match out {
-                    Ok(Output::Stdout(line)) => {
-                        if self.on_status_line(&line, pid) {
-                            ready = true;
-                        }
-                        if let Some(limit) = liveness {
-                            silence.as_mut().reset((Instant::now() + limit).into());
-                        }
-                    }
-                    Ok(Output::Stderr(line)) => self.on_log_line(line),
-                    Ok(Output::Exited(status)) => {
-                        return self.exited(&status, started, pid, None);
-                    }
-                    Err(e) => {
-                        tracing::error!(channel = %self.name(), error = %e, "lost the child's pipes; stopping it");
-                        let status = self.stop_child(&mut child).await;
-                        return self.exited(&status, started, pid, None);
-                    }
-                },
-                cmd = self.rx.recv() => match cmd {
-                    None | Some(Cmd::Stop) => {
-                        self.stop_child(&mut child).await;
-                        self.emit("exited", json!({"pid": pid, "reason": "stopped"}));
-                        return RunEnd::Stopped(Next::End);
-                    }
-                    Some(Cmd::Restart) => {
-                        self.emit("restarting", json!({"reason": "requested", "delay_ms": 0}));
-                        self.stop_child(&mut child).await;
-                        self.emit("exited", json!({"pid": pid, "reason": "restart requested"}));
-                        self.tracker.reset();
-                        return RunEnd::Stopped(Next::Start);
-                    }
-                    Some(Cmd::Reconfigure(ch, defaults)) => {
-                        self.emit("restarting", json!({"reason": "configuration changed", "delay_ms": 0}));
-                        self.stop_child(&mut child).await;
-                        self.emit("exited", json!({"pid": pid, "reason": "configuration changed"}));
-                        self.ch = *ch;
-                        self.defaults = defaults;
-                        self.tracker.reset();
-                        self.set(|s| s.config_error = None);
-                        return RunEnd::Stopped(Next::Start);
-                    }
-                    Some(Cmd::ConfigError(e)) => {
-                        tracing::warn!(channel = %self.name(), "the changed file does not validate; the running instance is left as it is");
-                        self.set(|s| s.config_error = Some(e));
-                    }
-                    Some(Cmd::ConfigOk) => self.set(|s| s.config_error = None),
-                },
-                _ = &mut start_deadline, if !ready => {
-                    let limit = fmt_duration(self.policy.start_timeout);
-                    tracing::warn!(channel = %self.name(), pid, "not ready within {limit}; stopping it");
-                    let status = self.stop_child(&mut child).await;
-                    let cause = format!("not ready within {limit}");
-                    let mut end = self.exited(&status, started, pid, Some(&cause));
-                    if let RunEnd::Failed { code, .. } = &mut end {
-                        *code = None;
-                    }
-                    return end;
-                }
-                _ = &mut silence, if ready && liveness.is_some() => {
-                    let limit = fmt_duration(liveness.unwrap_or_default());
-                    tracing::error!(channel = %self.name(), pid, "no status line for {limit}: the relay is hung; killing it");
-                    self.emit("hung", json!({"pid": pid, "silent_for": limit}));
-                    let status = self.kill_child(&mut child).await;
-                    let cause = format!("stopped reporting: no status line for {limit}");
-                    return self.exited(&status, started, pid, Some(&cause));
-                }
-            }
-        }
+        self.emit(kind, detail);
     }
 
     /// Handles one stdout line; true if it was `ready`.
@@ -688,105 +618,25 @@ impl ChannelTask {
         tracing::info!(target: "relay", channel = %self.name(), "{line}");
         self.set(|s| s.push_stderr(line));
     }
+}
 
-    /// Records how a child ended; `cause`, when the orchestrator ended it,
-    /// says why ("not ready within 10s").
-    fn exited(
-        &mut self,
-        status: &std::process::ExitStatus,
-        started: Instant,
-        pid: u32,
-        cause: Option<&str>,
-    ) -> RunEnd {
-        use std::os::unix::process::ExitStatusExt;
-        let description = match cause {
-            Some(c) => format!("{c} ({})", child::describe(status)),
-            None => child::describe(status),
-        };
-        let exit = Exit {
-            code: status.code(),
-            signal: status.signal(),
-            at: now_rfc3339(),
-            description,
-        };
-        self.set(|s| {
-            s.pid = None;
-            s.last_exit = Some(exit.clone());
-        });
-        self.emit("exited", json!({"pid": pid, "exit": exit}));
-        RunEnd::Failed {
-            code: status.code(),
-            exit,
-            uptime: started.elapsed(),
-        }
-    }
-
-    /// SIGKILL at once (a hung child would not act on SIGTERM); reads what
-    /// is left in its pipes.
-    async fn kill_child(&mut self, child: &mut Child) -> std::process::ExitStatus {
-        child.signal(Signal::SIGKILL);
-        let drain = async {
-            loop {
-                match child.next().await {
-                    Ok(Output::Stdout(_)) => {}
-                    Ok(Output::Stderr(line)) => self.on_log_line(line),
-                    Ok(Output::Exited(status)) => return Some(status),
-                    Err(_) => return None,
-                }
-            }
-        };
-        let status = match tokio::time::timeout(self.policy.stop_timeout, drain).await {
-            Ok(Some(status)) => status,
-            _ => child.wait_exit().await,
-        };
-        self.set(|s| s.pid = None);
-        status
-    }
-
-    /// SIGTERM, then SIGKILL after `stop_timeout`; reads the child's last
-    /// lines meanwhile (its final stats).
-    async fn stop_child(&mut self, child: &mut Child) -> std::process::ExitStatus {
-        child.signal(Signal::SIGTERM);
-        let deadline = tokio::time::sleep(self.policy.stop_timeout);
-        tokio::pin!(deadline);
-        let mut killed = false;
-        loop {
-            tokio::select! {
-                out = child.next() => match out {
-                    Ok(Output::Stdout(line)) => { self.on_status_line(&line, child.pid); }
-                    Ok(Output::Stderr(line)) => self.on_log_line(line),
-                    Ok(Output::Exited(status)) => {
-                        self.set(|s| s.pid = None);
-                        return status;
-                    }
-                    Err(_) => {
-                        child.signal(Signal::SIGKILL);
-                        return child.wait_exit().await;
-                    }
-                },
-                _ = &mut deadline, if !killed => {
-                    tracing::warn!(
-                        channel = %self.name(), pid = child.pid,
-                        "did not stop within {}; killing it", fmt_duration(self.policy.stop_timeout)
-                    );
-                    child.signal(Signal::SIGKILL);
-                    killed = true;
-                }
-            }
-        }
+/// The child's next output; never, without a child.
+async fn next_output(child: &mut Option<Child>) -> std::io::Result<Output> {
+    match child {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
     }
 }
 
-/// Names in `map` that are not `wanted` any more.
-fn unwanted<V>(map: &BTreeMap<String, V>, wanted: &BTreeSet<String>) -> Vec<String> {
-    map.keys()
-        .filter(|n| !wanted.contains(*n))
-        .cloned()
-        .collect()
-}
-
-fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+/// How a child ended, as of now.
+fn exit_of(status: &std::process::ExitStatus) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    Exit {
+        code: status.code(),
+        signal: status.signal(),
+        at: now_rfc3339(),
+        description: child::describe(status),
+    }
 }
 
 /// The relay binary: the configured one, else `relay-channel` beside this
