@@ -39,8 +39,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::mmsg::{enable_timestamps, open_group_receiver, realtime_ns, RecvBatch};
+use crate::sockets::{enable_timestamps, open_group_receiver, realtime_ns};
 use crate::{samples_header, Size};
+use relay_channel::mmsg::RecvBatch;
 
 /// Loss must stay under this fraction of the datagrams sent (0.01%).
 pub const LOSS_LIMIT: f64 = 1e-4;

@@ -21,12 +21,13 @@
 //! - [`samples_header`]: reads `time` and `counter` back from a datagram,
 //!   which is what the benchmark receivers need for loss and latency.
 //!
-//! The modules hold the benchmark machinery: [`mmsg`] (batched
-//! `recvmmsg`/`sendmmsg` shared by `ceiling` and the harness's receiver) and
-//! [`harness`] (the `throughput` benchmark itself).
+//! The modules hold the benchmark machinery: [`sockets`] (the loopback and
+//! local-group sockets of `ceiling` and the harness's receiver, read and
+//! written through `relay_channel::mmsg`, the batch layer the relay runs)
+//! and [`harness`] (the `throughput` benchmark itself).
 
 pub mod harness;
-pub mod mmsg;
+pub mod sockets;
 
 use std::f64::consts::TAU;
 

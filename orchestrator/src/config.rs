@@ -134,17 +134,8 @@ impl Config {
         path: &Path,
         channels_dir: Option<&Path>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = rc::dotted_key(e.path());
-                let message = e.into_inner().to_string();
-                let message: Vec<&str> = message
-                    .lines()
-                    .filter(|l| !l.trim().is_empty() && !l.starts_with("in `"))
-                    .collect();
-                one(path, &key, message.join(" "))
-            })?;
-        let base = base_dir(path);
+        let raw: RawConfig = rc::deserialize_table(table, path)?;
+        let base = rc::base_dir(path);
         let mut problems = Vec::new();
         let mut problem = |key: &str, message: String| {
             problems.push(Problem {
@@ -191,13 +182,13 @@ impl Config {
         if let Some(s) = raw.supervisor {
             let mut dur = |key: &str, v: Option<String>, into: &mut Duration| {
                 if let Some(v) = v {
-                    match humantime::parse_duration(&v) {
+                    match rc::parse_duration(&v, "write e.g. \"100ms\", \"10s\", \"5m\"") {
                         Ok(d) if !d.is_zero() => *into = d,
-                        Ok(_) => problem(&format!("supervisor.{key}"), "must be longer than 0s".into()),
-                        Err(e) => problem(
+                        Ok(_) => problem(
                             &format!("supervisor.{key}"),
-                            format!("{v:?} is not a duration ({e}); write e.g. \"100ms\", \"10s\", \"5m\""),
+                            "must be longer than 0s".into(),
                         ),
+                        Err(e) => problem(&format!("supervisor.{key}"), e),
                     }
                 }
             };
@@ -217,17 +208,14 @@ impl Config {
             );
             dur("cooldown", s.cooldown, &mut policy.cooldown);
             if let Some(v) = s.liveness_timeout {
-                match humantime::parse_duration(&v) {
+                match rc::parse_duration(&v, "write e.g. \"5s\", or \"0s\" to turn it off") {
                     Ok(d) if d.is_zero() => policy.liveness_timeout = None,
                     Ok(d) if d >= MIN_LIVENESS_TIMEOUT => policy.liveness_timeout = Some(d),
                     Ok(_) => problem(
                         "supervisor.liveness_timeout",
                         format!("{v:?} is too short: relays report once a second; write \"0s\" (off) or at least \"2s\""),
                     ),
-                    Err(e) => problem(
-                        "supervisor.liveness_timeout",
-                        format!("{v:?} is not a duration ({e}); write e.g. \"5s\", or \"0s\" to turn it off"),
-                    ),
+                    Err(e) => problem("supervisor.liveness_timeout", e),
                 }
             }
             if let Some(f) = s.backoff_factor {
@@ -287,24 +275,6 @@ impl Config {
     }
 }
 
-fn one(path: &Path, key: &str, message: String) -> ConfigError {
-    ConfigError {
-        file: path.to_path_buf(),
-        problems: vec![Problem {
-            key: key.into(),
-            message,
-        }],
-    }
-}
-
-fn base_dir(path: &Path) -> PathBuf {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::canonicalize(&parent).unwrap_or(parent)
-}
-
 /// Paths in `[defaults]` are relative to orchestrator.toml, not to the
 /// channel files they end up in.
 fn absolutize_paths(defaults: &mut toml::Table, base: &Path) {
@@ -359,33 +329,34 @@ impl Channel {
 /// A channel file that cannot run: its problems, and the channel name it
 /// would have had (the `name` key if readable, else the file stem).
 #[derive(Debug, Clone)]
-pub struct Rejected {
+pub struct InvalidChannel {
     pub name: String,
     pub error: ConfigError,
 }
 
-/// What `channels.d` holds right now.
+/// What `channels.d` holds right now: the channels that can run, and the
+/// files that cannot.
 #[derive(Debug, Default)]
-pub struct Fleet {
+pub struct ChannelSet {
     pub channels: Vec<Channel>,
-    pub rejected: Vec<Rejected>,
+    pub rejected: Vec<InvalidChannel>,
 }
 
 /// Reads every `*.toml` in the channels folder (sorted by file name),
 /// validates each with the defaults merged, then checks fleet conflicts: of
 /// two conflicting files the one that sorts first keeps the channel.
-pub fn load_fleet(cfg: &Config) -> Result<Fleet, std::io::Error> {
+pub fn load_fleet(cfg: &Config) -> Result<ChannelSet, std::io::Error> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&cfg.channels_dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
         .collect();
     files.sort();
-    let mut fleet = Fleet::default();
+    let mut fleet = ChannelSet::default();
     for file in files {
         match load_channel(&file, &cfg.defaults) {
             Ok(c) => fleet.channels.push(c),
-            Err(error) => fleet.rejected.push(Rejected {
+            Err(error) => fleet.rejected.push(InvalidChannel {
                 name: name_of(&file),
                 error,
             }),
@@ -426,14 +397,14 @@ pub fn load_channel(file: &Path, defaults: &toml::Table) -> Result<Channel, Conf
     })
 }
 
-fn check_conflicts(fleet: &mut Fleet) {
+fn check_conflicts(fleet: &mut ChannelSet) {
     let mut kept: Vec<Channel> = Vec::new();
     for c in std::mem::take(&mut fleet.channels) {
         let problems = conflicts(&c, &kept);
         if problems.is_empty() {
             kept.push(c);
         } else {
-            fleet.rejected.push(Rejected {
+            fleet.rejected.push(InvalidChannel {
                 name: c.name().to_string(),
                 error: ConfigError {
                     file: c.file().to_path_buf(),
@@ -536,11 +507,11 @@ fn receive_overlaps(a: &rc::ReceiveSpec, b: &rc::ReceiveSpec) -> bool {
 }
 
 /// Every problem of a fleet, for `orchestrator check`, file by file.
-pub struct Report<'a>(pub &'a [Rejected]);
+pub struct Report<'a>(pub &'a [InvalidChannel]);
 
 impl fmt::Display for Report<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut by_file: BTreeMap<&Path, Vec<&Rejected>> = BTreeMap::new();
+        let mut by_file: BTreeMap<&Path, Vec<&InvalidChannel>> = BTreeMap::new();
         for r in self.0 {
             by_file.entry(&r.error.file).or_default().push(r);
         }

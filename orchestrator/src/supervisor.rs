@@ -311,7 +311,7 @@ impl Supervisor {
 
 /// What `channels.d` holds, for [`reconcile::plan`]; reads each broken
 /// file for its print.
-fn found(fleet: &config::Fleet, defaults: &str) -> Found {
+fn found(fleet: &config::ChannelSet, defaults: &str) -> Found {
     let valid = fleet
         .channels
         .iter()

@@ -309,25 +309,10 @@ impl ChannelSpec {
         if let Some(defaults) = defaults {
             merge_under(&mut table, defaults);
         }
-        let raw: RawChannel =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = dotted_key(e.path());
-                // toml appends "in `key`" on a line of its own; the key is
-                // already named.
-                let message = e.into_inner().to_string();
-                let message: Vec<&str> = message
-                    .lines()
-                    .filter(|l| !l.trim().is_empty() && !l.starts_with("in `"))
-                    .collect();
-                ConfigError::one(path, &key, message.join(" "))
-            })?;
+        let raw: RawChannel = deserialize_table(table, path)?;
         // Paths in the file are relative to its folder; made absolute so
         // logs and status lines name them unambiguously.
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let base = std::fs::canonicalize(&parent).unwrap_or(parent);
+        let base = base_dir(path);
         let mut v = Validator {
             file: path,
             base: &base,
@@ -343,6 +328,36 @@ impl ChannelSpec {
             })
         }
     }
+}
+
+/// Deserializes a parsed configuration file (`path`, for errors) into its
+/// raw shape `T`. The error names the key (see [`dotted_key`]) and says
+/// what is wrong with it on one line.
+pub fn deserialize_table<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    path: &Path,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = dotted_key(e.path());
+        // toml appends "in `key`" on a line of its own; the key is
+        // already named.
+        let message = e.into_inner().to_string();
+        let message: Vec<&str> = message
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("in `"))
+            .collect();
+        ConfigError::one(path, &key, message.join(" "))
+    })
+}
+
+/// The folder that relative paths in the configuration file `path` resolve
+/// against: its own, made absolute where it exists.
+pub fn base_dir(path: &Path) -> PathBuf {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::canonicalize(&parent).unwrap_or(parent)
 }
 
 /// The dotted key (`receive.allow_from[0]`) of a deserialization path, empty
@@ -773,16 +788,10 @@ impl Validator<'_> {
     }
 
     fn duration(&mut self, key: &str, raw: Option<String>) -> Option<Duration> {
-        let raw = raw?;
-        match humantime::parse_duration(&raw) {
+        match parse_duration(&raw?, "write e.g. \"500ms\", \"1s\", \"1h\"") {
             Ok(d) => Some(d),
             Err(e) => {
-                self.problem(
-                    key,
-                    format!(
-                        "{raw:?} is not a duration ({e}); write e.g. \"500ms\", \"1s\", \"1h\""
-                    ),
-                );
+                self.problem(key, e);
                 None
             }
         }
@@ -827,6 +836,12 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Parses a human-readable duration: `"500ms"`, `"10s"`, `"1h 30m"`. The
+/// error says what is wrong, then `hint` (e.g. `write e.g. "1s"`).
+pub fn parse_duration(s: &str, hint: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration ({e}); {hint}"))
 }
 
 /// Parses a human-readable size: `"8MiB"`, `"256 KiB"`, `"1GB"`, `"4096"`.
@@ -928,6 +943,16 @@ mod tests {
         ] {
             assert!(keys.contains(&k), "{k} not in {keys:?}");
         }
+    }
+
+    #[test]
+    fn a_bad_duration_says_what_is_wrong_then_the_hint() {
+        assert_eq!(parse_duration("1m 30s", "-"), Ok(Duration::from_secs(90)));
+        let e = parse_duration("soon", "write e.g. \"1s\"").unwrap_err();
+        assert!(
+            e.starts_with("\"soon\" is not a duration (") && e.ends_with("); write e.g. \"1s\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One speeddata-relay channel: the whole data path of one channel.
 //!
 //! - [`config`]: the channel file, parsed and validated into a [`config::ChannelSpec`];
-//! - [`net`]: sockets, `recvmmsg`/`sendmmsg` batches;
+//! - [`net`]: the channel's sockets, read and written in batches through [`mmsg`];
+//! - [`mmsg`]: the frozen `recvmmsg`/`sendmmsg` layer the relay and the benchmarks' ceiling forwarder share;
 //! - [`validate`]: checks that a datagram is exactly one Avro datum of the schema;
 //! - [`container`]: the Avro object container format, written block by block;
 //! - [`archive`]: the archive thread (blocks, rotation, retention);
@@ -12,13 +13,15 @@
 //! - [`relay`]: the threads wired together and the control loop.
 //!
 //! The orchestrator uses [`config`] to validate channel files exactly as the
-//! relay will, and reads the status lines described in [`status`].
+//! relay will, and reads the status lines described in [`status`]; the
+//! benchmarks use [`mmsg`].
 
 pub mod archive;
 pub mod config;
 pub mod container;
 pub mod counters;
 pub mod logs;
+pub mod mmsg;
 pub mod net;
 pub mod quarantine;
 pub mod relay;

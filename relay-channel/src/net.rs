@@ -2,12 +2,12 @@
 //! group) read in batches with `recvmmsg`, and the output sockets written in
 //! batches with `sendmmsg`.
 //!
-//! Linux only: the relay targets Linux hosts (systemd, `SO_RXQ_OVFL`,
-//! `IP_MULTICAST_ALL`). Buffers are allocated once per socket; the batch
-//! calls allocate nothing.
+//! The batch calls themselves are [`crate::mmsg`]'s, the layer the
+//! benchmarks' ceiling forwarder shares. Linux only: the relay targets
+//! Linux hosts (systemd, `SO_RXQ_OVFL`, `IP_MULTICAST_ALL`). Buffers are
+//! allocated once per socket; the batch calls allocate nothing.
 
 use std::io;
-use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::{Interface, OutputSpec, ReceiveSpec};
+pub use crate::mmsg::SendOutcome;
+use crate::mmsg::{RecvBatch, SendBatch};
 
 /// Space for one datagram: the IPv4 UDP maximum, rounded up.
 pub const SLOT: usize = 65_536;
@@ -77,21 +79,6 @@ fn granted_of(reported: usize) -> usize {
     reported / 2
 }
 
-/// Runs a system call that returns a count or -1, again while it is
-/// interrupted by a signal (`EINTR`).
-fn retry_eintr(mut call: impl FnMut() -> libc::c_int) -> io::Result<usize> {
-    loop {
-        let rc = call();
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Joins `group` on `interface` (resolved now, so an interface that
 /// changed its address is followed).
 pub fn join(socket: &Socket, group: Ipv4Addr, interface: &Interface) -> io::Result<()> {
@@ -133,197 +120,63 @@ pub fn open_output(spec: &OutputSpec) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Batch receiver over `recvmmsg`: one [`SLOT`] per datagram, the sender's
-/// address, and the kernel's drop counter from `SO_RXQ_OVFL`.
+/// Batch receiver over `recvmmsg` ([`RecvBatch`]): one [`SLOT`] per
+/// datagram, the sender's address, and the kernel's drop counter from
+/// `SO_RXQ_OVFL`.
 pub struct Receiver {
-    fd: libc::c_int,
-    n: usize,
-    bufs: Box<[u8]>,
-    hdrs: Vec<libc::mmsghdr>,
-    iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_in>,
-    cmsgs: Vec<u64>,
-    cmsg_space: usize,
+    batch: RecvBatch,
     /// Latest value of the kernel's drop counter for this socket.
     pub kernel_drops: u32,
 }
 
-// SAFETY: the raw pointers in `hdrs` point into heap buffers owned by the
-// same value; moving the value to another thread keeps them valid.
-unsafe impl Send for Receiver {}
-
 impl Receiver {
     /// A receiver for `socket` reading up to `n` datagrams per call.
     pub fn new(socket: &Socket, n: usize) -> Receiver {
-        // SAFETY: CMSG_SPACE is a pure computation.
-        let cmsg_space = unsafe { libc::CMSG_SPACE(size_of::<u32>() as u32) } as usize;
-        let words = cmsg_space.div_ceil(8);
-        let mut r = Receiver {
-            fd: socket.as_raw_fd(),
-            n,
-            bufs: vec![0u8; n * SLOT].into_boxed_slice(),
-            // SAFETY: all-zero is a valid mmsghdr / iovec / sockaddr_in.
-            hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
-            iovs: (0..n).map(|_| unsafe { zeroed() }).collect(),
-            addrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
-            cmsgs: vec![0u64; n * words],
-            cmsg_space: words * 8,
+        Receiver {
+            batch: RecvBatch::new(socket.as_raw_fd(), n, SLOT),
             kernel_drops: 0,
-        };
-        for i in 0..n {
-            r.iovs[i] = libc::iovec {
-                iov_base: r.bufs[i * SLOT..].as_mut_ptr() as *mut libc::c_void,
-                iov_len: SLOT,
-            };
         }
-        for i in 0..n {
-            let h = &mut r.hdrs[i].msg_hdr;
-            h.msg_iov = &mut r.iovs[i];
-            h.msg_iovlen = 1;
-        }
-        r
     }
 
     /// Receives up to `n` datagrams. Blocks until one arrives (or the
     /// socket's read timeout passes) unless `nonblocking`; then takes what
     /// is queued without waiting. Returns how many arrived.
     pub fn recv(&mut self, nonblocking: bool) -> io::Result<usize> {
-        for i in 0..self.n {
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_in as *mut libc::c_void;
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_control = self.cmsgs[i * self.cmsg_space / 8..].as_mut_ptr() as *mut libc::c_void;
-            h.msg_controllen = self.cmsg_space as _;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
-        }
-        let flags = if nonblocking {
-            libc::MSG_DONTWAIT
-        } else {
-            libc::MSG_WAITFORONE
-        };
-        let got = retry_eintr(|| {
-            // SAFETY: every header points at buffers owned by self, sized as declared.
-            unsafe {
-                libc::recvmmsg(
-                    self.fd,
-                    self.hdrs.as_mut_ptr(),
-                    self.n as libc::c_uint,
-                    flags,
-                    std::ptr::null_mut(),
-                )
-            }
-        })?;
-        self.read_drop_counter(got);
+        let got = self.batch.recv(nonblocking)?;
+        self.kernel_drops = self.batch.kernel_drops;
         Ok(got)
-    }
-
-    fn read_drop_counter(&mut self, got: usize) {
-        // The counter is cumulative: the last message that carries it wins.
-        for i in (0..got).rev() {
-            let h = &self.hdrs[i].msg_hdr;
-            // SAFETY: the kernel filled msg_control up to msg_controllen.
-            unsafe {
-                let mut c = libc::CMSG_FIRSTHDR(h);
-                while !c.is_null() {
-                    if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
-                        let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const u32);
-                        self.kernel_drops = v;
-                        return;
-                    }
-                    c = libc::CMSG_NXTHDR(h, c);
-                }
-            }
-        }
     }
 
     /// The `i`-th datagram of the last call: its bytes, its sender, and
     /// whether the kernel cut it short.
+    #[inline]
     pub fn datagram(&self, i: usize) -> (&[u8], SocketAddrV4, bool) {
-        let len = (self.hdrs[i].msg_len as usize).min(SLOT);
-        let a = &self.addrs[i];
-        let from = SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-            u16::from_be(a.sin_port),
-        );
-        let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        (&self.bufs[i * SLOT..i * SLOT + len], from, truncated)
+        (
+            self.batch.datagram(i),
+            self.batch.sender(i),
+            self.batch.truncated(i),
+        )
     }
 }
 
-/// Batch sender over `sendmmsg` on a connected socket.
+/// Batch sender over `sendmmsg` ([`SendBatch`]) on a connected socket.
 pub struct Sender {
-    socket: Socket,
-    hdrs: Vec<libc::mmsghdr>,
-    iovs: Vec<libc::iovec>,
-}
-
-// SAFETY: the header pointers are rebuilt on every call; between calls they
-// point at nothing that is dereferenced.
-unsafe impl Send for Sender {}
-
-/// What one [`Sender::send`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SendOutcome {
-    pub sent: u64,
-    pub failed: u64,
-    /// The last error, if any datagram failed.
-    pub error: Option<i32>,
+    batch: SendBatch,
+    /// Owned so that its descriptor, which `batch` writes to, stays open.
+    _socket: Socket,
 }
 
 impl Sender {
     pub fn new(socket: Socket, capacity: usize) -> Sender {
         Sender {
-            socket,
-            // SAFETY: all-zero is a valid mmsghdr / iovec.
-            hdrs: (0..capacity).map(|_| unsafe { zeroed() }).collect(),
-            iovs: (0..capacity).map(|_| unsafe { zeroed() }).collect(),
+            batch: SendBatch::new(socket.as_raw_fd(), capacity),
+            _socket: socket,
         }
     }
 
     /// Sends every datagram of `dgrams` (at most the capacity). A datagram
     /// the kernel refuses is counted as failed and skipped.
     pub fn send<'a>(&mut self, dgrams: impl IntoIterator<Item = &'a [u8]>) -> SendOutcome {
-        let mut n = 0;
-        for d in dgrams.into_iter().take(self.hdrs.len()) {
-            self.iovs[n] = libc::iovec {
-                iov_base: d.as_ptr() as *mut libc::c_void,
-                iov_len: d.len(),
-            };
-            n += 1;
-        }
-        for i in 0..n {
-            // SAFETY: all-zero is a valid msghdr.
-            self.hdrs[i].msg_hdr = unsafe { zeroed() };
-            self.hdrs[i].msg_hdr.msg_iov = &mut self.iovs[i];
-            self.hdrs[i].msg_hdr.msg_iovlen = 1;
-        }
-        let mut out = SendOutcome::default();
-        let mut done = 0;
-        while done < n {
-            let fd = self.socket.as_raw_fd();
-            let hdrs = self.hdrs[done..].as_mut_ptr();
-            // SAFETY: headers point at iovecs into slices borrowed for this call.
-            let sent =
-                retry_eintr(|| unsafe { libc::sendmmsg(fd, hdrs, (n - done) as libc::c_uint, 0) });
-            match sent {
-                Ok(k) if k > 0 => {
-                    done += k;
-                    out.sent += k as u64;
-                }
-                // The first remaining datagram failed: count it and go on.
-                Ok(_) => {
-                    out.failed += 1;
-                    out.error = io::Error::last_os_error().raw_os_error();
-                    done += 1;
-                }
-                Err(e) => {
-                    out.failed += 1;
-                    out.error = e.raw_os_error();
-                    done += 1;
-                }
-            }
-        }
-        out
+        self.batch.send(dgrams)
     }
 }

@@ -1,8 +1,8 @@
 //! Helpers for the orchestrator tests: a folder with orchestrator.toml and
 //! channels.d/, the real `orchestrator` binary running it, and its HTTP API
-//! read over loopback.
+//! read over loopback with ureq (its event stream through [`SseEvents`]).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -192,34 +192,31 @@ impl Orchestrator {
         }
     }
 
-    /// A plain HTTP/1.1 request to the API.
+    /// The API's URL for `path`.
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A request without a body to the API. Every status is returned (a
+    /// 4xx or 5xx is an answer to assert on, not an error); a connection
+    /// that fails, or an answer not complete within 10 s, fails the test.
     pub fn request(&self, method: &str, path: &str) -> Http {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let chunked = head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .body(())
+            .unwrap();
+        let mut response = agent(Duration::from_secs(10))
+            .run(request)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}; log:\n{}", self.log()));
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_vec()
+            .unwrap_or_else(|e| panic!("{method} {path}: reading the body: {e}"));
         Http {
             status,
-            body: if chunked {
-                dechunk(body)
-            } else {
-                body.to_string()
-            },
+            body: String::from_utf8_lossy(&body).into_owned(),
         }
     }
 
@@ -282,36 +279,24 @@ impl Orchestrator {
     }
 
     /// Lifecycle events from the SSE stream (replayed from the start), until
-    /// `enough` says so or `limit` passes.
+    /// `enough` says so or `limit` passes. Each event's data is one JSON value.
     pub fn events(&self, limit: Duration, enough: impl Fn(&[Json]) -> bool) -> Vec<Json> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "GET /api/v1/events?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
-        )
-        .unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let end = Instant::now() + limit;
-        let mut reader = BufReader::new(s);
+        let path = "/api/v1/events?since=0";
+        // The stream does not end: the time limit ends it (a read past it
+        // fails, which ends the events below).
+        let response = agent(limit)
+            .get(self.url(path))
+            .header("Accept", "text/event-stream")
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", self.log()));
+        assert_eq!(response.status(), 200, "GET {path}");
         let mut events = Vec::new();
-        let mut line = String::new();
-        while Instant::now() < end {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => break,
-                Ok(_) => {
-                    // Chunked framing lines are not "data:" lines; skip them.
-                    if let Some(data) = line.trim_end().strip_prefix("data:") {
-                        if let Ok(v) = serde_json::from_str::<Json>(data.trim()) {
-                            events.push(v);
-                            if enough(&events) {
-                                break;
-                            }
-                        }
-                    }
+        for data in SseEvents::new(BufReader::new(response.into_body().into_reader())) {
+            if let Ok(v) = serde_json::from_str::<Json>(&data) {
+                events.push(v);
+                if enough(&events) {
+                    break;
                 }
-                Err(_) => {}
             }
         }
         events
@@ -342,20 +327,72 @@ impl Drop for Orchestrator {
     }
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
+/// An HTTP client for one exchange, all of it within `timeout`: every
+/// status is an answer (not an error), and no connection is kept for reuse.
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .max_idle_connections(0)
+            .build(),
+    )
+}
+
+/// The data of each event of a `text/event-stream` body, read line by line
+/// through a buffered reader: a line split across reads (or chunks) is
+/// whole once its end has arrived. Comments (`:` lines such as keep-alives)
+/// and the `event`, `id` and `retry` fields are skipped; the `data` lines of
+/// one event are joined with `\n`, and an event ends at a blank line. The
+/// events stop at the end of the body, or at the first read that fails
+/// (e.g. at a time limit); an event not ended by then is dropped.
+pub struct SseEvents<R> {
+    reader: R,
+    line: String,
+    data: Option<String>,
+}
+
+impl<R: BufRead> SseEvents<R> {
+    pub fn new(reader: R) -> SseEvents<R> {
+        SseEvents {
+            reader,
+            line: String::new(),
+            data: None,
         }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
     }
-    out
+}
+
+impl<R: BufRead> Iterator for SseEvents<R> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        loop {
+            self.line.clear();
+            match self.reader.read_line(&mut self.line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let line = self.line.strip_suffix('\n').unwrap_or(&self.line);
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.is_empty() {
+                if let Some(data) = self.data.take() {
+                    return Some(data);
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            if field == "data" {
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match &mut self.data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => self.data = Some(value.to_string()),
+                }
+            }
+        }
+    }
 }
 
 /// Whether a process is running (not gone, not a zombie).
@@ -446,4 +483,70 @@ pub fn run_orchestrator(args: &[&str], cwd: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that arrives in the given pieces, one per read.
+    struct Pieces(std::collections::VecDeque<&'static [u8]>);
+
+    impl std::io::Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(piece) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            let n = piece.len().min(buf.len());
+            buf[..n].copy_from_slice(&piece[..n]);
+            if n < piece.len() {
+                self.0.push_front(&piece[n..]);
+            }
+            Ok(n)
+        }
+    }
+
+    fn events(pieces: &[&'static str]) -> Vec<String> {
+        let pieces = pieces.iter().map(|p| p.as_bytes()).collect();
+        SseEvents::new(BufReader::new(Pieces(pieces))).collect()
+    }
+
+    #[test]
+    fn a_line_split_across_reads_is_read_whole() {
+        let got = events(&[
+            ": keep-alive\n\nevent: started\nid: 1\nda",
+            "ta: {\"channel\":\"a\",",
+            "\"event\":\"started\"}",
+            "\n",
+            "\nevent: ready\r\nid: 2\r\ndata:{\"seq\":2}\r\n\r",
+            "\n",
+        ]);
+        assert_eq!(
+            got,
+            [r#"{"channel":"a","event":"started"}"#, r#"{"seq":2}"#]
+        );
+    }
+
+    #[test]
+    fn data_lines_of_one_event_are_joined_and_an_unended_event_is_dropped() {
+        let got = events(&["data: 1\ndata:\ndata: 3\n\n\n\ndata: cut"]);
+        assert_eq!(got, ["1\n\n3"]);
+    }
+
+    #[test]
+    fn the_events_stop_at_a_failed_read() {
+        struct Fails(bool);
+        impl std::io::Read for Fails {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if std::mem::replace(&mut self.0, true) {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                let piece = b"data: 1\n\ndata: 2\n";
+                buf[..piece.len()].copy_from_slice(piece);
+                Ok(piece.len())
+            }
+        }
+        let got: Vec<String> = SseEvents::new(BufReader::new(Fails(false))).collect();
+        assert_eq!(got, ["1"]);
+    }
 }

@@ -4,7 +4,8 @@
 //! Receives datagrams on a loopback address with `recvmmsg` and sends every
 //! one, unchanged, with `sendmmsg` to a multicast group (interface
 //! 127.0.0.1, TTL 0) or a loopback address. No validation, no disk, one
-//! thread. Prints one JSON line on stdout once its socket is bound:
+//! thread. Its batch calls are `relay_channel::mmsg`, the ones the relay
+//! makes. Prints one JSON line on stdout once its socket is bound:
 //!
 //! `{"event":"ready","pid":N,"listen":"127.0.0.1:PORT","to":"GROUP:PORT","recv_buffer_granted":N,"drop_counter":true}`
 //!
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use speeddata_benches::mmsg::{open_sender, open_unicast_receiver, RecvBatch, SendBatch};
+use relay_channel::mmsg::{RecvBatch, SendBatch};
+use speeddata_benches::sockets::{enable_drop_counter, open_sender, open_unicast_receiver};
 
 /// Space for one datagram: the IPv4 UDP maximum, rounded up.
 const SLOT: usize = 65_536;
@@ -98,7 +100,7 @@ fn run(args: &Args) -> Result<()> {
         .ok()
         .and_then(|a| a.as_socket_ipv4())
         .unwrap_or(args.listen);
-    let drop_counter = speeddata_benches::mmsg::enable_drop_counter(&rx);
+    let drop_counter = enable_drop_counter(&rx);
     println!(
         "{{\"event\":\"ready\",\"pid\":{},\"listen\":\"{}\",\"to\":\"{}\",\"recv_buffer_granted\":{},\"drop_counter\":{}}}",
         std::process::id(),
