@@ -3,11 +3,9 @@
 //! closed files to `.avro` and applies retention. Rejected datagrams never
 //! come here: they take the quarantine's own path ([`crate::quarantine`]).
 //!
-//! It receives [`Batch`]es from the receive thread over a bounded channel and
-//! hands them back empty over another, so buffers are recycled and the
-//! receive path never waits on disk: when the queue is full the receive
-//! thread counts the batch as `archive_dropped`. Disk trouble is counted
-//! here the same way; the archive reports itself unhealthy and retries.
+//! It takes [`Batch`]es from the receive thread's queue and gives them back
+//! empty ([`crate::handover`]). Disk trouble is counted as `archive_dropped`;
+//! the archive reports itself unhealthy and retries.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -17,72 +15,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use crate::config::{ArchiveSpec, Fsync};
 use crate::container::{self, BlockEncoder};
 use crate::counters::{RateLimit, Shared};
+use crate::handover::{ArchiveInbox, Batch};
 use crate::status::{FileClosed, StatusLine};
 
 /// How long the archive waits after disk trouble before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Longest wait for a batch, so timers are looked at often enough.
 const TICK: Duration = Duration::from_millis(100);
-/// A batch is handed to the archive once it holds this many bytes (or is
-/// 10 ms old); the archive queue is counted in such batches.
-pub const BATCH_BYTES: usize = 256 << 10;
-
-/// Capacity a recycled batch keeps; one that grew past it (a burst of large
-/// datagrams) gives the memory back.
-const KEEP_BATCH_CAPACITY: usize = 1 << 20;
-
-/// Datagrams handed from the receive thread to the archive thread.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Valid datagrams, back to back.
-    pub data: Vec<u8>,
-    /// End offset of each datagram in `data`.
-    pub ends: Vec<usize>,
-}
-
-impl Batch {
-    pub fn with_capacity(records: usize) -> Batch {
-        Batch {
-            data: Vec::with_capacity(records * 256),
-            ends: Vec::with_capacity(records),
-        }
-    }
-
-    pub fn push(&mut self, datagram: &[u8]) {
-        self.data.extend_from_slice(datagram);
-        self.ends.push(self.data.len());
-    }
-
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.data.clear();
-        self.ends.clear();
-        if self.data.capacity() > KEEP_BATCH_CAPACITY {
-            self.data.shrink_to(KEEP_BATCH_CAPACITY);
-        }
-    }
-
-    fn records(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let r = &self.data[start..end];
-            start = end;
-            r
-        })
-    }
-}
 
 /// A file being written.
 struct OpenFile {
@@ -160,7 +104,7 @@ impl Archive {
 
     /// The thread body: runs until the receive side hangs up, then writes
     /// out everything buffered and closes the file.
-    pub fn run(mut self, batches: Receiver<Batch>, free: Sender<Batch>) {
+    pub fn run(mut self, inbox: ArchiveInbox) {
         let (tx, rx) = crossbeam_channel::unbounded::<OpenFile>();
         let closer = self.closer_state.clone();
         let closer_thread = std::thread::Builder::new()
@@ -173,7 +117,7 @@ impl Archive {
         match closer_thread {
             Ok(t) => {
                 self.closer = Some(tx);
-                self.run_loop(batches, free);
+                self.run_loop(&inbox);
                 self.finish();
                 self.closer = None;
                 if t.join().is_err() {
@@ -182,22 +126,21 @@ impl Archive {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no closer thread: files are closed on the archive thread");
-                self.run_loop(batches, free);
+                self.run_loop(&inbox);
                 self.finish();
             }
         }
     }
 
-    fn run_loop(&mut self, batches: Receiver<Batch>, free: Sender<Batch>) {
+    fn run_loop(&mut self, inbox: &ArchiveInbox) {
         loop {
             let wait = self.next_deadline().map_or(TICK, |d| {
                 d.saturating_duration_since(Instant::now()).min(TICK)
             });
-            match batches.recv_timeout(wait) {
-                Ok(mut batch) => {
+            match inbox.recv_timeout(wait) {
+                Ok(batch) => {
                     self.take(&batch);
-                    batch.clear();
-                    let _ = free.try_send(batch);
+                    inbox.recycle(batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,

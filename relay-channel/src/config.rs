@@ -236,12 +236,6 @@ pub struct ArchiveSpec {
 }
 
 impl ArchiveSpec {
-    /// Batches the archive queue holds: `queue` bytes in batches of up to
-    /// [`crate::archive::BATCH_BYTES`].
-    pub fn queue_slots(&self) -> usize {
-        ((self.queue / crate::archive::BATCH_BYTES as u64) as usize).max(4)
-    }
-
     /// The folder this channel's files live in.
     pub fn channel_dir(&self, name: &str) -> PathBuf {
         self.dir.join(name)

@@ -4,6 +4,8 @@
 //! - [`net`]: sockets, `recvmmsg`/`sendmmsg` batches;
 //! - [`validate`]: checks that a datagram is exactly one Avro datum of the schema;
 //! - [`container`]: the Avro object container format, written block by block;
+//! - [`handover`]: the batch and the rejection handed from the receive thread
+//!   to the archive and quarantine threads;
 //! - [`archive`]: the archive thread (blocks, rotation, retention);
 //! - [`quarantine`]: rejected datagrams kept for inspection, on a path of their own;
 //! - [`counters`]: the counters the threads share;
@@ -14,13 +16,14 @@
 //! The orchestrator uses [`config`] to validate channel files exactly as the
 //! relay will, and reads the status lines described in [`status`].
 
-pub mod archive;
+pub(crate) mod archive;
 pub mod config;
 pub mod container;
 pub mod counters;
+pub(crate) mod handover;
 pub mod logs;
 pub mod net;
-pub mod quarantine;
+pub(crate) mod quarantine;
 pub mod relay;
 pub mod status;
 pub mod validate;

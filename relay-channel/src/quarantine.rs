@@ -17,17 +17,17 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddrV4;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::json;
 
 use crate::counters::{RateLimit, Shared};
+use crate::handover::RejectedDatagram;
 
 /// Rejected datagrams copied to quarantine per second, at most…
 pub const RATE_DATAGRAMS: u32 = 1_000;
@@ -42,70 +42,16 @@ const BATCH_AGE: Duration = Duration::from_millis(50);
 /// Batches the queue to the quarantine thread holds.
 const QUEUE_BATCHES: usize = 4;
 
-/// Why a datagram was rejected. Kept as data (no text is built on the
-/// receive path); displayed when logged or quarantined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
-    /// Longer than an IPv4 UDP datagram can be (or cut by the kernel).
-    Oversized,
-    /// From a sender outside `receive.allow_from`.
-    SenderNotAllowed,
-    /// `encoding = "single_object"`: no header, or another schema's
-    /// fingerprint.
-    WrongHeader,
-    /// Not exactly one datum of the schema.
-    Invalid(crate::validate::Invalid),
-}
-
-impl Why {
-    /// The labels of the receive path's own checks (the validator's are
-    /// `validate::Reason::ALL`).
-    pub const OWN_REASONS: &'static [&'static str] =
-        &["oversized", "sender_not_allowed", "wrong_header"];
-
-    /// Short label, for counters and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Why::Oversized => "oversized",
-            Why::SenderNotAllowed => "sender_not_allowed",
-            Why::WrongHeader => "wrong_header",
-            Why::Invalid(i) => i.reason.as_str(),
-        }
-    }
-}
-
-impl std::fmt::Display for Why {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Why::Oversized => write!(f, "longer than {} bytes", crate::config::MAX_DATAGRAM),
-            Why::SenderNotAllowed => write!(f, "the sender is not in receive.allow_from"),
-            Why::WrongHeader => write!(
-                f,
-                "not a single-object header (C3 01 and this schema's fingerprint)"
-            ),
-            Why::Invalid(i) => i.fmt(f),
-        }
-    }
-}
-
-/// One rejected datagram on its way to quarantine.
-#[derive(Debug, Clone)]
-pub struct Rejected {
-    pub at: SystemTime,
-    pub from: SocketAddrV4,
-    pub detail: Why,
-}
-
 /// Rejected datagrams handed to the quarantine thread: their bytes back to
 /// back, and for each its end offset and why it was rejected.
 #[derive(Debug, Default)]
 pub struct Rejects {
     data: Vec<u8>,
-    entries: Vec<(usize, Rejected)>,
+    entries: Vec<(usize, RejectedDatagram)>,
 }
 
 impl Rejects {
-    fn push(&mut self, datagram: &[u8], r: Rejected) {
+    fn push(&mut self, datagram: &[u8], r: RejectedDatagram) {
         self.data.extend_from_slice(datagram);
         self.entries.push((self.data.len(), r));
     }
@@ -123,7 +69,7 @@ impl Rejects {
         self.entries.clear();
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&Rejected, &[u8])> {
+    fn iter(&self) -> impl Iterator<Item = (&RejectedDatagram, &[u8])> {
         let mut start = 0;
         self.entries.iter().map(move |(end, r)| {
             let d = &self.data[start..*end];
@@ -163,7 +109,7 @@ impl Feed {
 
     /// Copies a rejected datagram for quarantine if the rate and the queue
     /// allow; false if it is not kept (the caller counts it).
-    pub fn offer(&mut self, datagram: &[u8], r: Rejected, now: Instant) -> bool {
+    pub fn offer(&mut self, datagram: &[u8], r: RejectedDatagram, now: Instant) -> bool {
         if self.to_writer.is_none() {
             return false;
         }
@@ -331,13 +277,13 @@ impl QuarantineFile {
 
     /// Appends one entry: `Ok(false)` if it is too large to keep at all,
     /// an error if the file cannot be opened, moved or written.
-    fn write(&mut self, r: &Rejected, bytes: &[u8]) -> io::Result<bool> {
+    fn write(&mut self, r: &RejectedDatagram, bytes: &[u8]) -> io::Result<bool> {
         self.line.clear();
         let entry = json!({
             "time": humantime::format_rfc3339_micros(r.at).to_string(),
             "from": r.from.to_string(),
-            "reason": r.detail.reason(),
-            "detail": r.detail.to_string(),
+            "reason": r.rejection.reason().as_str(),
+            "detail": r.rejection.to_string(),
             "length": bytes.len(),
             "data_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
         });
@@ -400,11 +346,11 @@ fn open_nofollow(path: &std::path::Path) -> io::Result<File> {
 mod tests {
     use super::*;
 
-    fn rejected() -> Rejected {
-        Rejected {
-            at: SystemTime::now(),
+    fn rejected() -> RejectedDatagram {
+        RejectedDatagram {
+            at: std::time::SystemTime::now(),
             from: "127.0.0.1:9".parse().unwrap(),
-            detail: Why::Oversized,
+            rejection: crate::handover::Rejection::Oversized,
         }
     }
 

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::TrySendError;
-
-use crate::archive::{Archive, Batch};
+use crate::archive::Archive;
 use crate::config::{ChannelSpec, ConfigError, MAX_DATAGRAM};
 use crate::counters::{stats_line, RateLimit, Shared};
+use crate::handover::{self, Batch, RejectedDatagram, Rejection, ToArchive, HAND_OVER_AFTER};
 use crate::net::{self, Receiver, Sender};
-use crate::quarantine::{self, Rejected, Why};
+use crate::quarantine;
 use crate::status::{Ready, StatusLine, Stopped};
 use crate::validate::Validator;
 
@@ -144,6 +143,8 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         None => None,
     };
 
+    let (to_archive, archive_inbox) =
+        handover::archive_queue(spec.archive.queue, spec.receive.batch);
     let join = spec
         .receive
         .group
@@ -164,9 +165,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         reasons: Vec::with_capacity(16),
         pending: None,
         pending_since: None,
-        allocated: 0,
-        max_batches: spec.archive.queue_slots() + 2,
-        batch_records: spec.receive.batch,
+        to_archive,
         shared: shared.clone(),
         join,
         joined: false,
@@ -188,7 +187,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
     rt.block_on(control(
         spec,
         path,
-        archive,
+        (archive, archive_inbox),
         quarantine_writer,
         shared,
         rs.recv_buffer_granted,
@@ -206,7 +205,7 @@ fn output_what(section: &str, o: &crate::config::OutputSpec) -> String {
 async fn control(
     spec: ChannelSpec,
     path: ReceivePath,
-    archive: Archive,
+    (archive, archive_inbox): (Archive, handover::ArchiveInbox),
     quarantine_writer: Option<quarantine::Writer>,
     shared: Arc<Shared>,
     recv_buffer_granted: usize,
@@ -216,9 +215,6 @@ async fn control(
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| failed("signals", e))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| failed("signals", e))?;
 
-    let slots = spec.archive.queue_slots();
-    let (to_archive, batches) = crossbeam_channel::bounded::<Batch>(slots);
-    let (free_tx, free_rx) = crossbeam_channel::bounded::<Batch>(slots + 2);
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -228,7 +224,7 @@ async fn control(
             .name("archive".into())
             .spawn(move || {
                 let _guard = guard;
-                archive.run(batches, free_tx);
+                archive.run(archive_inbox);
             })
             .map_err(|e| failed("spawn archive thread", e))?
     };
@@ -254,7 +250,7 @@ async fn control(
             .name("receive".into())
             .spawn(move || {
                 let _guard = guard;
-                path.run(&stop, to_archive, free_rx);
+                path.run(&stop);
             })
             .map_err(|e| failed("spawn receive thread", e))?
     };
@@ -356,9 +352,7 @@ struct ReceivePath {
     /// slow stream does not spend a queue slot per datagram.
     pending: Option<Batch>,
     pending_since: Option<Instant>,
-    allocated: usize,
-    max_batches: usize,
-    batch_records: usize,
+    to_archive: ToArchive,
     shared: Arc<Shared>,
     /// Where copies of rejected datagrams go.
     quarantine: quarantine::Feed,
@@ -374,9 +368,6 @@ struct ReceivePath {
     channel: String,
 }
 
-/// Longest a datagram waits in the receive thread's pending batch.
-const HAND_OVER_AFTER: Duration = Duration::from_millis(10);
-
 /// How long the receive thread keeps draining the socket after a stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// How often a failed multicast join is tried again.
@@ -385,12 +376,7 @@ const JOIN_RETRY: Duration = Duration::from_secs(1);
 const JOIN_CHECK: Duration = Duration::from_secs(2);
 
 impl ReceivePath {
-    fn run(
-        mut self,
-        stop: &AtomicBool,
-        to_archive: crossbeam_channel::Sender<Batch>,
-        free: crossbeam_channel::Receiver<Batch>,
-    ) {
+    fn run(mut self, stop: &AtomicBool) {
         let mut drain_until: Option<Instant> = None;
         loop {
             if drain_until.is_none() && stop.load(Ordering::Relaxed) {
@@ -402,7 +388,7 @@ impl ReceivePath {
             }
             match self.receiver.recv(drain_until.is_some()) {
                 Ok(0) => {}
-                Ok(n) => self.process(n, &to_archive, &free),
+                Ok(n) => self.process(n),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -412,7 +398,7 @@ impl ReceivePath {
                     if drain_until.is_some() {
                         break;
                     }
-                    self.hand_over_if_due(&to_archive, true);
+                    self.hand_over_if_due(true);
                     let lost = self.quarantine.hand_over_if_due(Instant::now(), true);
                     if lost > 0 {
                         self.shared.counters().quarantine_dropped += lost;
@@ -433,8 +419,7 @@ impl ReceivePath {
         drop(self.socket);
         // The archive thread is still draining: wait for room rather than drop.
         if let Some(b) = self.pending.take().filter(|b| !b.is_empty()) {
-            if let Err(e) = to_archive.send_timeout(b, Duration::from_secs(10)) {
-                let b = e.into_inner();
+            if let Err(b) = self.to_archive.send_timeout(b, Duration::from_secs(10)) {
                 let mut c = self.shared.counters();
                 c.in_flight -= b.len() as u64;
                 c.archive_dropped += b.len() as u64;
@@ -446,17 +431,13 @@ impl ReceivePath {
 
     /// Hands the pending batch over when it is full or old enough (or, with
     /// `idle`, whenever it holds anything).
-    fn hand_over_if_due(
-        &mut self,
-        to_archive: &crossbeam_channel::Sender<Batch>,
-        idle: bool,
-    ) -> u64 {
+    fn hand_over_if_due(&mut self, idle: bool) -> u64 {
         let Some(b) = &self.pending else { return 0 };
         if b.is_empty() {
             return 0;
         }
         let due = idle
-            || b.data.len() >= crate::archive::BATCH_BYTES
+            || b.bytes() >= handover::BATCH_BYTES
             || self
                 .pending_since
                 .is_some_and(|t| t.elapsed() >= HAND_OVER_AFTER);
@@ -468,9 +449,9 @@ impl ReceivePath {
         // Under the counters' lock, so the archive thread cannot account for
         // the batch before a refusal is counted.
         let mut c = self.shared.counters();
-        match to_archive.try_send(b) {
+        match self.to_archive.try_send(b) {
             Ok(()) => 0,
-            Err(TrySendError::Full(mut b)) | Err(TrySendError::Disconnected(mut b)) => {
+            Err(mut b) => {
                 let n = b.len() as u64;
                 c.in_flight -= n;
                 c.archive_dropped += n;
@@ -530,28 +511,9 @@ impl ReceivePath {
         self.header.map_or(0, |h| h.len())
     }
 
-    fn take_batch(&mut self, free: &crossbeam_channel::Receiver<Batch>) -> Option<Batch> {
-        if let Some(b) = self.pending.take() {
-            return Some(b);
-        }
-        if let Ok(b) = free.try_recv() {
-            return Some(b);
-        }
-        if self.allocated < self.max_batches {
-            self.allocated += 1;
-            return Some(Batch::with_capacity(self.batch_records));
-        }
-        None
-    }
-
-    fn process(
-        &mut self,
-        n: usize,
-        to_archive: &crossbeam_channel::Sender<Batch>,
-        free: &crossbeam_channel::Receiver<Batch>,
-    ) {
+    fn process(&mut self, n: usize) {
         let now = Instant::now();
-        let mut batch = self.take_batch(free);
+        let mut batch = self.pending.take().or_else(|| self.to_archive.take());
         let mut bytes = 0u64;
         self.reasons.clear();
         let mut quarantine_dropped = 0u64;
@@ -562,15 +524,15 @@ impl ReceivePath {
             let verdict = if !self.allow_from.is_empty()
                 && !self.allow_from.iter().any(|n| n.contains(from.ip()))
             {
-                Err(Why::SenderNotAllowed)
+                Err(Rejection::SenderNotAllowed)
             } else if truncated || d.len() > MAX_DATAGRAM {
-                Err(Why::Oversized)
+                Err(Rejection::Oversized)
             } else if self.header.is_some_and(|h| !d.starts_with(&h)) {
-                Err(Why::WrongHeader)
+                Err(Rejection::WrongHeader)
             } else if let Some(v) = &self.validator {
                 v.validate(&d[self.header_len()..]).map_err(|mut inv| {
                     inv.offset += self.header_len();
-                    Why::Invalid(inv)
+                    Rejection::Invalid(inv)
                 })
             } else {
                 Ok(())
@@ -578,7 +540,7 @@ impl ReceivePath {
             match verdict {
                 Ok(()) => self.valid.push(i),
                 Err(detail) => {
-                    let reason = detail.reason();
+                    let reason = detail.reason().as_str();
                     match self.reasons.iter_mut().find(|(r, _)| *r == reason) {
                         Some(slot) => slot.1 += 1,
                         None => self.reasons.push((reason, 1)),
@@ -589,10 +551,10 @@ impl ReceivePath {
                             "rejected a datagram"
                         );
                     }
-                    let r = Rejected {
+                    let r = RejectedDatagram {
                         at: SystemTime::now(),
                         from,
-                        detail,
+                        rejection: detail,
                     };
                     if !self.quarantine.offer(d, r, now) {
                         quarantine_dropped += 1;
@@ -662,7 +624,7 @@ impl ReceivePath {
         c.send_errors_decimated += dec.failed;
         c.kernel_drops = self.receiver.kernel_drops as u64;
         drop(c);
-        dropped += self.hand_over_if_due(to_archive, false);
+        dropped += self.hand_over_if_due(false);
         if dropped > 0 {
             if let Some(suppressed) = self.drop_log.allow(now) {
                 tracing::warn!(
