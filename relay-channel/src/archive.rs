@@ -11,7 +11,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,8 +18,9 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use crate::config::{ArchiveSpec, Fsync};
 use crate::container::{self, BlockEncoder};
-use crate::counters::{RateLimit, Shared};
 use crate::handover::{ArchiveInbox, Batch};
+use crate::ledger::Ledger;
+use crate::logs::RateLimit;
 use crate::status::{FileClosed, StatusLine};
 
 /// How long the archive waits after disk trouble before it tries again.
@@ -45,7 +45,7 @@ pub struct Archive {
     channel: String,
     dir: PathBuf,
     schema_json: String,
-    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
     encoder: BlockEncoder,
     block: Vec<u8>,
     block_records: u64,
@@ -70,7 +70,7 @@ impl Archive {
         spec: &ArchiveSpec,
         channel: &str,
         schema_json: &str,
-        shared: Arc<Shared>,
+        ledger: Arc<Ledger>,
     ) -> io::Result<Archive> {
         let dir = spec.channel_dir(channel);
         fs::create_dir_all(&dir)?;
@@ -81,7 +81,7 @@ impl Archive {
             channel: channel.to_string(),
             dir,
             schema_json: schema_json.to_string(),
-            shared: shared.clone(),
+            ledger: ledger.clone(),
             encoder: BlockEncoder::new(spec.codec),
             block: Vec::with_capacity(spec.block_size + crate::config::MAX_DATAGRAM),
             block_records: 0,
@@ -97,7 +97,7 @@ impl Archive {
                 spec: spec.clone(),
                 channel: channel.to_string(),
                 dir: spec.channel_dir(channel),
-                shared: shared.clone(),
+                ledger: ledger.clone(),
             },
         })
     }
@@ -207,9 +207,7 @@ impl Archive {
             self.block.clear();
             self.block_records = 0;
             self.block_started = None;
-            let mut c = self.shared.counters();
-            c.archive_dropped += count;
-            c.in_flight -= count;
+            self.ledger.archive_dropped(count);
             return;
         }
         let result = self.ensure_file().and_then(|()| {
@@ -235,11 +233,7 @@ impl Archive {
         self.block_started = None;
         match result {
             Ok(()) => {
-                {
-                    let mut c = self.shared.counters();
-                    c.archived += count;
-                    c.in_flight -= count;
-                }
+                self.ledger.archived(count);
                 if self.spec.fsync == Fsync::Interval
                     && self.last_fsync.elapsed() >= self.spec.flush_interval
                 {
@@ -259,11 +253,7 @@ impl Archive {
                 }
             }
             Err(e) => {
-                {
-                    let mut c = self.shared.counters();
-                    c.archive_dropped += count;
-                    c.in_flight -= count;
-                }
+                self.ledger.archive_dropped(count);
                 self.disk_trouble("write", &e, count);
             }
         }
@@ -272,8 +262,8 @@ impl Archive {
     /// Records disk trouble: the archive is unhealthy until a file opens
     /// again. The broken file is cut back to its last whole block and closed.
     fn disk_trouble(&mut self, what: &str, e: &io::Error, lost: u64) {
-        self.shared.counters().archive_errors += 1;
-        if self.shared.archive_healthy.swap(false, Ordering::Relaxed) {
+        self.ledger.archive_error();
+        if self.ledger.set_archive_healthy(false) {
             tracing::error!(
                 channel = %self.channel, dir = %self.dir.display(), error = %e, lost,
                 "archive {what} failed; the live outputs go on, the archive retries every {}s",
@@ -299,7 +289,7 @@ impl Archive {
             Ok(f) => {
                 self.file = Some(f);
                 self.retry_at = None;
-                if !self.shared.archive_healthy.swap(true, Ordering::Relaxed) {
+                if !self.ledger.set_archive_healthy(true) {
                     tracing::info!(channel = %self.channel, "archive writing again");
                 }
                 Ok(())
@@ -381,7 +371,7 @@ struct Closer {
     spec: ArchiveSpec,
     channel: String,
     dir: PathBuf,
-    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
 }
 
 impl Closer {
@@ -397,7 +387,7 @@ impl Closer {
                 if self.spec.fsync != Fsync::Never {
                     sync_dir(&self.dir);
                 }
-                self.shared.counters().files_closed += 1;
+                self.ledger.file_closed();
                 tracing::info!(file = %f.path.display(), records = f.records, bytes = f.len, "archive file closed");
                 StatusLine::FileClosed(FileClosed {
                     channel: self.channel.clone(),
@@ -410,7 +400,7 @@ impl Closer {
             }
             Err(e) => {
                 // Left as .part: the next start recovers it.
-                self.shared.counters().archive_errors += 1;
+                self.ledger.archive_error();
                 tracing::error!(file = %f.part.display(), error = %e, "cannot rename closed archive file");
             }
         }

@@ -8,7 +8,7 @@
 //!   to the archive and quarantine threads;
 //! - [`archive`]: the archive thread (blocks, rotation, retention);
 //! - [`quarantine`]: rejected datagrams kept for inspection, on a path of their own;
-//! - [`counters`]: the counters the threads share;
+//! - [`ledger`]: the counters the threads share, kept balanced;
 //! - [`status`]: the status lines on stdout, and the table of counters;
 //! - [`logs`]: the logging set-up both binaries share;
 //! - [`relay`]: the threads wired together and the control loop.
@@ -19,8 +19,8 @@
 pub(crate) mod archive;
 pub mod config;
 pub mod container;
-pub mod counters;
 pub(crate) mod handover;
+pub(crate) mod ledger;
 pub mod logs;
 pub mod net;
 pub(crate) mod quarantine;

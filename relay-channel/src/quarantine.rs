@@ -26,8 +26,9 @@ use base64::Engine as _;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::json;
 
-use crate::counters::{RateLimit, Shared};
 use crate::handover::RejectedDatagram;
+use crate::ledger::Ledger;
+use crate::logs::RateLimit;
 
 /// Rejected datagrams copied to quarantine per second, at most…
 pub const RATE_DATAGRAMS: u32 = 1_000;
@@ -191,13 +192,13 @@ pub struct Writer {
     file: QuarantineFile,
     rejects: Receiver<Rejects>,
     free: Sender<Rejects>,
-    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
     error_log: RateLimit,
 }
 
 /// The two ends of a quarantine path writing to `path`, bounded by `max`
 /// bytes; `None` when `max` is 0 (quarantine off).
-pub fn path(path: PathBuf, max: u64, shared: Arc<Shared>) -> (Feed, Option<Writer>) {
+pub fn path(path: PathBuf, max: u64, ledger: Arc<Ledger>) -> (Feed, Option<Writer>) {
     if max == 0 {
         return (Feed::off(), None);
     }
@@ -210,7 +211,7 @@ pub fn path(path: PathBuf, max: u64, shared: Arc<Shared>) -> (Feed, Option<Write
         file: QuarantineFile::new(path, max),
         rejects: rx,
         free: free_tx,
-        shared,
+        ledger,
         error_log: RateLimit::new(1, Duration::from_secs(60)),
     };
     (feed, Some(writer))
@@ -236,11 +237,7 @@ impl Writer {
                     }
                 }
             }
-            {
-                let mut c = self.shared.counters();
-                c.quarantined += kept;
-                c.quarantine_dropped += dropped;
-            }
+            self.ledger.quarantine_written(kept, dropped);
             batch.clear();
             let _ = self.free.try_send(batch);
         }
@@ -415,9 +412,9 @@ mod tests {
 
     #[test]
     fn the_feed_is_bounded_in_rate_and_queue() {
-        let shared = Arc::new(Shared::new());
+        let ledger = Arc::new(Ledger::new());
         let d = tempfile::tempdir().unwrap();
-        let (mut feed, writer) = path(d.path().join("q.jsonl"), 1 << 20, shared);
+        let (mut feed, writer) = path(d.path().join("q.jsonl"), 1 << 20, ledger);
         let writer = writer.unwrap();
         let now = Instant::now();
         let mut kept = 0u32;

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::archive::Archive;
 use crate::config::{ChannelSpec, ConfigError, MAX_DATAGRAM};
-use crate::counters::{stats_line, RateLimit, Shared};
 use crate::handover::{self, Batch, RejectedDatagram, Rejection, ToArchive, HAND_OVER_AFTER};
+use crate::ledger::{BatchCounts, Ledger};
+use crate::logs::RateLimit;
 use crate::net::{self, Receiver, Sender};
 use crate::quarantine;
 use crate::status::{Ready, StatusLine, Stopped};
@@ -84,7 +85,7 @@ pub fn load_schema(spec: &ChannelSpec) -> Result<LoadedSchema, ConfigError> {
 /// cannot go on (returns the error).
 pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
     let schema = load_schema(&spec)?;
-    let shared = Arc::new(Shared::new());
+    let ledger = Arc::new(Ledger::new());
     let failed = |what: &str, e: std::io::Error| RunError::Failed(format!("{what}: {e}"));
 
     let archive_dir = spec.archive.channel_dir(&spec.name);
@@ -99,13 +100,13 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
             }],
         }));
     }
-    let archive = Archive::open(&spec.archive, &spec.name, &schema.text, shared.clone())
+    let archive = Archive::open(&spec.archive, &spec.name, &schema.text, ledger.clone())
         .map_err(|e| failed(&format!("archive folder {}", archive_dir.display()), e))?;
 
     let (quarantine, quarantine_writer) = quarantine::path(
         archive_dir.join("quarantine.jsonl"),
         spec.archive.quarantine_size,
-        shared.clone(),
+        ledger.clone(),
     );
 
     let rs = net::open_receive(&spec.receive)
@@ -162,11 +163,11 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         valid_seen: 0,
         valid: Vec::with_capacity(spec.receive.batch),
         picked: Vec::with_capacity(spec.receive.batch),
-        reasons: Vec::with_capacity(16),
+        counts: BatchCounts::new(),
         pending: None,
         pending_since: None,
         to_archive,
-        shared: shared.clone(),
+        ledger: ledger.clone(),
         join,
         joined: false,
         ever_joined: false,
@@ -189,7 +190,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         path,
         (archive, archive_inbox),
         quarantine_writer,
-        shared,
+        ledger,
         rs.recv_buffer_granted,
     ))
 }
@@ -207,7 +208,7 @@ async fn control(
     path: ReceivePath,
     (archive, archive_inbox): (Archive, handover::ArchiveInbox),
     quarantine_writer: Option<quarantine::Writer>,
-    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
     recv_buffer_granted: usize,
 ) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -273,7 +274,7 @@ async fn control(
     tick.tick().await;
     let outcome = loop {
         tokio::select! {
-            _ = tick.tick() => stats_line(&spec.name, &shared, false).emit(),
+            _ = tick.tick() => ledger.stats_line(&spec.name, false).emit(),
             _ = sigterm.recv() => break Ok("SIGTERM"),
             _ = sigint.recv() => break Ok("SIGINT"),
             Some(which) = ended.recv() => break Err(which),
@@ -294,7 +295,7 @@ async fn control(
     if quarantine_thread.is_some_and(|t| t.join().is_err()) {
         tracing::error!(channel = %spec.name, "the quarantine thread panicked");
     }
-    stats_line(&spec.name, &shared, true).emit();
+    ledger.stats_line(&spec.name, true).emit();
     StatusLine::Stopped(Stopped {
         channel: spec.name.clone(),
     })
@@ -345,15 +346,15 @@ struct ReceivePath {
     valid: Vec<usize>,
     /// Indices picked for the decimated output.
     picked: Vec<usize>,
-    /// Rejections of the current batch by reason.
-    reasons: Vec<(&'static str, u64)>,
+    /// The current batch's counts, for the ledger.
+    counts: BatchCounts,
     /// The batch being filled for the archive; its records already count as
     /// `in_flight`. Handed over when full or [`HAND_OVER_AFTER`] old, so a
     /// slow stream does not spend a queue slot per datagram.
     pending: Option<Batch>,
     pending_since: Option<Instant>,
     to_archive: ToArchive,
-    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
     /// Where copies of rejected datagrams go.
     quarantine: quarantine::Feed,
     /// The group and interface address to stay joined to.
@@ -401,11 +402,11 @@ impl ReceivePath {
                     self.hand_over_if_due(true);
                     let lost = self.quarantine.hand_over_if_due(Instant::now(), true);
                     if lost > 0 {
-                        self.shared.counters().quarantine_dropped += lost;
+                        self.ledger.quarantine_dropped(lost);
                     }
                 }
                 Err(e) => {
-                    self.shared.counters().receive_errors += 1;
+                    self.ledger.receive_error();
                     if let Some(suppressed) = self.error_log.allow(Instant::now()) {
                         tracing::warn!(channel = %self.channel, error = %e, suppressed, "receive error");
                     }
@@ -420,13 +421,11 @@ impl ReceivePath {
         // The archive thread is still draining: wait for room rather than drop.
         if let Some(b) = self.pending.take().filter(|b| !b.is_empty()) {
             if let Err(b) = self.to_archive.send_timeout(b, Duration::from_secs(10)) {
-                let mut c = self.shared.counters();
-                c.in_flight -= b.len() as u64;
-                c.archive_dropped += b.len() as u64;
+                self.ledger.archive_dropped(b.len() as u64);
             }
         }
         let lost = self.quarantine.close();
-        self.shared.counters().quarantine_dropped += lost;
+        self.ledger.quarantine_dropped(lost);
     }
 
     /// Hands the pending batch over when it is full or old enough (or, with
@@ -446,15 +445,11 @@ impl ReceivePath {
         }
         self.pending_since = None;
         let b = self.pending.take().expect("checked above");
-        // Under the counters' lock, so the archive thread cannot account for
-        // the batch before a refusal is counted.
-        let mut c = self.shared.counters();
         match self.to_archive.try_send(b) {
             Ok(()) => 0,
             Err(mut b) => {
                 let n = b.len() as u64;
-                c.in_flight -= n;
-                c.archive_dropped += n;
+                self.ledger.archive_dropped(n);
                 b.clear();
                 self.pending = Some(b);
                 n
@@ -503,7 +498,7 @@ impl ReceivePath {
                 }
             }
         }
-        self.shared.joined.store(self.joined, Ordering::Relaxed);
+        self.ledger.set_joined(self.joined);
     }
 
     /// Bytes before the datum in each datagram.
@@ -514,13 +509,11 @@ impl ReceivePath {
     fn process(&mut self, n: usize) {
         let now = Instant::now();
         let mut batch = self.pending.take().or_else(|| self.to_archive.take());
-        let mut bytes = 0u64;
-        self.reasons.clear();
-        let mut quarantine_dropped = 0u64;
+        self.counts.clear();
         self.valid.clear();
         for i in 0..n {
             let (d, from, truncated) = self.receiver.datagram(i);
-            bytes += d.len() as u64;
+            self.counts.datagram(d.len());
             let verdict = if !self.allow_from.is_empty()
                 && !self.allow_from.iter().any(|n| n.contains(from.ip()))
             {
@@ -540,11 +533,8 @@ impl ReceivePath {
             match verdict {
                 Ok(()) => self.valid.push(i),
                 Err(detail) => {
+                    self.counts.rejected(detail.reason());
                     let reason = detail.reason().as_str();
-                    match self.reasons.iter_mut().find(|(r, _)| *r == reason) {
-                        Some(slot) => slot.1 += 1,
-                        None => self.reasons.push((reason, 1)),
-                    }
                     if let Some(suppressed) = self.reject_log.allow(now) {
                         tracing::warn!(
                             channel = %self.channel, %from, reason, %detail, length = d.len(), suppressed,
@@ -557,7 +547,7 @@ impl ReceivePath {
                         rejection: detail,
                     };
                     if !self.quarantine.offer(d, r, now) {
-                        quarantine_dropped += 1;
+                        self.counts.quarantine_dropped += 1;
                     }
                 }
             }
@@ -609,21 +599,16 @@ impl ReceivePath {
             }
             self.pending = Some(b);
         }
-        let mut c = self.shared.counters();
-        c.received += n as u64;
-        c.bytes_received += bytes;
-        for &(reason, count) in &self.reasons {
-            c.reject(reason, count);
-        }
-        c.in_flight += queued;
-        c.archive_dropped += dropped;
-        c.quarantine_dropped += quarantine_dropped + self.quarantine.hand_over_if_due(now, false);
-        c.forwarded_full += full.sent;
-        c.send_errors_full += full.failed;
-        c.forwarded_decimated += dec.sent;
-        c.send_errors_decimated += dec.failed;
+        let c = &mut self.counts;
+        c.to_archive = queued;
+        c.not_archived = dropped;
+        c.quarantine_dropped += self.quarantine.hand_over_if_due(now, false);
+        c.forwarded_full = full.sent;
+        c.send_errors_full = full.failed;
+        c.forwarded_decimated = dec.sent;
+        c.send_errors_decimated = dec.failed;
         c.kernel_drops = self.receiver.kernel_drops as u64;
-        drop(c);
+        self.ledger.received(c);
         dropped += self.hand_over_if_due(false);
         if dropped > 0 {
             if let Some(suppressed) = self.drop_log.allow(now) {
