@@ -11,6 +11,8 @@
 //! - [`ledger`]: the counters the threads share, kept balanced;
 //! - [`status`]: the status lines on stdout, and the table of counters;
 //! - [`logs`]: the logging set-up both binaries share;
+//! - [`receive`]: the receive thread, as stages (classify, outputs, archive
+//!   feed, multicast membership);
 //! - [`relay`]: the threads wired together and the control loop.
 //!
 //! The orchestrator uses [`config`] to validate channel files exactly as the
@@ -24,6 +26,7 @@ pub(crate) mod ledger;
 pub mod logs;
 pub mod net;
 pub(crate) mod quarantine;
+pub(crate) mod receive;
 pub mod relay;
 pub mod status;
 pub mod validate;

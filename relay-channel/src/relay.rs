@@ -1,21 +1,22 @@
-//! One channel, wired together: the receive thread (recvmmsg → validate →
-//! sendmmsg to the outputs → hand the batch to the archive), the archive
-//! thread, and the control loop on tokio (signals, the stats line, thread
-//! supervision).
+//! One channel, wired together: the receive thread ([`crate::receive`]),
+//! the archive thread, the quarantine thread, and the control loop on tokio
+//! (signals, the stats line, thread supervision).
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use crate::archive::Archive;
-use crate::config::{ChannelSpec, ConfigError, MAX_DATAGRAM};
-use crate::handover::{self, Batch, RejectedDatagram, Rejection, ToArchive, HAND_OVER_AFTER};
-use crate::ledger::{BatchCounts, Ledger};
-use crate::logs::RateLimit;
-use crate::net::{self, Receiver, Sender};
+use crate::config::{ChannelSpec, ConfigError, Encoding, OutputSpec};
+use crate::handover;
+use crate::ledger::Ledger;
+use crate::net::{self, Sender};
 use crate::quarantine;
+use crate::receive::classify::Classifier;
+use crate::receive::membership::Join;
+use crate::receive::outputs::{Decimator, Outputs};
+use crate::receive::{self, ReceivePath};
 use crate::status::{Ready, StatusLine, Stopped};
 use crate::validate::Validator;
 
@@ -111,75 +112,29 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
 
     let rs = net::open_receive(&spec.receive)
         .map_err(|e| failed(&format!("receive.bind {}", spec.receive.bind), e))?;
-    let requested = spec.receive.recv_buffer;
-    if rs.recv_buffer_granted < requested {
-        tracing::warn!(
-            requested,
-            granted = rs.recv_buffer_granted,
-            "the kernel granted less receive buffer than asked (raise net.core.rmem_max, or run with CAP_NET_ADMIN)"
-        );
-    } else {
-        tracing::info!(
-            requested,
-            granted = rs.recv_buffer_granted,
-            "receive buffer"
-        );
-    }
-    if !rs.drop_counter {
-        tracing::warn!("the kernel does not report receive drops (SO_RXQ_OVFL) on this socket");
-    }
-    let full = match &spec.full {
-        Some(o) => Some(Sender::new(
-            net::open_output(o).map_err(|e| failed(&output_what("full", o), e))?,
-            spec.receive.batch,
-        )),
-        None => None,
-    };
-    let decimated = match &spec.decimated {
-        Some(d) => Some(Sender::new(
-            net::open_output(&d.output)
-                .map_err(|e| failed(&output_what("decimated", &d.output), e))?,
-            spec.receive.batch,
-        )),
-        None => None,
-    };
-
+    log_receive_socket(&rs, spec.receive.recv_buffer);
     let (to_archive, archive_inbox) =
         handover::archive_queue(spec.archive.queue, spec.receive.batch);
-    let join = spec
-        .receive
-        .group
-        .map(|g| (g, spec.receive.interface.clone()));
-    let mut path = ReceivePath {
-        receiver: Receiver::new(&rs.socket, spec.receive.batch),
+    let header =
+        (spec.receive.encoding == Encoding::SingleObject).then_some(schema.single_object_header);
+    let parts = receive::Parts {
         socket: rs.socket,
-        validator: spec.receive.validate.then_some(schema.validator),
-        allow_from: spec.receive.allow_from.clone(),
-        header: (spec.receive.encoding == crate::config::Encoding::SingleObject)
-            .then_some(schema.single_object_header),
-        full,
-        decimated,
-        factor: spec.decimated.as_ref().map_or(1, |d| d.factor as u64),
-        valid_seen: 0,
-        valid: Vec::with_capacity(spec.receive.batch),
-        picked: Vec::with_capacity(spec.receive.batch),
-        counts: BatchCounts::new(),
-        pending: None,
-        pending_since: None,
+        batch: spec.receive.batch,
+        classifier: Classifier::new(
+            spec.receive.allow_from.clone(),
+            header,
+            spec.receive.validate.then_some(schema.validator),
+        ),
+        outputs: open_outputs(&spec)?,
         to_archive,
-        ledger: ledger.clone(),
-        join,
-        joined: false,
-        ever_joined: false,
-        next_join: Instant::now(),
-        reject_log: RateLimit::new(5, Duration::from_secs(60)),
-        drop_log: RateLimit::new(1, Duration::from_secs(60)),
-        error_log: RateLimit::new(1, Duration::from_secs(60)),
-        send_log: RateLimit::new(1, Duration::from_secs(60)),
-        channel: spec.name.clone(),
         quarantine,
+        join: spec
+            .receive
+            .group
+            .map(|g| Join::new(g, spec.receive.interface.clone(), &spec.name)),
     };
-    path.keep_joined(true);
+    let mut path = ReceivePath::new(parts, ledger.clone(), &spec.name);
+    path.keep_joined();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -195,8 +150,44 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
     ))
 }
 
+fn log_receive_socket(rs: &net::ReceiveSocket, requested: usize) {
+    let granted = rs.recv_buffer_granted;
+    if granted < requested {
+        tracing::warn!(
+            requested,
+            granted,
+            "the kernel granted less receive buffer than asked (raise net.core.rmem_max, or run with CAP_NET_ADMIN)"
+        );
+    } else {
+        tracing::info!(requested, granted, "receive buffer");
+    }
+    if !rs.drop_counter {
+        tracing::warn!("the kernel does not report receive drops (SO_RXQ_OVFL) on this socket");
+    }
+}
+
+/// Opens the full-rate and decimated outputs the spec asks for.
+fn open_outputs(spec: &ChannelSpec) -> Result<Outputs, RunError> {
+    let open = |section: &str, o: &OutputSpec| {
+        net::open_output(o)
+            .map(|socket| Sender::new(socket, spec.receive.batch))
+            .map_err(|e| RunError::Failed(format!("{}: {e}", output_what(section, o))))
+    };
+    let full = spec.full.as_ref().map(|o| open("full", o)).transpose()?;
+    let decimated = match &spec.decimated {
+        Some(d) => Some((open("decimated", &d.output)?, Decimator::new(d.factor))),
+        None => None,
+    };
+    Ok(Outputs::new(
+        full,
+        decimated,
+        spec.receive.batch,
+        &spec.name,
+    ))
+}
+
 /// "full.group 239.1.1.1:6000 (interface eth1)", for errors.
-fn output_what(section: &str, o: &crate::config::OutputSpec) -> String {
+fn output_what(section: &str, o: &OutputSpec) -> String {
     match &o.interface {
         Some(i) => format!("{section}.group {} ({section}.interface {i})", o.dest),
         None => format!("{section}.group {}", o.dest),
@@ -323,300 +314,5 @@ struct EndGuard(
 impl Drop for EndGuard {
     fn drop(&mut self) {
         let _ = self.1.send(self.0);
-    }
-}
-
-/// Everything the receive thread owns.
-struct ReceivePath {
-    receiver: Receiver,
-    /// Kept open for the receiver's descriptor.
-    socket: socket2::Socket,
-    validator: Option<Validator>,
-    /// Accepted senders; empty: all.
-    allow_from: Vec<ipnet::Ipv4Net>,
-    /// With single-object encoding, the header every datagram starts with;
-    /// the datum after it is what is validated and archived.
-    header: Option<[u8; 10]>,
-    full: Option<Sender>,
-    decimated: Option<Sender>,
-    factor: u64,
-    /// Valid datagrams seen, for the decimator's phase.
-    valid_seen: u64,
-    /// Indices of the current batch's valid datagrams.
-    valid: Vec<usize>,
-    /// Indices picked for the decimated output.
-    picked: Vec<usize>,
-    /// The current batch's counts, for the ledger.
-    counts: BatchCounts,
-    /// The batch being filled for the archive; its records already count as
-    /// `in_flight`. Handed over when full or [`HAND_OVER_AFTER`] old, so a
-    /// slow stream does not spend a queue slot per datagram.
-    pending: Option<Batch>,
-    pending_since: Option<Instant>,
-    to_archive: ToArchive,
-    ledger: Arc<Ledger>,
-    /// Where copies of rejected datagrams go.
-    quarantine: quarantine::Feed,
-    /// The group and interface address to stay joined to.
-    join: Option<(Ipv4Addr, crate::config::Interface)>,
-    joined: bool,
-    ever_joined: bool,
-    next_join: Instant,
-    reject_log: RateLimit,
-    drop_log: RateLimit,
-    error_log: RateLimit,
-    send_log: RateLimit,
-    channel: String,
-}
-
-/// How long the receive thread keeps draining the socket after a stop.
-const DRAIN_LIMIT: Duration = Duration::from_secs(1);
-/// How often a failed multicast join is tried again.
-const JOIN_RETRY: Duration = Duration::from_secs(1);
-/// How often a standing membership is checked (by joining again).
-const JOIN_CHECK: Duration = Duration::from_secs(2);
-
-impl ReceivePath {
-    fn run(mut self, stop: &AtomicBool) {
-        let mut drain_until: Option<Instant> = None;
-        loop {
-            if drain_until.is_none() && stop.load(Ordering::Relaxed) {
-                // Take what the kernel already holds, then stop.
-                drain_until = Some(Instant::now() + DRAIN_LIMIT);
-            }
-            if drain_until.is_some_and(|t| Instant::now() >= t) {
-                break;
-            }
-            match self.receiver.recv(drain_until.is_some()) {
-                Ok(0) => {}
-                Ok(n) => self.process(n),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if drain_until.is_some() {
-                        break;
-                    }
-                    self.hand_over_if_due(true);
-                    let lost = self.quarantine.hand_over_if_due(Instant::now(), true);
-                    if lost > 0 {
-                        self.ledger.quarantine_dropped(lost);
-                    }
-                }
-                Err(e) => {
-                    self.ledger.receive_error();
-                    if let Some(suppressed) = self.error_log.allow(Instant::now()) {
-                        tracing::warn!(channel = %self.channel, error = %e, suppressed, "receive error");
-                    }
-                    thread::sleep(Duration::from_millis(10));
-                }
-            }
-            if self.join.is_some() {
-                self.keep_joined(false);
-            }
-        }
-        drop(self.socket);
-        // The archive thread is still draining: wait for room rather than drop.
-        if let Some(b) = self.pending.take().filter(|b| !b.is_empty()) {
-            if let Err(b) = self.to_archive.send_timeout(b, Duration::from_secs(10)) {
-                self.ledger.archive_dropped(b.len() as u64);
-            }
-        }
-        let lost = self.quarantine.close();
-        self.ledger.quarantine_dropped(lost);
-    }
-
-    /// Hands the pending batch over when it is full or old enough (or, with
-    /// `idle`, whenever it holds anything).
-    fn hand_over_if_due(&mut self, idle: bool) -> u64 {
-        let Some(b) = &self.pending else { return 0 };
-        if b.is_empty() {
-            return 0;
-        }
-        let due = idle
-            || b.bytes() >= handover::BATCH_BYTES
-            || self
-                .pending_since
-                .is_some_and(|t| t.elapsed() >= HAND_OVER_AFTER);
-        if !due {
-            return 0;
-        }
-        self.pending_since = None;
-        let b = self.pending.take().expect("checked above");
-        match self.to_archive.try_send(b) {
-            Ok(()) => 0,
-            Err(mut b) => {
-                let n = b.len() as u64;
-                self.ledger.archive_dropped(n);
-                b.clear();
-                self.pending = Some(b);
-                n
-            }
-        }
-    }
-
-    /// Keeps the multicast membership: joins (retrying every second while
-    /// the interface is missing), then checks every few seconds that the
-    /// membership still stands. The kernel drops it silently when the
-    /// interface goes away; the next check joins again once it is back.
-    fn keep_joined(&mut self, first: bool) {
-        let Some((group, iface)) = &self.join else {
-            return;
-        };
-        let (group, iface) = (*group, iface.clone());
-        let now = Instant::now();
-        if now < self.next_join {
-            return;
-        }
-        let was_joined = self.joined;
-        match net::join(&self.socket, group, &iface) {
-            Ok(()) => {
-                self.joined = true;
-                self.next_join = now + JOIN_CHECK;
-                if self.ever_joined {
-                    tracing::warn!(channel = %self.channel, %group, interface = %iface, "joined the multicast group again: the membership had been lost (interface gone and back)");
-                } else {
-                    tracing::info!(channel = %self.channel, %group, interface = %iface, "joined multicast group");
-                }
-                self.ever_joined = true;
-            }
-            // Still a member.
-            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
-                self.joined = true;
-                self.next_join = now + JOIN_CHECK;
-            }
-            Err(e) => {
-                self.joined = false;
-                self.next_join = now + JOIN_RETRY;
-                if first || was_joined {
-                    tracing::warn!(
-                        channel = %self.channel, %group, interface = %iface, error = %e,
-                        "cannot join the multicast group yet; retrying every second"
-                    );
-                }
-            }
-        }
-        self.ledger.set_joined(self.joined);
-    }
-
-    /// Bytes before the datum in each datagram.
-    fn header_len(&self) -> usize {
-        self.header.map_or(0, |h| h.len())
-    }
-
-    fn process(&mut self, n: usize) {
-        let now = Instant::now();
-        let mut batch = self.pending.take().or_else(|| self.to_archive.take());
-        self.counts.clear();
-        self.valid.clear();
-        for i in 0..n {
-            let (d, from, truncated) = self.receiver.datagram(i);
-            self.counts.datagram(d.len());
-            let verdict = if !self.allow_from.is_empty()
-                && !self.allow_from.iter().any(|n| n.contains(from.ip()))
-            {
-                Err(Rejection::SenderNotAllowed)
-            } else if truncated || d.len() > MAX_DATAGRAM {
-                Err(Rejection::Oversized)
-            } else if self.header.is_some_and(|h| !d.starts_with(&h)) {
-                Err(Rejection::WrongHeader)
-            } else if let Some(v) = &self.validator {
-                v.validate(&d[self.header_len()..]).map_err(|mut inv| {
-                    inv.offset += self.header_len();
-                    Rejection::Invalid(inv)
-                })
-            } else {
-                Ok(())
-            };
-            match verdict {
-                Ok(()) => self.valid.push(i),
-                Err(detail) => {
-                    self.counts.rejected(detail.reason());
-                    let reason = detail.reason().as_str();
-                    if let Some(suppressed) = self.reject_log.allow(now) {
-                        tracing::warn!(
-                            channel = %self.channel, %from, reason, %detail, length = d.len(), suppressed,
-                            "rejected a datagram"
-                        );
-                    }
-                    let r = RejectedDatagram {
-                        at: SystemTime::now(),
-                        from,
-                        rejection: detail,
-                    };
-                    if !self.quarantine.offer(d, r, now) {
-                        self.counts.quarantine_dropped += 1;
-                    }
-                }
-            }
-        }
-
-        let rx = &self.receiver;
-        let full = match &mut self.full {
-            Some(s) => s.send(self.valid.iter().map(|&i| rx.datagram(i).0)),
-            None => Default::default(),
-        };
-        let mut dec = Default::default();
-        if let Some(s) = &mut self.decimated {
-            self.picked.clear();
-            for &i in &self.valid {
-                self.valid_seen += 1;
-                if self.valid_seen % self.factor == 0 {
-                    self.picked.push(i);
-                }
-            }
-            if !self.picked.is_empty() {
-                dec = s.send(self.picked.iter().map(|&i| rx.datagram(i).0));
-            }
-        }
-        for (out, name) in [(&full, "full"), (&dec, "decimated")] {
-            if let Some(errno) = out.error {
-                if let Some(suppressed) = self.send_log.allow(now) {
-                    tracing::warn!(
-                        channel = %self.channel, output = name, failed = out.failed, suppressed,
-                        error = %std::io::Error::from_raw_os_error(errno), "send failed"
-                    );
-                }
-            }
-        }
-
-        let valid = self.valid.len() as u64;
-        let (queued, mut dropped) = match &mut batch {
-            Some(b) => {
-                let skip = self.header_len();
-                for &i in &self.valid {
-                    b.push(&rx.datagram(i).0[skip..]);
-                }
-                (valid, 0)
-            }
-            None => (0, valid),
-        };
-        if let Some(b) = batch {
-            if !b.is_empty() && self.pending_since.is_none() {
-                self.pending_since = Some(now);
-            }
-            self.pending = Some(b);
-        }
-        let c = &mut self.counts;
-        c.to_archive = queued;
-        c.not_archived = dropped;
-        c.quarantine_dropped += self.quarantine.hand_over_if_due(now, false);
-        c.forwarded_full = full.sent;
-        c.send_errors_full = full.failed;
-        c.forwarded_decimated = dec.sent;
-        c.send_errors_decimated = dec.failed;
-        c.kernel_drops = self.receiver.kernel_drops as u64;
-        self.ledger.received(c);
-        dropped += self.hand_over_if_due(false);
-        if dropped > 0 {
-            if let Some(suppressed) = self.drop_log.allow(now) {
-                tracing::warn!(
-                    channel = %self.channel, dropped, suppressed,
-                    "archive queue full: datagrams not archived (still forwarded)"
-                );
-            }
-        }
     }
 }
