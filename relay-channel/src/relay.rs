@@ -17,7 +17,7 @@ use crate::receive::classify::Classifier;
 use crate::receive::membership::Join;
 use crate::receive::outputs::{Decimator, Outputs};
 use crate::receive::{self, ReceivePath};
-use crate::status::{Ready, StatusLine, Stopped};
+use crate::status::{FileClosed, Ready, StatusLine, Stopped};
 use crate::validate::Validator;
 
 /// Why a channel stopped other than by a signal.
@@ -101,8 +101,15 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
             }],
         }));
     }
-    let archive = Archive::open(&spec.archive, &spec.name, &schema.text, ledger.clone())
-        .map_err(|e| failed(&format!("archive folder {}", archive_dir.display()), e))?;
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    let archive = Archive::open(
+        &spec.archive,
+        &spec.name,
+        &schema.text,
+        ledger.clone(),
+        closed_tx,
+    )
+    .map_err(|e| failed(&format!("archive folder {}", archive_dir.display()), e))?;
 
     let (quarantine, quarantine_writer) = quarantine::path(
         archive_dir.join("quarantine.jsonl"),
@@ -143,7 +150,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
     rt.block_on(control(
         spec,
         path,
-        (archive, archive_inbox),
+        (archive, archive_inbox, closed),
         quarantine_writer,
         ledger,
         rs.recv_buffer_granted,
@@ -194,10 +201,14 @@ fn output_what(section: &str, o: &OutputSpec) -> String {
     }
 }
 
+/// Where the archive reports the files it closed, for the control loop to
+/// write: only the control thread writes stdout.
+type FileClosedReceiver = tokio::sync::mpsc::UnboundedReceiver<FileClosed>;
+
 async fn control(
     spec: ChannelSpec,
     path: ReceivePath,
-    (archive, archive_inbox): (Archive, handover::ArchiveInbox),
+    (archive, archive_inbox, mut closed): (Archive, handover::ArchiveInbox, FileClosedReceiver),
     quarantine_writer: Option<quarantine::Writer>,
     ledger: Arc<Ledger>,
     recv_buffer_granted: usize,
@@ -269,6 +280,7 @@ async fn control(
             _ = sigterm.recv() => break Ok("SIGTERM"),
             _ = sigint.recv() => break Ok("SIGINT"),
             Some(which) = ended.recv() => break Err(which),
+            Some(file) = closed.recv() => StatusLine::FileClosed(file).emit(),
         }
     };
     match outcome {
@@ -285,6 +297,10 @@ async fn control(
     // The quarantine is for inspection: its failure is logged, not fatal.
     if quarantine_thread.is_some_and(|t| t.join().is_err()) {
         tracing::error!(channel = %spec.name, "the quarantine thread panicked");
+    }
+    // Every file closed is reported before the last lines.
+    while let Ok(file) = closed.try_recv() {
+        StatusLine::FileClosed(file).emit();
     }
     ledger.stats_line(&spec.name, true).emit();
     StatusLine::Stopped(Stopped {

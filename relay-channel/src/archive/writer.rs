@@ -1,7 +1,7 @@
 //! The archive thread: packs valid datagrams into Avro container blocks,
-//! writes them under `.avro.part`, rotates by size and by time, renames
-//! closed files to `.avro` and applies retention. Rejected datagrams never
-//! come here: they take the quarantine's own path ([`crate::quarantine`]).
+//! writes them under `.avro.part`, and rotates by size and by time, handing
+//! each file it is done with to the [closer](super::closer). Rejected
+//! datagrams never come here: they take the quarantine's own path.
 //!
 //! It takes [`Batch`]es from the receive thread's queue and gives them back
 //! empty ([`crate::handover`]). Disk trouble is counted as `archive_dropped`;
@@ -15,13 +15,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
+use tokio::sync::mpsc::UnboundedSender;
 
+use super::closer::{ClosedFile, Closer};
+use super::recovery;
 use crate::config::{ArchiveSpec, Fsync};
 use crate::container::{self, BlockEncoder};
 use crate::handover::{ArchiveInbox, Batch};
 use crate::ledger::Ledger;
 use crate::logs::RateLimit;
-use crate::status::{FileClosed, StatusLine};
+use crate::status::FileClosed;
 
 /// How long the archive waits after disk trouble before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -39,8 +42,20 @@ struct OpenFile {
     opened: Instant,
 }
 
-/// The archive of one channel.
-pub struct Archive {
+impl OpenFile {
+    fn into_closed(self) -> ClosedFile {
+        ClosedFile {
+            file: self.file,
+            part: self.part,
+            path: self.path,
+            len: self.len,
+            records: self.records,
+        }
+    }
+}
+
+/// The archive thread of one channel: the open block and the open file.
+pub(crate) struct Archive {
     spec: ArchiveSpec,
     channel: String,
     dir: PathBuf,
@@ -58,24 +73,26 @@ pub struct Archive {
     error_log: RateLimit,
     /// Where closed files go to be finished; `None` before `run` starts it
     /// (and after `finish`), when files are closed on this thread.
-    closer: Option<Sender<OpenFile>>,
+    closer: Option<Sender<ClosedFile>>,
     closer_state: Closer,
 }
 
 impl Archive {
     /// Prepares the channel's archive folder: creates it, and closes every
     /// `.avro.part` a crash left behind (cut back to its last whole block).
-    /// Fails if the folder cannot be created or written.
-    pub fn open(
+    /// Fails if the folder cannot be created or written. Each file closed
+    /// is reported on `closed`, for the control loop to write.
+    pub(crate) fn open(
         spec: &ArchiveSpec,
         channel: &str,
         schema_json: &str,
         ledger: Arc<Ledger>,
+        closed: UnboundedSender<FileClosed>,
     ) -> io::Result<Archive> {
         let dir = spec.channel_dir(channel);
         fs::create_dir_all(&dir)?;
         probe_writable(&dir)?;
-        recover_leftovers(&dir);
+        recovery::recover_leftovers(&dir);
         Ok(Archive {
             spec: spec.clone(),
             channel: channel.to_string(),
@@ -93,29 +110,15 @@ impl Archive {
             last_fsync: Instant::now(),
             error_log: RateLimit::new(3, Duration::from_secs(60)),
             closer: None,
-            closer_state: Closer {
-                spec: spec.clone(),
-                channel: channel.to_string(),
-                dir: spec.channel_dir(channel),
-                ledger: ledger.clone(),
-            },
+            closer_state: Closer::new(spec, channel, ledger, closed),
         })
     }
 
     /// The thread body: runs until the receive side hangs up, then writes
     /// out everything buffered and closes the file.
-    pub fn run(mut self, inbox: ArchiveInbox) {
-        let (tx, rx) = crossbeam_channel::unbounded::<OpenFile>();
-        let closer = self.closer_state.clone();
-        let closer_thread = std::thread::Builder::new()
-            .name("archive-close".into())
-            .spawn(move || {
-                for f in rx {
-                    closer.close(f);
-                }
-            });
-        match closer_thread {
-            Ok(t) => {
+    pub(crate) fn run(mut self, inbox: ArchiveInbox) {
+        match self.closer_state.clone().spawn() {
+            Ok((tx, t)) => {
                 self.closer = Some(tx);
                 self.run_loop(&inbox);
                 self.finish();
@@ -353,104 +356,14 @@ impl Archive {
         let Some(f) = self.file.take() else { return };
         match &self.closer {
             Some(tx) => {
-                if let Err(e) = tx.send(f) {
+                if let Err(e) = tx.send(f.into_closed()) {
                     // The closer is gone (it panicked): close here.
                     self.closer_state.close(e.into_inner());
                 }
             }
-            None => self.closer_state.close(f),
+            None => self.closer_state.close(f.into_closed()),
         }
     }
-}
-
-/// Finishes closed files: fsync per policy, rename `.part` to `.avro`,
-/// report, apply retention. Runs on a thread of its own, so an fsync that
-/// takes seconds on a slow disk never stalls the archive.
-#[derive(Clone)]
-struct Closer {
-    spec: ArchiveSpec,
-    channel: String,
-    dir: PathBuf,
-    ledger: Arc<Ledger>,
-}
-
-impl Closer {
-    fn close(&self, f: OpenFile) {
-        if self.spec.fsync != Fsync::Never {
-            if let Err(e) = f.file.sync_all() {
-                tracing::warn!(file = %f.part.display(), error = %e, "fsync failed");
-            }
-        }
-        drop(f.file);
-        match fs::rename(&f.part, &f.path) {
-            Ok(()) => {
-                if self.spec.fsync != Fsync::Never {
-                    sync_dir(&self.dir);
-                }
-                self.ledger.file_closed();
-                tracing::info!(file = %f.path.display(), records = f.records, bytes = f.len, "archive file closed");
-                StatusLine::FileClosed(FileClosed {
-                    channel: self.channel.clone(),
-                    path: f.path.clone(),
-                    records: f.records,
-                    bytes: f.len,
-                })
-                .emit();
-                self.apply_retention();
-            }
-            Err(e) => {
-                // Left as .part: the next start recovers it.
-                self.ledger.archive_error();
-                tracing::error!(file = %f.part.display(), error = %e, "cannot rename closed archive file");
-            }
-        }
-    }
-
-    /// Deletes the oldest closed files while the folder holds more than
-    /// `retention_size` bytes, and files older than `retention_age`.
-    fn apply_retention(&self) {
-        if self.spec.retention_age.is_none() && self.spec.retention_size.is_none() {
-            return;
-        }
-        let mut files = closed_files(&self.dir);
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut total: u64 = files.iter().map(|f| f.1).sum();
-        let now = SystemTime::now();
-        for (path, size, modified) in files {
-            let too_big = self.spec.retention_size.is_some_and(|max| total > max);
-            let too_old = self.spec.retention_age.is_some_and(|age| {
-                modified.is_some_and(|m| now.duration_since(m).unwrap_or_default() > age)
-            });
-            if !too_big && !too_old {
-                break;
-            }
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    total -= size;
-                    tracing::info!(file = %path.display(), bytes = size, "retention: deleted archive file");
-                }
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "retention: cannot delete")
-                }
-            }
-        }
-    }
-}
-
-/// Closed archive files of a folder: (path, bytes, modified). Only regular
-/// files directly in it count (`DirEntry::metadata` does not follow a
-/// symlink), so retention never deletes through one.
-fn closed_files(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".avro"))
-        .filter_map(|e| {
-            let m = e.metadata().ok()?;
-            m.is_file().then(|| (e.path(), m.len(), m.modified().ok()))
-        })
-        .collect()
 }
 
 /// `20261122T213000.123Z` for a time in milliseconds since the epoch.
@@ -477,70 +390,13 @@ fn probe_writable(dir: &Path) -> io::Result<()> {
 
 /// A channel folder must be a real folder: one replaced by a symlink would
 /// send the archive elsewhere.
-pub fn refuse_symlinked_folder(dir: &Path) -> io::Result<()> {
+pub(crate) fn refuse_symlinked_folder(dir: &Path) -> io::Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is a symlink, not a folder", dir.display()),
         )),
         _ => Ok(()),
-    }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Closes what a crash left open: each `*.avro.part` is cut back to its last
-/// whole block and renamed to `.avro`; one whose header is damaged is
-/// renamed to `.avro.part.damaged` and left for a person to look at.
-fn recover_leftovers(dir: &Path) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.filter_map(|e| e.ok()) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        // Only regular files directly in the folder (the entry's own type:
-        // a symlink is not followed).
-        if !e.file_type().is_ok_and(|t| t.is_file()) {
-            if name.ends_with(".avro.part") {
-                tracing::warn!(file = %e.path().display(), "not a regular file: left alone by recovery");
-            }
-            continue;
-        }
-        let Some(stem) = name.strip_suffix(".part") else {
-            continue;
-        };
-        if !stem.ends_with(".avro") {
-            continue;
-        }
-        let part = e.path();
-        match container::recover_part(&part) {
-            Ok(r) if r.header_ok => {
-                let done = dir.join(stem);
-                match fs::rename(&part, &done) {
-                    Ok(()) => tracing::warn!(
-                        file = %done.display(), records = r.records, blocks = r.blocks,
-                        cut_bytes = r.truncated_bytes,
-                        "recovered an archive file left open by an earlier run"
-                    ),
-                    Err(e) => {
-                        tracing::error!(file = %part.display(), error = %e, "cannot rename recovered file")
-                    }
-                }
-            }
-            Ok(_) => {
-                let aside = dir.join(format!("{name}.damaged"));
-                let _ = fs::rename(&part, &aside);
-                tracing::error!(
-                    file = %aside.display(),
-                    "an archive file left by an earlier run has no readable header; kept aside"
-                );
-            }
-            Err(e) => {
-                tracing::error!(file = %part.display(), error = %e, "cannot recover archive file")
-            }
-        }
     }
 }
 
