@@ -135,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
     // The schema is read only where it is the one beside the file: a path the
     // text names could be anything on this machine (a FIFO, /dev/zero).
     if spec.schema_path == dir.join("example.avsc") {
-        if let Err(e) = relay_channel::relay::load_schema(&spec) {
+        if let Err(e) = relay_channel::schema::load(&spec) {
             panic!("the example schema does not load: {e}");
         }
     }

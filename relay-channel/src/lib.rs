@@ -13,6 +13,7 @@
 //! - [`logs`]: the logging set-up both binaries share;
 //! - [`receive`]: the receive thread, as stages (classify, outputs, archive
 //!   feed, multicast membership);
+//! - [`schema`]: the channel's schema, its validator and single-object header;
 //! - [`relay`]: the threads wired together and the control loop.
 //!
 //! The orchestrator uses [`config`] to validate channel files exactly as the
@@ -28,5 +29,6 @@ pub mod net;
 pub(crate) mod quarantine;
 pub(crate) mod receive;
 pub mod relay;
+pub mod schema;
 pub mod status;
 pub mod validate;

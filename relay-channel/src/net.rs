@@ -95,11 +95,19 @@ fn retry_eintr(mut call: impl FnMut() -> libc::c_int) -> io::Result<usize> {
 /// Joins `group` on `interface` (resolved now, so an interface that
 /// changed its address is followed).
 pub fn join(socket: &Socket, group: Ipv4Addr, interface: &Interface) -> io::Result<()> {
-    socket.join_multicast_v4(&group, &interface.resolve()?)
+    socket.join_multicast_v4(&group, &resolve(interface)?)
+}
+
+/// The interface's IPv4 address now.
+pub fn resolve(interface: &Interface) -> io::Result<Ipv4Addr> {
+    match interface {
+        Interface::Addr(a) => Ok(*a),
+        Interface::Name(n) => interface_address(n),
+    }
 }
 
 /// The first IPv4 address of the interface called `name`.
-pub fn interface_address(name: &str) -> io::Result<Ipv4Addr> {
+fn interface_address(name: &str) -> io::Result<Ipv4Addr> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
     for a in addrs {
         if a.interface_name == name {
@@ -120,7 +128,7 @@ pub fn open_output(spec: &OutputSpec) -> io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if spec.dest.ip().is_multicast() {
         if let Some(iface) = &spec.interface {
-            let iface = iface.resolve()?;
+            let iface = resolve(iface)?;
             socket.set_multicast_if_v4(&iface)?;
             socket.bind(&SockAddr::from(SocketAddrV4::new(iface, 0)))?;
         }

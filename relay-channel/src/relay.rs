@@ -17,8 +17,8 @@ use crate::receive::classify::Classifier;
 use crate::receive::membership::Join;
 use crate::receive::outputs::{Decimator, Outputs};
 use crate::receive::{self, ReceivePath};
+use crate::schema;
 use crate::status::{FileClosed, Ready, StatusLine, Stopped};
-use crate::validate::Validator;
 
 /// Why a channel stopped other than by a signal.
 #[derive(Debug, thiserror::Error)]
@@ -41,51 +41,10 @@ impl RunError {
     }
 }
 
-/// The schema of a channel: its text as written (for the archive header) and
-/// the compiled validator.
-pub struct LoadedSchema {
-    pub text: String,
-    pub validator: Validator,
-    /// The single-object encoding header of this schema (`C3 01` and the
-    /// CRC-64-AVRO fingerprint of its canonical form).
-    pub single_object_header: [u8; 10],
-}
-
-/// Reads, parses and compiles the channel's schema; problems are
-/// configuration errors against the `schema` key.
-pub fn load_schema(spec: &ChannelSpec) -> Result<LoadedSchema, ConfigError> {
-    let err = |m: String| ConfigError {
-        file: spec.file.clone(),
-        problems: vec![crate::config::Problem {
-            key: "schema".into(),
-            message: m,
-        }],
-    };
-    let path = &spec.schema_path;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-    let schema = apache_avro::Schema::parse_str(&text).map_err(|e| {
-        err(format!(
-            "{} is not a valid Avro schema: {e}",
-            path.display()
-        ))
-    })?;
-    let validator = Validator::new(&schema).map_err(|e| err(format!("{}: {e}", path.display())))?;
-    use apache_avro::headers::HeaderBuilder as _;
-    let header = apache_avro::headers::RabinFingerprintHeader::from_schema(&schema).build_header();
-    let mut single_object_header = [0u8; 10];
-    single_object_header.copy_from_slice(&header[..10]);
-    Ok(LoadedSchema {
-        text: text.trim().to_string(),
-        validator,
-        single_object_header,
-    })
-}
-
 /// Runs the channel until SIGTERM or SIGINT (returns `Ok`) or until it
 /// cannot go on (returns the error).
 pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
-    let schema = load_schema(&spec)?;
+    let schema = schema::load(&spec)?;
     let ledger = Arc::new(Ledger::new());
     let failed = |what: &str, e: std::io::Error| RunError::Failed(format!("{what}: {e}"));
 

@@ -117,7 +117,7 @@ mod tests {
     fn spec(dir: &Path) -> ArchiveSpec {
         ArchiveSpec {
             dir: dir.to_path_buf(),
-            codec: crate::container::Codec::Null,
+            codec: crate::config::Codec::Null,
             block_size: 1 << 10,
             rotate_size: 1 << 20,
             rotate_interval: Duration::from_secs(60),

@@ -59,8 +59,8 @@ pub(super) fn recover_leftovers(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Codec;
     use crate::container::BlockEncoder;
-    use crate::container::Codec;
 
     #[test]
     fn leftovers_are_closed_or_kept_aside_and_nothing_else_is_touched() {
