@@ -382,7 +382,7 @@ impl ChannelSpec {
             _ => PathBuf::from("."),
         };
         let base = std::fs::canonicalize(&parent).unwrap_or(parent);
-        let mut v = Validator {
+        let mut v = Checker {
             file: path,
             base: &base,
             problems: Vec::new(),
@@ -457,13 +457,13 @@ pub fn merge_under(table: &mut toml::Table, defaults: &toml::Table) {
     }
 }
 
-struct Validator<'a> {
+struct Checker<'a> {
     file: &'a Path,
     base: &'a Path,
     problems: Vec<Problem>,
 }
 
-impl Validator<'_> {
+impl Checker<'_> {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             key: key.to_string(),

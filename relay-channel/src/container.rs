@@ -272,7 +272,7 @@ pub fn recover_part(path: &Path) -> io::Result<Recovery> {
         ));
     }
     let file_len = meta.len();
-    let mut rd = Counting {
+    let mut rd = CountingReader {
         inner: BufReader::with_capacity(64 * 1024, (&file).take(file_len)),
         pos: 0,
     };
@@ -321,7 +321,7 @@ struct BlockChecker {
 /// Reads and checks one block at `rd`; `Ok(Some(count))` if it is whole and good,
 /// `Ok(None)` if it is damaged or incomplete, `Err` only for real I/O errors.
 fn next_block<R: Read>(
-    rd: &mut Counting<R>,
+    rd: &mut CountingReader<R>,
     file_len: u64,
     codec: Codec,
     sync: &[u8; 16],
@@ -433,7 +433,7 @@ pub enum HeaderError {
 /// Reads a container file's header from `r` (which should be buffered), consuming
 /// exactly the header's bytes. Allocation is bounded by the bytes actually read.
 pub fn read_header(r: &mut impl Read) -> Result<Header, HeaderError> {
-    let mut rd = Counting { inner: r, pos: 0 };
+    let mut rd = CountingReader { inner: r, pos: 0 };
     let mut magic = [0u8; 4];
     rd.read_exact(&mut magic).map_err(header_err)?;
     if magic != MAGIC {
@@ -489,7 +489,7 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, HeaderError> {
 
 /// Reads an Avro `bytes`/`string` (long length + data) into `buf`, growing it only
 /// as data actually arrives.
-fn read_bytes<R: Read>(rd: &mut Counting<R>, buf: &mut Vec<u8>) -> Result<(), HeaderError> {
+fn read_bytes<R: Read>(rd: &mut CountingReader<R>, buf: &mut Vec<u8>) -> Result<(), HeaderError> {
     let len = read_long(rd).map_err(header_err)?;
     let len = u64::try_from(len).map_err(|_| HeaderError::Malformed("negative length"))?;
     buf.clear();
@@ -525,12 +525,12 @@ fn soft<T>(r: io::Result<T>) -> io::Result<Option<T>> {
 }
 
 /// A reader that counts the bytes read through it.
-struct Counting<R> {
+struct CountingReader<R> {
     inner: R,
     pos: u64,
 }
 
-impl<R: Read> Read for Counting<R> {
+impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.pos += n as u64;

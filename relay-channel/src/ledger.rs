@@ -17,7 +17,7 @@ use crate::status::{Counters, Stats, StatusLine};
 /// The counters of one channel, and its health flags.
 #[derive(Debug)]
 pub(crate) struct Ledger {
-    tally: Mutex<Tally>,
+    accounts: Mutex<Accounts>,
     /// False while the archive cannot write (disk full, folder gone, ...).
     archive_healthy: AtomicBool,
     /// False while a multicast join waits for its interface.
@@ -27,7 +27,7 @@ pub(crate) struct Ledger {
 /// The counters as kept: the stats line's [`Counters`] and the rejections
 /// by reason, in order of first appearance.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Tally {
+struct Accounts {
     counters: Counters,
     rejected_by_reason: Vec<(RejectReason, u64)>,
 }
@@ -93,7 +93,7 @@ fn add_reason(by_reason: &mut Vec<(RejectReason, u64)>, reason: RejectReason, n:
 impl Ledger {
     pub(crate) fn new() -> Ledger {
         Ledger {
-            tally: Mutex::new(Tally::default()),
+            accounts: Mutex::new(Accounts::default()),
             archive_healthy: AtomicBool::new(true),
             joined: AtomicBool::new(true),
         }
@@ -101,12 +101,12 @@ impl Ledger {
 
     /// Locks the counters; a thread that panicked while holding them left
     /// plain integers behind, so poisoning is ignored.
-    fn lock(&self) -> MutexGuard<'_, Tally> {
-        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Accounts> {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies one change under the lock, then checks the identity.
-    fn change(&self, f: impl FnOnce(&mut Tally)) {
+    fn change(&self, f: impl FnOnce(&mut Accounts)) {
         let mut t = self.lock();
         f(&mut t);
         debug_assert!(

@@ -143,7 +143,7 @@ pub fn open_output(spec: &OutputSpec) -> io::Result<Socket> {
 
 /// Batch receiver over `recvmmsg`: one [`SLOT`] per datagram, the sender's
 /// address, and the kernel's drop counter from `SO_RXQ_OVFL`.
-pub struct Receiver {
+pub struct BatchReceiver {
     fd: libc::c_int,
     n: usize,
     bufs: Box<[u8]>,
@@ -158,15 +158,15 @@ pub struct Receiver {
 
 // SAFETY: the raw pointers in `hdrs` point into heap buffers owned by the
 // same value; moving the value to another thread keeps them valid.
-unsafe impl Send for Receiver {}
+unsafe impl Send for BatchReceiver {}
 
-impl Receiver {
+impl BatchReceiver {
     /// A receiver for `socket` reading up to `n` datagrams per call.
-    pub fn new(socket: &Socket, n: usize) -> Receiver {
+    pub fn new(socket: &Socket, n: usize) -> BatchReceiver {
         // SAFETY: CMSG_SPACE is a pure computation.
         let cmsg_space = unsafe { libc::CMSG_SPACE(size_of::<u32>() as u32) } as usize;
         let words = cmsg_space.div_ceil(8);
-        let mut r = Receiver {
+        let mut r = BatchReceiver {
             fd: socket.as_raw_fd(),
             n,
             bufs: vec![0u8; n * SLOT].into_boxed_slice(),
@@ -260,7 +260,7 @@ impl Receiver {
 }
 
 /// Batch sender over `sendmmsg` on a connected socket.
-pub struct Sender {
+pub struct BatchSender {
     socket: Socket,
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
@@ -268,9 +268,9 @@ pub struct Sender {
 
 // SAFETY: the header pointers are rebuilt on every call; between calls they
 // point at nothing that is dereferenced.
-unsafe impl Send for Sender {}
+unsafe impl Send for BatchSender {}
 
-/// What one [`Sender::send`] did.
+/// What one [`BatchSender::send`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SendOutcome {
     pub sent: u64,
@@ -279,9 +279,9 @@ pub struct SendOutcome {
     pub error: Option<i32>,
 }
 
-impl Sender {
-    pub fn new(socket: Socket, capacity: usize) -> Sender {
-        Sender {
+impl BatchSender {
+    pub fn new(socket: Socket, capacity: usize) -> BatchSender {
+        BatchSender {
             socket,
             // SAFETY: all-zero is a valid mmsghdr / iovec.
             hdrs: (0..capacity).map(|_| unsafe { zeroed() }).collect(),

@@ -31,10 +31,10 @@ use crate::ledger::Ledger;
 use crate::logs::RateLimit;
 
 /// Rejected datagrams copied to quarantine per second, at most…
-pub const RATE_DATAGRAMS: u32 = 1_000;
+pub(crate) const RATE_DATAGRAMS: u32 = 1_000;
 /// …and their bytes per second, at most: quarantine is for inspection, and
 /// a flood of junk must cost neither CPU nor disk bandwidth.
-pub const RATE_BYTES: usize = 1 << 20;
+pub(crate) const RATE_BYTES: usize = 1 << 20;
 /// A batch of rejects goes to the quarantine thread at this many…
 const BATCH_REJECTS: usize = 16;
 /// …or this many bytes, or this old.
@@ -46,7 +46,7 @@ const QUEUE_BATCHES: usize = 4;
 /// Rejected datagrams handed to the quarantine thread: their bytes back to
 /// back, and for each its end offset and why it was rejected.
 #[derive(Debug, Default)]
-pub struct Rejects {
+pub(crate) struct Rejects {
     data: Vec<u8>,
     entries: Vec<(usize, RejectedDatagram)>,
 }
@@ -57,11 +57,11 @@ impl Rejects {
         self.entries.push((self.data.len(), r));
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
@@ -81,7 +81,7 @@ impl Rejects {
 }
 
 /// The receive thread's end of the quarantine path.
-pub struct Feed {
+pub(crate) struct Feed {
     to_writer: Option<Sender<Rejects>>,
     free: Receiver<Rejects>,
     pending: Option<Rejects>,
@@ -95,7 +95,7 @@ pub struct Feed {
 impl Feed {
     /// A feed that keeps nothing (quarantine off): every reject is counted
     /// as not kept, and nothing is copied.
-    pub fn off() -> Feed {
+    pub(crate) fn off() -> Feed {
         Feed {
             to_writer: None,
             free: crossbeam_channel::never(),
@@ -110,7 +110,7 @@ impl Feed {
 
     /// Copies a rejected datagram for quarantine if the rate and the queue
     /// allow; false if it is not kept (the caller counts it).
-    pub fn offer(&mut self, datagram: &[u8], r: RejectedDatagram, now: Instant) -> bool {
+    pub(crate) fn offer(&mut self, datagram: &[u8], r: RejectedDatagram, now: Instant) -> bool {
         if self.to_writer.is_none() {
             return false;
         }
@@ -145,7 +145,7 @@ impl Feed {
     /// Hands the pending rejects to the quarantine thread when there are
     /// enough, they are old enough, or `idle`. Returns how many could not
     /// be handed over (the queue is full); the caller counts them.
-    pub fn hand_over_if_due(&mut self, now: Instant, idle: bool) -> u64 {
+    pub(crate) fn hand_over_if_due(&mut self, now: Instant, idle: bool) -> u64 {
         let Some(b) = &self.pending else { return 0 };
         let due = idle
             || b.entries.len() >= BATCH_REJECTS
@@ -173,7 +173,7 @@ impl Feed {
     /// At the end: hands over what is pending (waiting a little for room)
     /// and closes the path, so the quarantine thread finishes. Returns how
     /// many could not be handed over.
-    pub fn close(&mut self) -> u64 {
+    pub(crate) fn close(&mut self) -> u64 {
         let mut lost = 0;
         if let (Some(b), Some(tx)) = (self.pending.take(), &self.to_writer) {
             if !b.is_empty() {
@@ -188,7 +188,7 @@ impl Feed {
 }
 
 /// The quarantine thread's end: writes what arrives until the feed closes.
-pub struct Writer {
+pub(crate) struct Writer {
     file: QuarantineFile,
     rejects: Receiver<Rejects>,
     free: Sender<Rejects>,
@@ -198,7 +198,7 @@ pub struct Writer {
 
 /// The two ends of a quarantine path writing to `path`, bounded by `max`
 /// bytes; `None` when `max` is 0 (quarantine off).
-pub fn path(path: PathBuf, max: u64, ledger: Arc<Ledger>) -> (Feed, Option<Writer>) {
+pub(crate) fn path(path: PathBuf, max: u64, ledger: Arc<Ledger>) -> (Feed, Option<Writer>) {
     if max == 0 {
         return (Feed::off(), None);
     }
@@ -219,7 +219,7 @@ pub fn path(path: PathBuf, max: u64, ledger: Arc<Ledger>) -> (Feed, Option<Write
 
 impl Writer {
     /// The thread body.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         while let Ok(mut batch) = self.rejects.recv() {
             let (mut kept, mut dropped) = (0u64, 0u64);
             for (r, bytes) in batch.iter() {

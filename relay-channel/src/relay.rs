@@ -11,7 +11,7 @@ use crate::archive::Archive;
 use crate::config::{ChannelSpec, ConfigError, Encoding, OutputSpec};
 use crate::handover;
 use crate::ledger::Ledger;
-use crate::net::{self, Sender};
+use crate::net::{self, BatchSender};
 use crate::quarantine;
 use crate::receive::classify::Classifier;
 use crate::receive::membership::Join;
@@ -136,7 +136,7 @@ fn log_receive_socket(rs: &net::ReceiveSocket, requested: usize) {
 fn open_outputs(spec: &ChannelSpec) -> Result<Outputs, RunError> {
     let open = |section: &str, o: &OutputSpec| {
         net::open_output(o)
-            .map(|socket| Sender::new(socket, spec.receive.batch))
+            .map(|socket| BatchSender::new(socket, spec.receive.batch))
             .map_err(|e| RunError::Failed(format!("{}: {e}", output_what(section, o))))
     };
     let full = spec.full.as_ref().map(|o| open("full", o)).transpose()?;

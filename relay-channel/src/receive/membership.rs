@@ -42,7 +42,7 @@ impl Attempt {
 
 /// What an attempt is worth telling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Report {
+pub(crate) enum JoinReport {
     Nothing,
     Joined,
     /// Joined after the membership had been lost.
@@ -81,19 +81,19 @@ impl Membership {
     }
 
     /// Takes in an attempt made at `now`.
-    pub(crate) fn attempted(&mut self, now: Instant, attempt: Attempt) -> Report {
+    pub(crate) fn attempted(&mut self, now: Instant, attempt: Attempt) -> JoinReport {
         let first = !std::mem::replace(&mut self.tried, true);
         let was_joined = self.joined;
         self.joined = attempt != Attempt::Failed;
         self.next = now + if self.joined { JOIN_CHECK } else { JOIN_RETRY };
         match attempt {
             Attempt::Joined if std::mem::replace(&mut self.ever_joined, true) => {
-                Report::JoinedAgain
+                JoinReport::JoinedAgain
             }
-            Attempt::Joined => Report::Joined,
-            Attempt::AlreadyMember => Report::Nothing,
-            Attempt::Failed if first || was_joined => Report::CannotJoinYet,
-            Attempt::Failed => Report::Nothing,
+            Attempt::Joined => JoinReport::Joined,
+            Attempt::AlreadyMember => JoinReport::Nothing,
+            Attempt::Failed if first || was_joined => JoinReport::CannotJoinYet,
+            Attempt::Failed => JoinReport::Nothing,
         }
     }
 }
@@ -126,15 +126,15 @@ impl Join {
         let result = net::join(socket, self.group, &self.interface);
         let (group, interface) = (self.group, &self.interface);
         match self.state.attempted(now, Attempt::of(&result)) {
-            Report::Nothing => {}
-            Report::Joined => {
+            JoinReport::Nothing => {}
+            JoinReport::Joined => {
                 tracing::info!(channel = %self.channel, %group, %interface, "joined multicast group")
             }
-            Report::JoinedAgain => tracing::warn!(
+            JoinReport::JoinedAgain => tracing::warn!(
                 channel = %self.channel, %group, %interface,
                 "joined the multicast group again: the membership had been lost (interface gone and back)"
             ),
-            Report::CannotJoinYet => tracing::warn!(
+            JoinReport::CannotJoinYet => tracing::warn!(
                 channel = %self.channel, %group, %interface, error = %result.unwrap_err(),
                 "cannot join the multicast group yet; retrying every second"
             ),
@@ -154,12 +154,12 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::new(t0);
         assert!(m.due(t0) && !m.joined());
-        assert_eq!(m.attempted(t0, Attempt::Joined), Report::Joined);
+        assert_eq!(m.attempted(t0, Attempt::Joined), JoinReport::Joined);
         assert!(m.joined());
         assert!(!m.due(t0 + S) && m.due(t0 + 2 * S));
         assert_eq!(
             m.attempted(t0 + 2 * S, Attempt::AlreadyMember),
-            Report::Nothing
+            JoinReport::Nothing
         );
         assert!(m.joined() && !m.due(t0 + 3 * S) && m.due(t0 + 4 * S));
     }
@@ -168,10 +168,10 @@ mod tests {
     fn a_missing_interface_is_retried_every_second_and_reported_once() {
         let t0 = Instant::now();
         let mut m = Membership::new(t0);
-        assert_eq!(m.attempted(t0, Attempt::Failed), Report::CannotJoinYet);
+        assert_eq!(m.attempted(t0, Attempt::Failed), JoinReport::CannotJoinYet);
         assert!(!m.joined() && !m.due(t0) && m.due(t0 + S));
-        assert_eq!(m.attempted(t0 + S, Attempt::Failed), Report::Nothing);
-        assert_eq!(m.attempted(t0 + 2 * S, Attempt::Joined), Report::Joined);
+        assert_eq!(m.attempted(t0 + S, Attempt::Failed), JoinReport::Nothing);
+        assert_eq!(m.attempted(t0 + 2 * S, Attempt::Joined), JoinReport::Joined);
         assert!(m.joined());
     }
 
@@ -182,13 +182,16 @@ mod tests {
         m.attempted(t0, Attempt::Joined);
         assert_eq!(
             m.attempted(t0 + 2 * S, Attempt::Failed),
-            Report::CannotJoinYet
+            JoinReport::CannotJoinYet
         );
         assert!(!m.joined());
-        assert_eq!(m.attempted(t0 + 3 * S, Attempt::Failed), Report::Nothing);
+        assert_eq!(
+            m.attempted(t0 + 3 * S, Attempt::Failed),
+            JoinReport::Nothing
+        );
         assert_eq!(
             m.attempted(t0 + 4 * S, Attempt::Joined),
-            Report::JoinedAgain
+            JoinReport::JoinedAgain
         );
         assert!(m.joined());
     }

@@ -39,14 +39,14 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// Everything the receive thread owns.
 pub(crate) struct ReceivePath {
-    receiver: net::Receiver,
+    receiver: net::BatchReceiver,
     /// The receive socket: kept open for the receiver's descriptor, and
     /// joined to the group.
     socket: Socket,
     classifier: Classifier,
     outputs: Outputs,
     archive: ArchiveFeed,
-    rejects: Rejects,
+    rejects: RejectSink,
     join: Option<Join>,
     ledger: Arc<Ledger>,
     /// The current batch's counts.
@@ -72,12 +72,12 @@ pub(crate) struct Parts {
 impl ReceivePath {
     pub(crate) fn new(p: Parts, ledger: Arc<Ledger>, channel: &str) -> ReceivePath {
         ReceivePath {
-            receiver: net::Receiver::new(&p.socket, p.batch),
+            receiver: net::BatchReceiver::new(&p.socket, p.batch),
             socket: p.socket,
             classifier: p.classifier,
             outputs: p.outputs,
             archive: ArchiveFeed::new(p.to_archive, ledger.clone(), channel),
-            rejects: Rejects {
+            rejects: RejectSink {
                 quarantine: p.quarantine,
                 log: RateLimit::new(5, Duration::from_secs(60)),
                 channel: channel.to_string(),
@@ -197,13 +197,13 @@ fn is_timeout(e: &std::io::Error) -> bool {
 
 /// Where rejected datagrams go: counted, logged (rate-limited), offered to
 /// the quarantine.
-struct Rejects {
+struct RejectSink {
     quarantine: quarantine::Feed,
     log: RateLimit,
     channel: String,
 }
 
-impl Rejects {
+impl RejectSink {
     fn reject(
         &mut self,
         datagram: &[u8],

@@ -8,13 +8,13 @@ use crate::logs::RateLimit;
 use crate::net::{self, SendOutcome};
 
 /// Something datagrams are sent on, a batch at a time: a socket
-/// ([`net::Sender`]), or a recorder in tests.
+/// ([`net::BatchSender`]), or a recorder in tests.
 pub(crate) trait Emit {
     /// Sends the datagrams in order; counts what was sent and what failed.
     fn emit<'a>(&mut self, datagrams: impl Iterator<Item = &'a [u8]>) -> SendOutcome;
 }
 
-impl Emit for net::Sender {
+impl Emit for net::BatchSender {
     fn emit<'a>(&mut self, datagrams: impl Iterator<Item = &'a [u8]>) -> SendOutcome {
         self.send(datagrams)
     }
@@ -49,7 +49,7 @@ impl Decimator {
 }
 
 /// The full-rate and decimated outputs of a channel, either optional.
-pub(crate) struct Outputs<E = net::Sender> {
+pub(crate) struct Outputs<E = net::BatchSender> {
     full: Option<E>,
     decimated: Option<(E, Decimator)>,
     /// This batch's picks for the decimated output.
