@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::archive::Archive;
@@ -173,61 +173,12 @@ async fn control(
     recv_buffer_granted: usize,
 ) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let failed = |what: &str, e: std::io::Error| RunError::Failed(format!("{what}: {e}"));
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| failed("signals", e))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| failed("signals", e))?;
-
+    let failed = |e: std::io::Error| RunError::Failed(format!("signals: {e}"));
+    let mut sigterm = signal(SignalKind::terminate()).map_err(failed)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(failed)?;
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-    let stop = Arc::new(AtomicBool::new(false));
-
-    let archive_thread = {
-        let guard = EndGuard("archive", ended_tx.clone());
-        thread::Builder::new()
-            .name("archive".into())
-            .spawn(move || {
-                let _guard = guard;
-                archive.run(archive_inbox);
-            })
-            .map_err(|e| failed("spawn archive thread", e))?
-    };
-    let quarantine_thread = match quarantine_writer {
-        Some(w) => {
-            let guard = EndGuard("quarantine", ended_tx.clone());
-            Some(
-                thread::Builder::new()
-                    .name("quarantine".into())
-                    .spawn(move || {
-                        let _guard = guard;
-                        w.run();
-                    })
-                    .map_err(|e| failed("spawn quarantine thread", e))?,
-            )
-        }
-        None => None,
-    };
-    let receive_thread = {
-        let guard = EndGuard("receive", ended_tx);
-        let stop = stop.clone();
-        thread::Builder::new()
-            .name("receive".into())
-            .spawn(move || {
-                let _guard = guard;
-                path.run(&stop);
-            })
-            .map_err(|e| failed("spawn receive thread", e))?
-    };
-
-    StatusLine::Ready(Ready {
-        channel: spec.name.clone(),
-        pid: std::process::id(),
-        bind: spec.receive.bind.to_string(),
-        group: spec.receive.group.map(|g| g.to_string()),
-        recv_buffer_granted,
-        archive_dir: spec.archive.channel_dir(&spec.name),
-        full: spec.full.as_ref().map(|o| o.dest.to_string()),
-        decimated: spec.decimated.as_ref().map(|d| d.output.dest.to_string()),
-    })
-    .emit();
+    let threads = Threads::spawn(path, (archive, archive_inbox), quarantine_writer, ended_tx)?;
+    ready_line(&spec, recv_buffer_granted).emit();
     tracing::info!(channel = %spec.name, bind = %spec.receive.bind, "ready");
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -250,13 +201,7 @@ async fn control(
             tracing::error!(channel = %spec.name, "the {which} thread ended unexpectedly; stopping")
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let receive_ok = receive_thread.join().is_ok();
-    let archive_ok = archive_thread.join().is_ok();
-    // The quarantine is for inspection: its failure is logged, not fatal.
-    if quarantine_thread.is_some_and(|t| t.join().is_err()) {
-        tracing::error!(channel = %spec.name, "the quarantine thread panicked");
-    }
+    let (receive_ok, archive_ok) = threads.stop_and_join(&spec.name);
     // Every file closed is reported before the last lines.
     while let Ok(file) = closed.try_recv() {
         StatusLine::FileClosed(file).emit();
@@ -279,12 +224,89 @@ async fn control(
     }
 }
 
+fn ready_line(spec: &ChannelSpec, recv_buffer_granted: usize) -> StatusLine {
+    StatusLine::Ready(Ready {
+        channel: spec.name.clone(),
+        pid: std::process::id(),
+        bind: spec.receive.bind.to_string(),
+        group: spec.receive.group.map(|g| g.to_string()),
+        recv_buffer_granted,
+        archive_dir: spec.archive.channel_dir(&spec.name),
+        full: spec.full.as_ref().map(|o| o.dest.to_string()),
+        decimated: spec.decimated.as_ref().map(|d| d.output.dest.to_string()),
+    })
+}
+
+/// The channel's threads; each tells the control loop when it ends.
+struct Threads {
+    receive: JoinHandle<()>,
+    archive: JoinHandle<()>,
+    quarantine: Option<JoinHandle<()>>,
+    /// Asks the receive thread to drain and stop; the others follow as
+    /// their queues close.
+    stop: Arc<AtomicBool>,
+}
+
+impl Threads {
+    fn spawn(
+        path: ReceivePath,
+        (archive, inbox): (Archive, handover::ArchiveInbox),
+        quarantine_writer: Option<quarantine::Writer>,
+        ended: EndedSender,
+    ) -> Result<Threads, RunError> {
+        let archive = spawn("archive", &ended, move || archive.run(inbox))?;
+        let quarantine = quarantine_writer
+            .map(|w| spawn("quarantine", &ended, move || w.run()))
+            .transpose()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let receive = {
+            let stop = stop.clone();
+            spawn("receive", &ended, move || path.run(&stop))?
+        };
+        Ok(Threads {
+            receive,
+            archive,
+            quarantine,
+            stop,
+        })
+    }
+
+    /// Stops the receive thread and waits for every thread; returns whether
+    /// the receive and archive threads ended without a panic.
+    fn stop_and_join(self, channel: &str) -> (bool, bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        let receive_ok = self.receive.join().is_ok();
+        let archive_ok = self.archive.join().is_ok();
+        // The quarantine is for inspection: its failure is logged, not fatal.
+        if self.quarantine.is_some_and(|t| t.join().is_err()) {
+            tracing::error!(channel = %channel, "the quarantine thread panicked");
+        }
+        (receive_ok, archive_ok)
+    }
+}
+
+/// Where threads report their end: their name.
+type EndedSender = tokio::sync::mpsc::UnboundedSender<&'static str>;
+
+/// Starts the thread `name`, which reports its end on `ended`.
+fn spawn(
+    name: &'static str,
+    ended: &EndedSender,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, RunError> {
+    let guard = EndGuard(name, ended.clone());
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _guard = guard;
+            body();
+        })
+        .map_err(|e| RunError::Failed(format!("spawn {name} thread: {e}")))
+}
+
 /// Tells the control loop a thread has ended, however it ended (also on
 /// panic, as the guard drops while unwinding).
-struct EndGuard(
-    &'static str,
-    tokio::sync::mpsc::UnboundedSender<&'static str>,
-);
+struct EndGuard(&'static str, EndedSender);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
