@@ -2297,6 +2297,6 @@ mod tests {
         );
         assert!(spec.decimated.is_none());
         assert!(spec.receive.validate);
-        relay_channel::relay::load_schema(&spec).expect("schema compiles");
+        relay_channel::schema::load(&spec).expect("schema compiles");
     }
 }

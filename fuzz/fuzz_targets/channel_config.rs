@@ -6,7 +6,7 @@
 //! under the part after. A file that is not UTF-8 is loaded from disk as
 //! `check` reads it; UTF-8 text goes through `ChannelSpec::from_text`. When the
 //! channel validates and its schema is the one beside the file, the schema is
-//! loaded too (`relay::load_schema`, as `check` does).
+//! loaded too (`schema::load`, as `check` does).
 //!
 //! Oracle: nothing panics; `Ok`, or every problem names a key, except the
 //! problems about the file as a whole (unreadable, not TOML), which name the
@@ -135,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
     // The schema is read only where it is the one beside the file: a path the
     // text names could be anything on this machine (a FIFO, /dev/zero).
     if spec.schema_path == dir.join("example.avsc") {
-        if let Err(e) = relay_channel::relay::load_schema(&spec) {
+        if let Err(e) = relay_channel::schema::load(&spec) {
             panic!("the example schema does not load: {e}");
         }
     }

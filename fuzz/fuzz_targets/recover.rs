@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use relay_channel::container::{self, BlockEncoder, Codec};
+use relay_channel::config::Codec;
+use relay_channel::container::{self, BlockEncoder};
 
 const SCHEMA: &str = include_str!("../../channels.d/example.avsc");
 

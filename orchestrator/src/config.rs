@@ -387,7 +387,7 @@ pub fn load_channel(file: &Path, defaults: &toml::Table) -> Result<Channel, Conf
         toml::to_string(&t).unwrap_or_default()
     };
     let spec = ChannelSpec::from_table(table, file, Some(defaults))?;
-    let schema = relay_channel::relay::load_schema(&spec)?;
+    let schema = relay_channel::schema::load(&spec)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     merged_text.hash(&mut h);
     schema.text.hash(&mut h);

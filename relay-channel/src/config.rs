@@ -15,10 +15,80 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::container::Codec;
-
 /// Largest payload of one UDP datagram over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
+
+/// Default deflate level (zlib's default).
+pub const DEFAULT_DEFLATE_LEVEL: u32 = 6;
+/// Default zstd level. Level 1, not zstd's own default of 3: on sampled
+/// telemetry (blocks of doubles) it compresses about 1.4 times as fast and
+/// as small or smaller (benches/RESULTS.md), and compression is what limits
+/// an archiving relay on a small machine.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+/// Names accepted by [`Codec::parse`].
+const ACCEPTED_CODECS: &str = "null, deflate, snappy, zstd, zstandard";
+
+/// Block compression codec of the archive files (`archive.codec` and
+/// `archive.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// No compression.
+    Null,
+    /// Raw deflate (RFC 1951, no zlib header), level 0..=9.
+    Deflate { level: u32 },
+    /// Raw snappy block followed by the big-endian CRC32 of the uncompressed data.
+    Snappy,
+    /// One zstd frame per block (with content size and checksum).
+    Zstd { level: i32 },
+}
+
+impl Codec {
+    /// Parses a configured codec name (`null`, `deflate`, `snappy`, `zstd` or
+    /// `zstandard`) and optional level. Deflate takes 0..=9 (default
+    /// [`DEFAULT_DEFLATE_LEVEL`]), zstd takes zstd's level range (default
+    /// [`DEFAULT_ZSTD_LEVEL`]); `null` and `snappy` take no level.
+    pub fn parse(name: &str, level: Option<i32>) -> Result<Codec, String> {
+        match name {
+            "null" | "snappy" => {
+                if let Some(l) = level {
+                    return Err(format!(
+                        "codec {name:?} takes no compression level (got {l})"
+                    ));
+                }
+                Ok(if name == "null" {
+                    Codec::Null
+                } else {
+                    Codec::Snappy
+                })
+            }
+            "deflate" => match level {
+                None => Ok(Codec::Deflate {
+                    level: DEFAULT_DEFLATE_LEVEL,
+                }),
+                Some(l @ 0..=9) => Ok(Codec::Deflate { level: l as u32 }),
+                Some(l) => Err(format!("deflate level must be 0..=9, got {l}")),
+            },
+            "zstd" | "zstandard" => {
+                let range = zstd::compression_level_range();
+                match level {
+                    None => Ok(Codec::Zstd {
+                        level: DEFAULT_ZSTD_LEVEL,
+                    }),
+                    Some(l) if range.contains(&l) => Ok(Codec::Zstd { level: l }),
+                    Some(l) => Err(format!(
+                        "zstd level must be {}..={}, got {l}",
+                        range.start(),
+                        range.end()
+                    )),
+                }
+            }
+            other => Err(format!(
+                "unknown codec {other:?} (accepted: {ACCEPTED_CODECS})"
+            )),
+        }
+    }
+}
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,16 +248,6 @@ pub enum Interface {
     Name(String),
 }
 
-impl Interface {
-    /// The interface's IPv4 address now.
-    pub fn resolve(&self) -> std::io::Result<Ipv4Addr> {
-        match self {
-            Interface::Addr(a) => Ok(*a),
-            Interface::Name(n) => crate::net::interface_address(n),
-        }
-    }
-}
-
 impl fmt::Display for Interface {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -236,12 +296,6 @@ pub struct ArchiveSpec {
 }
 
 impl ArchiveSpec {
-    /// Batches the archive queue holds: `queue` bytes in batches of up to
-    /// [`crate::archive::BATCH_BYTES`].
-    pub fn queue_slots(&self) -> usize {
-        ((self.queue / crate::archive::BATCH_BYTES as u64) as usize).max(4)
-    }
-
     /// The folder this channel's files live in.
     pub fn channel_dir(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -313,7 +367,7 @@ impl ChannelSpec {
         // Paths in the file are relative to its folder; made absolute so
         // logs and status lines name them unambiguously.
         let base = base_dir(path);
-        let mut v = Validator {
+        let mut v = Checker {
             file: path,
             base: &base,
             problems: Vec::new(),
@@ -418,13 +472,13 @@ pub fn merge_under(table: &mut toml::Table, defaults: &toml::Table) {
     }
 }
 
-struct Validator<'a> {
+struct Checker<'a> {
     file: &'a Path,
     base: &'a Path,
     problems: Vec<Problem>,
 }
 
-impl Validator<'_> {
+impl Checker<'_> {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             key: key.to_string(),
@@ -868,6 +922,38 @@ mod tests {
         [archive]
         dir = "data"
     "#;
+
+    #[test]
+    fn codec_parse() {
+        assert_eq!(Codec::parse("null", None), Ok(Codec::Null));
+        assert_eq!(Codec::parse("snappy", None), Ok(Codec::Snappy));
+        assert_eq!(
+            Codec::parse("deflate", None),
+            Ok(Codec::Deflate { level: 6 })
+        );
+        assert_eq!(
+            Codec::parse("deflate", Some(9)),
+            Ok(Codec::Deflate { level: 9 })
+        );
+        assert_eq!(
+            Codec::parse("zstd", None),
+            Ok(Codec::Zstd {
+                level: DEFAULT_ZSTD_LEVEL
+            })
+        );
+        assert_eq!(
+            Codec::parse("zstandard", Some(19)),
+            Ok(Codec::Zstd { level: 19 })
+        );
+        assert!(Codec::parse("deflate", Some(10)).is_err());
+        assert!(Codec::parse("deflate", Some(-1)).is_err());
+        assert!(Codec::parse("zstd", Some(1000)).is_err());
+        assert!(Codec::parse("snappy", Some(1)).is_err());
+        let e = Codec::parse("lz4", None).unwrap_err();
+        for n in ["null", "deflate", "snappy", "zstd", "zstandard"] {
+            assert!(e.contains(n), "{e}");
+        }
+    }
 
     #[test]
     fn minimal_file_gets_defaults_and_resolves_paths() {

@@ -19,33 +19,12 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use crate::config::{self, Codec};
+
 /// The 4-byte magic that starts every Avro object container file.
 pub const MAGIC: [u8; 4] = *b"Obj\x01";
 
-/// Default deflate level (zlib's default).
-pub const DEFAULT_DEFLATE_LEVEL: u32 = 6;
-/// Default zstd level. Level 1, not zstd's own default of 3: on sampled
-/// telemetry (blocks of doubles) it compresses about 1.4 times as fast and
-/// as small or smaller (benches/RESULTS.md), and compression is what limits
-/// an archiving relay on a small machine.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
-
-/// Names accepted by [`Codec::parse`].
-const ACCEPTED_NAMES: &str = "null, deflate, snappy, zstd, zstandard";
-
-/// Block compression codec of a container file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    /// No compression.
-    Null,
-    /// Raw deflate (RFC 1951, no zlib header), level 0..=9.
-    Deflate { level: u32 },
-    /// Raw snappy block followed by the big-endian CRC32 of the uncompressed data.
-    Snappy,
-    /// One zstd frame per block (with content size and checksum).
-    Zstd { level: i32 },
-}
-
+/// The format's names for the codecs (the codec itself is configuration).
 impl Codec {
     /// The value written to the `avro.codec` metadata key.
     pub fn avro_name(&self) -> &'static str {
@@ -57,61 +36,17 @@ impl Codec {
         }
     }
 
-    /// Parses a configured codec name (`null`, `deflate`, `snappy`, `zstd` or `zstandard`)
-    /// and optional level. Deflate takes 0..=9 (default 6), zstd takes zstd's level range
-    /// (default 3); `null` and `snappy` take no level.
-    pub fn parse(name: &str, level: Option<i32>) -> Result<Codec, String> {
-        match name {
-            "null" | "snappy" => {
-                if let Some(l) = level {
-                    return Err(format!(
-                        "codec {name:?} takes no compression level (got {l})"
-                    ));
-                }
-                Ok(if name == "null" {
-                    Codec::Null
-                } else {
-                    Codec::Snappy
-                })
-            }
-            "deflate" => match level {
-                None => Ok(Codec::Deflate {
-                    level: DEFAULT_DEFLATE_LEVEL,
-                }),
-                Some(l @ 0..=9) => Ok(Codec::Deflate { level: l as u32 }),
-                Some(l) => Err(format!("deflate level must be 0..=9, got {l}")),
-            },
-            "zstd" | "zstandard" => {
-                let range = zstd::compression_level_range();
-                match level {
-                    None => Ok(Codec::Zstd {
-                        level: DEFAULT_ZSTD_LEVEL,
-                    }),
-                    Some(l) if range.contains(&l) => Ok(Codec::Zstd { level: l }),
-                    Some(l) => Err(format!(
-                        "zstd level must be {}..={}, got {l}",
-                        range.start(),
-                        range.end()
-                    )),
-                }
-            }
-            other => Err(format!(
-                "unknown codec {other:?} (accepted: {ACCEPTED_NAMES})"
-            )),
-        }
-    }
-
     /// Maps an `avro.codec` header value to a codec with its default level;
     /// `None` for codecs this module does not handle (e.g. `bzip2`, `xz`).
     pub fn from_avro_name(name: &str) -> Option<Codec> {
         match name {
             "null" => Some(Codec::Null),
             "deflate" => Some(Codec::Deflate {
-                level: DEFAULT_DEFLATE_LEVEL,
+                level: config::DEFAULT_DEFLATE_LEVEL,
             }),
             "snappy" => Some(Codec::Snappy),
             "zstandard" => Some(Codec::Zstd {
-                level: DEFAULT_ZSTD_LEVEL,
+                level: config::DEFAULT_ZSTD_LEVEL,
             }),
             _ => None,
         }
@@ -337,7 +272,7 @@ pub fn recover_part(path: &Path) -> io::Result<Recovery> {
         ));
     }
     let file_len = meta.len();
-    let mut rd = Counting {
+    let mut rd = CountingReader {
         inner: BufReader::with_capacity(64 * 1024, (&file).take(file_len)),
         pos: 0,
     };
@@ -386,7 +321,7 @@ struct BlockChecker {
 /// Reads and checks one block at `rd`; `Ok(Some(count))` if it is whole and good,
 /// `Ok(None)` if it is damaged or incomplete, `Err` only for real I/O errors.
 fn next_block<R: Read>(
-    rd: &mut Counting<R>,
+    rd: &mut CountingReader<R>,
     file_len: u64,
     codec: Codec,
     sync: &[u8; 16],
@@ -498,7 +433,7 @@ pub enum HeaderError {
 /// Reads a container file's header from `r` (which should be buffered), consuming
 /// exactly the header's bytes. Allocation is bounded by the bytes actually read.
 pub fn read_header(r: &mut impl Read) -> Result<Header, HeaderError> {
-    let mut rd = Counting { inner: r, pos: 0 };
+    let mut rd = CountingReader { inner: r, pos: 0 };
     let mut magic = [0u8; 4];
     rd.read_exact(&mut magic).map_err(header_err)?;
     if magic != MAGIC {
@@ -554,7 +489,7 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, HeaderError> {
 
 /// Reads an Avro `bytes`/`string` (long length + data) into `buf`, growing it only
 /// as data actually arrives.
-fn read_bytes<R: Read>(rd: &mut Counting<R>, buf: &mut Vec<u8>) -> Result<(), HeaderError> {
+fn read_bytes<R: Read>(rd: &mut CountingReader<R>, buf: &mut Vec<u8>) -> Result<(), HeaderError> {
     let len = read_long(rd).map_err(header_err)?;
     let len = u64::try_from(len).map_err(|_| HeaderError::Malformed("negative length"))?;
     buf.clear();
@@ -590,12 +525,12 @@ fn soft<T>(r: io::Result<T>) -> io::Result<Option<T>> {
 }
 
 /// A reader that counts the bytes read through it.
-struct Counting<R> {
+struct CountingReader<R> {
     inner: R,
     pos: u64,
 }
 
-impl<R: Read> Read for Counting<R> {
+impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.pos += n as u64;
@@ -1078,35 +1013,7 @@ mod tests {
     }
 
     #[test]
-    fn container_codec_parse() {
-        assert_eq!(Codec::parse("null", None), Ok(Codec::Null));
-        assert_eq!(Codec::parse("snappy", None), Ok(Codec::Snappy));
-        assert_eq!(
-            Codec::parse("deflate", None),
-            Ok(Codec::Deflate { level: 6 })
-        );
-        assert_eq!(
-            Codec::parse("deflate", Some(9)),
-            Ok(Codec::Deflate { level: 9 })
-        );
-        assert_eq!(
-            Codec::parse("zstd", None),
-            Ok(Codec::Zstd {
-                level: DEFAULT_ZSTD_LEVEL
-            })
-        );
-        assert_eq!(
-            Codec::parse("zstandard", Some(19)),
-            Ok(Codec::Zstd { level: 19 })
-        );
-        assert!(Codec::parse("deflate", Some(10)).is_err());
-        assert!(Codec::parse("deflate", Some(-1)).is_err());
-        assert!(Codec::parse("zstd", Some(1000)).is_err());
-        assert!(Codec::parse("snappy", Some(1)).is_err());
-        let e = Codec::parse("lz4", None).unwrap_err();
-        for n in ["null", "deflate", "snappy", "zstd", "zstandard"] {
-            assert!(e.contains(n), "{e}");
-        }
+    fn container_codec_avro_names() {
         for c in ALL {
             assert_eq!(
                 Codec::from_avro_name(c.avro_name()).map(|c| c.avro_name()),

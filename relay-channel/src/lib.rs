@@ -1,29 +1,41 @@
 //! One speeddata-relay channel: the whole data path of one channel.
 //!
-//! - [`config`]: the channel file, parsed and validated into a [`config::ChannelSpec`];
-//! - [`net`]: the channel's sockets, read and written in batches through [`mmsg`];
-//! - [`mmsg`]: the frozen `recvmmsg`/`sendmmsg` layer the relay and the benchmarks' ceiling forwarder share;
+//! - [`config`]: the channel file, parsed and validated into a
+//!   [`config::ChannelSpec`] (data and validation only: no other module);
+//! - [`schema`]: the channel's schema, its validator and single-object header;
 //! - [`validate`]: checks that a datagram is exactly one Avro datum of the schema;
+//! - `net`: the channel's sockets, read and written in batches through
+//!   [`mmsg`], interface addresses;
+//! - [`mmsg`]: the frozen `recvmmsg`/`sendmmsg` layer the relay and the
+//!   benchmarks' ceiling forwarder share;
+//! - `receive`: the receive thread, as stages (classify, outputs, archive
+//!   feed, multicast membership);
+//! - `handover`: the batch and the rejection the receive thread hands to
+//!   the archive and quarantine threads, and the archive queue's sizing;
+//! - `archive`: the archive threads (writer, closer, retention, recovery);
 //! - [`container`]: the Avro object container format, written block by block;
-//! - [`archive`]: the archive thread (blocks, rotation, retention);
-//! - [`quarantine`]: rejected datagrams kept for inspection, on a path of their own;
-//! - [`counters`]: the counters the threads share;
+//! - `quarantine`: rejected datagrams kept for inspection, on a path of their own;
+//! - `ledger`: the counters the threads share, kept balanced;
 //! - [`status`]: the status lines on stdout, and the table of counters;
 //! - [`logs`]: the logging set-up both binaries share;
 //! - [`relay`]: the threads wired together and the control loop.
 //!
-//! The orchestrator uses [`config`] to validate channel files exactly as the
-//! relay will, and reads the status lines described in [`status`]; the
-//! benchmarks use [`mmsg`].
+//! Only what the binaries, the orchestrator, the benches and the fuzz
+//! targets use is public. The orchestrator uses [`config`] and [`schema`]
+//! to validate channel files exactly as the relay will, and reads the status
+//! lines described in [`status`]; the benchmarks use [`mmsg`].
 
-pub mod archive;
+pub(crate) mod archive;
 pub mod config;
 pub mod container;
-pub mod counters;
+pub(crate) mod handover;
+pub(crate) mod ledger;
 pub mod logs;
 pub mod mmsg;
-pub mod net;
-pub mod quarantine;
+pub(crate) mod net;
+pub(crate) mod quarantine;
+pub(crate) mod receive;
 pub mod relay;
+pub mod schema;
 pub mod status;
 pub mod validate;

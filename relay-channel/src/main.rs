@@ -90,7 +90,7 @@ fn load(path: &Path, defaults: Option<&str>) -> Result<ChannelSpec, RunError> {
 
 fn check(path: &Path, defaults: Option<&str>) -> Result<(), RunError> {
     let spec = load(path, defaults)?;
-    relay::load_schema(&spec)?;
+    relay_channel::schema::load(&spec)?;
     println!(
         "{}: channel {:?} is valid (receive {}, archive {})",
         path.display(),

@@ -82,11 +82,19 @@ fn granted_of(reported: usize) -> usize {
 /// Joins `group` on `interface` (resolved now, so an interface that
 /// changed its address is followed).
 pub fn join(socket: &Socket, group: Ipv4Addr, interface: &Interface) -> io::Result<()> {
-    socket.join_multicast_v4(&group, &interface.resolve()?)
+    socket.join_multicast_v4(&group, &resolve(interface)?)
+}
+
+/// The interface's IPv4 address now.
+pub fn resolve(interface: &Interface) -> io::Result<Ipv4Addr> {
+    match interface {
+        Interface::Addr(a) => Ok(*a),
+        Interface::Name(n) => interface_address(n),
+    }
 }
 
 /// The first IPv4 address of the interface called `name`.
-pub fn interface_address(name: &str) -> io::Result<Ipv4Addr> {
+fn interface_address(name: &str) -> io::Result<Ipv4Addr> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
     for a in addrs {
         if a.interface_name == name {
@@ -107,7 +115,7 @@ pub fn open_output(spec: &OutputSpec) -> io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if spec.dest.ip().is_multicast() {
         if let Some(iface) = &spec.interface {
-            let iface = iface.resolve()?;
+            let iface = resolve(iface)?;
             socket.set_multicast_if_v4(&iface)?;
             socket.bind(&SockAddr::from(SocketAddrV4::new(iface, 0)))?;
         }
@@ -123,16 +131,16 @@ pub fn open_output(spec: &OutputSpec) -> io::Result<Socket> {
 /// Batch receiver over `recvmmsg` ([`RecvBatch`]): one [`SLOT`] per
 /// datagram, the sender's address, and the kernel's drop counter from
 /// `SO_RXQ_OVFL`.
-pub struct Receiver {
+pub struct BatchReceiver {
     batch: RecvBatch,
     /// Latest value of the kernel's drop counter for this socket.
     pub kernel_drops: u32,
 }
 
-impl Receiver {
+impl BatchReceiver {
     /// A receiver for `socket` reading up to `n` datagrams per call.
-    pub fn new(socket: &Socket, n: usize) -> Receiver {
-        Receiver {
+    pub fn new(socket: &Socket, n: usize) -> BatchReceiver {
+        BatchReceiver {
             batch: RecvBatch::new(socket.as_raw_fd(), n, SLOT),
             kernel_drops: 0,
         }
@@ -160,15 +168,15 @@ impl Receiver {
 }
 
 /// Batch sender over `sendmmsg` ([`SendBatch`]) on a connected socket.
-pub struct Sender {
+pub struct BatchSender {
     batch: SendBatch,
     /// Owned so that its descriptor, which `batch` writes to, stays open.
     _socket: Socket,
 }
 
-impl Sender {
-    pub fn new(socket: Socket, capacity: usize) -> Sender {
-        Sender {
+impl BatchSender {
+    pub fn new(socket: Socket, capacity: usize) -> BatchSender {
+        BatchSender {
             batch: SendBatch::new(socket.as_raw_fd(), capacity),
             _socket: socket,
         }

@@ -17,23 +17,24 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddrV4;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::json;
 
-use crate::counters::{RateLimit, Shared};
+use crate::handover::RejectedDatagram;
+use crate::ledger::Ledger;
+use crate::logs::RateLimit;
 
 /// Rejected datagrams copied to quarantine per second, at most…
-pub const RATE_DATAGRAMS: u32 = 1_000;
+pub(crate) const RATE_DATAGRAMS: u32 = 1_000;
 /// …and their bytes per second, at most: quarantine is for inspection, and
 /// a flood of junk must cost neither CPU nor disk bandwidth.
-pub const RATE_BYTES: usize = 1 << 20;
+pub(crate) const RATE_BYTES: usize = 1 << 20;
 /// A batch of rejects goes to the quarantine thread at this many…
 const BATCH_REJECTS: usize = 16;
 /// …or this many bytes, or this old.
@@ -42,79 +43,25 @@ const BATCH_AGE: Duration = Duration::from_millis(50);
 /// Batches the queue to the quarantine thread holds.
 const QUEUE_BATCHES: usize = 4;
 
-/// Why a datagram was rejected. Kept as data (no text is built on the
-/// receive path); displayed when logged or quarantined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
-    /// Longer than an IPv4 UDP datagram can be (or cut by the kernel).
-    Oversized,
-    /// From a sender outside `receive.allow_from`.
-    SenderNotAllowed,
-    /// `encoding = "single_object"`: no header, or another schema's
-    /// fingerprint.
-    WrongHeader,
-    /// Not exactly one datum of the schema.
-    Invalid(crate::validate::Invalid),
-}
-
-impl Why {
-    /// The labels of the receive path's own checks (the validator's are
-    /// `validate::Reason::ALL`).
-    pub const OWN_REASONS: &'static [&'static str] =
-        &["oversized", "sender_not_allowed", "wrong_header"];
-
-    /// Short label, for counters and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Why::Oversized => "oversized",
-            Why::SenderNotAllowed => "sender_not_allowed",
-            Why::WrongHeader => "wrong_header",
-            Why::Invalid(i) => i.reason.as_str(),
-        }
-    }
-}
-
-impl std::fmt::Display for Why {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Why::Oversized => write!(f, "longer than {} bytes", crate::config::MAX_DATAGRAM),
-            Why::SenderNotAllowed => write!(f, "the sender is not in receive.allow_from"),
-            Why::WrongHeader => write!(
-                f,
-                "not a single-object header (C3 01 and this schema's fingerprint)"
-            ),
-            Why::Invalid(i) => i.fmt(f),
-        }
-    }
-}
-
-/// One rejected datagram on its way to quarantine.
-#[derive(Debug, Clone)]
-pub struct Rejected {
-    pub at: SystemTime,
-    pub from: SocketAddrV4,
-    pub detail: Why,
-}
-
 /// Rejected datagrams handed to the quarantine thread: their bytes back to
 /// back, and for each its end offset and why it was rejected.
 #[derive(Debug, Default)]
-pub struct Rejects {
+pub(crate) struct Rejects {
     data: Vec<u8>,
-    entries: Vec<(usize, Rejected)>,
+    entries: Vec<(usize, RejectedDatagram)>,
 }
 
 impl Rejects {
-    fn push(&mut self, datagram: &[u8], r: Rejected) {
+    fn push(&mut self, datagram: &[u8], r: RejectedDatagram) {
         self.data.extend_from_slice(datagram);
         self.entries.push((self.data.len(), r));
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
@@ -123,7 +70,7 @@ impl Rejects {
         self.entries.clear();
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&Rejected, &[u8])> {
+    fn iter(&self) -> impl Iterator<Item = (&RejectedDatagram, &[u8])> {
         let mut start = 0;
         self.entries.iter().map(move |(end, r)| {
             let d = &self.data[start..*end];
@@ -134,7 +81,7 @@ impl Rejects {
 }
 
 /// The receive thread's end of the quarantine path.
-pub struct Feed {
+pub(crate) struct Feed {
     to_writer: Option<Sender<Rejects>>,
     free: Receiver<Rejects>,
     pending: Option<Rejects>,
@@ -148,7 +95,7 @@ pub struct Feed {
 impl Feed {
     /// A feed that keeps nothing (quarantine off): every reject is counted
     /// as not kept, and nothing is copied.
-    pub fn off() -> Feed {
+    pub(crate) fn off() -> Feed {
         Feed {
             to_writer: None,
             free: crossbeam_channel::never(),
@@ -163,7 +110,7 @@ impl Feed {
 
     /// Copies a rejected datagram for quarantine if the rate and the queue
     /// allow; false if it is not kept (the caller counts it).
-    pub fn offer(&mut self, datagram: &[u8], r: Rejected, now: Instant) -> bool {
+    pub(crate) fn offer(&mut self, datagram: &[u8], r: RejectedDatagram, now: Instant) -> bool {
         if self.to_writer.is_none() {
             return false;
         }
@@ -198,7 +145,7 @@ impl Feed {
     /// Hands the pending rejects to the quarantine thread when there are
     /// enough, they are old enough, or `idle`. Returns how many could not
     /// be handed over (the queue is full); the caller counts them.
-    pub fn hand_over_if_due(&mut self, now: Instant, idle: bool) -> u64 {
+    pub(crate) fn hand_over_if_due(&mut self, now: Instant, idle: bool) -> u64 {
         let Some(b) = &self.pending else { return 0 };
         let due = idle
             || b.entries.len() >= BATCH_REJECTS
@@ -226,7 +173,7 @@ impl Feed {
     /// At the end: hands over what is pending (waiting a little for room)
     /// and closes the path, so the quarantine thread finishes. Returns how
     /// many could not be handed over.
-    pub fn close(&mut self) -> u64 {
+    pub(crate) fn close(&mut self) -> u64 {
         let mut lost = 0;
         if let (Some(b), Some(tx)) = (self.pending.take(), &self.to_writer) {
             if !b.is_empty() {
@@ -241,17 +188,17 @@ impl Feed {
 }
 
 /// The quarantine thread's end: writes what arrives until the feed closes.
-pub struct Writer {
+pub(crate) struct Writer {
     file: QuarantineFile,
     rejects: Receiver<Rejects>,
     free: Sender<Rejects>,
-    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
     error_log: RateLimit,
 }
 
 /// The two ends of a quarantine path writing to `path`, bounded by `max`
 /// bytes; `None` when `max` is 0 (quarantine off).
-pub fn path(path: PathBuf, max: u64, shared: Arc<Shared>) -> (Feed, Option<Writer>) {
+pub(crate) fn path(path: PathBuf, max: u64, ledger: Arc<Ledger>) -> (Feed, Option<Writer>) {
     if max == 0 {
         return (Feed::off(), None);
     }
@@ -264,7 +211,7 @@ pub fn path(path: PathBuf, max: u64, shared: Arc<Shared>) -> (Feed, Option<Write
         file: QuarantineFile::new(path, max),
         rejects: rx,
         free: free_tx,
-        shared,
+        ledger,
         error_log: RateLimit::new(1, Duration::from_secs(60)),
     };
     (feed, Some(writer))
@@ -272,7 +219,7 @@ pub fn path(path: PathBuf, max: u64, shared: Arc<Shared>) -> (Feed, Option<Write
 
 impl Writer {
     /// The thread body.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         while let Ok(mut batch) = self.rejects.recv() {
             let (mut kept, mut dropped) = (0u64, 0u64);
             for (r, bytes) in batch.iter() {
@@ -290,11 +237,7 @@ impl Writer {
                     }
                 }
             }
-            {
-                let mut c = self.shared.counters();
-                c.quarantined += kept;
-                c.quarantine_dropped += dropped;
-            }
+            self.ledger.quarantine_written(kept, dropped);
             batch.clear();
             let _ = self.free.try_send(batch);
         }
@@ -331,13 +274,13 @@ impl QuarantineFile {
 
     /// Appends one entry: `Ok(false)` if it is too large to keep at all,
     /// an error if the file cannot be opened, moved or written.
-    fn write(&mut self, r: &Rejected, bytes: &[u8]) -> io::Result<bool> {
+    fn write(&mut self, r: &RejectedDatagram, bytes: &[u8]) -> io::Result<bool> {
         self.line.clear();
         let entry = json!({
             "time": humantime::format_rfc3339_micros(r.at).to_string(),
             "from": r.from.to_string(),
-            "reason": r.detail.reason(),
-            "detail": r.detail.to_string(),
+            "reason": r.rejection.reason().as_str(),
+            "detail": r.rejection.to_string(),
             "length": bytes.len(),
             "data_base64": base64::engine::general_purpose::STANDARD.encode(bytes),
         });
@@ -400,11 +343,11 @@ fn open_nofollow(path: &std::path::Path) -> io::Result<File> {
 mod tests {
     use super::*;
 
-    fn rejected() -> Rejected {
-        Rejected {
-            at: SystemTime::now(),
+    fn rejected() -> RejectedDatagram {
+        RejectedDatagram {
+            at: std::time::SystemTime::now(),
             from: "127.0.0.1:9".parse().unwrap(),
-            detail: Why::Oversized,
+            rejection: crate::handover::Rejection::Oversized,
         }
     }
 
@@ -469,9 +412,9 @@ mod tests {
 
     #[test]
     fn the_feed_is_bounded_in_rate_and_queue() {
-        let shared = Arc::new(Shared::new());
+        let ledger = Arc::new(Ledger::new());
         let d = tempfile::tempdir().unwrap();
-        let (mut feed, writer) = path(d.path().join("q.jsonl"), 1 << 20, shared);
+        let (mut feed, writer) = path(d.path().join("q.jsonl"), 1 << 20, ledger);
         let writer = writer.unwrap();
         let now = Instant::now();
         let mut kept = 0u32;

@@ -156,7 +156,7 @@ enum Node {
     String,
     /// A value of a logical type, checked as `checks[check]` says.
     Checked {
-        kind: Kind,
+        kind: CheckKind,
         check: u32,
     },
     Enum {
@@ -186,7 +186,7 @@ enum Node {
 
 /// The kinds of [`Node::Checked`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+enum CheckKind {
     /// date, time-millis: an int within `lo..=hi`.
     Int,
     /// time-micros, timestamp-millis/micros, local-timestamp-millis/micros:
@@ -208,10 +208,10 @@ struct Check {
     logical: Logical,
     /// The field's path, interned; `None` for the whole datum.
     path: Option<&'static str>,
-    /// Inclusive bounds of a [`Kind::Int`] or [`Kind::Long`] value.
+    /// Inclusive bounds of a [`CheckKind::Int`] or [`CheckKind::Long`] value.
     lo: i64,
     hi: i64,
-    /// Size of a [`Kind::DecimalFixed`].
+    /// Size of a [`CheckKind::DecimalFixed`].
     size: usize,
     /// Largest magnitude of a decimal's unscaled value, `10^precision - 1`,
     /// big-endian without leading zero bytes.
@@ -602,21 +602,21 @@ impl Validator {
     /// Checks one value of a logical type at the cursor. Apart from
     /// [`Validator::walk`], so that the plain nodes' loop stays as small as
     /// it was (and its stack frame too, in debug builds).
-    fn checked(&self, kind: Kind, check: u32, cur: &mut Cursor<'_>) -> Result<(), Fault> {
+    fn checked(&self, kind: CheckKind, check: u32, cur: &mut Cursor<'_>) -> Result<(), Fault> {
         let c = &self.checks[check as usize];
         let at = cur.pos;
         let fits = match kind {
-            Kind::Int => {
+            CheckKind::Int => {
                 let v = i64::from(cur.int()?);
                 c.lo <= v && v <= c.hi
             }
-            Kind::Long => {
+            CheckKind::Long => {
                 let v = cur.long()?;
                 c.lo <= v && v <= c.hi
             }
-            Kind::DecimalBytes => decimal_fits(cur.bytes()?, &c.max),
-            Kind::DecimalFixed => decimal_fits(cur.take(c.size)?, &c.max),
-            Kind::UuidString => {
+            CheckKind::DecimalBytes => decimal_fits(cur.bytes()?, &c.max),
+            CheckKind::DecimalFixed => decimal_fits(cur.take(c.size)?, &c.max),
+            CheckKind::UuidString => {
                 let body = cur.bytes()?;
                 is_uuid(body) || {
                     // Not a UUID; but invalid UTF-8 is said first.
@@ -624,7 +624,7 @@ impl Validator {
                     false
                 }
             }
-            Kind::UuidBytes => cur.bytes()?.len() == 16,
+            CheckKind::UuidBytes => cur.bytes()?.len() == 16,
         };
         if fits {
             Ok(())
@@ -1048,7 +1048,7 @@ impl<'s> Compiler<'s> {
                     max,
                 })?;
                 self.push(Node::Checked {
-                    kind: Kind::DecimalFixed,
+                    kind: CheckKind::DecimalFixed,
                     check,
                 })
             }
@@ -1066,15 +1066,15 @@ impl<'s> Compiler<'s> {
             Schema::Int => Node::Int,
             Schema::Long | Schema::TimestampNanos | Schema::LocalTimestampNanos => Node::Long,
             Schema::Date => Node::Checked {
-                kind: Kind::Int,
+                kind: CheckKind::Int,
                 check: self.check(Logical::Date, FIRST_DAY, LAST_DAY)?,
             },
             Schema::TimeMillis => Node::Checked {
-                kind: Kind::Int,
+                kind: CheckKind::Int,
                 check: self.check(Logical::TimeMillis, 0, DAY_MILLIS - 1)?,
             },
             Schema::TimeMicros => Node::Checked {
-                kind: Kind::Long,
+                kind: CheckKind::Long,
                 check: self.check(Logical::TimeMicros, 0, DAY_MILLIS * MS - 1)?,
             },
             Schema::TimestampMillis | Schema::LocalTimestampMillis => {
@@ -1085,7 +1085,7 @@ impl<'s> Compiler<'s> {
                 };
                 let (lo, hi) = (FIRST_SECOND * MS, LAST_SECOND * MS + (MS - 1));
                 Node::Checked {
-                    kind: Kind::Long,
+                    kind: CheckKind::Long,
                     check: self.check(logical, lo, hi)?,
                 }
             }
@@ -1097,7 +1097,7 @@ impl<'s> Compiler<'s> {
                 };
                 let (lo, hi) = (FIRST_SECOND * US, LAST_SECOND * US + (US - 1));
                 Node::Checked {
-                    kind: Kind::Long,
+                    kind: CheckKind::Long,
                     check: self.check(logical, lo, hi)?,
                 }
             }
@@ -1110,7 +1110,7 @@ impl<'s> Compiler<'s> {
                 ..
             }) => match decimal_max(*precision) {
                 Some(max) => Node::Checked {
-                    kind: Kind::DecimalBytes,
+                    kind: CheckKind::DecimalBytes,
                     check: self.check_with(Check {
                         logical: Logical::Decimal,
                         path: None,
@@ -1123,12 +1123,12 @@ impl<'s> Compiler<'s> {
                 None => Node::Bytes,
             },
             Schema::Uuid(UuidSchema::Bytes) => Node::Checked {
-                kind: Kind::UuidBytes,
+                kind: CheckKind::UuidBytes,
                 check: self.check(Logical::Uuid, 0, 0)?,
             },
             Schema::String => Node::String,
             Schema::Uuid(UuidSchema::String) => Node::Checked {
-                kind: Kind::UuidString,
+                kind: CheckKind::UuidString,
                 check: self.check(Logical::Uuid, 0, 0)?,
             },
             Schema::Decimal(DecimalSchema {
@@ -1285,7 +1285,7 @@ impl<'s> Compiler<'s> {
                 let now = match self.nodes[i] {
                     Node::Skip(n) => n,
                     Node::Checked {
-                        kind: Kind::DecimalFixed,
+                        kind: CheckKind::DecimalFixed,
                         check,
                     } => self.checks[check as usize].size,
                     Node::Boolean
@@ -2370,12 +2370,12 @@ mod tests {
                 [
                     Node::Skip(8),
                     Node::Checked {
-                        kind: Kind::DecimalFixed,
+                        kind: CheckKind::DecimalFixed,
                         ..
                     },
                     Node::Skip(12),
                     Node::Checked {
-                        kind: Kind::DecimalFixed,
+                        kind: CheckKind::DecimalFixed,
                         ..
                     }
                 ]
@@ -2660,17 +2660,17 @@ mod tests {
     }
 
     thread_local! {
-        /// Allocations made by this thread (see [`Counting`]).
+        /// Allocations made by this thread (see [`CountingAllocator`]).
         static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
 
     /// The system allocator, counting each thread's allocations so that a
     /// test can show some code makes none.
-    struct Counting;
+    struct CountingAllocator;
 
     // SAFETY: forwards to the system allocator; the counter is a
     // const-initialised thread-local without a destructor.
-    unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
         unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
             let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
             // SAFETY: the caller's contract, passed on.
@@ -2693,7 +2693,7 @@ mod tests {
     }
 
     #[global_allocator]
-    static ALLOCATOR: Counting = Counting;
+    static ALLOCATOR: CountingAllocator = CountingAllocator;
 
     #[test]
     fn validate_does_not_allocate() {

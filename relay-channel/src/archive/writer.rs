@@ -1,88 +1,35 @@
 //! The archive thread: packs valid datagrams into Avro container blocks,
-//! writes them under `.avro.part`, rotates by size and by time, renames
-//! closed files to `.avro` and applies retention. Rejected datagrams never
-//! come here: they take the quarantine's own path ([`crate::quarantine`]).
+//! writes them under `.avro.part`, and rotates by size and by time, handing
+//! each file it is done with to the [closer](super::closer). Rejected
+//! datagrams never come here: they take the quarantine's own path.
 //!
-//! It receives [`Batch`]es from the receive thread over a bounded channel and
-//! hands them back empty over another, so buffers are recycled and the
-//! receive path never waits on disk: when the queue is full the receive
-//! thread counts the batch as `archive_dropped`. Disk trouble is counted
-//! here the same way; the archive reports itself unhealthy and retries.
+//! It takes [`Batch`]es from the receive thread's queue and gives them back
+//! empty ([`crate::handover`]). Disk trouble is counted as `archive_dropped`;
+//! the archive reports itself unhealthy and retries.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use tokio::sync::mpsc::UnboundedSender;
 
+use super::closer::{ClosedFile, Closer};
+use super::recovery;
 use crate::config::{ArchiveSpec, Fsync};
 use crate::container::{self, BlockEncoder};
-use crate::counters::{RateLimit, Shared};
-use crate::status::{FileClosed, StatusLine};
+use crate::handover::{ArchiveInbox, Batch};
+use crate::ledger::Ledger;
+use crate::logs::RateLimit;
+use crate::status::FileClosed;
 
 /// How long the archive waits after disk trouble before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Longest wait for a batch, so timers are looked at often enough.
 const TICK: Duration = Duration::from_millis(100);
-/// A batch is handed to the archive once it holds this many bytes (or is
-/// 10 ms old); the archive queue is counted in such batches.
-pub const BATCH_BYTES: usize = 256 << 10;
-
-/// Capacity a recycled batch keeps; one that grew past it (a burst of large
-/// datagrams) gives the memory back.
-const KEEP_BATCH_CAPACITY: usize = 1 << 20;
-
-/// Datagrams handed from the receive thread to the archive thread.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Valid datagrams, back to back.
-    pub data: Vec<u8>,
-    /// End offset of each datagram in `data`.
-    pub ends: Vec<usize>,
-}
-
-impl Batch {
-    pub fn with_capacity(records: usize) -> Batch {
-        Batch {
-            data: Vec::with_capacity(records * 256),
-            ends: Vec::with_capacity(records),
-        }
-    }
-
-    pub fn push(&mut self, datagram: &[u8]) {
-        self.data.extend_from_slice(datagram);
-        self.ends.push(self.data.len());
-    }
-
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.data.clear();
-        self.ends.clear();
-        if self.data.capacity() > KEEP_BATCH_CAPACITY {
-            self.data.shrink_to(KEEP_BATCH_CAPACITY);
-        }
-    }
-
-    fn records(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let r = &self.data[start..end];
-            start = end;
-            r
-        })
-    }
-}
 
 /// A file being written.
 struct OpenFile {
@@ -95,13 +42,25 @@ struct OpenFile {
     opened: Instant,
 }
 
-/// The archive of one channel.
-pub struct Archive {
+impl OpenFile {
+    fn into_closed(self) -> ClosedFile {
+        ClosedFile {
+            file: self.file,
+            part: self.part,
+            path: self.path,
+            len: self.len,
+            records: self.records,
+        }
+    }
+}
+
+/// The archive thread of one channel: the open block and the open file.
+pub(crate) struct Archive {
     spec: ArchiveSpec,
     channel: String,
     dir: PathBuf,
     schema_json: String,
-    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
     encoder: BlockEncoder,
     block: Vec<u8>,
     block_records: u64,
@@ -114,30 +73,32 @@ pub struct Archive {
     error_log: RateLimit,
     /// Where closed files go to be finished; `None` before `run` starts it
     /// (and after `finish`), when files are closed on this thread.
-    closer: Option<Sender<OpenFile>>,
+    closer: Option<Sender<ClosedFile>>,
     closer_state: Closer,
 }
 
 impl Archive {
     /// Prepares the channel's archive folder: creates it, and closes every
     /// `.avro.part` a crash left behind (cut back to its last whole block).
-    /// Fails if the folder cannot be created or written.
-    pub fn open(
+    /// Fails if the folder cannot be created or written. Each file closed
+    /// is reported on `closed`, for the control loop to write.
+    pub(crate) fn open(
         spec: &ArchiveSpec,
         channel: &str,
         schema_json: &str,
-        shared: Arc<Shared>,
+        ledger: Arc<Ledger>,
+        closed: UnboundedSender<FileClosed>,
     ) -> io::Result<Archive> {
         let dir = spec.channel_dir(channel);
         fs::create_dir_all(&dir)?;
         probe_writable(&dir)?;
-        recover_leftovers(&dir);
+        recovery::recover_leftovers(&dir);
         Ok(Archive {
             spec: spec.clone(),
             channel: channel.to_string(),
             dir,
             schema_json: schema_json.to_string(),
-            shared: shared.clone(),
+            ledger: ledger.clone(),
             encoder: BlockEncoder::new(spec.codec),
             block: Vec::with_capacity(spec.block_size + crate::config::MAX_DATAGRAM),
             block_records: 0,
@@ -149,31 +110,17 @@ impl Archive {
             last_fsync: Instant::now(),
             error_log: RateLimit::new(3, Duration::from_secs(60)),
             closer: None,
-            closer_state: Closer {
-                spec: spec.clone(),
-                channel: channel.to_string(),
-                dir: spec.channel_dir(channel),
-                shared: shared.clone(),
-            },
+            closer_state: Closer::new(spec, channel, ledger, closed),
         })
     }
 
     /// The thread body: runs until the receive side hangs up, then writes
     /// out everything buffered and closes the file.
-    pub fn run(mut self, batches: Receiver<Batch>, free: Sender<Batch>) {
-        let (tx, rx) = crossbeam_channel::unbounded::<OpenFile>();
-        let closer = self.closer_state.clone();
-        let closer_thread = std::thread::Builder::new()
-            .name("archive-close".into())
-            .spawn(move || {
-                for f in rx {
-                    closer.close(f);
-                }
-            });
-        match closer_thread {
-            Ok(t) => {
+    pub(crate) fn run(mut self, inbox: ArchiveInbox) {
+        match self.closer_state.clone().spawn() {
+            Ok((tx, t)) => {
                 self.closer = Some(tx);
-                self.run_loop(batches, free);
+                self.run_loop(&inbox);
                 self.finish();
                 self.closer = None;
                 if t.join().is_err() {
@@ -182,22 +129,21 @@ impl Archive {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no closer thread: files are closed on the archive thread");
-                self.run_loop(batches, free);
+                self.run_loop(&inbox);
                 self.finish();
             }
         }
     }
 
-    fn run_loop(&mut self, batches: Receiver<Batch>, free: Sender<Batch>) {
+    fn run_loop(&mut self, inbox: &ArchiveInbox) {
         loop {
             let wait = self.next_deadline().map_or(TICK, |d| {
                 d.saturating_duration_since(Instant::now()).min(TICK)
             });
-            match batches.recv_timeout(wait) {
-                Ok(mut batch) => {
+            match inbox.recv_timeout(wait) {
+                Ok(batch) => {
                     self.take(&batch);
-                    batch.clear();
-                    let _ = free.try_send(batch);
+                    inbox.recycle(batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -264,9 +210,7 @@ impl Archive {
             self.block.clear();
             self.block_records = 0;
             self.block_started = None;
-            let mut c = self.shared.counters();
-            c.archive_dropped += count;
-            c.in_flight -= count;
+            self.ledger.archive_dropped(count);
             return;
         }
         let result = self.ensure_file().and_then(|()| {
@@ -292,11 +236,7 @@ impl Archive {
         self.block_started = None;
         match result {
             Ok(()) => {
-                {
-                    let mut c = self.shared.counters();
-                    c.archived += count;
-                    c.in_flight -= count;
-                }
+                self.ledger.archived(count);
                 if self.spec.fsync == Fsync::Interval
                     && self.last_fsync.elapsed() >= self.spec.flush_interval
                 {
@@ -316,11 +256,7 @@ impl Archive {
                 }
             }
             Err(e) => {
-                {
-                    let mut c = self.shared.counters();
-                    c.archive_dropped += count;
-                    c.in_flight -= count;
-                }
+                self.ledger.archive_dropped(count);
                 self.disk_trouble("write", &e, count);
             }
         }
@@ -329,8 +265,8 @@ impl Archive {
     /// Records disk trouble: the archive is unhealthy until a file opens
     /// again. The broken file is cut back to its last whole block and closed.
     fn disk_trouble(&mut self, what: &str, e: &io::Error, lost: u64) {
-        self.shared.counters().archive_errors += 1;
-        if self.shared.archive_healthy.swap(false, Ordering::Relaxed) {
+        self.ledger.archive_error();
+        if self.ledger.set_archive_healthy(false) {
             tracing::error!(
                 channel = %self.channel, dir = %self.dir.display(), error = %e, lost,
                 "archive {what} failed; the live outputs go on, the archive retries every {}s",
@@ -356,7 +292,7 @@ impl Archive {
             Ok(f) => {
                 self.file = Some(f);
                 self.retry_at = None;
-                if !self.shared.archive_healthy.swap(true, Ordering::Relaxed) {
+                if !self.ledger.set_archive_healthy(true) {
                     tracing::info!(channel = %self.channel, "archive writing again");
                 }
                 Ok(())
@@ -420,104 +356,14 @@ impl Archive {
         let Some(f) = self.file.take() else { return };
         match &self.closer {
             Some(tx) => {
-                if let Err(e) = tx.send(f) {
+                if let Err(e) = tx.send(f.into_closed()) {
                     // The closer is gone (it panicked): close here.
                     self.closer_state.close(e.into_inner());
                 }
             }
-            None => self.closer_state.close(f),
+            None => self.closer_state.close(f.into_closed()),
         }
     }
-}
-
-/// Finishes closed files: fsync per policy, rename `.part` to `.avro`,
-/// report, apply retention. Runs on a thread of its own, so an fsync that
-/// takes seconds on a slow disk never stalls the archive.
-#[derive(Clone)]
-struct Closer {
-    spec: ArchiveSpec,
-    channel: String,
-    dir: PathBuf,
-    shared: Arc<Shared>,
-}
-
-impl Closer {
-    fn close(&self, f: OpenFile) {
-        if self.spec.fsync != Fsync::Never {
-            if let Err(e) = f.file.sync_all() {
-                tracing::warn!(file = %f.part.display(), error = %e, "fsync failed");
-            }
-        }
-        drop(f.file);
-        match fs::rename(&f.part, &f.path) {
-            Ok(()) => {
-                if self.spec.fsync != Fsync::Never {
-                    sync_dir(&self.dir);
-                }
-                self.shared.counters().files_closed += 1;
-                tracing::info!(file = %f.path.display(), records = f.records, bytes = f.len, "archive file closed");
-                StatusLine::FileClosed(FileClosed {
-                    channel: self.channel.clone(),
-                    path: f.path.clone(),
-                    records: f.records,
-                    bytes: f.len,
-                })
-                .emit();
-                self.apply_retention();
-            }
-            Err(e) => {
-                // Left as .part: the next start recovers it.
-                self.shared.counters().archive_errors += 1;
-                tracing::error!(file = %f.part.display(), error = %e, "cannot rename closed archive file");
-            }
-        }
-    }
-
-    /// Deletes the oldest closed files while the folder holds more than
-    /// `retention_size` bytes, and files older than `retention_age`.
-    fn apply_retention(&self) {
-        if self.spec.retention_age.is_none() && self.spec.retention_size.is_none() {
-            return;
-        }
-        let mut files = closed_files(&self.dir);
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut total: u64 = files.iter().map(|f| f.1).sum();
-        let now = SystemTime::now();
-        for (path, size, modified) in files {
-            let too_big = self.spec.retention_size.is_some_and(|max| total > max);
-            let too_old = self.spec.retention_age.is_some_and(|age| {
-                modified.is_some_and(|m| now.duration_since(m).unwrap_or_default() > age)
-            });
-            if !too_big && !too_old {
-                break;
-            }
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    total -= size;
-                    tracing::info!(file = %path.display(), bytes = size, "retention: deleted archive file");
-                }
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "retention: cannot delete")
-                }
-            }
-        }
-    }
-}
-
-/// Closed archive files of a folder: (path, bytes, modified). Only regular
-/// files directly in it count (`DirEntry::metadata` does not follow a
-/// symlink), so retention never deletes through one.
-fn closed_files(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".avro"))
-        .filter_map(|e| {
-            let m = e.metadata().ok()?;
-            m.is_file().then(|| (e.path(), m.len(), m.modified().ok()))
-        })
-        .collect()
 }
 
 /// `20261122T213000.123Z` for a time in milliseconds since the epoch.
@@ -544,70 +390,13 @@ fn probe_writable(dir: &Path) -> io::Result<()> {
 
 /// A channel folder must be a real folder: one replaced by a symlink would
 /// send the archive elsewhere.
-pub fn refuse_symlinked_folder(dir: &Path) -> io::Result<()> {
+pub(crate) fn refuse_symlinked_folder(dir: &Path) -> io::Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is a symlink, not a folder", dir.display()),
         )),
         _ => Ok(()),
-    }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Closes what a crash left open: each `*.avro.part` is cut back to its last
-/// whole block and renamed to `.avro`; one whose header is damaged is
-/// renamed to `.avro.part.damaged` and left for a person to look at.
-fn recover_leftovers(dir: &Path) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.filter_map(|e| e.ok()) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        // Only regular files directly in the folder (the entry's own type:
-        // a symlink is not followed).
-        if !e.file_type().is_ok_and(|t| t.is_file()) {
-            if name.ends_with(".avro.part") {
-                tracing::warn!(file = %e.path().display(), "not a regular file: left alone by recovery");
-            }
-            continue;
-        }
-        let Some(stem) = name.strip_suffix(".part") else {
-            continue;
-        };
-        if !stem.ends_with(".avro") {
-            continue;
-        }
-        let part = e.path();
-        match container::recover_part(&part) {
-            Ok(r) if r.header_ok => {
-                let done = dir.join(stem);
-                match fs::rename(&part, &done) {
-                    Ok(()) => tracing::warn!(
-                        file = %done.display(), records = r.records, blocks = r.blocks,
-                        cut_bytes = r.truncated_bytes,
-                        "recovered an archive file left open by an earlier run"
-                    ),
-                    Err(e) => {
-                        tracing::error!(file = %part.display(), error = %e, "cannot rename recovered file")
-                    }
-                }
-            }
-            Ok(_) => {
-                let aside = dir.join(format!("{name}.damaged"));
-                let _ = fs::rename(&part, &aside);
-                tracing::error!(
-                    file = %aside.display(),
-                    "an archive file left by an earlier run has no readable header; kept aside"
-                );
-            }
-            Err(e) => {
-                tracing::error!(file = %part.display(), error = %e, "cannot recover archive file")
-            }
-        }
     }
 }
 

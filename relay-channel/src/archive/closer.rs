@@ -1,0 +1,180 @@
+//! The closer: finishes each file the writer is done with (fsync per
+//! policy, rename `.part` to `.avro`), reports it (`file_closed`, written
+//! by the control loop) and applies retention. Runs on a thread of its own,
+//! so an fsync that takes seconds on a slow disk never stalls the archive.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::retention::Retention;
+use crate::config::{ArchiveSpec, Fsync};
+use crate::ledger::Ledger;
+use crate::status::FileClosed;
+
+/// A file the writer is done with.
+pub(super) struct ClosedFile {
+    pub(super) file: File,
+    /// Where it was written (`.avro.part`).
+    pub(super) part: PathBuf,
+    /// Where it goes (`.avro`).
+    pub(super) path: PathBuf,
+    pub(super) len: u64,
+    pub(super) records: u64,
+}
+
+/// Finishes closed files.
+#[derive(Clone)]
+pub(super) struct Closer {
+    fsync: Fsync,
+    retention: Retention,
+    channel: String,
+    dir: PathBuf,
+    ledger: Arc<Ledger>,
+    closed: UnboundedSender<FileClosed>,
+}
+
+impl Closer {
+    pub(super) fn new(
+        spec: &ArchiveSpec,
+        channel: &str,
+        ledger: Arc<Ledger>,
+        closed: UnboundedSender<FileClosed>,
+    ) -> Closer {
+        Closer {
+            fsync: spec.fsync,
+            retention: Retention::of(spec),
+            channel: channel.to_string(),
+            dir: spec.channel_dir(channel),
+            ledger,
+            closed,
+        }
+    }
+
+    /// Starts the closer thread: files sent on the channel are closed in
+    /// order; the thread ends when the channel closes.
+    pub(super) fn spawn(self) -> io::Result<(Sender<ClosedFile>, JoinHandle<()>)> {
+        let (tx, rx) = crossbeam_channel::unbounded::<ClosedFile>();
+        let thread = std::thread::Builder::new()
+            .name("archive-close".into())
+            .spawn(move || {
+                for f in rx {
+                    self.close(f);
+                }
+            })?;
+        Ok((tx, thread))
+    }
+
+    /// Finishes one file: fsync per policy, rename, report, retention.
+    pub(super) fn close(&self, f: ClosedFile) {
+        if self.fsync != Fsync::Never {
+            if let Err(e) = f.file.sync_all() {
+                tracing::warn!(file = %f.part.display(), error = %e, "fsync failed");
+            }
+        }
+        drop(f.file);
+        match fs::rename(&f.part, &f.path) {
+            Ok(()) => {
+                if self.fsync != Fsync::Never {
+                    sync_dir(&self.dir);
+                }
+                self.ledger.file_closed();
+                tracing::info!(file = %f.path.display(), records = f.records, bytes = f.len, "archive file closed");
+                // The control loop writes it; gone only as the relay stops.
+                let _ = self.closed.send(FileClosed {
+                    channel: self.channel.clone(),
+                    path: f.path.clone(),
+                    records: f.records,
+                    bytes: f.len,
+                });
+                self.retention.apply(&self.dir);
+            }
+            Err(e) => {
+                // Left as .part: the next start recovers it.
+                self.ledger.archive_error();
+                tracing::error!(file = %f.part.display(), error = %e, "cannot rename closed archive file");
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec(dir: &Path) -> ArchiveSpec {
+        ArchiveSpec {
+            dir: dir.to_path_buf(),
+            codec: crate::config::Codec::Null,
+            block_size: 1 << 10,
+            rotate_size: 1 << 20,
+            rotate_interval: Duration::from_secs(60),
+            flush_interval: Duration::from_secs(1),
+            fsync: Fsync::OnRotate,
+            queue: 1 << 20,
+            quarantine_size: 0,
+            retention_age: None,
+            retention_size: None,
+        }
+    }
+
+    fn closed_file(dir: &Path, name: &str) -> ClosedFile {
+        let part = dir.join(format!("{name}.avro.part"));
+        fs::write(&part, b"0123456789").unwrap();
+        ClosedFile {
+            file: File::open(&part).unwrap(),
+            path: dir.join(format!("{name}.avro")),
+            part,
+            len: 10,
+            records: 3,
+        }
+    }
+
+    #[test]
+    fn a_closed_file_is_renamed_counted_and_reported() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ch");
+        fs::create_dir(&dir).unwrap();
+        let ledger = Arc::new(Ledger::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let closer = Closer::new(&spec(root.path()), "ch", ledger.clone(), tx);
+        closer.close(closed_file(&dir, "ch-1"));
+        assert!(dir.join("ch-1.avro").exists() && !dir.join("ch-1.avro.part").exists());
+        let report = rx.try_recv().unwrap();
+        assert_eq!(report.path, dir.join("ch-1.avro"));
+        assert_eq!(
+            (report.channel.as_str(), report.records, report.bytes),
+            ("ch", 3, 10)
+        );
+        assert_eq!(ledger.counters().files_closed, 1);
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_the_part_and_counts_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ch");
+        fs::create_dir(&dir).unwrap();
+        let ledger = Arc::new(Ledger::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let closer = Closer::new(&spec(root.path()), "ch", ledger.clone(), tx);
+        let mut f = closed_file(&dir, "ch-1");
+        f.path = dir.join("gone/ch-1.avro");
+        closer.close(f);
+        assert!(dir.join("ch-1.avro.part").exists());
+        assert!(rx.try_recv().is_err());
+        let c = ledger.counters();
+        assert_eq!((c.files_closed, c.archive_errors), (0, 1));
+    }
+}

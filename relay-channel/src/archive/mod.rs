@@ -1,0 +1,17 @@
+//! The archive of one channel, by concern:
+//!
+//! - [`writer`]: the archive thread: blocks, files, rotation;
+//! - [`closer`]: fsync, rename to `.avro`, the `file_closed` report, then
+//!   retention, on a thread of its own;
+//! - [`retention`]: which closed files go;
+//! - [`recovery`]: `.avro.part` files a crash left, closed at start.
+//!
+//! The container format itself is [`crate::container`]'s; rejected
+//! datagrams go to [`crate::quarantine`].
+
+mod closer;
+mod recovery;
+mod retention;
+mod writer;
+
+pub(crate) use writer::{refuse_symlinked_folder, Archive};

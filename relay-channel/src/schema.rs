@@ -1,0 +1,47 @@
+//! A channel's schema: its text as written, the compiled validator and the
+//! single-object header, loaded from the file the channel names. The
+//! orchestrator loads it the same way to check channel files.
+
+use crate::config::{ChannelSpec, ConfigError, Problem};
+use crate::validate::Validator;
+
+/// The schema of a channel: its text as written (for the archive header) and
+/// the compiled validator.
+pub struct ChannelSchema {
+    pub text: String,
+    pub validator: Validator,
+    /// The single-object encoding header of this schema (`C3 01` and the
+    /// CRC-64-AVRO fingerprint of its canonical form).
+    pub single_object_header: [u8; 10],
+}
+
+/// Reads, parses and compiles the channel's schema; problems are
+/// configuration errors against the `schema` key.
+pub fn load(spec: &ChannelSpec) -> Result<ChannelSchema, ConfigError> {
+    let err = |m: String| ConfigError {
+        file: spec.file.clone(),
+        problems: vec![Problem {
+            key: "schema".into(),
+            message: m,
+        }],
+    };
+    let path = &spec.schema_path;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    let schema = apache_avro::Schema::parse_str(&text).map_err(|e| {
+        err(format!(
+            "{} is not a valid Avro schema: {e}",
+            path.display()
+        ))
+    })?;
+    let validator = Validator::new(&schema).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    use apache_avro::headers::HeaderBuilder as _;
+    let header = apache_avro::headers::RabinFingerprintHeader::from_schema(&schema).build_header();
+    let mut single_object_header = [0u8; 10];
+    single_object_header.copy_from_slice(&header[..10]);
+    Ok(ChannelSchema {
+        text: text.trim().to_string(),
+        validator,
+        single_object_header,
+    })
+}
