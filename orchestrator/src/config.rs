@@ -507,9 +507,9 @@ fn receive_overlaps(a: &rc::ReceiveSpec, b: &rc::ReceiveSpec) -> bool {
 }
 
 /// Every problem of a fleet, for `orchestrator check`, file by file.
-pub struct Report<'a>(pub &'a [InvalidChannel]);
+pub struct InvalidChannels<'a>(pub &'a [InvalidChannel]);
 
-impl fmt::Display for Report<'_> {
+impl fmt::Display for InvalidChannels<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut by_file: BTreeMap<&Path, Vec<&InvalidChannel>> = BTreeMap::new();
         for r in self.0 {
@@ -554,7 +554,11 @@ mod tests {
     fn defaults_fill_in_and_resolve_against_orchestrator_toml() {
         let (d, cfg) = setup(&[("a.toml", "[receive]\nbind = \"127.0.0.1:7001\"\n")]);
         let fleet = load_fleet(&cfg).unwrap();
-        assert!(fleet.rejected.is_empty(), "{}", Report(&fleet.rejected));
+        assert!(
+            fleet.rejected.is_empty(),
+            "{}",
+            InvalidChannels(&fleet.rejected)
+        );
         let a = &fleet.channels[0];
         assert_eq!(a.name(), "a");
         let base = std::fs::canonicalize(d.path()).unwrap();
@@ -582,7 +586,7 @@ mod tests {
         let fleet = load_fleet(&cfg).unwrap();
         let ok: Vec<&str> = fleet.channels.iter().map(|c| c.name()).collect();
         assert_eq!(ok, ["a", "e", "g"]);
-        let report = Report(&fleet.rejected).to_string();
+        let report = InvalidChannels(&fleet.rejected).to_string();
         for needle in [
             "b.toml: receive.bind: the receive address 0.0.0.0:7001",
             "c.toml: name: the name \"a\"",

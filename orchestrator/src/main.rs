@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use orchestrator::config::{self, Config, Report, DEFAULT_CONFIG};
+use orchestrator::config::{self, Config, InvalidChannels, DEFAULT_CONFIG};
 use orchestrator::state::Fleet;
 use orchestrator::supervisor::{self, Request, Supervisor};
 use orchestrator::{fdlimit, http, status_cmd, systemd};
@@ -127,7 +127,7 @@ fn check(files: &Files) -> ExitCode {
         );
         ExitCode::SUCCESS
     } else {
-        for line in Report(&fleet.rejected).to_string().lines() {
+        for line in InvalidChannels(&fleet.rejected).to_string().lines() {
             eprintln!("error: {line}");
         }
         eprintln!(

@@ -74,7 +74,7 @@ fn main() {
 }
 
 #[derive(Default)]
-struct Counters {
+struct ForwardCounts {
     received: u64,
     bytes_received: u64,
     forwarded: u64,
@@ -113,7 +113,7 @@ fn run(args: &Args) -> Result<()> {
     let batch = args.batch as usize;
     let mut recv = RecvBatch::new(rx.as_raw_fd(), batch, SLOT);
     let mut send = SendBatch::new(tx.as_raw_fd(), batch);
-    let mut c = Counters::default();
+    let mut c = ForwardCounts::default();
     let start = Instant::now();
     let end = start + args.max_duration;
     let mut drain_until: Option<Instant> = None;
