@@ -138,6 +138,14 @@ impl std::error::Error for ConfigError {}
 // ---------------------------------------------------------------------------
 // Raw TOML shape.
 
+/// A number written as an integer or a decimal.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum RawNumber {
+    Int(i64),
+    Float(f64),
+}
+
 /// A size: an integer number of bytes or a string such as `"8MiB"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -205,6 +213,8 @@ struct RawDecimated {
     loopback: Option<bool>,
     algorithm: Option<String>,
     factor: Option<i64>,
+    rate_hz: Option<RawNumber>,
+    keep_last: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -311,17 +321,53 @@ pub struct OutputSpec {
     pub loopback: bool,
 }
 
+/// What the decimated output sends for a window of records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
-    /// Every `factor`-th datagram, forwarded as it is.
+    /// One record of the window, as it came.
     Downsample,
+    /// Each numeric field's mean.
+    Average,
+    /// Two records: each numeric field's minimum, then maximum.
+    MinMax,
+    /// Each numeric field's root mean square.
+    Rms,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Algorithm {
+    pub const NAMES: [&'static str; 4] = ["downsample", "average", "minmax", "rms"];
+
+    fn parse(s: &str) -> Option<Algorithm> {
+        Some(match s {
+            "downsample" => Algorithm::Downsample,
+            "average" => Algorithm::Average,
+            "minmax" => Algorithm::MinMax,
+            "rms" => Algorithm::Rms,
+            _ => return None,
+        })
+    }
+}
+
+/// How the decimated output groups valid records into windows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DecimationWindow {
+    /// `factor`: this many consecutive records.
+    Records(u32),
+    /// `rate_hz`: windows of 1 / this many seconds of arrival time.
+    PerSecond(f64),
+}
+
+/// The most windows a second `rate_hz` may ask for.
+pub const MAX_RATE_HZ: f64 = 100_000.0;
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct DecimatedSpec {
     pub output: OutputSpec,
     pub algorithm: Algorithm,
-    pub factor: u32,
+    pub window: DecimationWindow,
+    /// Dotted field names that take the window's last value (checked
+    /// against the schema when it is loaded).
+    pub keep_last: Vec<String>,
 }
 
 // Defaults, named so the README and the code agree.
@@ -769,30 +815,60 @@ impl Checker<'_> {
                 loopback: d.loopback,
             },
         );
-        let algorithm = match d.algorithm.as_deref().unwrap_or("downsample") {
-            "downsample" => Some(Algorithm::Downsample),
-            other => {
-                self.problem(
-                    "decimated.algorithm",
-                    format!("{other:?} is not supported: the one algorithm is \"downsample\""),
-                );
-                None
-            }
-        };
-        let factor = match d.factor {
-            Some(f) => self.in_range("decimated.factor", f, 1, u32::MAX as i64),
-            None => {
+        let name = d.algorithm.as_deref().unwrap_or("downsample");
+        let algorithm = Algorithm::parse(name);
+        if algorithm.is_none() {
+            self.problem(
+                "decimated.algorithm",
+                format!(
+                    "{name:?} is not an algorithm: one of {}",
+                    Algorithm::NAMES.map(|n| format!("\"{n}\"")).join(", ")
+                ),
+            );
+        }
+        let window = match (d.factor, d.rate_hz) {
+            (Some(_), Some(_)) => {
                 self.problem(
                     "decimated.factor",
-                    "missing: forward one datagram in every `factor`",
+                    "cannot be given with decimated.rate_hz: give one, `factor` (records a window) or `rate_hz` (windows a second)",
                 );
                 None
             }
+            (None, None) => {
+                self.problem(
+                    "decimated.factor",
+                    "missing: give decimated.factor (records a window) or decimated.rate_hz (windows a second)",
+                );
+                None
+            }
+            (Some(f), None) => self
+                .in_range("decimated.factor", f, 1, i64::from(u32::MAX))
+                .map(|f| DecimationWindow::Records(f as u32)),
+            (None, Some(r)) => {
+                let hz = match r {
+                    RawNumber::Int(i) => i as f64,
+                    RawNumber::Float(f) => f,
+                };
+                if hz > 0.0 && hz <= MAX_RATE_HZ {
+                    Some(DecimationWindow::PerSecond(hz))
+                } else {
+                    self.problem(
+                        "decimated.rate_hz",
+                        format!("{hz} is out of range (above 0, at most {MAX_RATE_HZ})"),
+                    );
+                    None
+                }
+            }
         };
+        let keep_last = d.keep_last.unwrap_or_default();
+        if keep_last.iter().any(|k| k.is_empty()) {
+            self.problem("decimated.keep_last", "an empty field name");
+        }
         Some(DecimatedSpec {
             output: output?,
             algorithm: algorithm?,
-            factor: factor? as u32,
+            window: window?,
+            keep_last,
         })
     }
 
@@ -1028,6 +1104,63 @@ mod tests {
             "decimated.factor",
         ] {
             assert!(keys.contains(&k), "{k} not in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn decimation_takes_one_window_key_and_an_algorithm() {
+        let with = |keys: &str| {
+            parse(&format!(
+                "{MINIMAL}\n[decimated]\ngroup = \"239.1.1.2:6001\"\ninterface = \"127.0.0.1\"\n{keys}\n"
+            ))
+        };
+        let d = with("algorithm = \"minmax\"\nrate_hz = 2.5\nkeep_last = [\"seq\", \"a.b\"]")
+            .unwrap()
+            .decimated
+            .unwrap();
+        assert_eq!(d.algorithm, Algorithm::MinMax);
+        assert_eq!(d.window, DecimationWindow::PerSecond(2.5));
+        assert_eq!(d.keep_last, ["seq", "a.b"]);
+        let d = with("factor = 10").unwrap().decimated.unwrap();
+        assert_eq!(
+            (d.algorithm, d.window),
+            (Algorithm::Downsample, DecimationWindow::Records(10))
+        );
+        assert_eq!(
+            with("rate_hz = 50").unwrap().decimated.unwrap().window,
+            DecimationWindow::PerSecond(50.0)
+        );
+        for (keys, key, words) in [
+            (
+                "factor = 5\nrate_hz = 5",
+                "decimated.factor",
+                "decimated.rate_hz",
+            ),
+            (
+                "algorithm = \"rms\"",
+                "decimated.factor",
+                "decimated.rate_hz",
+            ),
+            (
+                "algorithm = \"median\"\nfactor = 2",
+                "decimated.algorithm",
+                "\"minmax\"",
+            ),
+            ("rate_hz = 0", "decimated.rate_hz", "out of range"),
+            ("rate_hz = -1.5", "decimated.rate_hz", "out of range"),
+            ("rate_hz = 1e9", "decimated.rate_hz", "out of range"),
+            ("factor = 0", "decimated.factor", "out of range"),
+            (
+                "factor = 2\nkeep_last = [\"\"]",
+                "decimated.keep_last",
+                "empty",
+            ),
+            ("factor = 2\nkeep_last = \"seq\"", "decimated.keep_last", ""),
+        ] {
+            let e = with(keys).unwrap_err();
+            assert_eq!(e.problems.len(), 1, "{keys}: {e}");
+            assert_eq!(e.problems[0].key, key, "{keys}: {e}");
+            assert!(e.problems[0].message.contains(words), "{keys}: {e}");
         }
     }
 

@@ -13,6 +13,7 @@
 //! - `handover`: the batch and the rejection the receive thread hands to
 //!   the archive and quarantine threads, and the archive queue's sizing;
 //! - `archive`: the archive threads (writer, closer, retention, recovery);
+//! - [`decimate`]: the decimated output's windows: downsample, average, minmax, rms;
 //! - [`container`]: the Avro object container format, written block by block;
 //! - `quarantine`: rejected datagrams kept for inspection, on a path of their own;
 //! - `ledger`: the counters the threads share, kept balanced;
@@ -28,6 +29,7 @@
 pub(crate) mod archive;
 pub mod config;
 pub mod container;
+pub mod decimate;
 pub(crate) mod handover;
 pub(crate) mod ledger;
 pub mod logs;

@@ -10,7 +10,7 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -38,7 +38,9 @@ pub struct ReceiveSocket {
 
 /// Opens, configures and binds the receive socket. The multicast join is
 /// separate ([`join`]) because it may have to wait for its interface.
-pub fn open_receive(spec: &ReceiveSpec) -> io::Result<ReceiveSocket> {
+/// `stamps`: ask the kernel for each datagram's arrival time
+/// (`SO_TIMESTAMPNS`, read with [`BatchReceiver::arrival`]).
+pub fn open_receive(spec: &ReceiveSpec, stamps: bool) -> io::Result<ReceiveSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if spec.group.is_some() {
         // Several channels may listen on one port, each for its own group.
@@ -49,6 +51,9 @@ pub fn open_receive(spec: &ReceiveSpec) -> io::Result<ReceiveSocket> {
     }
     let recv_buffer_granted = set_recv_buffer(&socket, spec.recv_buffer);
     let drop_counter = setsockopt(&socket, sockopt::RxqOvfl, &1).is_ok();
+    if stamps {
+        setsockopt(&socket, sockopt::ReceiveTimestampns, &true)?;
+    }
     socket.bind(&SockAddr::from(spec.bind))?;
     socket.set_read_timeout(Some(RECV_TIMEOUT))?;
     Ok(ReceiveSocket {
@@ -155,6 +160,13 @@ impl BatchReceiver {
         Ok(got)
     }
 
+    /// When the `i`-th datagram of the last call arrived, by the kernel's
+    /// stamp if the socket asked for stamps, else `clock`'s instant.
+    #[inline]
+    pub fn arrival(&self, i: usize, clock: &ArrivalClock) -> Instant {
+        clock.at(self.batch.timestamp_ns(i))
+    }
+
     /// The `i`-th datagram of the last call: its bytes, its sender, and
     /// whether the kernel cut it short.
     #[inline]
@@ -164,6 +176,38 @@ impl BatchReceiver {
             self.batch.sender(i),
             self.batch.truncated(i),
         )
+    }
+}
+
+/// Turns the kernel's arrival stamps (`CLOCK_REALTIME`) into [`Instant`]s:
+/// both clocks read once per batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivalClock {
+    instant: Instant,
+    real_ns: i64,
+}
+
+impl ArrivalClock {
+    pub fn now() -> ArrivalClock {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        ArrivalClock {
+            instant: Instant::now(),
+            real_ns: real,
+        }
+    }
+
+    /// The instant of a realtime stamp (ns since the epoch); now without one
+    /// or for one from the future (the clock was set back).
+    pub fn at(&self, stamp_ns: Option<i64>) -> Instant {
+        match stamp_ns {
+            Some(t) if t <= self.real_ns => {
+                let ago = Duration::from_nanos((self.real_ns - t) as u64);
+                self.instant.checked_sub(ago).unwrap_or(self.instant)
+            }
+            _ => self.instant,
+        }
     }
 }
 
@@ -186,5 +230,59 @@ impl BatchSender {
     /// the kernel refuses is counted as failed and skipped.
     pub fn send<'a>(&mut self, dgrams: impl IntoIterator<Item = &'a [u8]>) -> SendOutcome {
         self.batch.send(dgrams)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Encoding;
+
+    fn spec() -> ReceiveSpec {
+        ReceiveSpec {
+            bind: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+            group: None,
+            interface: Interface::Addr(Ipv4Addr::UNSPECIFIED),
+            recv_buffer: 1 << 20,
+            validate: false,
+            batch: 4,
+            allow_from: Vec::new(),
+            encoding: Encoding::Datum,
+        }
+    }
+
+    /// Sends two datagrams 30 ms apart, reads them after both arrived.
+    fn arrivals(stamps: bool) -> (Instant, Vec<Instant>, ArrivalClock) {
+        let rs = open_receive(&spec(), stamps).unwrap();
+        let to = rs.socket.local_addr().unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        tx.send_to(b"a", to.as_socket().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        tx.send_to(b"b", to.as_socket().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let mut rx = BatchReceiver::new(&rs.socket, 4);
+        assert_eq!(rx.recv(false).unwrap(), 2);
+        let clock = ArrivalClock::now();
+        let at = (0..2).map(|i| rx.arrival(i, &clock)).collect();
+        (start, at, clock)
+    }
+
+    #[test]
+    fn arrival_stamps_are_the_kernel_s_not_the_read_s() {
+        let (start, at, clock) = arrivals(true);
+        assert!(
+            at[0] >= start - Duration::from_millis(5),
+            "{:?}",
+            at[0] - start
+        );
+        assert!(
+            at[1] - at[0] >= Duration::from_millis(25),
+            "{:?}",
+            at[1] - at[0]
+        );
+        assert!(clock.instant - at[1] >= Duration::from_millis(25));
+        let (_, at, clock) = arrivals(false);
+        assert_eq!(at, [clock.instant, clock.instant]);
     }
 }

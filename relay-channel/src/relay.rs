@@ -8,14 +8,15 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::archive::Archive;
-use crate::config::{ChannelSpec, ConfigError, Encoding, OutputSpec};
+use crate::config::{ChannelSpec, ConfigError, DecimationWindow, Encoding, OutputSpec};
+use crate::decimate::Decimator;
 use crate::handover;
 use crate::ledger::Ledger;
 use crate::net::{self, BatchSender};
 use crate::quarantine;
 use crate::receive::classify::Classifier;
 use crate::receive::membership::Join;
-use crate::receive::outputs::{Decimator, Outputs};
+use crate::receive::outputs::Outputs;
 use crate::receive::{self, ReceivePath};
 use crate::schema;
 use crate::status::{FileClosed, Ready, StatusLine, Stopped};
@@ -76,7 +77,12 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         ledger.clone(),
     );
 
-    let rs = net::open_receive(&spec.receive)
+    // Time windows of the decimated output go by the kernel's arrival stamps.
+    let stamps = spec
+        .decimated
+        .as_ref()
+        .is_some_and(|d| matches!(d.window, DecimationWindow::PerSecond(_)));
+    let rs = net::open_receive(&spec.receive, stamps)
         .map_err(|e| failed(&format!("receive.bind {}", spec.receive.bind), e))?;
     log_receive_socket(&rs, spec.receive.recv_buffer);
     let (to_archive, archive_inbox) =
@@ -91,7 +97,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
             header,
             spec.receive.validate.then_some(schema.validator),
         ),
-        outputs: open_outputs(&spec)?,
+        outputs: open_outputs(&spec, schema.decimator)?,
         to_archive,
         quarantine,
         join: spec
@@ -133,23 +139,18 @@ fn log_receive_socket(rs: &net::ReceiveSocket, requested: usize) {
 }
 
 /// Opens the full-rate and decimated outputs the spec asks for.
-fn open_outputs(spec: &ChannelSpec) -> Result<Outputs, RunError> {
+fn open_outputs(spec: &ChannelSpec, decimator: Option<Decimator>) -> Result<Outputs, RunError> {
     let open = |section: &str, o: &OutputSpec| {
         net::open_output(o)
             .map(|socket| BatchSender::new(socket, spec.receive.batch))
             .map_err(|e| RunError::Failed(format!("{}: {e}", output_what(section, o))))
     };
     let full = spec.full.as_ref().map(|o| open("full", o)).transpose()?;
-    let decimated = match &spec.decimated {
-        Some(d) => Some((open("decimated", &d.output)?, Decimator::new(d.factor))),
-        None => None,
+    let decimated = match (&spec.decimated, decimator) {
+        (Some(d), Some(decimator)) => Some((open("decimated", &d.output)?, decimator)),
+        _ => None,
     };
-    Ok(Outputs::new(
-        full,
-        decimated,
-        spec.receive.batch,
-        &spec.name,
-    ))
+    Ok(Outputs::new(full, decimated, &spec.name))
 }
 
 /// "full.group 239.1.1.1:6000 (interface eth1)", for errors.

@@ -2,7 +2,8 @@
 //! single-object header, loaded from the file the channel names. The
 //! orchestrator loads it the same way to check channel files.
 
-use crate::config::{ChannelSpec, ConfigError, Problem};
+use crate::config::{ChannelSpec, ConfigError, Encoding, Problem};
+use crate::decimate::Decimator;
 use crate::validate::Validator;
 
 /// The schema of a channel: its text as written (for the archive header) and
@@ -13,10 +14,13 @@ pub struct ChannelSchema {
     /// The single-object encoding header of this schema (`C3 01` and the
     /// CRC-64-AVRO fingerprint of its canonical form).
     pub single_object_header: [u8; 10],
+    /// The decimated output's decimator, compiled for this schema.
+    pub decimator: Option<Decimator>,
 }
 
-/// Reads, parses and compiles the channel's schema; problems are
-/// configuration errors against the `schema` key.
+/// Reads, parses and compiles the channel's schema, and the decimator for
+/// it; problems are configuration errors against the `schema` key, or
+/// `decimated.keep_last` for a name that is not a field of the schema.
 pub fn load(spec: &ChannelSpec) -> Result<ChannelSchema, ConfigError> {
     let err = |m: String| ConfigError {
         file: spec.file.clone(),
@@ -39,9 +43,31 @@ pub fn load(spec: &ChannelSpec) -> Result<ChannelSchema, ConfigError> {
     let header = apache_avro::headers::RabinFingerprintHeader::from_schema(&schema).build_header();
     let mut single_object_header = [0u8; 10];
     single_object_header.copy_from_slice(&header[..10]);
+    let decimator = match &spec.decimated {
+        Some(d) => {
+            let prefix: &[u8] = match spec.receive.encoding {
+                Encoding::SingleObject => &single_object_header,
+                Encoding::Datum => &[],
+            };
+            let window = d.window.into();
+            Some(
+                Decimator::new(&schema, d.algorithm, window, &d.keep_last, prefix).map_err(
+                    |m| ConfigError {
+                        file: spec.file.clone(),
+                        problems: vec![Problem {
+                            key: "decimated.keep_last".into(),
+                            message: m,
+                        }],
+                    },
+                )?,
+            )
+        }
+        None => None,
+    };
     Ok(ChannelSchema {
         text: text.trim().to_string(),
         validator,
         single_object_header,
+        decimator,
     })
 }

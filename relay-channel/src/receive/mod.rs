@@ -2,8 +2,8 @@
 //! small interface of its own:
 //!
 //! - [`classify`]: datagram and sender → relayed, or rejected and why;
-//! - [`outputs`]: the full-rate output, and the decimator's picks on the
-//!   decimated one;
+//! - [`outputs`]: the full-rate output, and what the decimator makes of
+//!   the valid datagrams on the decimated one;
 //! - [`archive_feed`]: the batch for the archive, its hand-over and its
 //!   accounting;
 //! - [`membership`]: the multicast join, kept standing.
@@ -140,8 +140,14 @@ impl ReceivePath {
         }
         let rx = &self.receiver;
         let c = &mut self.counts;
-        self.outputs
-            .forward(&self.valid, |i| rx.datagram(i).0, now, c);
+        let clock = net::ArrivalClock::now();
+        self.outputs.forward(
+            &self.valid,
+            |i| rx.datagram(i).0,
+            |i| rx.arrival(i, &clock),
+            now,
+            c,
+        );
         let skip = self.classifier.header_len();
         let datums = self.valid.iter().map(|&i| &rx.datagram(i).0[skip..]);
         self.archive.push(datums, now, c);
@@ -152,9 +158,15 @@ impl ReceivePath {
         self.archive.log_dropped(dropped, now);
     }
 
-    /// Nothing arrived: hand over what waits.
+    /// Nothing arrived: end a decimation window that is over, hand over
+    /// what waits.
     fn idle(&mut self) {
         let now = Instant::now();
+        self.counts.clear();
+        self.outputs.tick(now, &mut self.counts);
+        if self.counts.forwarded_decimated + self.counts.send_errors_decimated > 0 {
+            self.ledger.received(&self.counts);
+        }
         self.archive.hand_over_if_due(now, true);
         let lost = self.rejects.quarantine.hand_over_if_due(now, true);
         if lost > 0 {

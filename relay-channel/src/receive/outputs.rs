@@ -1,8 +1,9 @@
-//! The live outputs: every valid datagram on the full-rate output, the
-//! decimator's picks on the decimated one.
+//! The live outputs: every valid datagram on the full-rate output, what
+//! the decimator makes of them on the decimated one.
 
 use std::time::{Duration, Instant};
 
+use crate::decimate::Decimator;
 use crate::ledger::BatchCounts;
 use crate::logs::RateLimit;
 use crate::net::{self, SendOutcome};
@@ -20,67 +21,39 @@ impl Emit for net::BatchSender {
     }
 }
 
-/// Picks every `factor`-th valid datagram, counting across batches.
-#[derive(Debug)]
-pub(crate) struct Decimator {
-    factor: u64,
-    /// Valid datagrams seen, for the phase.
-    seen: u64,
-}
-
-impl Decimator {
-    pub(crate) fn new(factor: u32) -> Decimator {
-        Decimator {
-            factor: u64::from(factor.max(1)),
-            seen: 0,
-        }
-    }
-
-    /// Appends to `picked` those of `valid` (a batch's valid datagrams, by
-    /// index) that the decimated output carries.
-    pub(crate) fn pick(&mut self, valid: &[usize], picked: &mut Vec<usize>) {
-        for &i in valid {
-            self.seen += 1;
-            if self.seen % self.factor == 0 {
-                picked.push(i);
-            }
-        }
-    }
-}
-
 /// The full-rate and decimated outputs of a channel, either optional.
 pub(crate) struct Outputs<E = net::BatchSender> {
     full: Option<E>,
     decimated: Option<(E, Decimator)>,
-    /// This batch's picks for the decimated output.
-    picked: Vec<usize>,
     send_log: RateLimit,
+    /// Datagrams the decimator could not decode (with validation off).
+    undecodable_log: RateLimit,
     channel: String,
 }
 
 impl<E: Emit> Outputs<E> {
-    /// `batch`: the most datagrams one call forwards.
     pub(crate) fn new(
         full: Option<E>,
         decimated: Option<(E, Decimator)>,
-        batch: usize,
         channel: &str,
     ) -> Outputs<E> {
         Outputs {
             full,
             decimated,
-            picked: Vec::with_capacity(batch),
             send_log: RateLimit::new(1, Duration::from_secs(60)),
+            undecodable_log: RateLimit::new(1, Duration::from_secs(60)),
             channel: channel.to_string(),
         }
     }
 
     /// Sends a batch's valid datagrams (`valid`: indices for `datagram`)
     /// on the outputs and counts what was sent and what failed.
+    /// `arrival` gives when each arrived, for time windows.
     pub(crate) fn forward<'a>(
         &mut self,
         valid: &[usize],
         datagram: impl Fn(usize) -> &'a [u8],
+        arrival: impl Fn(usize) -> Instant,
         now: Instant,
         counts: &mut BatchCounts,
     ) {
@@ -88,19 +61,42 @@ impl<E: Emit> Outputs<E> {
             Some(out) => out.emit(valid.iter().map(|&i| datagram(i))),
             None => SendOutcome::default(),
         };
-        let mut dec = SendOutcome::default();
-        if let Some((out, decimator)) = &mut self.decimated {
-            self.picked.clear();
-            decimator.pick(valid, &mut self.picked);
-            if !self.picked.is_empty() {
-                dec = out.emit(self.picked.iter().map(|&i| datagram(i)));
+        let mut undecodable = 0u64;
+        let dec = match &mut self.decimated {
+            Some((out, decimator)) => {
+                for &i in valid {
+                    if !decimator.offer(datagram(i), arrival(i)) {
+                        undecodable += 1;
+                    }
+                }
+                send_ready(out, decimator)
             }
-        }
+            None => SendOutcome::default(),
+        };
         counts.forwarded_full += full.sent;
         counts.send_errors_full += full.failed;
         counts.forwarded_decimated += dec.sent;
         counts.send_errors_decimated += dec.failed;
         self.log_errors(&[(&full, "full"), (&dec, "decimated")], now);
+        if undecodable > 0 {
+            if let Some(suppressed) = self.undecodable_log.allow(now) {
+                tracing::warn!(
+                    channel = %self.channel, undecodable, suppressed,
+                    "the decimator could not decode datagrams (receive.validate is off): left out of the decimated output"
+                );
+            }
+        }
+    }
+
+    /// Nothing arrived: ends a decimation window that is over at `now`.
+    pub(crate) fn tick(&mut self, now: Instant, counts: &mut BatchCounts) {
+        if let Some((out, decimator)) = &mut self.decimated {
+            decimator.tick(now);
+            let dec = send_ready(out, decimator);
+            counts.forwarded_decimated += dec.sent;
+            counts.send_errors_decimated += dec.failed;
+            self.log_errors(&[(&dec, "decimated")], now);
+        }
     }
 
     fn log_errors(&mut self, outcomes: &[(&SendOutcome, &str)], now: Instant) {
@@ -117,9 +113,20 @@ impl<E: Emit> Outputs<E> {
     }
 }
 
+/// Sends what the decimator has ready.
+fn send_ready<E: Emit>(out: &mut E, decimator: &mut Decimator) -> SendOutcome {
+    if decimator.ready_count() == 0 {
+        return SendOutcome::default();
+    }
+    let sent = out.emit(decimator.ready());
+    decimator.clear();
+    sent
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Algorithm;
 
     /// Records what it is given; refuses datagrams that start with 0xFF.
     #[derive(Default)]
@@ -141,22 +148,15 @@ mod tests {
         }
     }
 
-    fn datagrams(n: u8) -> Vec<Vec<u8>> {
-        (0..n).map(|i| vec![i]).collect()
+    /// A decimator that downsamples by `n` (any schema does for that).
+    fn every(n: u32) -> Decimator {
+        let schema = apache_avro::Schema::parse_str("\"int\"").unwrap();
+        let window = crate::config::DecimationWindow::Records(n).into();
+        Decimator::new(&schema, Algorithm::Downsample, window, &[], &[]).unwrap()
     }
 
-    #[test]
-    fn the_decimator_picks_every_nth_across_batches() {
-        let mut d = Decimator::new(3);
-        let mut picked = Vec::new();
-        d.pick(&[0, 1], &mut picked);
-        assert!(picked.is_empty());
-        d.pick(&[5, 6, 7, 8], &mut picked);
-        assert_eq!(picked, [5, 8]);
-        let mut every = Decimator::new(1);
-        picked.clear();
-        every.pick(&[1, 2], &mut picked);
-        assert_eq!(picked, [1, 2]);
+    fn datagrams(n: u8) -> Vec<Vec<u8>> {
+        (0..n).map(|i| vec![i]).collect()
     }
 
     #[test]
@@ -164,14 +164,13 @@ mod tests {
         let data = datagrams(10);
         let mut o = Outputs::new(
             Some(Recorder::default()),
-            Some((Recorder::default(), Decimator::new(2))),
-            16,
+            Some((Recorder::default(), every(2))),
             "ch",
         );
         let mut counts = BatchCounts::new();
         let now = Instant::now();
-        o.forward(&[0, 2, 3], |i| &data[i], now, &mut counts);
-        o.forward(&[4, 9], |i| &data[i], now, &mut counts);
+        o.forward(&[0, 2, 3], |i| &data[i], |_| now, now, &mut counts);
+        o.forward(&[4, 9], |i| &data[i], |_| now, now, &mut counts);
         assert_eq!(o.full.as_ref().unwrap().0, [[0], [2], [3], [4], [9]]);
         assert_eq!(o.decimated.as_ref().unwrap().0 .0, [[2], [4]]);
         assert_eq!((counts.forwarded_full, counts.forwarded_decimated), (5, 2));
@@ -179,20 +178,49 @@ mod tests {
     }
 
     #[test]
+    fn a_time_window_ends_on_a_tick_without_input() {
+        let schema = apache_avro::Schema::parse_str("\"double\"").unwrap();
+        let window = crate::config::DecimationWindow::PerSecond(10.0).into();
+        let avg = Decimator::new(&schema, Algorithm::Average, window, &[], &[]).unwrap();
+        let mut o = Outputs::new(None, Some((Recorder::default(), avg)), "ch");
+        let data = [1.0f64.to_le_bytes(), 3.0f64.to_le_bytes()];
+        let mut counts = BatchCounts::new();
+        let t0 = Instant::now();
+        o.forward(&[0, 1], |i| &data[i], |_| t0, t0, &mut counts);
+        o.tick(t0 + Duration::from_millis(50), &mut counts);
+        assert_eq!(counts.forwarded_decimated, 0);
+        o.tick(t0 + Duration::from_millis(100), &mut counts);
+        assert_eq!(counts.forwarded_decimated, 1);
+        assert_eq!(o.decimated.as_ref().unwrap().0 .0, [2.0f64.to_le_bytes()]);
+    }
+
+    #[test]
     fn refused_datagrams_are_counted_and_the_rest_go_on() {
         let data = [vec![1], vec![0xFF], vec![2]];
-        let mut o = Outputs::new(Some(Recorder::default()), None, 4, "ch");
+        let mut o = Outputs::new(Some(Recorder::default()), None, "ch");
         let mut counts = BatchCounts::new();
-        o.forward(&[0, 1, 2], |i| &data[i], Instant::now(), &mut counts);
+        o.forward(
+            &[0, 1, 2],
+            |i| &data[i],
+            |_| Instant::now(),
+            Instant::now(),
+            &mut counts,
+        );
         assert_eq!((counts.forwarded_full, counts.send_errors_full), (2, 1));
         assert_eq!(counts.forwarded_decimated, 0);
     }
 
     #[test]
     fn no_outputs_send_nothing() {
-        let mut o: Outputs<Recorder> = Outputs::new(None, None, 4, "ch");
+        let mut o: Outputs<Recorder> = Outputs::new(None, None, "ch");
         let mut counts = BatchCounts::new();
-        o.forward(&[0], |_| &[1][..], Instant::now(), &mut counts);
+        o.forward(
+            &[0],
+            |_| &[1][..],
+            |_| Instant::now(),
+            Instant::now(),
+            &mut counts,
+        );
         assert_eq!(counts.forwarded_full + counts.forwarded_decimated, 0);
     }
 }
