@@ -289,6 +289,9 @@ pub struct ChannelOpts {
     pub group: Option<Ipv4Addr>,
     pub full: Option<SocketAddrV4>,
     pub decimated: Option<(SocketAddrV4, u32)>,
+    /// The [decimated] keys that choose the algorithm and the window, in
+    /// place of `algorithm = "downsample"` and `factor` from `decimated`.
+    pub decimation: Option<String>,
     /// Extra lines for the [archive] section.
     pub archive: Vec<String>,
     /// Extra lines for the [receive] section.
@@ -304,6 +307,7 @@ impl ChannelOpts {
             group: None,
             full: None,
             decimated: None,
+            decimation: None,
             archive: vec![],
             receive: vec![],
             recv_buffer: "32MiB".into(),
@@ -331,8 +335,12 @@ impl ChannelOpts {
             t += &format!("\n[full]\ngroup = \"{f}\"\ninterface = \"127.0.0.1\"\nttl = 0\n");
         }
         if let Some((d, n)) = self.decimated {
+            let how = match &self.decimation {
+                Some(keys) => keys.clone(),
+                None => format!("algorithm = \"downsample\"\nfactor = {n}"),
+            };
             t += &format!(
-                "\n[decimated]\ngroup = \"{d}\"\ninterface = \"127.0.0.1\"\nttl = 0\nalgorithm = \"downsample\"\nfactor = {n}\n"
+                "\n[decimated]\ngroup = \"{d}\"\ninterface = \"127.0.0.1\"\nttl = 0\n{how}\n"
             );
         }
         t
