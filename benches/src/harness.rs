@@ -184,8 +184,37 @@ impl Options {
 pub enum Forwarder {
     /// The `ceiling` program.
     Ceiling,
-    /// `relay-channel` with this validation and archive codec.
-    Relay { validate: bool, codec: ArchiveCodec },
+    /// `relay-channel` with this validation, archive codec and decimated
+    /// output.
+    Relay {
+        validate: bool,
+        codec: ArchiveCodec,
+        decimation: Decimation,
+    },
+}
+
+/// The decimated output of a relay trial: none, or windows of
+/// [`DECIMATION_FACTOR`] records on a group nobody listens to (the relay's
+/// work is the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decimation {
+    Off,
+    Downsample,
+    Average,
+}
+
+/// Records a window in the decimated configurations.
+pub const DECIMATION_FACTOR: u32 = 50;
+
+impl Decimation {
+    fn algorithm(self) -> Option<&'static str> {
+        match self {
+            Decimation::Off => None,
+            Decimation::Downsample => Some("downsample"),
+            Decimation::Average => Some("average"),
+        }
+    }
 }
 
 /// Archive codecs the benchmark runs.
@@ -208,37 +237,48 @@ impl ArchiveCodec {
 impl Forwarder {
     /// The relay configurations measured, in report order.
     pub const RELAYS: [Forwarder; 4] = [
-        Forwarder::Relay {
-            validate: true,
-            codec: ArchiveCodec::Zstd,
-        },
-        Forwarder::Relay {
-            validate: true,
-            codec: ArchiveCodec::Null,
-        },
-        Forwarder::Relay {
-            validate: false,
-            codec: ArchiveCodec::Zstd,
-        },
+        Forwarder::relay(true, ArchiveCodec::Zstd, Decimation::Off),
+        Forwarder::relay(true, ArchiveCodec::Null, Decimation::Off),
+        Forwarder::relay(false, ArchiveCodec::Zstd, Decimation::Off),
         // Validation's cost where zstd is not what limits the relay.
-        Forwarder::Relay {
-            validate: false,
-            codec: ArchiveCodec::Null,
-        },
+        Forwarder::relay(false, ArchiveCodec::Null, Decimation::Off),
     ];
+
+    /// The decimated configurations, measured at 800 B: what `average`
+    /// costs next to `downsample`, validation and zstd on.
+    pub const DECIMATED: [Forwarder; 2] = [
+        Forwarder::relay(true, ArchiveCodec::Zstd, Decimation::Downsample),
+        Forwarder::relay(true, ArchiveCodec::Zstd, Decimation::Average),
+    ];
+
+    pub const fn relay(validate: bool, codec: ArchiveCodec, decimation: Decimation) -> Forwarder {
+        Forwarder::Relay {
+            validate,
+            codec,
+            decimation,
+        }
+    }
 
     /// A short name for tables.
     pub fn label(self) -> String {
         match self {
             Forwarder::Ceiling => "ceiling".into(),
-            Forwarder::Relay { validate, codec } => format!(
-                "relay, {}, {}",
+            Forwarder::Relay {
+                validate,
+                codec,
+                decimation,
+            } => format!(
+                "relay, {}, {}{}",
                 if validate {
                     "validate"
                 } else {
                     "no validation"
                 },
-                codec.name()
+                codec.name(),
+                match decimation.algorithm() {
+                    Some(a) => format!(", {a} by {DECIMATION_FACTOR}"),
+                    None => String::new(),
+                }
             ),
         }
     }
@@ -1000,7 +1040,12 @@ pub fn run(opts: &Options) -> Result<Report> {
         );
         let ceiling_rate = ceiling.lossless_rate();
         let mut relays = Vec::new();
-        for fwd in Forwarder::RELAYS {
+        let decimated: &[Forwarder] = if size == Size::S800 {
+            &Forwarder::DECIMATED
+        } else {
+            &[]
+        };
+        for &fwd in Forwarder::RELAYS.iter().chain(decimated) {
             // Start an eighth below the ceiling: three doublings reach it.
             let start = if ceiling_rate > 0 {
                 round_rate(ceiling_rate / 8)
@@ -1156,12 +1201,21 @@ impl Bench {
                     .ok_or_else(|| anyhow!("ceiling ready line without listen: {ready}"))?;
                 (p, listen)
             }
-            Forwarder::Relay { validate, codec } => {
+            Forwarder::Relay {
+                validate,
+                codec,
+                decimation,
+            } => {
                 let port = free_port()?;
                 let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
                 std::fs::write(trial_dir.join(size.schema_file()), size.schema_text())?;
                 let config = trial_dir.join("bench.toml");
-                std::fs::write(&config, channel_file(size, listen, group, validate, codec))?;
+                let mut text = channel_file(size, listen, group, validate, codec);
+                if decimation != Decimation::Off {
+                    let to = SocketAddrV4::new(unique_group(seq + 125), free_port()?);
+                    text += &decimated_section(to, decimation);
+                }
+                std::fs::write(&config, text)?;
                 let mut cmd = Command::new(&self.bins.relay);
                 cmd.arg("run")
                     .arg("--config")
@@ -1373,6 +1427,16 @@ pub fn channel_file(
          ttl = 0\n",
         schema = size.schema_file(),
         codec = codec.name(),
+    )
+}
+
+/// The `[decimated]` section of a decimated trial: windows of
+/// [`DECIMATION_FACTOR`] records to `to` (interface 127.0.0.1, TTL 0).
+pub fn decimated_section(to: SocketAddrV4, decimation: Decimation) -> String {
+    let algorithm = decimation.algorithm().unwrap_or("downsample");
+    format!(
+        "\n[decimated]\ngroup = \"{to}\"\ninterface = \"127.0.0.1\"\nttl = 0\n\
+         algorithm = \"{algorithm}\"\nfactor = {DECIMATION_FACTOR}\n"
     )
 }
 
@@ -1936,7 +2000,7 @@ pub fn markdown(r: &Report) -> String {
 fn relay_search(z: &SizeReport, validate: bool, codec: ArchiveCodec) -> Option<&Search> {
     z.relays
         .iter()
-        .find(|s| s.forwarder == Forwarder::Relay { validate, codec })
+        .find(|s| s.forwarder == Forwarder::relay(validate, codec, Decimation::Off))
 }
 
 /// The issue's targets, checked against one size's results.
@@ -2012,6 +2076,32 @@ pub fn targets(z: &SizeReport) -> Vec<String> {
             l.p99_us,
             mark(l.p99_us < 1000.0)
         ));
+    }
+    let find = |d| {
+        let f = Forwarder::relay(true, ArchiveCodec::Zstd, d);
+        z.relays.iter().find(|s| s.forwarder == f)
+    };
+    if let (Some(down), Some(avg)) = (find(Decimation::Downsample), find(Decimation::Average)) {
+        let (d, a) = (down.lossless_rate(), avg.lossless_rate());
+        let cpu = |s: &Search| {
+            s.best_trial()
+                .and_then(|t| t.cpu_s_per_million)
+                .map_or("-".to_string(), |c| format!("{c:.2}"))
+        };
+        if d > 0 {
+            let ratio = a as f64 / d as f64;
+            out.push(format!(
+                "average by {DECIMATION_FACTOR} within 5% of downsample by {DECIMATION_FACTOR} \
+                 (validate, zstd): {:.0}% ({}/s against {}/s; CPU s per 10⁶ datagrams {} \
+                 against {}): {}",
+                ratio * 100.0,
+                fmt_int(a),
+                fmt_int(d),
+                cpu(avg),
+                cpu(down),
+                mark(ratio >= 0.95)
+            ));
+        }
     }
     out
 }
@@ -2287,7 +2377,7 @@ mod tests {
         let _cleanup = TempDir(dir.clone());
         std::fs::write(dir.join("samples-800.avsc"), Size::S800.schema_text()).unwrap();
         let path = dir.join("bench.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, &text).unwrap();
         let spec =
             relay_channel::config::ChannelSpec::load(&path, None).expect("valid channel file");
         let full = spec.full.as_ref().expect("full output");
@@ -2299,5 +2389,18 @@ mod tests {
         assert!(spec.decimated.is_none());
         assert!(spec.receive.validate);
         relay_channel::schema::load(&spec).expect("schema compiles");
+
+        let to = "239.255.201.2:27001".parse().unwrap();
+        std::fs::write(&path, text + &decimated_section(to, Decimation::Average)).unwrap();
+        let spec =
+            relay_channel::config::ChannelSpec::load(&path, None).expect("valid channel file");
+        let d = spec.decimated.as_ref().expect("decimated output");
+        assert_eq!(d.algorithm, relay_channel::config::Algorithm::Average);
+        assert_eq!(
+            d.window,
+            relay_channel::config::DecimationWindow::Records(DECIMATION_FACTOR)
+        );
+        assert_eq!((d.output.ttl, d.output.dest), (0, to));
+        relay_channel::schema::load(&spec).expect("schema and decimator compile");
     }
 }
