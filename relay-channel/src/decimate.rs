@@ -125,8 +125,16 @@ impl Sum {
     }
 }
 
+/// What a window keeps of each value: only what its algorithm sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Sum,
+    Squares,
+    Extremes,
+}
+
 /// One numeric field's window.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Acc {
     /// Values added (non-null ones, for unions).
     n: u64,
@@ -147,49 +155,65 @@ struct Acc {
 }
 
 impl Acc {
-    fn add_int(&mut self, x: i64) {
-        if self.n == 0 {
-            self.int_min = x;
-            self.int_max = x;
-            self.int_squares = Some(0);
-        }
+    const EMPTY: Acc = Acc {
+        n: 0,
+        sum: Sum { s: 0.0, c: 0.0 },
+        squares: Sum { s: 0.0, c: 0.0 },
+        int_sum: 0,
+        int_squares: Some(0),
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+        int_min: i64::MAX,
+        int_max: i64::MIN,
+        nan: false,
+        plus_inf: false,
+        minus_inf: false,
+    };
+
+    fn add_int(&mut self, x: i64, need: Need) {
         self.n += 1;
-        self.int_sum += i128::from(x);
-        let sq = u128::from(x.unsigned_abs()).pow(2);
-        self.int_squares = self.int_squares.and_then(|s| s.checked_add(sq));
-        self.squares.add((x as f64) * (x as f64));
-        self.int_min = self.int_min.min(x);
-        self.int_max = self.int_max.max(x);
+        match need {
+            Need::Sum => self.int_sum += i128::from(x),
+            Need::Squares => {
+                let sq = u128::from(x.unsigned_abs()).pow(2);
+                self.int_squares = self.int_squares.and_then(|s| s.checked_add(sq));
+                self.squares.add((x as f64) * (x as f64));
+            }
+            Need::Extremes => {
+                self.int_min = self.int_min.min(x);
+                self.int_max = self.int_max.max(x);
+            }
+        }
     }
 
-    fn add_float(&mut self, x: f64) {
-        if self.n == 0 {
-            self.min = x;
-            self.max = x;
-        }
+    fn add_float(&mut self, x: f64, need: Need) {
         self.n += 1;
-        if x.is_nan() {
+        if x.is_finite() {
+            match need {
+                Need::Sum => self.sum.add(x),
+                Need::Squares => self.squares.add(x * x),
+                Need::Extremes => {
+                    self.min = self.min.min(x);
+                    self.max = self.max.max(x);
+                }
+            }
+        } else if x.is_nan() {
             self.nan = true;
-            return;
-        }
-        if x == f64::INFINITY {
-            self.plus_inf = true;
-        } else if x == f64::NEG_INFINITY {
-            self.minus_inf = true;
         } else {
-            self.sum.add(x);
-            self.squares.add(x * x);
+            if x > 0.0 {
+                self.plus_inf = true;
+            } else {
+                self.minus_inf = true;
+            }
+            self.min = self.min.min(x);
+            self.max = self.max.max(x);
         }
-        // `min`/`max` may hold a NaN from the first value: f64::min and
-        // f64::max take the number over a NaN.
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
     }
 
-    fn add(&mut self, v: Scalar) {
+    fn add(&mut self, v: Scalar, need: Need) {
         match v {
-            Scalar::Int(x) => self.add_int(x),
-            Scalar::Float(x) => self.add_float(x),
+            Scalar::Int(x) => self.add_int(x, need),
+            Scalar::Float(x) => self.add_float(x, need),
         }
     }
 
@@ -281,6 +305,8 @@ struct Scratch {
 #[derive(Debug)]
 pub struct Decimator {
     algorithm: Algorithm,
+    /// What the accumulators keep, for `algorithm`.
+    need: Need,
     window: Window,
     steps: Vec<Step>,
     skips: Vec<Skip>,
@@ -330,7 +356,12 @@ impl Decimator {
         Ok(Decimator {
             algorithm,
             window,
-            accs: vec![Acc::default(); c.accs as usize],
+            accs: vec![Acc::EMPTY; c.accs as usize],
+            need: match algorithm {
+                Algorithm::Rms => Need::Squares,
+                Algorithm::MinMax => Need::Extremes,
+                Algorithm::Average | Algorithm::Downsample => Need::Sum,
+            },
             arrays: (0..c.arrays).map(|_| ArrayAcc::default()).collect(),
             steps: c.steps,
             skips: c.skips,
@@ -451,10 +482,10 @@ impl Decimator {
         self.in_window = 0;
         self.open = None;
         for a in &mut self.accs {
-            *a = Acc::default();
+            *a = Acc::EMPTY;
         }
         for a in &mut self.arrays {
-            a.elements.iter_mut().for_each(|e| *e = Acc::default());
+            a.elements.iter_mut().for_each(|e| *e = Acc::EMPTY);
             a.len = None;
             a.ragged = false;
         }
@@ -497,16 +528,17 @@ impl Decimator {
     /// Adds the scratch list to the window.
     fn commit(&mut self) {
         let s = &self.scratch;
+        let need = self.need;
         let (mut v, mut l, mut nl) = (0, 0, 0);
         for step in &self.steps {
             match *step {
                 Step::Num { acc, .. } => {
-                    self.accs[acc as usize].add(s.values[v]);
+                    self.accs[acc as usize].add(s.values[v], need);
                     v += 1;
                 }
                 Step::OptNum { acc, .. } => {
                     if !s.nulls[nl] {
-                        self.accs[acc as usize].add(s.values[v]);
+                        self.accs[acc as usize].add(s.values[v], need);
                         v += 1;
                     }
                     nl += 1;
@@ -522,10 +554,10 @@ impl Decimator {
                     }
                     if !a.ragged {
                         if a.elements.len() < len {
-                            a.elements.resize(len, Acc::default());
+                            a.elements.resize(len, Acc::EMPTY);
                         }
                         for (e, x) in a.elements.iter_mut().zip(&s.values[v..v + len]) {
-                            e.add(*x);
+                            e.add(*x, need);
                         }
                     }
                     v += len;
@@ -1200,9 +1232,9 @@ mod tests {
         assert_eq!(div_round(5, 4), 1);
         assert_eq!(div_round(-5, 4), -1);
         assert_eq!(div_round(7, 3), 2);
-        let mut a = Acc::default();
+        let mut a = Acc::EMPTY;
         for x in [i64::MAX, i64::MAX, i64::MAX - 1] {
-            a.add_int(x);
+            a.add_int(x, Need::Sum);
         }
         assert_eq!(a.int(Fold::Mean), i64::MAX);
     }
@@ -1210,8 +1242,13 @@ mod tests {
     #[test]
     fn nan_in_nan_out_and_infinities_as_ieee_says() {
         let fold = |xs: &[f64], f: Fold| {
-            let mut a = Acc::default();
-            xs.iter().for_each(|&x| a.add_float(x));
+            let need = match f {
+                Fold::Mean => Need::Sum,
+                Fold::Rms => Need::Squares,
+                Fold::Min | Fold::Max => Need::Extremes,
+            };
+            let mut a = Acc::EMPTY;
+            xs.iter().for_each(|&x| a.add_float(x, need));
             a.float(f)
         };
         assert!(fold(&[1.0, f64::NAN, 2.0], Fold::Mean).is_nan());

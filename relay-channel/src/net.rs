@@ -138,15 +138,19 @@ pub fn open_output(spec: &OutputSpec) -> io::Result<Socket> {
 /// `SO_RXQ_OVFL`.
 pub struct BatchReceiver {
     batch: RecvBatch,
+    /// Whether the socket asked for arrival stamps.
+    stamps: bool,
     /// Latest value of the kernel's drop counter for this socket.
     pub kernel_drops: u32,
 }
 
 impl BatchReceiver {
-    /// A receiver for `socket` reading up to `n` datagrams per call.
-    pub fn new(socket: &Socket, n: usize) -> BatchReceiver {
+    /// A receiver for `socket` reading up to `n` datagrams per call;
+    /// `stamps`: the socket asked for arrival stamps (see [`open_receive`]).
+    pub fn new(socket: &Socket, n: usize, stamps: bool) -> BatchReceiver {
         BatchReceiver {
             batch: RecvBatch::new(socket.as_raw_fd(), n, SLOT),
+            stamps,
             kernel_drops: 0,
         }
     }
@@ -164,6 +168,9 @@ impl BatchReceiver {
     /// stamp if the socket asked for stamps, else `clock`'s instant.
     #[inline]
     pub fn arrival(&self, i: usize, clock: &ArrivalClock) -> Instant {
+        if !self.stamps {
+            return clock.instant;
+        }
         clock.at(self.batch.timestamp_ns(i))
     }
 
@@ -261,7 +268,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         tx.send_to(b"b", to.as_socket().unwrap()).unwrap();
         std::thread::sleep(Duration::from_millis(30));
-        let mut rx = BatchReceiver::new(&rs.socket, 4);
+        let mut rx = BatchReceiver::new(&rs.socket, 4, stamps);
         assert_eq!(rx.recv(false).unwrap(), 2);
         let clock = ArrivalClock::now();
         let at = (0..2).map(|i| rx.arrival(i, &clock)).collect();

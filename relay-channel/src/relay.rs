@@ -92,6 +92,7 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
     let parts = receive::Parts {
         socket: rs.socket,
         batch: spec.receive.batch,
+        stamps,
         classifier: Classifier::new(
             spec.receive.allow_from.clone(),
             header,

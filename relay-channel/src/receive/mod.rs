@@ -62,6 +62,8 @@ pub(crate) struct Parts {
     pub(crate) socket: Socket,
     /// Datagrams per `recvmmsg` call.
     pub(crate) batch: usize,
+    /// The socket asked for arrival stamps (time windows of the decimator).
+    pub(crate) stamps: bool,
     pub(crate) classifier: Classifier,
     pub(crate) outputs: Outputs,
     pub(crate) to_archive: ToArchive,
@@ -72,7 +74,7 @@ pub(crate) struct Parts {
 impl ReceivePath {
     pub(crate) fn new(p: Parts, ledger: Arc<Ledger>, channel: &str) -> ReceivePath {
         ReceivePath {
-            receiver: net::BatchReceiver::new(&p.socket, p.batch),
+            receiver: net::BatchReceiver::new(&p.socket, p.batch, p.stamps),
             socket: p.socket,
             classifier: p.classifier,
             outputs: p.outputs,
