@@ -51,15 +51,15 @@ pub fn load(spec: &ChannelSpec) -> Result<ChannelSchema, ConfigError> {
             };
             let window = d.window.into();
             Some(
-                Decimator::new(&schema, d.algorithm, window, &d.keep_last, prefix).map_err(
-                    |m| ConfigError {
+                Decimator::new(&schema, d.algorithm, window, &d.keep_last, prefix)
+                    .map(|dec| dec.trusting_validated_input(spec.receive.validate))
+                    .map_err(|m| ConfigError {
                         file: spec.file.clone(),
                         problems: vec![Problem {
                             key: "decimated.keep_last".into(),
                             message: m,
                         }],
-                    },
-                )?,
+                    })?,
             )
         }
         None => None,
