@@ -654,7 +654,7 @@ impl Decimator {
                 }
                 Step::Array { num, array } => {
                     let a = &self.arrays[array as usize];
-                    let _ = read_array_skip(d, &mut pos, num);
+                    let _ = each_element(d, &mut pos, num, |_| {});
                     match a.len {
                         Some(len) if !a.ragged => {
                             if len > 0 {
@@ -964,12 +964,15 @@ fn put_num(out: &mut Vec<u8>, num: Num, acc: &Acc, fold: Fold) {
     }
 }
 
-/// Reads an array of numbers' elements into `values`.
-fn read_array(d: &[u8], pos: &mut usize, num: Num, values: &mut Vec<Scalar>) -> Option<()> {
+/// Calls `f` with each element of an array of numbers, block by block;
+/// how many there were.
+#[inline(always)]
+fn each_element(d: &[u8], pos: &mut usize, num: Num, mut f: impl FnMut(Scalar)) -> Option<usize> {
+    let mut n = 0;
     loop {
         let count = read_long(d, pos)?;
         if count == 0 {
-            return Some(());
+            return Some(n);
         }
         if count < 0 {
             read_long(d, pos)?; // the block's size in bytes
@@ -980,61 +983,38 @@ fn read_array(d: &[u8], pos: &mut usize, num: Num, values: &mut Vec<Scalar>) -> 
             return None;
         }
         for _ in 0..count {
-            values.push(read_num(d, pos, num)?);
+            f(read_num(d, pos, num)?);
         }
+        n += count;
     }
+}
+
+/// Reads an array of numbers' elements into `values`.
+fn read_array(d: &[u8], pos: &mut usize, num: Num, values: &mut Vec<Scalar>) -> Option<()> {
+    each_element(d, pos, num, |v| values.push(v)).map(|_| ())
 }
 
 /// Adds an array of numbers' elements to its window, element by element.
 fn fold_array(a: &mut ArrayAcc, d: &[u8], pos: &mut usize, num: Num, need: Need) -> Option<()> {
     let mut i = 0;
-    loop {
-        let count = read_long(d, pos)?;
-        if count == 0 {
-            break;
-        }
-        if count < 0 {
-            read_long(d, pos)?; // the block's size in bytes
-        }
-        let count = usize::try_from(count.unsigned_abs()).ok()?;
-        if count > d.len() - *pos {
-            return None;
-        }
-        for _ in 0..count {
-            let x = read_num(d, pos, num)?;
-            if !a.ragged {
-                if i == a.elements.len() {
-                    a.elements.push(Acc::EMPTY);
-                }
-                a.elements[i].add(x, need);
+    let ArrayAcc {
+        elements, ragged, ..
+    } = a;
+    let len = each_element(d, pos, num, |x| {
+        if !*ragged {
+            if i == elements.len() {
+                elements.push(Acc::EMPTY);
             }
-            i += 1;
+            elements[i].add(x, need);
         }
-    }
+        i += 1;
+    })?;
     match a.len {
-        None => a.len = Some(i),
-        Some(n) if n != i => a.ragged = true,
+        None => a.len = Some(len),
+        Some(n) if n != len => a.ragged = true,
         Some(_) => {}
     }
     Some(())
-}
-
-/// Skips an array of numbers.
-fn read_array_skip(d: &[u8], pos: &mut usize, num: Num) -> Option<()> {
-    loop {
-        let count = read_long(d, pos)?;
-        if count == 0 {
-            return Some(());
-        }
-        if count < 0 {
-            let size = usize::try_from(read_long(d, pos)?).ok()?;
-            *pos = pos.checked_add(size).filter(|&p| p <= d.len())?;
-            continue;
-        }
-        for _ in 0..count {
-            read_num(d, pos, num)?;
-        }
-    }
 }
 
 /// The end of the value of skip node `id` that starts at `pos`.
