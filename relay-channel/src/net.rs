@@ -52,6 +52,8 @@ pub fn open_receive(spec: &ReceiveSpec, stamps: bool) -> io::Result<ReceiveSocke
     let recv_buffer_granted = set_recv_buffer(&socket, spec.recv_buffer);
     let drop_counter = setsockopt(&socket, sockopt::RxqOvfl, &1).is_ok();
     if stamps {
+        // On a host where no socket asked for stamps before, the kernel turns
+        // them on a moment later; the first datagrams may be stamped when read.
         setsockopt(&socket, sockopt::ReceiveTimestampns, &true)?;
     }
     socket.bind(&SockAddr::from(spec.bind))?;
@@ -263,12 +265,31 @@ mod tests {
         let rs = open_receive(&spec(), stamps).unwrap();
         let to = rs.socket.local_addr().unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut rx = BatchReceiver::new(&rs.socket, 4, stamps);
+        if stamps {
+            // The first socket on a host to ask for stamps turns them on in
+            // the kernel a moment later (a deferred static key); until then
+            // datagrams are stamped when read. Wait for a real stamp.
+            let until = Instant::now() + Duration::from_secs(5);
+            loop {
+                tx.send_to(b"w", to.as_socket().unwrap()).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                assert_eq!(rx.recv(false).unwrap(), 1);
+                let clock = ArrivalClock::now();
+                if clock.instant - rx.arrival(0, &clock) >= Duration::from_millis(10) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "the kernel never stamped a datagram"
+                );
+            }
+        }
         let start = Instant::now();
         tx.send_to(b"a", to.as_socket().unwrap()).unwrap();
         std::thread::sleep(Duration::from_millis(30));
         tx.send_to(b"b", to.as_socket().unwrap()).unwrap();
         std::thread::sleep(Duration::from_millis(30));
-        let mut rx = BatchReceiver::new(&rs.socket, 4, stamps);
         assert_eq!(rx.recv(false).unwrap(), 2);
         let clock = ArrivalClock::now();
         let at = (0..2).map(|i| rx.arrival(i, &clock)).collect();
