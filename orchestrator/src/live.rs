@@ -35,6 +35,10 @@ pub const MAX_MAX_RATE: u32 = 100_000;
 /// Records a client's queue holds while its socket is busy; beyond, the
 /// oldest is dropped (and counted).
 pub const QUEUE: usize = 256;
+/// A client whose socket takes no message for this long is closed: a
+/// client that stopped reading must not hold one of the channel's places
+/// for ever.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest integer a JavaScript number holds exactly.
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
@@ -509,6 +513,8 @@ enum Ended {
     Client,
     /// The server is shutting down.
     Shutdown,
+    /// The client took nothing for [`SEND_TIMEOUT`].
+    Stalled,
 }
 
 /// Serves a registered client until it leaves or the server shuts down
@@ -566,13 +572,22 @@ pub async fn serve_client(
         });
         for m in messages {
             tokio::select! {
-                sent = ws.send(Message::Text(m.into())) => if sent.is_err() {
-                    break 'serve Ended::Client;
+                sent = tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Text(m.into()))) => match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break 'serve Ended::Client,
+                    Err(_) => break 'serve Ended::Stalled,
                 },
                 _ = closing.wait_for(|c| *c) => break 'serve Ended::Shutdown,
             }
         }
     };
+    if let Ended::Stalled = ended {
+        tracing::info!(
+            channel = %reg.channel,
+            "live view: closing a client that read nothing for {}s",
+            SEND_TIMEOUT.as_secs()
+        );
+    }
     if let Ended::Shutdown = ended {
         let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(None))).await;
     }

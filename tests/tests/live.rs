@@ -184,6 +184,41 @@ fn a_client_gets_exactly_the_records_of_the_decimated_group() {
 }
 
 #[test]
+fn single_object_datagrams_are_decoded_after_their_header() {
+    let fleet = FleetDir::new(&[]);
+    let mut opts = ChannelOpts::unicast("so");
+    opts.receive = vec!["encoding = \"single_object\"".into()];
+    let group = group_addr(unique_group(), free_port());
+    opts.decimated = Some((group, 1));
+    fleet.add(&opts);
+    let o = fleet.start();
+    o.wait_ready("so");
+    let mut ws = connect(&o, "/api/v1/channels/so/live?max_rate=100000");
+    let rx = GroupReceiver::join(group);
+    let schema = example_schema();
+    let data: Vec<Vec<u8>> = (0..50)
+        .map(|i| speeddata_tests::example_single_object(&schema, i, "single"))
+        .collect();
+    Sender::new(opts.bind).send_paced(&data, 1);
+    let mut got = Got::default();
+    got.read_until(&mut ws, 50, Duration::from_secs(20));
+    let carried = rx.finish();
+    assert_eq!(carried.len(), 50);
+    // The group carries the datagrams whole, header included.
+    let datums: Vec<Vec<u8>> = carried
+        .iter()
+        .map(|d| {
+            assert_eq!(&d[..2], &[0xC3, 0x01]);
+            d[10..].to_vec()
+        })
+        .collect();
+    assert_eq!(got.records.len(), 50);
+    for (i, (a, j)) in decode(&datums).iter().zip(&got.records).enumerate() {
+        assert_same(a, j, i);
+    }
+}
+
+#[test]
 fn fields_limit_what_is_sent_and_max_rate_keeps_the_newest() {
     let (_fleet, o, opts, group) = fleet_with_decimated(2);
     // A name the schema does not have is refused before the upgrade.
