@@ -11,6 +11,7 @@
 //! The hub (and its membership) ends when its last client goes, so nothing
 //! is decoded while nobody watches.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -552,13 +553,15 @@ pub async fn serve_client(
         // Over the rate, the newest records win.
         let k = bucket.take(pending.records.len());
         let skip = pending.records.len() - k;
-        let records: Vec<Json> = pending
+        // The hub's records are shared: serialized as they are, unless
+        // fields are picked.
+        let records: Vec<Cow<'_, Json>> = pending
             .records
             .iter()
             .skip(skip)
             .map(|r| match &opts.fields {
-                Some(paths) => project(r, paths),
-                None => (**r).clone(),
+                Some(paths) => Cow::Owned(project(r, paths)),
+                None => Cow::Borrowed(&**r),
             })
             .collect();
         let mut messages = Vec::with_capacity(2);
@@ -568,7 +571,7 @@ pub async fn serve_client(
         messages.push(if records.len() == 1 {
             records[0].to_string()
         } else {
-            Json::Array(records).to_string()
+            serde_json::to_string(&records).expect("JSON values serialize")
         });
         for m in messages {
             tokio::select! {

@@ -181,6 +181,14 @@ fn a_client_gets_exactly_the_records_of_the_decimated_group() {
     for (i, (a, j)) in sent.iter().zip(&got.records).enumerate() {
         assert_same(a, j, i);
     }
+    // At shutdown the stream is closed, and does not hold the orchestrator.
+    let mut o = o;
+    o.signal(libc::SIGTERM);
+    assert_eq!(o.wait_exit(Duration::from_secs(20)), 0, "{}", o.log());
+    let end = Instant::now() + Duration::from_secs(5);
+    while got.read(&mut ws) {
+        assert!(Instant::now() < end, "the stream stayed open");
+    }
 }
 
 #[test]
