@@ -51,10 +51,59 @@ const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// fixed as base64, records and maps as objects, arrays as arrays, unions
 /// as the plain value, logical types as their underlying number (dates in
 /// days, times and timestamps in their unit), decimals as base64 of their
-/// two's-complement bytes, big decimals and UUIDs as strings, durations as
+/// two's-complement bytes (see [`Mapping`] for their decimal value), big
+/// decimals and UUIDs as strings, durations as
 /// `{"months", "days", "millis"}`.
 pub fn to_json(v: &Value) -> Json {
+    map(v, None, &BTreeMap::new())
+}
+
+/// [`to_json`] for values of one schema, which knows each decimal's scale:
+/// decimals of up to 38 digits become decimal strings (`"-12.50"`).
+pub struct Mapping<'s> {
+    schema: &'s Schema,
+    names: BTreeMap<String, &'s Schema>,
+}
+
+impl<'s> Mapping<'s> {
+    pub fn new(schema: &'s Schema) -> Mapping<'s> {
+        let mut names = BTreeMap::new();
+        collect_names(schema, &mut names);
+        Mapping { schema, names }
+    }
+
+    pub fn to_json(&self, v: &Value) -> Json {
+        map(v, Some(self.schema), &self.names)
+    }
+}
+
+/// A decimal's value from its unscaled two's-complement bytes, if they fit
+/// 128 bits.
+fn decimal_string(bytes: &[u8], scale: usize) -> Option<String> {
+    if bytes.is_empty() || bytes.len() > 16 {
+        return None;
+    }
+    let fill = if bytes[0] & 0x80 != 0 { 0xff } else { 0 };
+    let mut wide = [fill; 16];
+    wide[16 - bytes.len()..].copy_from_slice(bytes);
+    let n = i128::from_be_bytes(wide);
+    let mut digits = n.unsigned_abs().to_string();
+    if scale > 0 {
+        if digits.len() <= scale {
+            digits = format!("{}{digits}", "0".repeat(scale + 1 - digits.len()));
+        }
+        digits.insert(digits.len() - scale, '.');
+    }
+    Some(if n < 0 { format!("-{digits}") } else { digits })
+}
+
+fn map(v: &Value, s: Option<&Schema>, names: &BTreeMap<String, &Schema>) -> Json {
     let b64 = |b: &[u8]| Json::String(base64::engine::general_purpose::STANDARD.encode(b));
+    let s = match s {
+        Some(Schema::Ref { name }) => names.get(&name.fullname(None)).copied(),
+        other => other,
+    };
+    let to_json = |v: &Value, sub: Option<&Schema>| map(v, sub, names);
     match v {
         Value::Null => Json::Null,
         Value::Boolean(b) => Json::Bool(*b),
@@ -78,25 +127,64 @@ pub fn to_json(v: &Value) -> Json {
         Value::Bytes(b) | Value::Fixed(_, b) => b64(b),
         Value::String(s) => Json::String(s.clone()),
         Value::Enum(_, symbol) => Json::String(symbol.clone()),
-        Value::Union(_, inner) => to_json(inner),
-        Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Union(i, inner) => {
+            let sub = match s {
+                Some(Schema::Union(u)) => u.variants().get(*i as usize),
+                _ => None,
+            };
+            to_json(inner, sub)
+        }
+        Value::Array(items) => {
+            let sub = match s {
+                Some(Schema::Array(a)) => Some(&*a.items),
+                _ => None,
+            };
+            Json::Array(items.iter().map(|v| to_json(v, sub)).collect())
+        }
         Value::Map(m) => {
+            let sub = match s {
+                Some(Schema::Map(m)) => Some(&*m.types),
+                _ => None,
+            };
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
             Json::Object(
                 keys.into_iter()
-                    .map(|k| (k.clone(), to_json(&m[k])))
+                    .map(|k| (k.clone(), to_json(&m[k], sub)))
                     .collect(),
             )
         }
-        Value::Record(fields) => Json::Object(
-            fields
-                .iter()
-                .map(|(k, v)| (k.clone(), to_json(v)))
-                .collect(),
-        ),
+        Value::Record(fields) => {
+            let record = match s {
+                Some(Schema::Record(r)) => Some(r),
+                _ => None,
+            };
+            Json::Object(
+                fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, v))| {
+                        // Decoded fields come in the schema's order.
+                        let sub = record
+                            .and_then(|r| {
+                                r.fields
+                                    .get(i)
+                                    .filter(|f| &f.name == k)
+                                    .or_else(|| r.fields.iter().find(|f| &f.name == k))
+                            })
+                            .map(|f| &f.schema);
+                        (k.clone(), to_json(v, sub))
+                    })
+                    .collect(),
+            )
+        }
         Value::Decimal(d) => match <Vec<u8>>::try_from(d) {
-            Ok(bytes) => b64(&bytes),
+            Ok(bytes) => match s {
+                Some(Schema::Decimal(ds)) => {
+                    decimal_string(&bytes, ds.scale).map_or_else(|| b64(&bytes), Json::String)
+                }
+                _ => b64(&bytes),
+            },
             Err(_) => Json::Null,
         },
         Value::BigDecimal(d) => Json::String(d.to_string()),
@@ -209,6 +297,12 @@ fn collect_names<'a>(s: &'a Schema, names: &mut BTreeMap<String, &'a Schema>) {
             for f in &r.fields {
                 collect_names(&f.schema, names);
             }
+        }
+        Schema::Decimal(apache_avro::schema::DecimalSchema {
+            inner: apache_avro::schema::InnerDecimalSchema::Fixed(f),
+            ..
+        }) => {
+            names.insert(f.name.fullname(None), s);
         }
         Schema::Union(u) => u.variants().iter().for_each(|v| collect_names(v, names)),
         Schema::Array(a) => collect_names(&a.items, names),
@@ -425,6 +519,7 @@ async fn run_hub(hub: Arc<Hub>, source: Source, channel: String) {
                 return;
             }
         };
+    let mapping = Mapping::new(&source.schema);
     let mut buf = vec![0u8; 65_536];
     let mut bad = 0u64;
     loop {
@@ -450,7 +545,7 @@ async fn run_hub(hub: Arc<Hub>, source: Source, channel: String) {
             }
         }
         let record = match reader.read_value(&mut d) {
-            Ok(v) => Arc::new(to_json(&v)),
+            Ok(v) => Arc::new(mapping.to_json(&v)),
             Err(e) => {
                 bad += 1;
                 tracing::debug!(%channel, error = %e, "live view: a datagram does not decode");
@@ -741,6 +836,43 @@ mod tests {
         assert!(has_path(&schema, &["e".into()]));
         assert!(!has_path(&schema, &["o".into(), "y".into()]));
         assert!(!has_path(&schema, &["e".into(), "x".into()]));
+    }
+
+    #[test]
+    fn decimals_are_decimal_strings_where_the_schema_gives_their_scale() {
+        let schema = Schema::parse_str(
+            r#"{"type": "record", "name": "R", "fields": [
+                {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}},
+                {"name": "opt", "type": ["null", {"type": "fixed", "name": "D", "size": 4, "logicalType": "decimal", "precision": 8, "scale": 3}]},
+                {"name": "list", "type": {"type": "array", "items": {"type": "bytes", "logicalType": "decimal", "precision": 4, "scale": 0}}},
+                {"name": "again", "type": {"type": "map", "values": "D"}}
+            ]}"#,
+        )
+        .unwrap();
+        let dec = |b: &[u8]| Value::Decimal(apache_avro::Decimal::from(b.to_vec()));
+        let v = Value::Record(vec![
+            ("price".into(), dec(&[0x04, 0xe2])), // 1250
+            (
+                "opt".into(),
+                Value::Union(1, Box::new(dec(&[0xff, 0xff, 0xff, 0xfb]))),
+            ), // -5
+            (
+                "list".into(),
+                Value::Array(vec![dec(&[0x7f]), dec(&[0x80])]),
+            ),
+            (
+                "again".into(),
+                Value::Map(HashMap::from([("k".to_string(), dec(&[0, 0, 0x30, 0x39]))])), // 12345
+            ),
+        ]);
+        assert_eq!(
+            Mapping::new(&schema).to_json(&v),
+            json!({"price": "12.50", "opt": "-0.005", "list": ["127", "-128"], "again": {"k": "12.345"}})
+        );
+        // Without the schema: the bytes.
+        assert_eq!(to_json(&dec(&[0x04, 0xe2])), json!("BOI="));
+        assert_eq!(decimal_string(&[0; 17], 2), None);
+        assert_eq!(decimal_string(&[0x01], 3).as_deref(), Some("0.001"));
     }
 
     #[test]
