@@ -10,6 +10,7 @@
 //! | POST   | `/api/v1/channels/{name}/restart`  | 202 `{"restarting": name}`, 404, 503     |
 //! | GET    | `/metrics`                         | Prometheus text format                   |
 //! | GET    | `/api/v1/events[?since=N]`         | server-sent events                       |
+//! | GET    | `/api/v1/channels/{name}/live`     | WebSocket of decimated records (see [`crate::live`]) |
 //!
 //! Unknown paths answer 404 and a wrong method 405 (with `Allow`), both
 //! with a JSON `{"error": ...}` body.
@@ -31,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -95,6 +98,8 @@ struct AppState {
     /// Becomes `true` when the server shuts down: event streams end then,
     /// so that the graceful shutdown does not wait for them forever.
     closing: watch::Receiver<bool>,
+    /// The live streams' hubs.
+    live: Arc<crate::live::Live>,
 }
 
 /// The API's routes; event streams end when `closing` turns true.
@@ -103,6 +108,7 @@ fn build(api: Api, closing: watch::Receiver<bool>) -> Router {
         fleet: api.fleet,
         requests: api.requests,
         closing,
+        live: Arc::default(),
     };
     Router::new()
         .route("/healthz", get(healthz))
@@ -111,6 +117,7 @@ fn build(api: Api, closing: watch::Receiver<bool>) -> Router {
         .route("/api/v1/channels", get(channels))
         .route("/api/v1/channels/{name}", get(channel))
         .route("/api/v1/channels/{name}/restart", post(restart))
+        .route("/api/v1/channels/{name}/live", get(live))
         .route("/api/v1/events", get(events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -303,7 +310,10 @@ async fn connection(
     // connections that are merely idle).
     let conn = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
-        .serve_connection(io, service);
+        .serve_connection(io, service)
+        // The live stream's WebSockets: once upgraded, a connection is
+        // theirs, outside these timeouts and the connection cap.
+        .with_upgrades();
     tokio::pin!(conn);
     let mut stopping = false;
     loop {
@@ -571,6 +581,116 @@ async fn channel(State(s): State<AppState>, Path(name): Path<String>) -> Respons
         Some(c) => Json(c).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no channel {name:?}")),
     }
+}
+
+/// `GET /api/v1/channels/{name}/live[?fields=a,b.c][&max_rate=N]`: 404
+/// for an unknown channel, 400 for a bad query or a request that is not a
+/// WebSocket upgrade, 503 when the channel has
+/// [`crate::live::MAX_CLIENTS`] clients already; a channel that cannot be
+/// watched (no decimated output) gets one `{"error": ...}` message, then a
+/// close.
+async fn live(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    use crate::live::{self, Refusal};
+    if s.fleet.get(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+    }
+    let spec = s.fleet.spec(&name);
+    let Ok(Query(query)) = query else {
+        return error(StatusCode::BAD_REQUEST, "the query does not parse");
+    };
+    let opts = match live_opts(query, spec.as_deref()) {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("this is a WebSocket endpoint: {}", e.body_text()),
+            )
+        }
+    };
+    let registered = match &spec {
+        Some(spec) => s.live.register(spec),
+        None => Err(Refusal::Unwatchable(format!(
+            "channel {name} has no valid configuration yet"
+        ))),
+    };
+    match registered {
+        Ok(reg) => {
+            let closing = s.closing.clone();
+            upgrade.on_upgrade(move |ws| live::serve_client(ws, reg, opts, closing))
+        }
+        Err(Refusal::Full) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "channel {name} has {} live clients already",
+                    live::MAX_CLIENTS
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            r
+        }
+        Err(Refusal::Unwatchable(why)) => {
+            upgrade.on_upgrade(move |ws| live::refuse_client(ws, why))
+        }
+    }
+}
+
+/// The live stream's query: `fields` (dotted names of the schema) and
+/// `max_rate` (records a second).
+fn live_opts(
+    query: Vec<(String, String)>,
+    spec: Option<&relay_channel::config::ChannelSpec>,
+) -> Result<crate::live::ClientOpts, String> {
+    use crate::live::{self, ClientOpts};
+    let mut opts = ClientOpts {
+        fields: None,
+        max_rate: live::DEFAULT_MAX_RATE,
+    };
+    for (k, v) in query {
+        match k.as_str() {
+            "fields" => opts.fields = Some(live::parse_fields(&v)?),
+            "max_rate" => {
+                opts.max_rate = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=live::MAX_MAX_RATE).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "max_rate: {v:?} is not a number of records a second from 1 to {}",
+                            live::MAX_MAX_RATE
+                        )
+                    })?
+            }
+            other => {
+                return Err(format!(
+                    "unknown query parameter {other:?} (fields, max_rate)"
+                ))
+            }
+        }
+    }
+    if let (Some(paths), Some(spec)) = (&opts.fields, spec) {
+        if let Ok(schema) = relay_channel::schema::load(spec)
+            .map_err(|e| e.to_string())
+            .and_then(|l| apache_avro::Schema::parse_str(&l.text).map_err(|e| e.to_string()))
+        {
+            for p in paths {
+                if !live::has_path(&schema, p) {
+                    return Err(format!("fields: the schema has no field {:?}", p.join(".")));
+                }
+            }
+        }
+    }
+    Ok(opts)
 }
 
 async fn restart(State(s): State<AppState>, Path(name): Path<String>) -> Response {

@@ -8,6 +8,7 @@
 //! - `reconcile`: running vs wanted channels as a pure diff;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
 //! - [`http`]: the HTTP API;
+//! - [`live`]: the live stream of a channel's decimated records (WebSocket);
 //! - [`fdlimit`]: the descriptor limit, and the share HTTP connections get;
 //! - [`status_cmd`]: `orchestrator status`, a table from a running API;
 //! - [`systemd`]: readiness, watchdog and status notifications.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod fdlimit;
 pub mod http;
 mod lifecycle;
+pub mod live;
 pub mod policy;
 mod reconcile;
 pub mod state;

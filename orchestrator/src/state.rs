@@ -6,10 +6,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use relay_channel::config::ChannelSpec;
 use relay_channel::status::{reject_reasons, Counters, Kind, Stats, COUNTERS};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -356,6 +357,8 @@ pub struct Fleet {
     channels: Mutex<BTreeMap<String, ChannelStatus>>,
     history: Mutex<VecDeque<Event>>,
     events: broadcast::Sender<Event>,
+    /// Each channel's configuration as last validated (for the live view).
+    specs: Mutex<BTreeMap<String, Arc<ChannelSpec>>>,
     pub metrics: Metrics,
 }
 
@@ -371,6 +374,7 @@ impl Fleet {
             channels: Mutex::new(BTreeMap::new()),
             history: Mutex::new(VecDeque::with_capacity(EVENT_HISTORY)),
             events: broadcast::channel(EVENT_HISTORY).0,
+            specs: Mutex::new(BTreeMap::new()),
             metrics: Metrics::new(),
         }
     }
@@ -415,9 +419,30 @@ impl Fleet {
         r
     }
 
+    /// Notes a channel's configuration, as validated for its next start.
+    pub fn set_spec(&self, spec: ChannelSpec) {
+        self.specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.name.clone(), Arc::new(spec));
+    }
+
+    /// A channel's configuration, as last validated.
+    pub fn spec(&self, name: &str) -> Option<Arc<ChannelSpec>> {
+        self.specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
     /// Forgets a channel whose file was removed.
     pub fn remove(&self, name: &str) {
         self.lock().remove(name);
+        self.specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         self.metrics.forget(name);
     }
 

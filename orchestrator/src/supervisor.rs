@@ -188,6 +188,7 @@ impl Supervisor {
                         continue;
                     };
                     tracing::info!(channel = %name, "configuration changed: restarting the channel");
+                    self.fleet.set_spec(ch.spec.clone());
                     self.running
                         .tasks
                         .insert(name.clone(), version(&ch, defaults));
@@ -236,6 +237,7 @@ impl Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let name = ch.name().to_string();
         let version = version(&ch, defaults);
+        self.fleet.set_spec(ch.spec.clone());
         // Listed (as starting) from now on, before the task first runs.
         self.fleet.update(&name, ch.file(), |s| {
             s.state = State::Starting;

@@ -35,6 +35,12 @@ pub(crate) mod ledger;
 pub mod logs;
 pub mod mmsg;
 pub(crate) mod net;
+
+/// Interface addresses, resolved as the relay resolves them (the
+/// orchestrator's live view joins decimated groups with it).
+pub mod interface {
+    pub use crate::net::resolve;
+}
 pub(crate) mod quarantine;
 pub(crate) mod receive;
 pub mod relay;
