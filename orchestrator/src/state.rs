@@ -97,11 +97,64 @@ pub struct ChannelStatus {
     pub rates: Option<Map<String, Value>>,
     /// When the current child's latest stats line arrived (RFC 3339).
     pub last_report_at: Option<String>,
+    /// The archive files this channel closed most recently, newest first
+    /// (at most [`CLOSED_FILES`]; kept across the channel's restarts).
+    pub archive_files: VecDeque<ClosedFile>,
+    /// The decimated output's group and algorithm, from the channel's
+    /// configuration; `None` without a `[decimated]` section.
+    pub decimation: Option<Decimation>,
     #[serde(skip)]
     pub started: Option<Instant>,
     #[serde(skip)]
     last_stats_at: Option<Instant>,
 }
+
+/// An archive file a relay closed (its `file_closed` line).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClosedFile {
+    pub path: PathBuf,
+    pub records: u64,
+    pub bytes: u64,
+    /// When the orchestrator read the line (RFC 3339).
+    pub closed_at: String,
+}
+
+/// What a channel's decimated output sends.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Decimation {
+    /// `ip:port` of the decimated group.
+    pub group: String,
+    /// `downsample`, `average`, `minmax` or `rms`.
+    pub algorithm: &'static str,
+    /// Records per window (`factor`), or
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factor: Option<u32>,
+    /// windows per second of arrival time (`rate_hz`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_hz: Option<f64>,
+    /// Fields that take the window's last value.
+    pub keep_last: Vec<String>,
+}
+
+impl Decimation {
+    pub fn of(spec: &relay_channel::config::DecimatedSpec) -> Decimation {
+        use relay_channel::config::DecimationWindow;
+        let (factor, rate_hz) = match spec.window {
+            DecimationWindow::Records(n) => (Some(n), None),
+            DecimationWindow::PerSecond(r) => (None, Some(r)),
+        };
+        Decimation {
+            group: spec.output.dest.to_string(),
+            algorithm: spec.algorithm.as_str(),
+            factor,
+            rate_hz,
+            keep_last: spec.keep_last.clone(),
+        }
+    }
+}
+
+/// How many closed archive files a channel's status lists.
+pub const CLOSED_FILES: usize = 10;
 
 /// A relay writes a stats line every second; one that has written none
 /// for this long is overdue, and its rates read 0.
@@ -128,6 +181,8 @@ impl ChannelStatus {
             counters: None,
             rates: None,
             last_report_at: None,
+            archive_files: VecDeque::new(),
+            decimation: None,
             started: None,
             last_stats_at: None,
         }
@@ -138,6 +193,12 @@ impl ChannelStatus {
             self.last_stderr.remove(0);
         }
         self.last_stderr.push(line);
+    }
+
+    /// Notes a closed archive file, newest first.
+    pub fn push_closed_file(&mut self, file: ClosedFile) {
+        self.archive_files.truncate(CLOSED_FILES - 1);
+        self.archive_files.push_front(file);
     }
 }
 
@@ -407,9 +468,13 @@ impl Fleet {
         f: impl FnOnce(&mut ChannelStatus) -> R,
     ) -> R {
         let mut map = self.lock();
-        let st = map
-            .entry(name.to_string())
-            .or_insert_with(|| ChannelStatus::new(name, file.to_path_buf()));
+        let st = map.entry(name.to_string()).or_insert_with(|| {
+            let mut st = ChannelStatus::new(name, file.to_path_buf());
+            st.decimation = self
+                .spec(name)
+                .and_then(|s| s.decimated.as_ref().map(Decimation::of));
+            st
+        });
         let r = f(st);
         self.metrics.set_state(name, st.state);
         self.metrics
@@ -421,6 +486,9 @@ impl Fleet {
 
     /// Notes a channel's configuration, as validated for its next start.
     pub fn set_spec(&self, spec: ChannelSpec) {
+        if let Some(st) = self.lock().get_mut(&spec.name) {
+            st.decimation = spec.decimated.as_ref().map(Decimation::of);
+        }
         self.specs
             .lock()
             .unwrap_or_else(|p| p.into_inner())

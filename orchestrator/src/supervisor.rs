@@ -610,6 +610,14 @@ impl ChannelTask {
             }
             StatusLine::FileClosed(f) => {
                 tracing::debug!(channel = %self.name(), path = %f.path.display(), "archive file closed");
+                self.set(|s| {
+                    s.push_closed_file(crate::state::ClosedFile {
+                        path: f.path,
+                        records: f.records,
+                        bytes: f.bytes,
+                        closed_at: now_rfc3339(),
+                    })
+                });
                 false
             }
             StatusLine::Stopped(_) => false,

@@ -337,6 +337,16 @@ pub enum Algorithm {
 impl Algorithm {
     pub const NAMES: [&'static str; 4] = ["downsample", "average", "minmax", "rms"];
 
+    /// The name used in channel files: `downsample`, `average`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Downsample => "downsample",
+            Algorithm::Average => "average",
+            Algorithm::MinMax => "minmax",
+            Algorithm::Rms => "rms",
+        }
+    }
+
     fn parse(s: &str) -> Option<Algorithm> {
         Some(match s {
             "downsample" => Algorithm::Downsample,
