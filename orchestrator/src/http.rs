@@ -11,6 +11,14 @@
 //! | GET    | `/metrics`                         | Prometheus text format                   |
 //! | GET    | `/api/v1/events[?since=N]`         | server-sent events                       |
 //! | GET    | `/api/v1/channels/{name}/live`     | WebSocket of decimated records (see [`crate::live`]) |
+//! | GET    | `/api/v1/channels/{name}/schema`   | 200 the channel's Avro schema (JSON), 404 |
+//! | GET    | `/api/v1/info`                     | 200 `{"version", "writes", "writes_refused"}` |
+//! | GET    | `/`, `/channels/{name}`            | the web console (see [`crate::console`]) |
+//!
+//! Write requests (restart) are refused with 403 while `http.listen` is
+//! not a loopback address, from a page of another origin (`Origin` differs
+//! from `Host`), and, on loopback, when `Host` does not name the loopback
+//! (a DNS-rebinding page). The live stream refuses other origins too.
 //!
 //! Unknown paths answer 404 and a wrong method 405 (with `Allow`), both
 //! with a JSON `{"error": ...}` body.
@@ -100,17 +108,25 @@ struct AppState {
     closing: watch::Receiver<bool>,
     /// The live streams' hubs.
     live: Arc<crate::live::Live>,
+    /// The address the API listens on (writes need it to be loopback).
+    listen: SocketAddr,
 }
 
 /// The API's routes; event streams end when `closing` turns true.
-fn build(api: Api, closing: watch::Receiver<bool>) -> Router {
+fn build(api: Api, listen: SocketAddr, closing: watch::Receiver<bool>) -> Router {
     let state = AppState {
         fleet: api.fleet,
         requests: api.requests,
         closing,
         live: Arc::default(),
+        listen,
     };
     Router::new()
+        .route("/", get(fleet_page))
+        .route("/channels/{name}", get(channel_page))
+        .route("/assets/{file}", get(asset))
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/channels/{name}/schema", get(schema))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -152,7 +168,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (closing_tx, closing) = watch::channel(false);
-    let app = build(api, closing.clone());
+    let app = build(api, listener.local_addr()?, closing.clone());
     // At least one; at most what a semaphore (and `acquire_many`) takes.
     let max = limits
         .max_connections
@@ -530,6 +546,131 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+impl AppState {
+    /// Why a write request (restart) is refused, if it is: see the module
+    /// documentation.
+    fn writes_refused(&self) -> Option<String> {
+        (!self.listen.ip().is_loopback()).then(|| {
+            format!(
+                "write requests are refused: http.listen ({}) is not a loopback address",
+                self.listen
+            )
+        })
+    }
+
+    /// Whether this write request may go on; the 403 answer if not.
+    #[allow(clippy::result_large_err)]
+    fn may_write(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let refused = |why: String| {
+            tracing::warn!("HTTP: write request refused: {why}");
+            error(StatusCode::FORBIDDEN, why)
+        };
+        if let Some(why) = self.writes_refused() {
+            return Err(refused(why));
+        }
+        if let Some(host) = headers.get(header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            if !is_loopback_host(host) {
+                return Err(refused(format!(
+                    "write requests must name the loopback in Host, not {host:?}"
+                )));
+            }
+        }
+        same_origin(headers).map_err(refused)
+    }
+}
+
+/// Whether `host` (a Host header: name or address, and a port) names this
+/// machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A browser names the page that makes a request in `Origin`: a request
+/// from a page of another site (which could otherwise restart channels or
+/// read the live stream through the user's browser) is refused. Clients
+/// that are not browsers send no `Origin`.
+fn same_origin(headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    match authority {
+        Some(a) if !host.is_empty() && a.eq_ignore_ascii_case(host) => Ok(()),
+        _ => Err(format!(
+            "a request from the page {origin:?} is refused: only this server's own pages ({host}) may make it"
+        )),
+    }
+}
+
+async fn fleet_page() -> Response {
+    crate::console::fleet_page()
+}
+
+async fn channel_page(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    crate::console::channel_page(s.fleet.get(&name).is_some())
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    crate::console::asset(&file)
+        .unwrap_or_else(|| error(StatusCode::NOT_FOUND, format!("no asset {file:?}")))
+}
+
+/// `GET /api/v1/info`: what the console needs to know of the server.
+async fn info(State(s): State<AppState>) -> Response {
+    let refused = s.writes_refused();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "writes": refused.is_none(),
+        "writes_refused": refused,
+    }))
+    .into_response()
+}
+
+/// `GET /api/v1/channels/{name}/schema`: the schema the channel's relay
+/// runs with, as JSON.
+async fn schema(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    if s.fleet.get(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+    }
+    let Some(spec) = s.fleet.spec(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("channel {name} has no valid configuration yet"),
+        );
+    };
+    let text = match std::fs::read_to_string(&spec.schema_path) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("cannot read {}: {e}", spec.schema_path.display()),
+            )
+        }
+    };
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{} is not JSON: {e}", spec.schema_path.display()),
+        ),
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -592,10 +733,14 @@ async fn channel(State(s): State<AppState>, Path(name): Path<String>) -> Respons
 async fn live(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     use crate::live::{self, Refusal};
+    if let Err(why) = same_origin(&headers) {
+        return error(StatusCode::FORBIDDEN, why);
+    }
     if s.fleet.get(&name).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
     }
@@ -693,7 +838,14 @@ fn live_opts(
     Ok(opts)
 }
 
-async fn restart(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+async fn restart(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = s.may_write(&headers) {
+        return refused;
+    }
     let (reply, answer) = oneshot::channel();
     let ask = async {
         s.requests
@@ -1000,6 +1152,52 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[test]
+    fn loopback_hosts_and_same_origin() {
+        for h in [
+            "127.0.0.1:9464",
+            "localhost:9464",
+            "LOCALHOST",
+            "[::1]:9464",
+            "127.1.2.3",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example:9464",
+            "10.0.0.1:9464",
+            "[2001:db8::1]:80",
+            "",
+            "localhost.evil.example",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap());
+            }
+            m
+        };
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:9464")])).is_ok());
+        assert!(same_origin(&headers(&[
+            ("host", "127.0.0.1:9464"),
+            ("origin", "http://127.0.0.1:9464")
+        ]))
+        .is_ok());
+        for origin in [
+            "http://127.0.0.1:9465",
+            "http://evil.example",
+            "null",
+            "file://",
+        ] {
+            assert!(
+                same_origin(&headers(&[("host", "127.0.0.1:9464"), ("origin", origin)])).is_err(),
+                "{origin}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -8,6 +8,7 @@
 //! - `reconcile`: running vs wanted channels as a pure diff;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
 //! - [`http`]: the HTTP API;
+//! - `console`: the web console's embedded pages;
 //! - [`live`]: the live stream of a channel's decimated records (WebSocket);
 //! - [`fdlimit`]: the descriptor limit, and the share HTTP connections get;
 //! - [`status_cmd`]: `orchestrator status`, a table from a running API;
@@ -15,6 +16,7 @@
 
 pub mod child;
 pub mod config;
+mod console;
 pub mod fdlimit;
 pub mod http;
 mod lifecycle;
