@@ -1,0 +1,266 @@
+// The web console in a real browser: Debian's chromium, driven by
+// playwright-core, against a running orchestrator that tests/tests/console.rs
+// started. Exits 0 when every check passed; otherwise prints what failed
+// and exits 1. Screenshots go to $CONSOLE_SCREENSHOTS on every run.
+//
+// Environment:
+//   CONSOLE_BASE         http://127.0.0.1:PORT of the orchestrator
+//   CONSOLE_LIVE         the channel with a decimated output (downsample)
+//   CONSOLE_KILL         a channel whose relay this script kills with -9
+//   CONSOLE_RECEIVE      the live channel's receive address (ip:port)
+//   CONSOLE_LOADGEN      the loadgen binary (the sender of example records)
+//   CONSOLE_SCREENSHOTS  where the screenshots go
+//   CONSOLE_MARKER       text of the live channel's schema doc that holds HTML
+//   CONSOLE_BROKEN       a channel whose file does not validate (optional)
+//
+// Network safety: the browser opens only the orchestrator on 127.0.0.1 (any
+// other request fails the test and is refused); loadgen sends to a
+// 127.0.0.1 address, bounded in count and time.
+
+import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const BASE = env('CONSOLE_BASE');
+const LIVE = env('CONSOLE_LIVE');
+const KILL = env('CONSOLE_KILL');
+const RECEIVE = env('CONSOLE_RECEIVE');
+const LOADGEN = env('CONSOLE_LOADGEN');
+const SHOTS = env('CONSOLE_SCREENSHOTS');
+const MARKER = env('CONSOLE_MARKER');
+/** A channel whose file does not validate (optional). */
+const BROKEN = process.env.CONSOLE_BROKEN;
+/** The example records' message: HTML that must be shown as text. */
+const MESSAGE = '<img src="/xss-message" onerror="window.__xss=3">';
+/** loadgen's first counter. */
+const START = 1000;
+
+mkdirSync(SHOTS, { recursive: true });
+
+const failures = [];
+function check(ok, what) {
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
+  if (!ok) failures.push(what);
+  return ok;
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+
+// Every URL any page asks for; anything outside the orchestrator fails the
+// test (and is refused, so nothing leaves this machine).
+const foreign = [];
+async function newContext(colorScheme) {
+  const ctx = await browser.newContext({ colorScheme, viewport: { width: 1280, height: 900 } });
+  await ctx.route('**/*', (route) => {
+    const url = route.request().url();
+    if (url.startsWith(BASE + '/') || url.startsWith('data:')) return route.continue();
+    foreign.push(url);
+    return route.abort();
+  });
+  ctx.on('page', (page) => {
+    page.on('websocket', (ws) => {
+      const u = new URL(ws.url());
+      if (`http://${u.host}` !== BASE) foreign.push(ws.url());
+    });
+    page.on('pageerror', (e) => failures.push(`page error: ${e.message}`));
+    page.on('console', (m) => { if (m.type() === 'error') console.log(`  browser console: ${m.text()}`); });
+  });
+  return ctx;
+}
+
+let loadgen = null;
+let loadgenOut = '';
+function startSender(seconds) {
+  loadgen = spawn(LOADGEN, [
+    '--to', RECEIVE, '--rate', '200', '--count', String(200 * seconds), '--duration', `${seconds}s`,
+    '--start-counter', String(START), '--message', MESSAGE,
+  ], { stdio: ['ignore', 'pipe', 'inherit'] });
+  loadgen.stdout.on('data', (d) => { loadgenOut += d; });
+  return new Promise((resolve) => loadgen.on('exit', resolve));
+}
+
+try {
+  const light = await newContext('light');
+  const page = await light.newPage();
+
+  // ---- the fleet page ---------------------------------------------------
+  await page.goto(BASE + '/');
+  await page.waitForFunction(([a, b]) => {
+    const state = (n) => document.querySelector(`#channels tbody tr[data-channel="${n}"]`)?.dataset.state;
+    return state(a) === 'ready' && state(b) === 'ready';
+  }, [LIVE, KILL], { timeout: 30000 });
+  const names = await page.$$eval('#channels tbody tr', (rows) => rows.map((r) => r.dataset.channel));
+  check(names.includes(LIVE) && names.includes(KILL), `the fleet page lists ${LIVE} and ${KILL} as ready (${names})`);
+  if (BROKEN) {
+    const broken = await page.$eval(`#channels tbody tr[data-channel="${BROKEN}"]`, (r) => ({ state: r.dataset.state, cls: r.className, text: r.textContent }));
+    check(broken.state === 'failed' && broken.cls === 'bad', `the broken channel ${BROKEN} stands out as failed (${broken.state}, row class ${broken.cls})`);
+    check(/config error/.test(broken.text), `its row shows its configuration error`);
+  }
+
+  // kill -9 of one relay: the page shows it leave `ready`, then come back
+  // with a new pid and one more restart, without a reload.
+  const row = (n) => `#channels tbody tr[data-channel="${n}"]`;
+  const before = await page.$eval(row(KILL), (r) => ({ pid: Number(r.dataset.pid), restarts: Number(r.querySelector('[data-restarts]').dataset.restarts) }));
+  check(before.pid > 0, `${KILL} shows its pid (${before.pid})`);
+  const killedAt = Date.now();
+  process.kill(before.pid, 'SIGKILL');
+  await page.waitForFunction((sel) => document.querySelector(sel)?.dataset.state !== 'ready', row(KILL), { timeout: 10000, polling: 20 });
+  const seenAfter = Date.now() - killedAt;
+  check(seenAfter < 2000, `the kill -9 shows on the page without a reload (${seenAfter} ms)`);
+  const during = await page.$eval(row(KILL), (r) => ({ state: r.dataset.state, text: r.textContent }));
+  check(['backoff', 'starting'].includes(during.state), `${KILL} reads ${during.state} while it restarts`);
+  await page.waitForFunction(([sel, pid]) => {
+    const r = document.querySelector(sel);
+    return r && r.dataset.state === 'ready' && r.dataset.pid && Number(r.dataset.pid) !== pid;
+  }, [row(KILL), before.pid], { timeout: 30000 });
+  const after = await page.$eval(row(KILL), (r) => ({ pid: Number(r.dataset.pid), restarts: Number(r.querySelector('[data-restarts]').dataset.restarts), text: r.textContent }));
+  check(after.restarts === before.restarts + 1, `${KILL} is back, restarts ${before.restarts} -> ${after.restarts}, pid ${before.pid} -> ${after.pid}`);
+  check(after.text.includes('SIGKILL'), `its last exit says SIGKILL`);
+
+  // The restart button restarts the channel.
+  await page.click(`${row(KILL)} button.restart`);
+  await page.waitForFunction(([sel, n]) => {
+    const r = document.querySelector(sel);
+    return r && r.dataset.state === 'ready' && Number(r.querySelector('[data-restarts]').dataset.restarts) === n;
+  }, [row(KILL), after.restarts + 1], { timeout: 30000 });
+  check(true, `the restart button restarted ${KILL} (restarts ${after.restarts + 1})`);
+
+  // ---- the channel page -------------------------------------------------
+  const sent = startSender(60);
+  // Three datagrams that are not records: rejected, by reason.
+  const sock = dgram.createSocket('udp4');
+  const [host, port] = RECEIVE.split(':');
+  for (let i = 0; i < 3; i++) {
+    await new Promise((resolve, reject) => sock.send(Buffer.from([0xff, 0xff, 0xff, 0xff]), Number(port), host, (e) => (e ? reject(e) : resolve())));
+  }
+  sock.close();
+  const num = (sel) => page.$eval(sel, (td) => Number(td.textContent.replace(/,/g, '')));
+  await page.waitForFunction((sel) => Number(document.querySelector(sel)?.textContent.replace(/,/g, '')) > 0,
+    `${row(LIVE)} td:nth-child(6)`, { timeout: 15000 });
+  check(await num(`${row(LIVE)} td:nth-child(6)`) > 0, `received/s of ${LIVE} shows its rate`);
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.startsWith('3'), `${row(LIVE)} td:nth-child(8) summary`, { timeout: 15000 });
+  await page.click(`${row(LIVE)} td:nth-child(8) summary`);
+  const reasons = await page.$eval(`${row(LIVE)} td:nth-child(8) details`, (d) => ({ open: d.open, text: d.textContent, title: d.title }));
+  check(reasons.open && /: 3/.test(reasons.text) && reasons.title.includes(': 3'), `the 3 rejections are broken down by reason on expand and hover (${reasons.title})`);
+  await sleep(1500); // the next refreshes keep the breakdown open
+  check(await page.$eval(`${row(LIVE)} td:nth-child(8) details`, (d) => d.open), 'the breakdown stays open across refreshes');
+  await page.screenshot({ path: `${SHOTS}/fleet.png` });
+
+  await page.goto(`${BASE}/channels/${LIVE}`);
+  const points = (f) => page.$eval(`canvas[data-field="${f}"]`, (c) => Number(c.dataset.points));
+  await page.waitForSelector('canvas[data-field="ramp"]', { timeout: 15000 });
+  await page.waitForFunction(() => Number(document.querySelector('canvas[data-field="ramp"]').dataset.points) > 20, null, { timeout: 15000 });
+  const p1 = await points('ramp');
+  await sleep(1500);
+  const p2 = await points('ramp');
+  check(p2 > p1, `the ramp chart's points grow (${p1} -> ${p2})`);
+
+  // The values shown are the values sent: loadgen's record for counter c
+  // has time t (µs) with ramp = (t mod 1 s) / 1 s, sine = sin(2π·ramp),
+  // square = sign(sine), and our message.
+  for (let i = 0; i < 5; i++) {
+    const v = await page.$$eval('#latest td[data-field]', (tds) => Object.fromEntries(tds.map((td) => [td.dataset.field, td.dataset.value])));
+    const counter = Number(v.counter), time = Number(v.time), ramp = Number(v.ramp);
+    const sine = Number(v.sine_wave), square = Number(v.square_wave);
+    const wantRamp = (time % 1e6) / 1e6;
+    check(Number.isInteger(counter) && counter >= START && counter < START + 200 * 60, `shown counter ${counter} is one that was sent`);
+    check(ramp === wantRamp, `shown ramp ${ramp} is the ramp sent with time ${time} (${wantRamp})`);
+    check(Math.abs(sine - Math.sin(2 * Math.PI * wantRamp)) < 1e-12, `shown sine_wave ${sine} is the one sent`);
+    check(Math.abs(sine) < 1e-9 || square === (sine >= 0 ? 1 : -1), `shown square_wave ${square} is the one sent`);
+    check(v.message === MESSAGE, `the message is shown as sent, as text (${v.message})`);
+    const chartLatest = await page.$eval('canvas[data-field="ramp"]', (c) => c.closest('.chart').querySelector('.latest').textContent);
+    check(Number.isFinite(Number(chartLatest)) && Number(chartLatest) >= 0 && Number(chartLatest) < 1, `the ramp chart shows its latest value (${chartLatest})`);
+    await sleep(300);
+  }
+
+  // HTML in the schema's doc and in the records is text, never markup.
+  const schemaText = await page.textContent('#schema');
+  check(schemaText.includes(JSON.stringify(MARKER).slice(1, -1)), 'the schema is shown, with the HTML of its doc as text');
+  check((await page.$$('#schema *')).length === 0 && (await page.$$('#latest img')).length === 0, 'no element was made from the schema or a record');
+  check(await page.evaluate(() => window.__xss === undefined), 'no script from the schema or a record ran');
+
+  // Shown on the page: the decimation in use, counters, the live status.
+  const decimation = await page.textContent('#decimation');
+  check(/downsample/.test(decimation), `the decimation is shown (${decimation.trim()})`);
+  check(await page.$eval('[data-counter="received"] .v', (e) => Number(e.textContent.replace(/,/g, '')) > 0), 'the received counter is shown');
+
+  // Pick a field: its chart appears, and fills.
+  await page.check('input[data-field="noise"]');
+  await page.waitForFunction(() => Number(document.querySelector('canvas[data-field="noise"]')?.dataset.points) > 5, null, { timeout: 10000 });
+  check(page.url().includes('noise'), 'the chosen fields are kept in the URL');
+
+  // Pause freezes the charts while the data goes on.
+  await page.click('#pause');
+  await sleep(200); // the frame that draws the frozen window
+  const frozen = await points('ramp');
+  await sleep(1000);
+  check(await points('ramp') === frozen, `paused, the chart stays still (${frozen} points)`);
+  await page.click('#pause');
+  await page.waitForFunction((n) => Number(document.querySelector('canvas[data-field="ramp"]').dataset.points) !== n, frozen, { timeout: 5000 });
+  check(true, 'resumed, the chart moves again');
+
+  // A 10 s window holds fewer points than 1 min once more than 10 s came.
+  await page.selectOption('#window', '10');
+  await sleep(200);
+  const p10 = await points('ramp');
+  check(p10 > 0 && p10 <= 100 * 10 + 50, `a 10 s window holds at most 10 s of records (${p10})`);
+  await page.selectOption('#window', '60');
+  await sleep(3000);
+  await page.screenshot({ path: `${SHOTS}/channel.png`, fullPage: true });
+
+  // The data stops: the page says so.
+  loadgen.kill('SIGTERM');
+  await sent;
+  await page.waitForFunction(() => !document.getElementById('stale').classList.contains('hidden'), null, { timeout: 10000 });
+  const stale = await page.textContent('#stale');
+  check(/Data stopped/.test(stale), `the page shows that the data stopped (${stale.trim()})`);
+  await page.screenshot({ path: `${SHOTS}/channel-stopped.png` });
+
+  // A channel without a decimated output says so.
+  await page.goto(`${BASE}/channels/${KILL}`);
+  await page.waitForFunction(() => /no decimated output/.test(document.getElementById('decimation').textContent), null, { timeout: 10000 });
+  check(true, `${KILL}'s page says it has no decimated output`);
+
+  // ---- dark mode ----------------------------------------------------------
+  const dark = await newContext('dark');
+  const dpage = await dark.newPage();
+  await dpage.goto(BASE + '/');
+  await dpage.waitForSelector('#channels tbody tr[data-state="ready"]');
+  const bg = await dpage.evaluate(() => getComputedStyle(document.documentElement).backgroundColor);
+  check(bg !== 'rgba(0, 0, 0, 0)' && bg !== 'rgb(255, 255, 255)' && bg !== 'rgb(247, 247, 245)', `dark mode has a dark background (${bg})`);
+  await dpage.screenshot({ path: `${SHOTS}/fleet-dark.png` });
+  const sent2 = startSender(8);
+  await dpage.goto(`${BASE}/channels/${LIVE}`);
+  await dpage.waitForFunction(() => Number(document.querySelector('canvas[data-field="ramp"]')?.dataset.points) > 100, null, { timeout: 15000 });
+  await dpage.screenshot({ path: `${SHOTS}/channel-dark.png`, fullPage: true });
+  loadgen.kill('SIGTERM');
+  await sent2;
+
+  check(foreign.length === 0, `no request left the orchestrator (${foreign.join(', ') || 'none'})`);
+} catch (e) {
+  failures.push(`error: ${e.stack || e}`);
+  console.log(e);
+} finally {
+  if (loadgen && loadgen.exitCode === null) loadgen.kill('SIGTERM');
+  await browser.close();
+}
+
+if (loadgenOut) console.log(`loadgen: ${loadgenOut.trim().split('\n').join(' | ')}`);
+if (failures.length) {
+  console.log(`\n${failures.length} check(s) failed:\n- ${failures.join('\n- ')}`);
+  process.exit(1);
+}
+console.log('every console check passed');
