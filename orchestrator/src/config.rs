@@ -40,6 +40,7 @@ struct RawConfig {
 struct RawHttp {
     listen: Option<String>,
     max_connections: Option<i64>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +116,10 @@ pub struct Config {
     /// HTTP connections open at once, at most (before the descriptor
     /// limit's say, see [`crate::fdlimit::http_cap`]).
     pub max_connections: usize,
+    /// `http.token_file`, resolved against this file's folder: the API
+    /// token that write requests must carry. Read when the orchestrator
+    /// starts (and by the `channel` commands), see [`read_token`].
+    pub token_file: Option<PathBuf>,
     pub policy: Policy,
     /// Merged under every channel file; relative paths already resolved
     /// against this file's folder.
@@ -149,10 +154,11 @@ impl Config {
             None => base.join(raw.channels_dir.unwrap_or_else(|| "channels.d".into())),
         };
         let relay_binary = raw.relay_binary.map(|p| base.join(p));
-        let (listen_text, max_connections) = match raw.http {
-            Some(h) => (h.listen, h.max_connections),
-            None => (None, None),
+        let (listen_text, max_connections, token_file) = match raw.http {
+            Some(h) => (h.listen, h.max_connections, h.token_file),
+            None => (None, None, None),
         };
+        let token_file = token_file.map(|p| base.join(p));
         let listen_text = listen_text.unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = match listen_text.parse::<SocketAddr>() {
             Ok(a) => a,
@@ -258,6 +264,7 @@ impl Config {
                 relay_binary,
                 listen,
                 max_connections,
+                token_file,
                 policy,
                 defaults,
             })
@@ -306,6 +313,31 @@ fn check_defaults(defaults: &toml::Table) -> Vec<Problem> {
         Ok(_) => vec![],
         Err(e) => e.problems,
     }
+}
+
+/// The API token: the first line of `http.token_file`, trimmed. Errors
+/// name the file and key, never the token.
+pub fn read_token(cfg: &Config) -> Result<Option<String>, ConfigError> {
+    let Some(path) = &cfg.token_file else {
+        return Ok(None);
+    };
+    let err = |message: String| ConfigError {
+        file: cfg.file.clone(),
+        problems: vec![Problem {
+            key: "http.token_file".into(),
+            message,
+        }],
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.len() < 16 {
+        return Err(err(format!(
+            "{} holds no token of at least 16 characters on its first line",
+            path.display()
+        )));
+    }
+    Ok(Some(token.to_string()))
 }
 
 /// One valid channel of the fleet.
