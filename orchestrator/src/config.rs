@@ -413,13 +413,28 @@ pub fn name_of(file: &Path) -> String {
 /// Validates one channel file exactly as relay-channel will, schema included.
 pub fn load_channel(file: &Path, defaults: &toml::Table) -> Result<Channel, ConfigError> {
     let table = rc::read_table(file)?;
+    validate_channel(table, file, defaults, None)
+}
+
+/// Validates a channel file's table as [`load_channel`] does, as if it
+/// were at `file`; with `schema_text`, that is the schema's text instead of
+/// what the file's `schema` key names (not written yet).
+pub fn validate_channel(
+    table: toml::Table,
+    file: &Path,
+    defaults: &toml::Table,
+    schema_text: Option<String>,
+) -> Result<Channel, ConfigError> {
     let merged_text = {
         let mut t = table.clone();
         rc::merge_under(&mut t, defaults);
         toml::to_string(&t).unwrap_or_default()
     };
     let spec = ChannelSpec::from_table(table, file, Some(defaults))?;
-    let schema = relay_channel::schema::load(&spec)?;
+    let schema = match schema_text {
+        Some(text) => relay_channel::schema::from_text(&spec, text)?,
+        None => relay_channel::schema::load(&spec)?,
+    };
     let mut h = std::collections::hash_map::DefaultHasher::new();
     merged_text.hash(&mut h);
     schema.text.hash(&mut h);
@@ -449,7 +464,7 @@ fn check_conflicts(fleet: &mut ChannelSet) {
 }
 
 /// What `c` conflicts with among channels already accepted.
-fn conflicts(c: &Channel, kept: &[Channel]) -> Vec<Problem> {
+pub(crate) fn conflicts(c: &Channel, kept: &[Channel]) -> Vec<Problem> {
     let mut out = Vec::new();
     let s = &c.spec;
     // An output may not share its destination even with the channel's own other output.

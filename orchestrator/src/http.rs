@@ -12,13 +12,21 @@
 //! | GET    | `/api/v1/events[?since=N]`         | server-sent events                       |
 //! | GET    | `/api/v1/channels/{name}/live`     | WebSocket of decimated records (see [`crate::live`]) |
 //! | GET    | `/api/v1/channels/{name}/schema`   | 200 the channel's Avro schema (JSON), 404 |
-//! | GET    | `/api/v1/info`                     | 200 `{"version", "writes", "writes_refused"}` |
+//! | GET    | `/api/v1/info`                     | 200 `{"version", "writes", "auth", "writes_refused"}` |
+//! | PUT    | `/api/v1/channels/{name}`          | 201/200 status; 400, 401, 403, 409/422 `{"problems"}` |
+//! | DELETE | `/api/v1/channels/{name}`          | 204, 404                                 |
+//! | GET    | `/api/v1/channels/{name}/config`   | 200 the channel file's text and schema   |
+//! | POST   | `/api/v1/channels/{name}/check-schema` | 200 `{"compatible", "problems"}`     |
+//! | GET    | `/api/v1/ports/free`               | 200 `{"ports"}`, 409 too few             |
 //! | GET    | `/`, `/channels/{name}`            | the web console (see [`crate::console`]) |
 //!
-//! Write requests (restart) are refused with 403 while `http.listen` is
-//! not a loopback address, from a page of another origin (`Origin` differs
-//! from `Host`), and, on loopback, when `Host` does not name the loopback
-//! (a DNS-rebinding page). The live stream refuses other origins too.
+//! Write requests (restart, registration, check-schema) need the API token
+//! (`Authorization: Bearer`, 401 without it) when `http.token_file` is set.
+//! Without a token they are refused with 403 while `http.listen` is not a
+//! loopback address, from a peer off loopback, from a page of another
+//! origin (`Origin` differs from `Host`), and when `Host` does not name
+//! the loopback (a DNS-rebinding page). The live stream refuses other
+//! origins too.
 //!
 //! Unknown paths answer 404 and a wrong method 405 (with `Allow`), both
 //! with a JSON `{"error": ...}` body.
@@ -97,7 +105,20 @@ impl Default for Limits {
 pub struct Api {
     pub fleet: Arc<Fleet>,
     pub requests: mpsc::Sender<Request>,
+    /// The orchestrator's configuration, kept current on reload; the
+    /// registration endpoints answer 503 without it.
+    pub config: Option<SharedConfig>,
+    /// The API token (`http.token_file`); write requests must carry it.
+    pub token: Option<String>,
 }
+
+/// The configuration as last loaded, shared with the signal handler that
+/// reloads it.
+pub type SharedConfig = Arc<std::sync::RwLock<Arc<crate::config::Config>>>;
+
+/// The peer of a request's connection.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
 
 #[derive(Clone)]
 struct AppState {
@@ -110,6 +131,8 @@ struct AppState {
     live: Arc<crate::live::Live>,
     /// The address the API listens on (writes need it to be loopback).
     listen: SocketAddr,
+    config: Option<SharedConfig>,
+    token: Option<Arc<str>>,
 }
 
 /// The API's routes; event streams end when `closing` turns true.
@@ -120,6 +143,8 @@ fn build(api: Api, listen: SocketAddr, closing: watch::Receiver<bool>) -> Router
         closing,
         live: Arc::default(),
         listen,
+        config: api.config,
+        token: api.token.map(Arc::from),
     };
     Router::new()
         .route("/", get(fleet_page))
@@ -131,7 +156,13 @@ fn build(api: Api, listen: SocketAddr, closing: watch::Receiver<bool>) -> Router
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/channels", get(channels))
-        .route("/api/v1/channels/{name}", get(channel))
+        .route(
+            "/api/v1/channels/{name}",
+            get(channel).put(register).delete(unregister),
+        )
+        .route("/api/v1/channels/{name}/config", get(channel_config))
+        .route("/api/v1/channels/{name}/check-schema", post(check_schema))
+        .route("/api/v1/ports/free", get(free_ports))
         .route("/api/v1/channels/{name}/restart", post(restart))
         .route("/api/v1/channels/{name}/live", get(live))
         .route("/api/v1/events", get(events))
@@ -310,7 +341,8 @@ async fn connection(
     let router = TowerToHyperService::new(app);
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |req: axum::http::Request<Incoming>| {
+        hyper::service::service_fn(move |mut req: axum::http::Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
             let in_flight = activity.request_started();
             let response = router.call(req);
             async move {
@@ -547,37 +579,101 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 impl AppState {
-    /// Why a write request (restart) is refused, if it is: see the module
-    /// documentation.
-    fn writes_refused(&self) -> Option<String> {
-        (!self.listen.ip().is_loopback()).then(|| {
-            format!(
-                "write requests are refused: http.listen ({}) is not a loopback address",
-                self.listen
+    /// How write requests are authorized: `token`, `loopback`, or
+    /// `refused` (with why).
+    fn write_auth(&self) -> (&'static str, Option<String>) {
+        if self.token.is_some() {
+            ("token", None)
+        } else if self.listen.ip().is_loopback() {
+            ("loopback", None)
+        } else {
+            (
+                "refused",
+                Some(format!(
+                    "write requests are refused: http.listen ({}) is not a loopback address and no API token is set (http.token_file)",
+                    self.listen
+                )),
             )
-        })
+        }
     }
 
-    /// Whether this write request may go on; the 403 answer if not.
+    /// Whether this write request may go on; the 401 or 403 answer if not.
+    /// Returns who made it: `token`, or `local`.
     #[allow(clippy::result_large_err)]
-    fn may_write(&self, headers: &HeaderMap) -> Result<(), Response> {
-        let refused = |why: String| {
-            tracing::warn!("HTTP: write request refused: {why}");
-            error(StatusCode::FORBIDDEN, why)
+    fn may_write(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<&'static str, Response> {
+        let refused = |status: StatusCode, why: String| {
+            tracing::warn!(%peer, "HTTP: write request refused: {why}");
+            error(status, why)
         };
-        if let Some(why) = self.writes_refused() {
-            return Err(refused(why));
+        if let Some(token) = &self.token {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            return match given {
+                Some(t) if tokens_equal(t, token) => Ok("token"),
+                Some(_) => Err(unauthorized(refused(
+                    StatusCode::UNAUTHORIZED,
+                    "the API token is wrong".into(),
+                ))),
+                None => Err(unauthorized(refused(
+                    StatusCode::UNAUTHORIZED,
+                    "write requests need the API token: Authorization: Bearer <token>".into(),
+                ))),
+            };
+        }
+        if let (_, Some(why)) = self.write_auth() {
+            return Err(refused(StatusCode::FORBIDDEN, why));
+        }
+        if !peer.ip().is_loopback() {
+            return Err(refused(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "write requests are accepted from loopback only, not from {}",
+                    peer.ip()
+                ),
+            ));
         }
         if let Some(host) = headers.get(header::HOST) {
             let host = host.to_str().unwrap_or("");
             if !is_loopback_host(host) {
-                return Err(refused(format!(
-                    "write requests must name the loopback in Host, not {host:?}"
-                )));
+                return Err(refused(
+                    StatusCode::FORBIDDEN,
+                    format!("write requests must name the loopback in Host, not {host:?}"),
+                ));
             }
         }
-        same_origin(headers).map_err(refused)
+        same_origin(headers).map_err(|why| refused(StatusCode::FORBIDDEN, why))?;
+        Ok("local")
     }
+
+    /// The configuration, or the 503 answer without one.
+    #[allow(clippy::result_large_err)]
+    fn config(&self) -> Result<Arc<crate::config::Config>, Response> {
+        match &self.config {
+            Some(c) => Ok(c.read().unwrap_or_else(|p| p.into_inner()).clone()),
+            None => Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this server has no channels folder",
+            )),
+        }
+    }
+}
+
+fn unauthorized(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"speeddata\""),
+    );
+    r
+}
+
+/// Compares a presented token with ours in time that does not depend on
+/// where they differ.
+fn tokens_equal(given: &str, ours: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    given.len() == ours.len() && bool::from(given.as_bytes().ct_eq(ours.as_bytes()))
 }
 
 /// Whether `host` (a Host header: name or address, and a port) names this
@@ -632,10 +728,11 @@ async fn asset(Path(file): Path<String>) -> Response {
 
 /// `GET /api/v1/info`: what the console needs to know of the server.
 async fn info(State(s): State<AppState>) -> Response {
-    let refused = s.writes_refused();
+    let (auth, refused) = s.write_auth();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "writes": refused.is_none(),
+        "auth": auth,
         "writes_refused": refused,
     }))
     .into_response()
@@ -669,6 +766,306 @@ async fn schema(State(s): State<AppState>, Path(name): Path<String>) -> Response
             format!("{} is not JSON: {e}", spec.schema_path.display()),
         ),
     }
+}
+
+/// The body of `PUT /api/v1/channels/{name}`.
+#[derive(Deserialize)]
+struct Registration {
+    channel: String,
+    schema: serde_json::Value,
+}
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn problems(status: StatusCode, list: Vec<crate::registry::Problem>) -> Response {
+    (status, Json(json!({ "problems": list }))).into_response()
+}
+
+fn refused(r: crate::registry::Refused) -> Response {
+    use crate::registry::Refused;
+    match r {
+        Refused::BadName(m) => error(StatusCode::BAD_REQUEST, m),
+        Refused::Invalid(p) => problems(StatusCode::UNPROCESSABLE_ENTITY, p),
+        Refused::Conflict(p) => problems(StatusCode::CONFLICT, p),
+    }
+}
+
+fn bad_body(e: axum::extract::rejection::JsonRejection) -> Response {
+    error(e.status(), e.body_text())
+}
+
+/// How long `?wait=ready` waits beyond `start_timeout`: the reload's
+/// debounce and the spawn.
+const WAIT_SLACK: Duration = Duration::from_secs(2);
+
+/// `PUT /api/v1/channels/{name}[?wait=ready][&dry_run=true]`: registers
+/// or replaces a channel (see [`crate::registry`]); `dry_run` checks
+/// without writing (200 `{"problems": []}`).
+async fn register(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    body: JsonBody<Registration>,
+) -> Response {
+    let who = match s.may_write(&headers, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = crate::registry::check_name(&name) {
+        return refused(r);
+    }
+    let (mut wait, mut dry_run) = (false, false);
+    for (k, v) in query.map(|Query(q)| q).unwrap_or_default() {
+        match (k.as_str(), v.as_str()) {
+            ("wait", "ready") => wait = true,
+            ("dry_run", "true" | "1") => dry_run = true,
+            ("dry_run", "false" | "0") => {}
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {k}={v:?} (wait=ready, dry_run=true)"),
+                )
+            }
+        }
+    }
+    let Json(reg) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(e),
+    };
+    let cfg = match s.config() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    // One registration at a time: the checks see the files as the write
+    // will leave them.
+    static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _writing = WRITING.lock().await;
+    // A few small files: done on the (single-threaded) runtime's thread.
+    let prepared = match crate::registry::prepare(&cfg, &name, &reg.channel, &reg.schema) {
+        Ok(p) => p,
+        Err(r) => return refused(r),
+    };
+    if dry_run {
+        return Json(json!({ "problems": [] })).into_response();
+    }
+    let status = if prepared.exists {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let written_at = std::time::Instant::now();
+    if !prepared.unchanged {
+        let written = crate::registry::write(&prepared);
+        if let Err(e) = written {
+            tracing::error!(channel = %name, error = %e, "cannot write the channel's files");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot write {}: {e}", prepared.channel_file.display()),
+            );
+        }
+        tracing::info!(
+            channel = %name,
+            file = %prepared.channel_file.display(),
+            by = who,
+            "channel {} through the API",
+            if prepared.exists { "replaced" } else { "registered" }
+        );
+    }
+    drop(_writing);
+    if wait && !prepared.unchanged {
+        let limit = cfg.policy.start_timeout + WAIT_SLACK;
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let settled = s.fleet.get(&name).is_some_and(|c| {
+                    c.started.is_some_and(|t| t > written_at)
+                        && matches!(
+                            c.state,
+                            ChannelState::Ready | ChannelState::Failed | ChannelState::Backoff
+                        )
+                });
+                if settled {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    match s.fleet.get(&name) {
+        Some(c) => (status, Json(c)).into_response(),
+        None => (
+            status,
+            Json(json!({ "name": name, "file": prepared.channel_file, "state": "stopped" })),
+        )
+            .into_response(),
+    }
+}
+
+/// `DELETE /api/v1/channels/{name}`: removes the channel's file (and its
+/// schema unless another file uses it); the reload stops the channel,
+/// whose archive is finalized and kept. Answers once the channel stopped
+/// (at most `stop_timeout` and a little).
+async fn unregister(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match s.may_write(&headers, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = crate::registry::check_name(&name) {
+        return refused(r);
+    }
+    let cfg = match s.config() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let known = s.fleet.get(&name).map(|c| c.file);
+    let Some(file) = crate::registry::channel_file(&cfg, known, &name) else {
+        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+    };
+    let removed = crate::registry::remove(&cfg, &file);
+    match removed {
+        Ok(r) => tracing::info!(
+            channel = %name,
+            file = %r.channel_file.display(),
+            schema = ?r.schema_file,
+            by = who,
+            "channel removed through the API"
+        ),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot remove {}: {e}", file.display()),
+            )
+        }
+    }
+    let limit = cfg.policy.stop_timeout + WAIT_SLACK;
+    let _ = tokio::time::timeout(limit, async {
+        while s.fleet.get(&name).is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /api/v1/channels/{name}/config`: the channel file's text and its
+/// schema, as written.
+async fn channel_config(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let cfg = match s.config() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if crate::registry::check_name(&name).is_err() && s.fleet.get(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+    }
+    let known = s.fleet.get(&name).map(|c| c.file);
+    let Some(file) = crate::registry::channel_file(&cfg, known, &name) else {
+        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+    };
+    match crate::registry::read_config(&name, &file) {
+        Ok(c) => Json(c).into_response(),
+        Err(e) => error(
+            StatusCode::NOT_FOUND,
+            format!("cannot read {}: {e}", file.display()),
+        ),
+    }
+}
+
+/// `POST /api/v1/channels/{name}/check-schema` with a schema (JSON):
+/// whether records written with it are read correctly as the channel's.
+async fn check_schema(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+    body: JsonBody<serde_json::Value>,
+) -> Response {
+    if let Err(r) = s.may_write(&headers, peer) {
+        return r;
+    }
+    let Json(writer) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(e),
+    };
+    let Some(spec) = s.fleet.spec(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+    };
+    let reader = match std::fs::read_to_string(&spec.schema_path) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("cannot read {}: {e}", spec.schema_path.display()),
+            )
+        }
+    };
+    let (compatible, problems) = crate::registry::check_schema(&writer, &reader);
+    Json(json!({ "compatible": compatible, "problems": problems })).into_response()
+}
+
+/// `GET /api/v1/ports/free?from=26000&to=26999&count=1`: receive ports no
+/// channel file uses and no UDP socket of this host has bound.
+async fn free_ports(
+    State(s): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let cfg = match s.config() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let (mut from, mut to, mut count) = (26000u16, 26999u16, 1usize);
+    for (k, v) in query.map(|Query(q)| q).unwrap_or_default() {
+        let bad = || {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{k}: {v:?} is not a port (1 to 65535) or count (1 to 1000)"),
+            )
+        };
+        match k.as_str() {
+            "from" => match v.parse() {
+                Ok(p) if p > 0 => from = p,
+                _ => return bad(),
+            },
+            "to" => match v.parse() {
+                Ok(p) if p > 0 => to = p,
+                _ => return bad(),
+            },
+            "count" => match v.parse() {
+                Ok(n) if (1..=1000).contains(&n) => count = n,
+                _ => return bad(),
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {k:?} (from, to, count)"),
+                )
+            }
+        }
+    }
+    if from > to {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("from ({from}) is above to ({to})"),
+        );
+    }
+    let ports = crate::registry::free_ports(&cfg, from, to, count);
+    if ports.len() < count {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": format!("only {} of {count} free ports between {from} and {to}", ports.len()),
+                "ports": ports,
+            })),
+        )
+            .into_response();
+    }
+    Json(json!({ "ports": ports })).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -841,9 +1238,10 @@ fn live_opts(
 async fn restart(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = s.may_write(&headers) {
+    if let Err(refused) = s.may_write(&headers, peer) {
         return refused;
     }
     let (reply, answer) = oneshot::channel();
@@ -1021,7 +1419,12 @@ mod tests {
             let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
             let addr = listener.local_addr().unwrap();
             let (stop, stopped) = oneshot::channel::<()>();
-            let api = Api { fleet, requests };
+            let api = Api {
+                fleet,
+                requests,
+                config: None,
+                token: None,
+            };
             let task = tokio::spawn(serve_with(listener, api, limits, async move {
                 let _ = stopped.await;
             }));

@@ -8,6 +8,7 @@
 //! - `reconcile`: running vs wanted channels as a pure diff;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
 //! - [`http`]: the HTTP API;
+//! - [`registry`]: channel files written through the API;
 //! - `console`: the web console's embedded pages;
 //! - [`live`]: the live stream of a channel's decimated records (WebSocket);
 //! - [`fdlimit`]: the descriptor limit, and the share HTTP connections get;
@@ -23,6 +24,7 @@ mod lifecycle;
 pub mod live;
 pub mod policy;
 mod reconcile;
+pub mod registry;
 pub mod state;
 pub mod status_cmd;
 pub mod supervisor;

@@ -159,6 +159,15 @@ fn run(files: &Files) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let token = match config::read_token(&cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            return ExitCode::from(78);
+        }
+    };
     let http_limits = http_limits(&cfg);
     // One thread: children are spawned from the main thread, which lives
     // as long as the process, as PR_SET_PDEATHSIG requires.
@@ -172,7 +181,7 @@ fn run(files: &Files) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(serve(cfg, binary, http_limits)) {
+    match rt.block_on(serve(cfg, token, binary, http_limits)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -224,7 +233,12 @@ fn http_limits(cfg: &Config) -> http::Limits {
     }
 }
 
-async fn serve(cfg: Config, binary: PathBuf, http_limits: http::Limits) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Config,
+    token: Option<String>,
+    binary: PathBuf,
+    http_limits: http::Limits,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use tokio::signal::unix::{signal, SignalKind};
 
@@ -238,9 +252,12 @@ async fn serve(cfg: Config, binary: PathBuf, http_limits: http::Limits) -> anyho
         .await
         .with_context(|| format!("http.listen {} ({})", cfg.listen, cfg.file.display()))?;
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let shared: http::SharedConfig = Arc::new(std::sync::RwLock::new(Arc::new(cfg.clone())));
     let api = http::Api {
         fleet: fleet.clone(),
         requests: req_tx,
+        config: Some(shared.clone()),
+        token,
     };
     let http_task = tokio::spawn(http::serve_with(listener, api, http_limits, async {
         let _ = http_stopped.await;
@@ -279,6 +296,7 @@ async fn serve(cfg: Config, binary: PathBuf, http_limits: http::Limits) -> anyho
                 tracing::info!("SIGHUP: reloading");
                 systemd::reloading();
                 sup.reload("SIGHUP");
+                *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sup.config().clone());
                 systemd::ready(&fleet.summary());
             }
             Some(()) = changed.recv() => {

@@ -350,7 +350,12 @@ west-long-name: config error: west.toml: receive.port: expected an integer; west
         let base = format!("http://{}/", listener.local_addr().unwrap());
         let (requests, _) = tokio::sync::mpsc::channel(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = crate::http::Api { fleet, requests };
+        let api = crate::http::Api {
+            fleet,
+            requests,
+            config: None,
+            token: None,
+        };
         let server = tokio::spawn(crate::http::serve(listener, api, async move {
             let _ = stopped.await;
         }));

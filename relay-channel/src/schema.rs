@@ -32,6 +32,20 @@ pub fn load(spec: &ChannelSpec) -> Result<ChannelSchema, ConfigError> {
     let path = &spec.schema_path;
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    from_text(spec, text)
+}
+
+/// Like [`load`], with the schema's text given (not yet written to
+/// `spec.schema_path`, which problems still name).
+pub fn from_text(spec: &ChannelSpec, text: String) -> Result<ChannelSchema, ConfigError> {
+    let err = |m: String| ConfigError {
+        file: spec.file.clone(),
+        problems: vec![Problem {
+            key: "schema".into(),
+            message: m,
+        }],
+    };
+    let path = &spec.schema_path;
     let schema = apache_avro::Schema::parse_str(&text).map_err(|e| {
         err(format!(
             "{} is not a valid Avro schema: {e}",
