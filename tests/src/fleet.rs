@@ -224,6 +224,39 @@ impl Orchestrator {
         self.request("GET", path)
     }
 
+    /// A request with a JSON body (if any) and extra headers; every status
+    /// is returned.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Json>,
+        headers: &[(&str, &str)],
+    ) -> Http {
+        let mut b = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let agent = agent(Duration::from_secs(30));
+        let mut response = match body {
+            Some(j) => agent.run(
+                b.header("content-type", "application/json")
+                    .body(j.to_string())
+                    .unwrap(),
+            ),
+            None => agent.run(b.body(()).unwrap()),
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}; log:\n{}", self.log()));
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_vec().unwrap_or_default();
+        Http {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
     /// The channel list, by name.
     pub fn channels(&self) -> Vec<Json> {
         let v = self.get("/api/v1/channels").json();

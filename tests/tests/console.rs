@@ -259,8 +259,9 @@ fn writes_are_refused_when_the_api_listens_off_loopback() {
     let client = r#"
 import sys, time, urllib.request, urllib.error
 base = sys.argv[1]
-def call(method, path):
-    req = urllib.request.Request(base + path, method=method)
+def call(method, path, body=None):
+    req = urllib.request.Request(base + path, method=method, data=body,
+                                 headers={"content-type": "application/json"} if body else {})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()
@@ -277,8 +278,12 @@ while True:
     if time.time() > end:
         sys.exit("not ready within 30 s")
     time.sleep(0.1)
-for method, path in [("GET", "/api/v1/info"), ("GET", "/"), ("POST", "/api/v1/channels/far/restart")]:
-    status, body = call(method, path)
+put = b'{"channel": "[receive]\\nbind = \\"127.0.0.1:1\\"\\n[archive]\\n", "schema": "int"}'
+for method, path, body in [("GET", "/api/v1/info", None), ("GET", "/", None),
+                           ("POST", "/api/v1/channels/far/restart", None),
+                           ("PUT", "/api/v1/channels/neo", put),
+                           ("DELETE", "/api/v1/channels/far", None)]:
+    status, body = call(method, path, body)
     print(method, path, status, body.replace("\n", " ")[:300])
 "#;
     let out = Command::new("nsenter")
@@ -322,6 +327,16 @@ for method, path in [("GET", "/api/v1/info"), ("GET", "/"), ("POST", "/api/v1/ch
         lines[2].contains("10.199.0.1"),
         "the refusal names the address: {text}"
     );
+    assert!(
+        lines[3].starts_with("PUT /api/v1/channels/neo 403 "),
+        "{text}"
+    );
+    assert!(
+        lines[4].starts_with("DELETE /api/v1/channels/far 403 "),
+        "{text}"
+    );
+    assert!(fleet.channels_dir().join("far.toml").exists());
+    assert!(!fleet.channels_dir().join("neo.toml").exists());
 }
 
 struct Raw {

@@ -1,0 +1,412 @@
+//! Registration through the API, end to end: `PUT`, `GET .../config`,
+//! `DELETE /api/v1/channels/{name}`, `check-schema` and `ports/free`
+//! against the real orchestrator and relays; the files of `channels.d`
+//! and the archives are read from disk (apache-avro).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use speeddata_tests::fleet::{FleetDir, Orchestrator};
+use speeddata_tests::{
+    avro_files, example_datum, example_schema, free_port, group_addr, read_with_apache_avro,
+    unique_group, ChannelOpts, Sender, EXAMPLE_SCHEMA,
+};
+
+/// A channel file's text for the API: no `schema` key (the API sets it),
+/// the archive folder from `[defaults]`.
+fn channel_text(opts: &ChannelOpts) -> String {
+    opts.toml()
+        .replace("schema = \"schema.avsc\"\n", "")
+        .replace("\n[archive]\ndir = \"archive\"\n", "\n[archive]\n")
+}
+
+fn schema() -> Json {
+    serde_json::from_str(EXAMPLE_SCHEMA).unwrap()
+}
+
+fn put(o: &Orchestrator, name: &str, channel: &str, schema: &Json) -> (u16, Json) {
+    let r = o.send(
+        "PUT",
+        &format!("/api/v1/channels/{name}?wait=ready"),
+        Some(&json!({"channel": channel, "schema": schema})),
+        &[],
+    );
+    let body = serde_json::from_str(&r.body).unwrap_or(Json::Null);
+    (r.status, body)
+}
+
+/// Every file of a folder and its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_channel_registered_through_the_api_runs_is_replaced_alone_and_is_removed_with_its_archive_kept(
+) {
+    let fleet = FleetDir::new(&[]);
+    fleet.add(&ChannelOpts::unicast("other"));
+    let o = fleet.start();
+    let other_pid = o.wait_ready("other")["pid"].clone();
+
+    let mut opts = ChannelOpts::unicast("reg");
+    opts.archive.push("flush_interval = \"200ms\"".into());
+    let (status, body) = put(&o, "reg", &channel_text(&opts), &schema());
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["name"], "reg");
+    assert_eq!(
+        body["state"], "ready",
+        "?wait=ready answers once it is ready: {body}"
+    );
+    let dir = fleet.channels_dir();
+    let written = std::fs::read_to_string(dir.join("reg.toml")).unwrap();
+    assert!(written.starts_with("schema = \"reg.avsc\"\n"), "{written}");
+    assert!(
+        written.ends_with(&channel_text(&opts)),
+        "the rest is the text as sent"
+    );
+    let avsc: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reg.avsc")).unwrap()).unwrap();
+    assert_eq!(avsc, schema());
+
+    // Its config, as written.
+    let c = o.get("/api/v1/channels/reg/config").json();
+    assert_eq!(c["channel"], written.as_str());
+    assert_eq!(c["schema"], schema());
+
+    // Records sent to it are archived.
+    let s = example_schema();
+    let sender = Sender::new(opts.bind);
+    for i in 0..100 {
+        sender.send(&example_datum(&s, i, "registered"));
+    }
+    o.wait_channel("reg", Duration::from_secs(20), |c| {
+        c["counters"]["archived"] == 100
+    });
+
+    // Replaced with a changed file: 200, only it restarts.
+    let first_pid = o.channel("reg").unwrap()["pid"].clone();
+    opts.recv_buffer = "16MiB".into();
+    let (status, body) = put(&o, "reg", &channel_text(&opts), &schema());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "ready");
+    assert_ne!(body["pid"], first_pid, "the replaced channel restarted");
+    assert_eq!(
+        o.channel("other").unwrap()["pid"],
+        other_pid,
+        "the other channel did not"
+    );
+    assert_eq!(o.channel("other").unwrap()["restarts"], 0);
+
+    // The same files again: nothing changes, nothing restarts.
+    let (status, body) = put(&o, "reg", &channel_text(&opts), &schema());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pid"], o.channel("reg").unwrap()["pid"]);
+
+    // Removed: 204 once it stopped; both files gone; the archive is kept,
+    // finalized, with every record.
+    let r = o.send("DELETE", "/api/v1/channels/reg", None, &[]);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(!dir.join("reg.toml").exists() && !dir.join("reg.avsc").exists());
+    assert!(
+        o.channel("reg").is_none(),
+        "the channel is gone from the API"
+    );
+    let files = avro_files(&fleet.archive_dir("reg"));
+    assert!(!files.is_empty(), "the archive is kept");
+    assert_eq!(read_with_apache_avro(&files).len(), 100);
+    assert_eq!(
+        o.send("DELETE", "/api/v1/channels/reg", None, &[]).status,
+        404
+    );
+    assert_eq!(o.get("/api/v1/channels/reg/config").status, 404);
+    assert_eq!(o.channel("other").unwrap()["pid"], other_pid);
+}
+
+#[test]
+fn every_refusal_leaves_channels_d_byte_for_byte_as_it_was() {
+    let fleet = FleetDir::new(&[]);
+    let mut other = ChannelOpts::unicast("other");
+    other.full = Some(group_addr(unique_group(), free_port()));
+    fleet.add(&other);
+    let o = fleet.start();
+    o.wait_ready("other");
+    let dir = fleet.channels_dir();
+    let before = snapshot(&dir);
+    let good = channel_text(&ChannelOpts::unicast("neo"));
+
+    let cases: Vec<(&str, String, Json, u16, &str)> = vec![
+        (
+            "neo",
+            good.replace("recv_buffer = \"32MiB\"", "recv_buffer = \"lots\""),
+            schema(),
+            422,
+            "receive.recv_buffer",
+        ),
+        (
+            "neo",
+            "name = \"neo\"\n[receive\n".into(),
+            schema(),
+            422,
+            "",
+        ),
+        (
+            "neo",
+            good.clone(),
+            json!({"type": "record", "name": "X"}),
+            422,
+            "schema",
+        ),
+        (
+            "neo",
+            good.replace("name = \"neo\"", "name = \"old\""),
+            schema(),
+            422,
+            "name",
+        ),
+        (
+            "neo",
+            format!("schema = \"schema.avsc\"\n{good}"),
+            schema(),
+            422,
+            "schema",
+        ),
+    ];
+    for (name, text, schema, status, key) in &cases {
+        let (got, body) = put(&o, name, text, schema);
+        assert_eq!(got, *status, "{name}: {body}");
+        let problems = body["problems"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"));
+        assert!(!problems.is_empty(), "{body}");
+        if !key.is_empty() {
+            assert!(
+                problems.iter().any(|p| p["key"] == *key),
+                "key {key}: {body}"
+            );
+        }
+        assert!(
+            problems
+                .iter()
+                .all(|p| p["file"].as_str().unwrap().ends_with("neo.toml")),
+            "{body}"
+        );
+        assert_eq!(snapshot(&dir), before, "after {key}: channels.d changed");
+    }
+
+    // Conflicts with `other`: its receive port, its output group. 409,
+    // naming the other file.
+    let mut same_port = ChannelOpts::unicast("neo");
+    same_port.bind = other.bind;
+    let mut same_group = ChannelOpts::unicast("neo");
+    same_group.full = other.full;
+    for (opts, key) in [(same_port, "receive.bind"), (same_group, "full.group")] {
+        let (got, body) = put(&o, "neo", &channel_text(&opts), &schema());
+        assert_eq!(got, 409, "{body}");
+        let p = &body["problems"][0];
+        assert_eq!(p["key"], key, "{body}");
+        assert!(
+            p["message"].as_str().unwrap().contains("other.toml"),
+            "{body}"
+        );
+        assert_eq!(snapshot(&dir), before);
+    }
+
+    // Names that are not channel names: 400.
+    for path in ["a%2Fb", "%2E%2E", "Upper", "a.b"] {
+        let r = o.send(
+            "PUT",
+            &format!("/api/v1/channels/{path}"),
+            Some(&json!({"channel": good, "schema": schema()})),
+            &[],
+        );
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert_eq!(snapshot(&dir), before);
+    }
+    // Not JSON, or not the registration's shape.
+    let r = o.send(
+        "PUT",
+        "/api/v1/channels/neo",
+        Some(&json!({"channel": good})),
+        &[],
+    );
+    assert!(r.status == 422 || r.status == 400, "{}", r.body);
+    assert_eq!(snapshot(&dir), before);
+
+    // A dry run checks and writes nothing.
+    let r = o.send(
+        "PUT",
+        "/api/v1/channels/neo?dry_run=true",
+        Some(&json!({"channel": good, "schema": schema()})),
+        &[],
+    );
+    assert_eq!((r.status, r.json()), (200, json!({"problems": []})));
+    assert_eq!(snapshot(&dir), before);
+}
+
+/// With `http.token_file`, every write needs `Authorization: Bearer`.
+#[test]
+fn writes_need_the_token_when_one_is_set() {
+    let fleet = FleetDir::new(&[]);
+    let token = "0123456789abcdef0123456789abcdef";
+    std::fs::write(fleet.dir.path().join("api-token"), format!("{token}\n")).unwrap();
+    let cfg = std::fs::read_to_string(fleet.config()).unwrap();
+    std::fs::write(
+        fleet.config(),
+        cfg.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
+    )
+    .unwrap();
+    fleet.add(&ChannelOpts::unicast("other"));
+    let o = fleet.start();
+    o.wait_ready("other");
+    let dir = fleet.channels_dir();
+    let before = snapshot(&dir);
+    let body = json!({"channel": channel_text(&ChannelOpts::unicast("neo")), "schema": schema()});
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer nope")],
+        vec![("Authorization", "Basic abc")],
+    ] {
+        let r = o.send("PUT", "/api/v1/channels/neo", Some(&body), &headers);
+        assert_eq!(r.status, 401, "{headers:?}: {}", r.body);
+        assert_eq!(
+            o.send("POST", "/api/v1/channels/other/restart", None, &headers)
+                .status,
+            401
+        );
+        assert_eq!(
+            o.send("DELETE", "/api/v1/channels/other", None, &headers)
+                .status,
+            401
+        );
+        assert_eq!(
+            o.send(
+                "POST",
+                "/api/v1/channels/other/check-schema",
+                Some(&schema()),
+                &headers
+            )
+            .status,
+            401
+        );
+        assert_eq!(snapshot(&dir), before);
+    }
+    assert!(!o.log().contains(token), "the token is never logged");
+    // Reads stay open.
+    assert_eq!(o.get("/api/v1/channels/other").status, 200);
+    assert_eq!(o.get("/api/v1/info").json()["auth"], "token");
+    let bearer = format!("Bearer {token}");
+    let r = o.send(
+        "PUT",
+        "/api/v1/channels/neo?wait=ready",
+        Some(&body),
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["state"], "ready");
+}
+
+#[test]
+fn check_schema_and_free_ports() {
+    let fleet = FleetDir::new(&[]);
+    let opts = ChannelOpts::unicast("chk");
+    fleet.add(&opts);
+    let o = fleet.start();
+    o.wait_ready("chk");
+    let check = |s: &Json| o.send("POST", "/api/v1/channels/chk/check-schema", Some(s), &[]);
+
+    let r = check(&schema());
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"compatible": true, "problems": []}))
+    );
+    // A writer with a field the reader lacks resolves (it is skipped); one
+    // whose field changed type does not.
+    let mut extra = schema();
+    extra["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "extra", "type": "int"}));
+    assert_eq!(check(&extra).json()["compatible"], true);
+    let mut changed = schema();
+    changed["fields"][2]["type"] = json!("string");
+    let v = check(&changed).json();
+    assert_eq!(v["compatible"], false, "{v}");
+    assert!(!v["problems"].as_array().unwrap().is_empty());
+    let v = check(&json!({"type": "nope"})).json();
+    assert_eq!(v["compatible"], false);
+    assert_eq!(
+        o.send(
+            "POST",
+            "/api/v1/channels/nope/check-schema",
+            Some(&schema()),
+            &[]
+        )
+        .status,
+        404
+    );
+
+    // Free ports: never the channel's, never one bound on this host.
+    let used = opts.bind.port();
+    let r = o.get(&format!(
+        "/api/v1/ports/free?from={used}&to={}&count=2",
+        used.saturating_add(50)
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ports: Vec<u16> = serde_json::from_value(r.json()["ports"].clone()).unwrap();
+    assert_eq!(ports.len(), 2);
+    assert!(!ports.contains(&used), "{ports:?}");
+    let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let p = held.local_addr().unwrap().port();
+    let r = o.get(&format!("/api/v1/ports/free?from={p}&to={p}"));
+    assert_eq!(r.status, 409, "a bound port is not free: {}", r.body);
+    assert_eq!(o.get("/api/v1/ports/free?from=10&to=5").status, 400);
+}
+
+/// A crash between the schema's write and the channel file's leaves a
+/// lone `.avsc`, which starts nothing.
+#[test]
+fn a_crash_between_the_two_writes_leaves_nothing_that_starts() {
+    let fleet = FleetDir::new(&[]);
+    fleet.add(&ChannelOpts::unicast("other"));
+    let mut o = fleet.start_with_env(&[("SPEEDDATA_FAILPOINT", "after-schema-write")]);
+    o.wait_ready("other");
+    let body = json!({"channel": channel_text(&ChannelOpts::unicast("neo")), "schema": schema()});
+    let url = format!("http://127.0.0.1:{}/api/v1/channels/neo", o.port);
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build(),
+    );
+    let r = agent
+        .put(&url)
+        .header("content-type", "application/json")
+        .send(body.to_string());
+    assert!(r.is_err(), "the orchestrator died before it answered");
+    o.wait_exit(Duration::from_secs(20));
+    let dir = fleet.channels_dir();
+    assert!(dir.join("neo.avsc").exists() && !dir.join("neo.toml").exists());
+    assert!(
+        std::fs::read_dir(&dir).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")),
+        "no temporary file left"
+    );
+    let o = fleet.start();
+    o.wait_ready("other");
+    std::thread::sleep(Duration::from_millis(800));
+    let names: Vec<Json> = o.channels().iter().map(|c| c["name"].clone()).collect();
+    assert_eq!(names, vec![json!("other")]);
+}
