@@ -46,6 +46,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../web/channel.js"),
     },
     Asset {
+        name: "register.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/register.js"),
+    },
+    Asset {
         name: "stripchart.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../web/stripchart.js"),

@@ -2,8 +2,9 @@
 // each lifecycle event), its last closed archive files, its schema, and
 // strip charts of its numeric fields from the live WebSocket.
 import {
-  el, getJSON, post, count, rate, bytes, duration, clock, badge, archiveHealth, serverInfo, keepFresh,
+  el, getJSON, post, count, rate, bytes, duration, clock, badge, archiveHealth, serverInfo, keepFresh, tokenControl,
 } from '/assets/common.js';
+import { registrationForm, removeChannel } from '/assets/register.js';
 import { Series, StripChart } from '/assets/stripchart.js';
 
 const name = decodeURIComponent(location.pathname.split('/')[2] || '');
@@ -39,7 +40,7 @@ async function refresh() {
     c.uptime_s != null ? `up ${duration(c.uptime_s)}` : null,
     `${count(c.restarts)} restart${c.restarts === 1 ? '' : 's'}`,
   ].filter(Boolean).join(' · ');
-  $('restart').disabled = !writes;
+  $('restart').disabled = $('edit').disabled = $('remove').disabled = !writes;
   showDecimation(c.decimation);
   showProblems(c);
   showCounters(c);
@@ -113,6 +114,33 @@ $('restart').addEventListener('click', async () => {
   }
   b.textContent = 'Restart';
   refresh();
+});
+
+$('edit').addEventListener('click', async () => {
+  let cfg;
+  try {
+    cfg = await getJSON(`/api/v1/channels/${enc}/config`);
+  } catch (e) {
+    $('error').textContent = e.message;
+    $('error').classList.remove('hidden');
+    return;
+  }
+  $('register').replaceChildren(registrationForm({
+    name,
+    channel: cfg.channel,
+    schema: cfg.schema == null ? '' : JSON.stringify(cfg.schema, null, 2),
+    onSaved: () => { refresh(); loadSchema(); setTimeout(() => $('register').replaceChildren(), 1500); },
+    onCancel: () => $('register').replaceChildren(),
+  }));
+});
+
+$('remove').addEventListener('click', async () => {
+  try {
+    if (await removeChannel(name)) location.href = '/';
+  } catch (e) {
+    $('error').textContent = `Remove failed: ${e.message}`;
+    $('error').classList.remove('hidden');
+  }
 });
 
 // ---- schema -----------------------------------------------------------
@@ -375,6 +403,8 @@ $('pause').addEventListener('click', () => {
 serverInfo().then((info) => {
   writes = !!info.writes;
   $('restart').title = writes ? `Restart ${name} now` : info.writes_refused || 'writes are refused';
+  const t = tokenControl(info);
+  if (t) $('token').replaceChildren(t);
   keepFresh(refresh, $('conn')).onEvent((kind, e) => {
     if (e && e.channel === name && kind === 'started') loadSchema();
   });

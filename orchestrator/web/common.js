@@ -28,12 +28,35 @@ export async function getJSON(path) {
   return body;
 }
 
+/** The API token this browser tab was given (servers with http.token_file). */
+const TOKEN_KEY = 'speeddata-api-token';
+export function token() { return sessionStorage.getItem(TOKEN_KEY) || ''; }
+
+/** A write request to the API, with the token if one was given; resolves
+ *  to the Response. */
+export function send(method, path, body) {
+  const headers = {};
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  return fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+}
+
 /** POST to the API; resolves to the answer's JSON, throws with its error. */
 export async function post(path) {
-  const r = await fetch(path, { method: 'POST' });
+  const r = await send('POST', path);
   const body = await r.json().catch(() => null);
   if (!r.ok) throw new Error((body && body.error) || `${path}: HTTP ${r.status}`);
   return body;
+}
+
+/** Where the server wants a token for writes: a field for it (kept for
+ *  this tab only), else nothing. */
+export function tokenControl(info) {
+  if (info.auth !== 'token') return null;
+  const input = el('input', { type: 'password', id: 'api-token', placeholder: 'API token', autocomplete: 'off', size: 18 });
+  input.value = token();
+  input.addEventListener('change', () => sessionStorage.setItem(TOKEN_KEY, input.value.trim()));
+  return el('label', { class: 'small muted', title: 'Write requests (restart, add, remove) need the API token (http.token_file)' }, 'token ', input);
 }
 
 const intFmt = new Intl.NumberFormat('en-US');

@@ -1,8 +1,9 @@
 // The fleet page: one row per channel, refreshed every second and at once
 // on each lifecycle event.
 import {
-  el, getJSON, post, count, rate, duration, clock, badge, severity, archiveHealth, serverInfo, keepFresh,
+  el, getJSON, post, count, rate, duration, clock, badge, severity, archiveHealth, serverInfo, keepFresh, tokenControl,
 } from '/assets/common.js';
+import { registrationForm } from '/assets/register.js';
 
 const tbody = document.querySelector('#channels tbody');
 const errorBox = document.getElementById('error');
@@ -108,8 +109,22 @@ function showEvent(kind, e) {
   while (eventsList.children.length > 30) eventsList.lastElementChild.remove();
 }
 
+function openForm() {
+  const box = document.getElementById('register');
+  box.replaceChildren(registrationForm({
+    onSaved: (status) => { refresh(); setTimeout(() => box.replaceChildren(), 1500); return status; },
+    onCancel: () => box.replaceChildren(),
+  }));
+  document.getElementById('reg-name').focus();
+}
+
 serverInfo().then((info) => {
   writes = !!info.writes;
+  const add = document.getElementById('add');
+  add.classList.toggle('hidden', !writes);
+  add.addEventListener('click', openForm);
+  const t = tokenControl(info);
+  if (t) document.getElementById('token').replaceChildren(t);
   if (info.version) document.getElementById('version').textContent = `v${info.version}`;
   if (!writes && info.writes_refused) {
     const w = document.getElementById('writes');

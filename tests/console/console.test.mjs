@@ -234,6 +234,39 @@ try {
   await page.waitForFunction(() => /no decimated output/.test(document.getElementById('decimation').textContent), null, { timeout: 10000 });
   check(true, `${KILL}'s page says it has no decimated output`);
 
+  // ---- registering a channel from the page ----------------------------------
+  const free = await (await fetch(`${BASE}/api/v1/ports/free?from=27000&to=27999`)).json();
+  const liveSchema = JSON.stringify(await (await fetch(`${BASE}/api/v1/channels/${LIVE}/schema`)).json(), null, 2);
+  const badToml = `[receive]\nbind = "127.0.0.1:${free.ports[0]}"\nrecv_buffer = "<b>lots</b>"\n\n[archive]\n`;
+  await page.goto(BASE + '/');
+  await page.click('#add');
+  await page.fill('#reg-name', 'formed');
+  await page.fill('#reg-channel', badToml);
+  await page.fill("#reg-schema", liveSchema);
+  await page.click('#reg-check');
+  await page.waitForSelector('#reg-problems li');
+  const problemText = await page.textContent('#reg-problems');
+  check(problemText.includes('receive.recv_buffer') && problemText.includes('formed.toml'), `the form shows the problem before writing (${problemText.trim()})`);
+  check((await page.$$('#reg-problems b')).length === 0, 'the problem text is shown as text');
+  check((await fetch(`${BASE}/api/v1/channels/formed/config`)).status === 404, 'nothing was written');
+  await page.screenshot({ path: `${SHOTS}/register-problems.png` });
+  await page.fill('#reg-channel', badToml.replace('recv_buffer = "<b>lots</b>"\n', ''));
+  await page.click('#reg-save');
+  await page.waitForFunction(() => document.querySelector('#channels tbody tr[data-channel="formed"]')?.dataset.state === 'ready', null, { timeout: 30000 });
+  check(true, 'the channel added from the form runs');
+  const cfg = await (await fetch(`${BASE}/api/v1/channels/formed/config`)).json();
+  check(cfg.channel.startsWith('schema = "formed.avsc"'), 'its file was written with its schema beside it');
+
+  await page.goto(`${BASE}/channels/formed`);
+  await page.waitForFunction(() => !document.getElementById('remove').disabled);
+  let asked = '';
+  page.once('dialog', (d) => { asked = d.message(); d.accept(); });
+  await page.click('#remove');
+  await page.waitForURL(BASE + '/', { timeout: 30000 });
+  check(/Remove channel formed/.test(asked), `removing asks first (${asked})`);
+  await page.waitForFunction(() => document.querySelectorAll('#channels tbody tr').length > 0 && !document.querySelector('#channels tbody tr[data-channel="formed"]'), null, { timeout: 10000 });
+  check((await fetch(`${BASE}/api/v1/channels/formed/config`)).status === 404, 'the removed channel\'s file is gone');
+
   // ---- dark mode ----------------------------------------------------------
   const dark = await newContext('dark');
   const dpage = await dark.newPage();
