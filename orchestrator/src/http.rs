@@ -1710,8 +1710,9 @@ mod tests {
             json!({"error": "POST is not allowed on /healthz"})
         );
         assert_eq!(r.allow.as_deref(), Some("GET,HEAD"));
-        let r = call("DELETE", format!("{base}/api/v1/channels/a")).await;
+        let r = call("POST", format!("{base}/api/v1/channels/a")).await;
         assert_eq!(r.status, 405);
+        assert_eq!(r.allow.as_deref(), Some("GET,HEAD,PUT,DELETE"));
 
         let r = call("GET", format!("{base}/api/v1/events?since=x")).await;
         assert_eq!(r.status, 400);
