@@ -13,8 +13,10 @@
 //! - [`live`]: the live stream of a channel's decimated records (WebSocket);
 //! - [`fdlimit`]: the descriptor limit, and the share HTTP connections get;
 //! - [`status_cmd`]: `orchestrator status`, a table from a running API;
+//! - [`channel_cmd`]: `orchestrator channel add|rm|show`, through the API;
 //! - [`systemd`]: readiness, watchdog and status notifications.
 
+pub mod channel_cmd;
 pub mod child;
 pub mod config;
 mod console;

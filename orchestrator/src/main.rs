@@ -1,11 +1,13 @@
 //! `orchestrator`: runs one `relay-channel` per channel file, keeps them
 //! up, reloads on change, and answers on HTTP.
 //!
-//! Exit codes: 0 stopped on a signal (or `check` found nothing wrong);
-//! 1 failed (HTTP address taken, relay binary missing, ...); 78 a
+//! Exit codes: 0 stopped on a signal (or `check` found nothing wrong, or
+//! a `channel` command did what it was asked); 1 failed (HTTP address
+//! taken, relay binary missing, orchestrator not reachable, ...); 78 a
 //! configuration error (`run` with a wrong orchestrator.toml, `check`
-//! finding any problem).
+//! finding any problem, a channel the orchestrator refused as invalid).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use clap::{Parser, Subcommand};
 use orchestrator::config::{self, Config, InvalidChannels, DEFAULT_CONFIG};
 use orchestrator::state::Fleet;
 use orchestrator::supervisor::{self, Request, Supervisor};
-use orchestrator::{fdlimit, http, status_cmd, systemd};
+use orchestrator::{channel_cmd, fdlimit, http, status_cmd, systemd};
 
 /// The speeddata-relay supervisor: reads one TOML file per channel from
 /// channels.d/, runs one isolated `relay-channel` process per channel,
@@ -55,6 +57,97 @@ enum Command {
         #[command(flatten)]
         files: Files,
     },
+    /// Add, replace, remove or show one channel through a running
+    /// orchestrator's API.
+    ///
+    /// channels.d stays the source of truth: these commands keep no channel
+    /// anywhere else. They ask the orchestrator to write (or delete) the
+    /// channel's files in its channels.d, which it then runs as it runs any
+    /// file there; editing those files by hand keeps working, and
+    /// `orchestrator check` sees what the commands wrote.
+    ///
+    /// When orchestrator.toml names an http.token_file, its token is sent
+    /// with each request (Authorization: Bearer); it is never printed. The
+    /// file is readable by root and the speeddata group only, under the
+    /// Debian package.
+    ///
+    /// Exit codes: 0 done; 78 the channel or its schema is wrong (every
+    /// problem printed as "file: key: message", as `check` prints them);
+    /// 1 anything else (the orchestrator not running, the request refused,
+    /// no such channel).
+    Channel {
+        #[command(subcommand)]
+        command: ChannelCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChannelCommand {
+    /// Add a channel, or replace the channel of the same name.
+    ///
+    /// Sends FILE.toml and its Avro schema to the orchestrator, which
+    /// validates them as `orchestrator check` would (the file on its own
+    /// and against the rest of the fleet), writes them into channels.d as
+    /// NAME.toml and NAME.avsc, and starts the channel (restarts it, if it
+    /// replaces one). If it finds anything wrong it answers with every
+    /// problem, printed with its file and key (exit 78).
+    ///
+    /// NAME is the file's `name` key, else its file name without .toml.
+    /// The schema is --schema, else the file that the channel's own
+    /// `schema` key names (relative to FILE.toml's folder). That key is
+    /// left out of what is sent (the orchestrator points it at NAME.avsc);
+    /// every other line, comments included, is sent as written.
+    ///
+    /// Waits until the channel is ready (or has failed to start) and prints
+    /// its state, e.g. "added channel east: ready (pid 1234)" or "replaced
+    /// channel east: ...".
+    Add {
+        /// The channel file.
+        #[arg(value_name = "FILE.toml")]
+        file: PathBuf,
+        /// The channel's Avro schema, a JSON file (default: the file that
+        /// the channel's `schema` key names).
+        #[arg(long, value_name = "FILE.avsc")]
+        schema: Option<PathBuf>,
+        /// Return once the files are written and the channel is starting,
+        /// without waiting for it to be ready.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a channel: the orchestrator stops it and deletes its file
+    /// from channels.d.
+    ///
+    /// The channel's archive (archive.dir/NAME/) is kept: its open file is
+    /// closed and nothing in the folder is deleted.
+    Rm {
+        /// The channel's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a channel's file and schema as they are in channels.d.
+    ///
+    /// The channel file's path and text, then the schema file's path and
+    /// the schema (JSON, pretty-printed).
+    Show {
+        /// The channel's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Where the API is, and the configuration that says so.
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The orchestrator's HTTP address (default: http.listen of the
+    /// configuration file, else 127.0.0.1:9464).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    #[command(flatten)]
+    files: Files,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,12 +168,8 @@ fn main() -> ExitCode {
         Command::Run { files } => run(&files),
         Command::Check { files } => check(&files),
         Command::Status { url, json, files } => {
-            let base = url.unwrap_or_else(|| {
-                let listen = Config::load(&files.config, files.channels_dir.as_deref())
-                    .map(|c| c.listen.to_string())
-                    .unwrap_or_else(|_| config::DEFAULT_LISTEN.to_string());
-                format!("http://{listen}")
-            });
+            let cfg = Config::load(&files.config, files.channels_dir.as_deref()).ok();
+            let base = api_url(url, cfg.as_ref());
             match status_cmd::status(&base, json) {
                 Ok(text) => {
                     println!("{text}");
@@ -91,6 +180,84 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Channel { command } => channel(command),
+    }
+}
+
+/// The API's URL: `url`, else `http.listen` of the configuration (a
+/// wildcard address is asked through the loopback), else the default.
+fn api_url(url: Option<String>, cfg: Option<&Config>) -> String {
+    url.unwrap_or_else(|| {
+        let mut listen: SocketAddr = match cfg {
+            Some(c) => c.listen,
+            None => config::DEFAULT_LISTEN.parse().expect("the default parses"),
+        };
+        if listen.ip().is_unspecified() {
+            listen.set_ip(match listen.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        format!("http://{listen}")
+    })
+}
+
+fn channel(command: ChannelCommand) -> ExitCode {
+    let (remote, writes) = match &command {
+        ChannelCommand::Add { remote, .. } | ChannelCommand::Rm { remote, .. } => (remote, true),
+        ChannelCommand::Show { remote, .. } => (remote, false),
+    };
+    let files = &remote.files;
+    let warn = |e: &dyn std::fmt::Display| {
+        for line in e.to_string().lines() {
+            eprintln!("warning: {line}");
+        }
+    };
+    let cfg = match Config::load(&files.config, files.channels_dir.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // No configuration at all is fine (the defaults); a wrong one
+            // is worth a word.
+            if files.config.exists() {
+                warn(&e);
+                eprintln!("warning: going on without its http.listen and http.token_file");
+            }
+            None
+        }
+    };
+    let token = match cfg.as_ref().map(config::read_token) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            if writes {
+                warn(&e);
+                eprintln!("warning: sending the request without the API token");
+            }
+            None
+        }
+        None => None,
+    };
+    let client = channel_cmd::Client::new(&api_url(remote.url.clone(), cfg.as_ref()), token);
+    let result = match &command {
+        ChannelCommand::Add {
+            file,
+            schema,
+            no_wait,
+            ..
+        } => channel_cmd::add(&client, file, schema.as_deref(), !no_wait),
+        ChannelCommand::Rm { name, .. } => channel_cmd::remove(&client, name),
+        ChannelCommand::Show { name, .. } => channel_cmd::show(&client, name),
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            for line in f.lines.iter().flat_map(|l| l.lines()) {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(f.code)
         }
     }
 }

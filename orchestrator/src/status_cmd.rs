@@ -48,7 +48,7 @@ pub fn status(base: &str, json: bool) -> anyhow::Result<String> {
     }
 }
 
-fn normalize_base(base: &str) -> String {
+pub(crate) fn normalize_base(base: &str) -> String {
     let base = base.trim().trim_end_matches('/');
     if base.contains("://") {
         base.to_string()
