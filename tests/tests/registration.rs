@@ -410,3 +410,119 @@ fn a_crash_between_the_two_writes_leaves_nothing_that_starts() {
     let names: Vec<Json> = o.channels().iter().map(|c| c["name"].clone()).collect();
     assert_eq!(names, vec![json!("other")]);
 }
+
+/// `orchestrator channel add/show/rm`, the command line over the API,
+/// with the token of `http.token_file`.
+#[test]
+fn the_channel_commands_add_show_and_remove_through_the_api() {
+    use speeddata_tests::fleet::run_orchestrator;
+    let fleet = FleetDir::new(&[]);
+    std::fs::write(
+        fleet.dir.path().join("api-token"),
+        "fedcba9876543210fedcba9876543210\n",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(fleet.config()).unwrap();
+    std::fs::write(
+        fleet.config(),
+        cfg.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
+    )
+    .unwrap();
+    let other = ChannelOpts::unicast("other");
+    fleet.add(&other);
+    let o = fleet.start();
+    o.wait_ready("other");
+    let config = fleet.config();
+    let config = config.to_str().unwrap();
+
+    // A file of its own, outside channels.d, with a schema beside it.
+    let work = speeddata_tests::tempdir();
+    std::fs::write(work.path().join("mine.avsc"), EXAMPLE_SCHEMA).unwrap();
+    let mut mine = ChannelOpts::unicast("mine");
+    mine.archive.push("# kept as written".into());
+    let text = mine
+        .toml()
+        .replace("schema = \"schema.avsc\"", "schema = \"mine.avsc\"")
+        .replace("\n[archive]\ndir = \"archive\"\n", "\n[archive]\n");
+    std::fs::write(work.path().join("mine.toml"), &text).unwrap();
+    let file = work.path().join("mine.toml");
+    let (code, out, err) = run_orchestrator(
+        &["channel", "add", file.to_str().unwrap(), "--config", config],
+        work.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("added channel mine: ready"), "{out}");
+    assert_eq!(o.channel("mine").unwrap()["state"], "ready");
+    let written = std::fs::read_to_string(fleet.channels_dir().join("mine.toml")).unwrap();
+    assert!(
+        written.contains("# kept as written") && written.starts_with("schema = \"mine.avsc\""),
+        "{written}"
+    );
+
+    let (code, out, _) = run_orchestrator(
+        &["channel", "show", "mine", "--config", config],
+        work.path(),
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("# kept as written") && out.contains("speeddata.example"),
+        "{out}"
+    );
+
+    // Problems: printed file: key: message, exit 78, nothing written.
+    let before = snapshot(&fleet.channels_dir());
+    let mut clash = ChannelOpts::unicast("clash");
+    clash.bind = other.bind;
+    std::fs::write(
+        work.path().join("clash.toml"),
+        clash
+            .toml()
+            .replace("schema = \"schema.avsc\"", "schema = \"mine.avsc\"")
+            .replace("\n[archive]\ndir = \"archive\"\n", "\n[archive]\n"),
+    )
+    .unwrap();
+    let clash_file = work.path().join("clash.toml");
+    let (code, out, err) = run_orchestrator(
+        &[
+            "channel",
+            "add",
+            clash_file.to_str().unwrap(),
+            "--config",
+            config,
+        ],
+        work.path(),
+    );
+    assert_eq!(code, 78, "{out}{err}");
+    assert!(
+        err.contains("clash.toml: receive.bind: ") && err.contains("other.toml"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&fleet.channels_dir()), before);
+
+    // Without the token the API refuses.
+    let wrong = speeddata_tests::tempdir();
+    let wrong_cfg = wrong.path().join("orchestrator.toml");
+    std::fs::write(
+        &wrong_cfg,
+        format!("[http]\nlisten = \"127.0.0.1:{}\"\n", o.port),
+    )
+    .unwrap();
+    let (code, _, err) = run_orchestrator(
+        &[
+            "channel",
+            "rm",
+            "mine",
+            "--config",
+            wrong_cfg.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401") || err.contains("token"), "{err}");
+
+    let (code, out, err) =
+        run_orchestrator(&["channel", "rm", "mine", "--config", config], work.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!fleet.channels_dir().join("mine.toml").exists());
+    assert!(o.channel("mine").is_none());
+}
