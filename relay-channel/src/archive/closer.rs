@@ -127,6 +127,7 @@ mod tests {
             quarantine_size: 0,
             retention_age: None,
             retention_size: None,
+            time_field: None,
         }
     }
 
