@@ -1,6 +1,7 @@
 //! The closer: finishes each file the writer is done with (fsync per
-//! policy, rename `.part` to `.avro`), reports it (`file_closed`, written
-//! by the control loop) and applies retention. Runs on a thread of its own,
+//! policy, rename `{channel}-{from}.avro.part` to
+//! `{channel}-{from}--{to}.avro`), reports it (`file_closed`, written by the
+//! control loop) and applies retention. Runs on a thread of its own,
 //! so an fsync that takes seconds on a slow disk never stalls the archive.
 
 use std::fs::{self, File};
@@ -13,6 +14,7 @@ use crossbeam_channel::Sender;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::retention::Retention;
+use super::writer::file_stamp;
 use crate::config::{ArchiveSpec, Fsync};
 use crate::ledger::Ledger;
 use crate::status::FileClosed;
@@ -20,12 +22,28 @@ use crate::status::FileClosed;
 /// A file the writer is done with.
 pub(super) struct ClosedFile {
     pub(super) file: File,
-    /// Where it was written (`.avro.part`).
+    /// Where it was written (`{stem}.avro.part`).
     pub(super) part: PathBuf,
-    /// Where it goes (`.avro`).
-    pub(super) path: PathBuf,
+    /// `{channel}-{from}`.
+    pub(super) stem: String,
+    /// When the writer closed it, in ms since the epoch (not before `from`).
+    pub(super) to_ms: u64,
     pub(super) len: u64,
     pub(super) records: u64,
+}
+
+/// Where a closed file goes: `{dir}/{stem}--{to}.avro`. Should that name be
+/// taken (a clock set back), `to` moves on a millisecond at a time: a closed
+/// file is never replaced.
+pub(super) fn closed_path(dir: &Path, stem: &str, to_ms: u64) -> PathBuf {
+    let mut ms = to_ms;
+    loop {
+        let path = dir.join(format!("{stem}--{}.avro", file_stamp(ms)));
+        if fs::symlink_metadata(&path).is_err() || ms >= to_ms + 60_000 {
+            return path;
+        }
+        ms += 1;
+    }
 }
 
 /// Finishes closed files.
@@ -78,17 +96,18 @@ impl Closer {
             }
         }
         drop(f.file);
-        match fs::rename(&f.part, &f.path) {
+        let path = closed_path(&self.dir, &f.stem, f.to_ms);
+        match fs::rename(&f.part, &path) {
             Ok(()) => {
                 if self.fsync != Fsync::Never {
                     sync_dir(&self.dir);
                 }
                 self.ledger.file_closed();
-                tracing::info!(file = %f.path.display(), records = f.records, bytes = f.len, "archive file closed");
+                tracing::info!(file = %path.display(), records = f.records, bytes = f.len, "archive file closed");
                 // The control loop writes it; gone only as the relay stops.
                 let _ = self.closed.send(FileClosed {
                     channel: self.channel.clone(),
-                    path: f.path.clone(),
+                    path,
                     records: f.records,
                     bytes: f.len,
                 });
@@ -112,6 +131,7 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::holds;
     use std::time::Duration;
 
     fn spec(dir: &Path) -> ArchiveSpec {
@@ -131,48 +151,72 @@ mod tests {
         }
     }
 
-    fn closed_file(dir: &Path, name: &str) -> ClosedFile {
-        let part = dir.join(format!("{name}.avro.part"));
+    /// 2026-11-22T21:30:00.123Z
+    const FROM_MS: u64 = 1_795_383_000_123;
+
+    fn closed_file(dir: &Path, stem: &str, to_ms: u64) -> ClosedFile {
+        let part = dir.join(format!("{}.avro.part", stem.rsplit('/').next().unwrap()));
         fs::write(&part, b"0123456789").unwrap();
         ClosedFile {
             file: File::open(&part).unwrap(),
-            path: dir.join(format!("{name}.avro")),
             part,
+            stem: stem.to_string(),
+            to_ms,
             len: 10,
             records: 3,
         }
     }
 
-    #[test]
-    fn a_closed_file_is_renamed_counted_and_reported() {
+    fn setup() -> (tempfile::TempDir, PathBuf, Arc<Ledger>) {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("ch");
         fs::create_dir(&dir).unwrap();
-        let ledger = Arc::new(Ledger::new());
+        (root, dir, Arc::new(Ledger::new()))
+    }
+
+    #[test]
+    fn a_closed_file_is_renamed_to_its_span_counted_and_reported() {
+        let (root, dir, ledger) = setup();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let closer = Closer::new(&spec(root.path()), "ch", ledger.clone(), tx);
-        closer.close(closed_file(&dir, "ch-1"));
-        assert!(dir.join("ch-1.avro").exists() && !dir.join("ch-1.avro.part").exists());
+        let stem = "ch-20261122T213000.123Z";
+        closer.close(closed_file(&dir, stem, FROM_MS + 3_600_000));
+        let done = dir.join("ch-20261122T213000.123Z--20261122T223000.123Z.avro");
+        assert!(done.exists() && !dir.join(format!("{stem}.avro.part")).exists());
         let report = rx.try_recv().unwrap();
-        assert_eq!(report.path, dir.join("ch-1.avro"));
+        assert_eq!(report.path, done);
         assert_eq!(
             (report.channel.as_str(), report.records, report.bytes),
             ("ch", 3, 10)
         );
         assert_eq!(ledger.counters().files_closed, 1);
+        let span = holds::file_span(&done).unwrap();
+        assert_eq!(holds::stamp(span.from), "20261122T213000.123Z");
+        assert_eq!(holds::stamp(span.to), "20261122T223000.123Z");
+    }
+
+    #[test]
+    fn a_closed_file_never_replaces_another() {
+        let (root, dir, ledger) = setup();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let closer = Closer::new(&spec(root.path()), "ch", ledger, tx);
+        let taken = dir.join("ch-20261122T213000.123Z--20261122T213000.123Z.avro");
+        fs::write(&taken, b"older").unwrap();
+        closer.close(closed_file(&dir, "ch-20261122T213000.123Z", FROM_MS));
+        assert_eq!(fs::read(&taken).unwrap(), b"older");
+        assert_eq!(
+            rx.try_recv().unwrap().path,
+            dir.join("ch-20261122T213000.123Z--20261122T213000.124Z.avro")
+        );
     }
 
     #[test]
     fn a_failed_rename_leaves_the_part_and_counts_an_error() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("ch");
-        fs::create_dir(&dir).unwrap();
-        let ledger = Arc::new(Ledger::new());
+        let (root, dir, ledger) = setup();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let closer = Closer::new(&spec(root.path()), "ch", ledger.clone(), tx);
-        let mut f = closed_file(&dir, "ch-1");
-        f.path = dir.join("gone/ch-1.avro");
-        closer.close(f);
+        // Its folder is gone: the rename fails.
+        closer.close(closed_file(&dir, "gone/ch-1", FROM_MS));
         assert!(dir.join("ch-1.avro.part").exists());
         assert!(rx.try_recv().is_err());
         let c = ledger.counters();
