@@ -1,16 +1,19 @@
 //! The closer: finishes each file the writer is done with (fsync per
 //! policy, rename `{channel}-{from}.avro.part` to
 //! `{channel}-{from}--{to}.avro`), reports it (`file_closed`, written by the
-//! control loop) and applies retention. Runs on a thread of its own,
-//! so an fsync that takes seconds on a slow disk never stalls the archive.
+//! control loop) and applies retention, after each file and at least every
+//! second (so a hold made or removed counts within seconds). Runs on a
+//! thread of its own, so an fsync that takes seconds on a slow disk never
+//! stalls the archive, and retention never touches the receive path.
 
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::retention::Retention;
@@ -18,6 +21,9 @@ use super::writer::file_stamp;
 use crate::config::{ArchiveSpec, Fsync};
 use crate::ledger::Ledger;
 use crate::status::FileClosed;
+
+/// Retention runs at least this often (and after each file closed).
+pub(super) const RETENTION_EVERY: Duration = Duration::from_secs(1);
 
 /// A file the writer is done with.
 pub(super) struct ClosedFile {
@@ -55,41 +61,69 @@ pub(super) struct Closer {
     dir: PathBuf,
     ledger: Arc<Ledger>,
     closed: UnboundedSender<FileClosed>,
+    /// When retention last ran.
+    last_retention: Option<Instant>,
 }
 
 impl Closer {
     pub(super) fn new(
         spec: &ArchiveSpec,
         channel: &str,
+        holds_dir: Option<&Path>,
         ledger: Arc<Ledger>,
         closed: UnboundedSender<FileClosed>,
     ) -> Closer {
         Closer {
             fsync: spec.fsync,
-            retention: Retention::of(spec),
+            retention: Retention::of(spec, channel, holds_dir),
             channel: channel.to_string(),
             dir: spec.channel_dir(channel),
             ledger,
             closed,
+            last_retention: None,
         }
     }
 
     /// Starts the closer thread: files sent on the channel are closed in
-    /// order; the thread ends when the channel closes.
-    pub(super) fn spawn(self) -> io::Result<(Sender<ClosedFile>, JoinHandle<()>)> {
+    /// order, retention runs every [`RETENTION_EVERY`]; the thread ends when
+    /// the channel closes.
+    pub(super) fn spawn(mut self) -> io::Result<(Sender<ClosedFile>, JoinHandle<()>)> {
         let (tx, rx) = crossbeam_channel::unbounded::<ClosedFile>();
         let thread = std::thread::Builder::new()
             .name("archive-close".into())
-            .spawn(move || {
-                for f in rx {
-                    self.close(f);
+            .spawn(move || loop {
+                self.tick();
+                let wait = self.last_retention.map_or(Duration::ZERO, |t| {
+                    (t + RETENTION_EVERY).saturating_duration_since(Instant::now())
+                });
+                match rx.recv_timeout(wait) {
+                    Ok(f) => self.close(f),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             })?;
         Ok((tx, thread))
     }
 
+    /// Runs retention if it has not run for [`RETENTION_EVERY`].
+    pub(super) fn tick(&mut self) {
+        if self
+            .last_retention
+            .is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+        {
+            self.retain();
+        }
+    }
+
+    /// One retention pass; publishes `held_bytes`.
+    fn retain(&mut self) {
+        let pass = self.retention.apply(&self.dir, SystemTime::now());
+        self.ledger.set_held_bytes(pass.held_bytes);
+        self.last_retention = Some(Instant::now());
+    }
+
     /// Finishes one file: fsync per policy, rename, report, retention.
-    pub(super) fn close(&self, f: ClosedFile) {
+    pub(super) fn close(&mut self, f: ClosedFile) {
         if self.fsync != Fsync::Never {
             if let Err(e) = f.file.sync_all() {
                 tracing::warn!(file = %f.part.display(), error = %e, "fsync failed");
@@ -111,7 +145,7 @@ impl Closer {
                     records: f.records,
                     bytes: f.len,
                 });
-                self.retention.apply(&self.dir);
+                self.retain();
             }
             Err(e) => {
                 // Left as .part: the next start recovers it.
@@ -131,8 +165,7 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::holds;
-    use std::time::Duration;
+    use crate::holds::{self, Hold};
 
     fn spec(dir: &Path) -> ArchiveSpec {
         ArchiveSpec {
@@ -178,7 +211,7 @@ mod tests {
     fn a_closed_file_is_renamed_to_its_span_counted_and_reported() {
         let (root, dir, ledger) = setup();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let closer = Closer::new(&spec(root.path()), "ch", ledger.clone(), tx);
+        let mut closer = Closer::new(&spec(root.path()), "ch", None, ledger.clone(), tx);
         let stem = "ch-20261122T213000.123Z";
         closer.close(closed_file(&dir, stem, FROM_MS + 3_600_000));
         let done = dir.join("ch-20261122T213000.123Z--20261122T223000.123Z.avro");
@@ -199,7 +232,7 @@ mod tests {
     fn a_closed_file_never_replaces_another() {
         let (root, dir, ledger) = setup();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let closer = Closer::new(&spec(root.path()), "ch", ledger, tx);
+        let mut closer = Closer::new(&spec(root.path()), "ch", None, ledger, tx);
         let taken = dir.join("ch-20261122T213000.123Z--20261122T213000.123Z.avro");
         fs::write(&taken, b"older").unwrap();
         closer.close(closed_file(&dir, "ch-20261122T213000.123Z", FROM_MS));
@@ -214,12 +247,48 @@ mod tests {
     fn a_failed_rename_leaves_the_part_and_counts_an_error() {
         let (root, dir, ledger) = setup();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let closer = Closer::new(&spec(root.path()), "ch", ledger.clone(), tx);
+        let mut closer = Closer::new(&spec(root.path()), "ch", None, ledger.clone(), tx);
         // Its folder is gone: the rename fails.
         closer.close(closed_file(&dir, "gone/ch-1", FROM_MS));
         assert!(dir.join("ch-1.avro.part").exists());
         assert!(rx.try_recv().is_err());
         let c = ledger.counters();
         assert_eq!((c.files_closed, c.archive_errors), (0, 1));
+    }
+
+    #[test]
+    fn retention_runs_on_a_tick_and_publishes_held_bytes() {
+        let (root, dir, ledger) = setup();
+        let holds_dir = root.path().join("holds");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut s = spec(root.path());
+        s.retention_age = Some(Duration::from_secs(60));
+        let mut closer = Closer::new(&s, "ch", Some(&holds_dir), ledger.clone(), tx);
+        // Two files of 2026, long past retention_age; one held.
+        let held = dir.join("ch-20261122T213000.123Z--20261122T223000.123Z.avro");
+        let old = dir.join("ch-20261122T223000.123Z--20261122T233000.123Z.avro");
+        fs::write(&held, [0u8; 7]).unwrap();
+        fs::write(&old, [0u8; 5]).unwrap();
+        let hold = Hold {
+            name: "h".into(),
+            from: "2026-11-22T21:00:00Z".into(),
+            to: "2026-11-22T22:00:00Z".into(),
+            channels: None,
+            note: None,
+            created_at: None,
+            created_by: None,
+        };
+        holds::write(&holds_dir, &hold).unwrap();
+        closer.tick();
+        assert!(held.exists() && !old.exists());
+        assert_eq!(ledger.counters().held_bytes, 7);
+        // Not again within RETENTION_EVERY; then the hold is gone.
+        holds::remove(&holds_dir, "h").unwrap();
+        closer.tick();
+        assert!(held.exists());
+        closer.last_retention = Some(Instant::now() - RETENTION_EVERY);
+        closer.tick();
+        assert!(!held.exists());
+        assert_eq!(ledger.counters().held_bytes, 0);
     }
 }

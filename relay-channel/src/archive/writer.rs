@@ -102,10 +102,12 @@ impl Archive {
     /// `.avro.part` a crash left behind (cut back to its last whole block).
     /// Fails if the folder cannot be created or written. Each file closed
     /// is reported on `closed`, for the control loop to write.
+    /// Retention honours the holds of `holds_dir`, if given.
     pub(crate) fn open(
         spec: &ArchiveSpec,
         channel: &str,
         schema_json: &str,
+        holds_dir: Option<&Path>,
         ledger: Arc<Ledger>,
         closed: UnboundedSender<FileClosed>,
     ) -> io::Result<Archive> {
@@ -131,7 +133,7 @@ impl Archive {
             last_fsync: Instant::now(),
             error_log: RateLimit::new(3, Duration::from_secs(60)),
             closer: None,
-            closer_state: Closer::new(spec, channel, ledger, closed),
+            closer_state: Closer::new(spec, channel, holds_dir, ledger, closed),
         })
     }
 
@@ -170,6 +172,10 @@ impl Archive {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.tick(Instant::now());
+            if self.closer.is_none() {
+                // No closer thread: retention runs here.
+                self.closer_state.tick();
+            }
         }
     }
 
@@ -459,7 +465,7 @@ mod tests {
     ) {
         let ledger = Arc::new(Ledger::new());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let a = Archive::open(&spec(dir), "ch", r#""int""#, ledger.clone(), tx).unwrap();
+        let a = Archive::open(&spec(dir), "ch", r#""int""#, None, ledger.clone(), tx).unwrap();
         (a, rx, ledger)
     }
 
