@@ -17,8 +17,8 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::retention::Retention;
-use super::writer::file_stamp;
 use crate::config::{ArchiveSpec, Fsync};
+use crate::holds;
 use crate::ledger::Ledger;
 use crate::status::FileClosed;
 
@@ -36,6 +36,18 @@ pub(super) struct ClosedFile {
     pub(super) to_ms: u64,
     pub(super) len: u64,
     pub(super) records: u64,
+}
+
+/// `20261122T213000.123Z` for a time in milliseconds since the epoch.
+pub(super) fn file_stamp(ms: u64) -> String {
+    holds::stamp(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// Milliseconds since the epoch (0 before it).
+pub(super) fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// Where a closed file goes: `{dir}/{stem}--{to}.avro`. Should that name be

@@ -3,8 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::closer::closed_path;
-use super::writer::epoch_ms;
+use super::closer::{closed_path, epoch_ms};
 use crate::container;
 use crate::holds;
 

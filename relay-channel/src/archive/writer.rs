@@ -21,12 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::closer::{ClosedFile, Closer};
+use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
 use super::recovery;
 use crate::config::{ArchiveSpec, Fsync};
 use crate::container::{self, BlockEncoder};
 use crate::handover::{ArchiveInbox, Batch};
-use crate::holds;
 use crate::ledger::Ledger;
 use crate::logs::RateLimit;
 use crate::status::FileClosed;
@@ -63,13 +62,6 @@ impl OpenFile {
             records: self.records,
         }
     }
-}
-
-/// Milliseconds since the epoch (0 before it).
-pub(super) fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 /// The archive thread of one channel: the open block and the open file.
@@ -405,11 +397,6 @@ impl Archive {
     }
 }
 
-/// `20261122T213000.123Z` for a time in milliseconds since the epoch.
-pub(super) fn file_stamp(ms: u64) -> String {
-    holds::stamp(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-}
-
 fn probe_writable(dir: &Path) -> io::Result<()> {
     let probe = dir.join(format!(".write-probe-{}", std::process::id()));
     let _ = fs::remove_file(&probe);
@@ -436,6 +423,7 @@ pub(crate) fn refuse_symlinked_folder(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::holds;
     use crate::ledger::BatchCounts;
 
     fn spec(dir: &Path) -> ArchiveSpec {
