@@ -193,6 +193,7 @@ struct RawArchive {
     quarantine_size: Option<RawSize>,
     retention_age: Option<String>,
     retention_size: Option<RawSize>,
+    time_field: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +304,11 @@ pub struct ArchiveSpec {
     pub quarantine_size: u64,
     pub retention_age: Option<Duration>,
     pub retention_size: Option<u64>,
+    /// `archive.time_field`: a (dotted) field of the schema holding each
+    /// record's own time (`long`, `timestamp-*` or `local-timestamp-*`),
+    /// checked when the schema is loaded. The relay does nothing else with
+    /// it; exports of the archive use it.
+    pub time_field: Option<String>,
 }
 
 impl ArchiveSpec {
@@ -762,6 +768,19 @@ impl Checker<'_> {
         let retention_size = a
             .retention_size
             .and_then(|s| self.size("archive.retention_size", Some(s)));
+        let time_field = a.time_field;
+        if time_field
+            .as_deref()
+            .is_some_and(|f| f.split('.').any(str::is_empty))
+        {
+            self.problem(
+                "archive.time_field",
+                format!(
+                    "{:?} is not a field name (dotted names reach into nested records: \"probe.time\")",
+                    time_field.as_deref().unwrap_or_default()
+                ),
+            );
+        }
         Some(ArchiveSpec {
             dir: dir?,
             codec: codec?,
@@ -774,6 +793,7 @@ impl Checker<'_> {
             quarantine_size,
             retention_age,
             retention_size,
+            time_field,
         })
     }
 
@@ -1052,6 +1072,20 @@ mod tests {
         assert_eq!(s.archive.codec.avro_name(), "zstandard");
         assert_eq!(s.archive.rotate_size, DEFAULT_ROTATE_SIZE);
         assert!(s.full.is_none() && s.decimated.is_none());
+    }
+
+    #[test]
+    fn time_field_is_kept_as_written_and_must_be_a_name() {
+        assert_eq!(parse(MINIMAL).unwrap().archive.time_field, None);
+        let with = |f: &str| parse(&format!("{MINIMAL}\ntime_field = \"{f}\"\n"));
+        assert_eq!(
+            with("probe.time").unwrap().archive.time_field.as_deref(),
+            Some("probe.time")
+        );
+        for bad in ["", "a..b", ".a", "a."] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.problems[0].key, "archive.time_field", "{bad}: {e}");
+        }
     }
 
     #[test]

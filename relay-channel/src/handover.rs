@@ -47,6 +47,9 @@ pub(crate) struct Batch {
     data: Vec<u8>,
     /// End offset of each datagram in `data`.
     ends: Vec<usize>,
+    /// When they arrived: from the datagram at the index on (up to the next
+    /// entry's), the wall-clock time of the receive call that read them.
+    arrivals: Vec<(usize, SystemTime)>,
 }
 
 impl Batch {
@@ -54,6 +57,16 @@ impl Batch {
         Batch {
             data: Vec::with_capacity(records * 256),
             ends: Vec::with_capacity(records),
+            arrivals: Vec::new(),
+        }
+    }
+
+    /// The datagrams pushed from now on arrived at `at`.
+    pub(crate) fn mark_arrival(&mut self, at: SystemTime) {
+        let next = self.ends.len();
+        match self.arrivals.last_mut() {
+            Some((i, t)) if *i == next => *t = at,
+            _ => self.arrivals.push((next, at)),
         }
     }
 
@@ -79,6 +92,7 @@ impl Batch {
     pub(crate) fn clear(&mut self) {
         self.data.clear();
         self.ends.clear();
+        self.arrivals.clear();
         if self.data.capacity() > KEEP_BATCH_CAPACITY {
             self.data.shrink_to(KEEP_BATCH_CAPACITY);
         }
@@ -91,6 +105,23 @@ impl Batch {
             let r = &self.data[start..end];
             start = end;
             r
+        })
+    }
+
+    /// The datagrams, in order, each with its arrival time (`None` before
+    /// the first [`Batch::mark_arrival`]).
+    pub(crate) fn records_with_arrival(&self) -> impl Iterator<Item = (&[u8], Option<SystemTime>)> {
+        let mut marks = self.arrivals.iter().peekable();
+        let mut at = None;
+        self.records().enumerate().map(move |(i, r)| {
+            while let Some(&&(from, t)) = marks.peek() {
+                if from > i {
+                    break;
+                }
+                at = Some(t);
+                marks.next();
+            }
+            (r, at)
         })
     }
 }
@@ -271,6 +302,26 @@ mod tests {
         b.clear();
         assert!(b.is_empty());
         assert_eq!(b.records().count(), 0);
+    }
+
+    #[test]
+    fn each_datagram_carries_the_arrival_of_its_receive_call() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let t1 = t0 + Duration::from_millis(3);
+        let mut b = Batch::with_capacity(4);
+        b.push(b"before");
+        b.mark_arrival(t0);
+        b.push(b"a");
+        b.push(b"b");
+        b.mark_arrival(t0);
+        b.mark_arrival(t1);
+        b.push(b"c");
+        b.mark_arrival(t1 + Duration::from_millis(1));
+        let got: Vec<_> = b.records_with_arrival().map(|(_, t)| t).collect();
+        assert_eq!(got, [None, Some(t0), Some(t0), Some(t1)]);
+        b.clear();
+        b.push(b"d");
+        assert_eq!(b.records_with_arrival().next(), Some((&b"d"[..], None)));
     }
 
     #[test]

@@ -166,6 +166,11 @@ impl Ledger {
         self.change(|t| t.counters.files_closed += 1);
     }
 
+    /// Bytes of closed files a hold covers, as of the last retention pass.
+    pub(crate) fn set_held_bytes(&self, bytes: u64) {
+        self.change(|t| t.counters.held_bytes = bytes);
+    }
+
     /// The quarantine thread wrote `kept` rejected datagrams and could not
     /// write `dropped`.
     pub(crate) fn quarantine_written(&self, kept: u64, dropped: u64) {

@@ -14,6 +14,8 @@
 //!   the archive and quarantine threads, and the archive queue's sizing;
 //! - `archive`: the archive threads (writer, closer, retention, recovery);
 //! - [`decimate`]: the decimated output's windows: downsample, average, minmax, rms;
+//! - [`holds`]: holds (time ranges kept past retention), and archive file
+//!   names and their time spans;
 //! - [`container`]: the Avro object container format, written block by block;
 //! - `quarantine`: rejected datagrams kept for inspection, on a path of their own;
 //! - `ledger`: the counters the threads share, kept balanced;
@@ -24,13 +26,15 @@
 //! Only what the binaries, the orchestrator, the benches and the fuzz
 //! targets use is public. The orchestrator uses [`config`] and [`schema`]
 //! to validate channel files exactly as the relay will, and reads the status
-//! lines described in [`status`]; the benchmarks use [`mmsg`].
+//! lines described in [`status`]; the benchmarks use [`mmsg`]. The
+//! orchestrator keeps holds with [`holds`].
 
 pub(crate) mod archive;
 pub mod config;
 pub mod container;
 pub mod decimate;
 pub(crate) mod handover;
+pub mod holds;
 pub(crate) mod ledger;
 pub mod logs;
 pub mod mmsg;

@@ -42,6 +42,12 @@ enum Command {
         /// The orchestrator passes its `[defaults]` here.
         #[arg(long, value_name = "TOML")]
         defaults: Option<String>,
+        /// The holds folder: retention never deletes a file of this channel
+        /// whose time span overlaps a hold there that covers the channel
+        /// (one `{name}.json` per hold, read every second; a missing folder
+        /// holds nothing).
+        #[arg(long, value_name = "DIR", env = "SPEEDDATA_HOLDS_DIR")]
+        holds_dir: Option<PathBuf>,
     },
     /// Validate a channel file and its schema, print the result, and exit:
     /// 0 if valid, 78 if not.
@@ -59,9 +65,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     relay_channel::logs::init();
     let result = match cli.command {
-        Command::Run { config, defaults } => {
-            load(&config, defaults.as_deref()).and_then(relay::run)
-        }
+        Command::Run {
+            config,
+            defaults,
+            holds_dir,
+        } => load(&config, defaults.as_deref())
+            .and_then(|spec| relay::run_with(spec, &relay::RunOptions { holds_dir })),
         Command::Check { config, defaults } => check(&config, defaults.as_deref()),
     };
     match result {

@@ -207,6 +207,11 @@ impl ArrivalClock {
         }
     }
 
+    /// The wall-clock time the clock was read at.
+    pub fn wall(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(self.real_ns).unwrap_or(0))
+    }
+
     /// The instant of a realtime stamp (ns since the epoch); now without one
     /// or for one from the future (the clock was set back).
     pub fn at(&self, stamp_ns: Option<i64>) -> Instant {

@@ -2,6 +2,7 @@
 //! the archive thread, the quarantine thread, and the control loop on tokio
 //! (signals, the stats line, thread supervision).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -42,9 +43,22 @@ impl RunError {
     }
 }
 
+/// How a channel runs, beside its channel file: what the command line says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// The holds folder (`--holds-dir`): retention keeps the files its
+    /// holds cover (see [`crate::holds`]). `None`: no holds.
+    pub holds_dir: Option<PathBuf>,
+}
+
 /// Runs the channel until SIGTERM or SIGINT (returns `Ok`) or until it
 /// cannot go on (returns the error).
 pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
+    run_with(spec, &RunOptions::default())
+}
+
+/// [`run`], with options.
+pub fn run_with(spec: ChannelSpec, options: &RunOptions) -> Result<(), RunError> {
     let schema = schema::load(&spec)?;
     let ledger = Arc::new(Ledger::new());
     let failed = |what: &str, e: std::io::Error| RunError::Failed(format!("{what}: {e}"));
@@ -62,10 +76,14 @@ pub fn run(spec: ChannelSpec) -> Result<(), RunError> {
         }));
     }
     let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(h) = &options.holds_dir {
+        tracing::info!(holds_dir = %h.display(), "retention keeps the files the holds there cover");
+    }
     let archive = Archive::open(
         &spec.archive,
         &spec.name,
         &schema.text,
+        options.holds_dir.as_deref(),
         ledger.clone(),
         closed_tx,
     )

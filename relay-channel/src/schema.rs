@@ -2,6 +2,8 @@
 //! single-object header, loaded from the file the channel names. The
 //! orchestrator loads it the same way to check channel files.
 
+use apache_avro::schema::{ResolvedSchema, Schema};
+
 use crate::config::{ChannelSpec, ConfigError, Encoding, Problem};
 use crate::decimate::Decimator;
 use crate::validate::Validator;
@@ -19,8 +21,9 @@ pub struct ChannelSchema {
 }
 
 /// Reads, parses and compiles the channel's schema, and the decimator for
-/// it; problems are configuration errors against the `schema` key, or
-/// `decimated.keep_last` for a name that is not a field of the schema.
+/// it; problems are configuration errors against the `schema` key,
+/// `decimated.keep_last` for a name that is not a field of the schema, or
+/// `archive.time_field` for a name that is not a timestamp field of it.
 pub fn load(spec: &ChannelSpec) -> Result<ChannelSchema, ConfigError> {
     let err = |m: String| ConfigError {
         file: spec.file.clone(),
@@ -53,6 +56,15 @@ pub fn from_text(spec: &ChannelSpec, text: String) -> Result<ChannelSchema, Conf
         ))
     })?;
     let validator = Validator::new(&schema).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    if let Some(field) = &spec.archive.time_field {
+        check_time_field(&schema, field).map_err(|m| ConfigError {
+            file: spec.file.clone(),
+            problems: vec![Problem {
+                key: "archive.time_field".into(),
+                message: m,
+            }],
+        })?;
+    }
     use apache_avro::headers::HeaderBuilder as _;
     let header = apache_avro::headers::RabinFingerprintHeader::from_schema(&schema).build_header();
     let mut single_object_header = [0u8; 10];
@@ -84,4 +96,165 @@ pub fn from_text(spec: &ChannelSpec, text: String) -> Result<ChannelSchema, Conf
         single_object_header,
         decimator,
     })
+}
+
+/// Checks that `path` (dotted names through nested records) names a field
+/// of `schema` whose type is a `long` with logical type `timestamp-millis`,
+/// `-micros` or `-nanos`, or `local-timestamp-*`. The message names the
+/// field and what it is instead.
+fn check_time_field(schema: &Schema, path: &str) -> Result<(), String> {
+    let resolved = ResolvedSchema::new(schema).map_err(|e| e.to_string())?;
+    let names = resolved.get_names();
+    let deref = |s: &'_ Schema, ns: &Option<String>| -> Option<Schema> {
+        match s {
+            Schema::Ref { name } => {
+                let fq = name.fully_qualified_name(ns.as_deref());
+                names.get(fq.as_ref()).map(|d| (*d).clone())
+            }
+            _ => None,
+        }
+    };
+    let Schema::Record(root) = schema else {
+        return Err(format!(
+            "\"{path}\": the schema is {}, not a record: it has no fields",
+            describe(schema)
+        ));
+    };
+    let mut record = root.clone();
+    let mut ns = record.name.namespace().map(str::to_owned);
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Some(field) = record.fields.iter().find(|f| f.name == *part) else {
+            return Err(format!(
+                "\"{path}\": record {} has no field \"{part}\"",
+                record.name.name()
+            ));
+        };
+        let so_far = parts[..=i].join(".");
+        let ty = deref(&field.schema, &ns).unwrap_or_else(|| field.schema.clone());
+        if i + 1 == parts.len() {
+            return match ty {
+                Schema::TimestampMillis
+                | Schema::TimestampMicros
+                | Schema::TimestampNanos
+                | Schema::LocalTimestampMillis
+                | Schema::LocalTimestampMicros
+                | Schema::LocalTimestampNanos => Ok(()),
+                other => Err(format!(
+                    "field \"{so_far}\" is {}, not a long with logicalType \
+                     timestamp-millis, timestamp-micros or timestamp-nanos \
+                     (or local-timestamp-*)",
+                    describe(&other)
+                )),
+            };
+        }
+        match ty {
+            Schema::Record(r) => {
+                ns = r.name.namespace().map(str::to_owned).or(ns);
+                record = r;
+            }
+            other => {
+                return Err(format!(
+                    "\"{path}\": field \"{so_far}\" is {}, not a record",
+                    describe(&other)
+                ))
+            }
+        }
+    }
+    unreachable!("a path has at least one part")
+}
+
+/// A schema's type in a few words: `int`, `long (time-micros)`,
+/// `record Probe`, `a union of null and long (timestamp-millis)`.
+fn describe(s: &Schema) -> String {
+    let logical = |base: &str, lt: &str| format!("{base} (logicalType {lt})");
+    match s {
+        Schema::Null => "null".into(),
+        Schema::Boolean => "boolean".into(),
+        Schema::Int => "int".into(),
+        Schema::Long => "a long without a logicalType".into(),
+        Schema::Float => "float".into(),
+        Schema::Double => "double".into(),
+        Schema::Bytes => "bytes".into(),
+        Schema::String => "string".into(),
+        Schema::Date => logical("int", "date"),
+        Schema::TimeMillis => logical("int", "time-millis"),
+        Schema::TimeMicros => logical("long", "time-micros"),
+        Schema::TimestampMillis => logical("long", "timestamp-millis"),
+        Schema::TimestampMicros => logical("long", "timestamp-micros"),
+        Schema::TimestampNanos => logical("long", "timestamp-nanos"),
+        Schema::LocalTimestampMillis => logical("long", "local-timestamp-millis"),
+        Schema::LocalTimestampMicros => logical("long", "local-timestamp-micros"),
+        Schema::LocalTimestampNanos => logical("long", "local-timestamp-nanos"),
+        Schema::Record(r) => format!("record {}", r.name.name()),
+        Schema::Enum(e) => format!("enum {}", e.name.name()),
+        Schema::Fixed(f) => format!("fixed {}", f.name.name()),
+        Schema::Array(_) => "an array".into(),
+        Schema::Map(_) => "a map".into(),
+        Schema::Union(u) => format!(
+            "a union of {}",
+            u.variants()
+                .iter()
+                .map(describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Schema::Ref { name } => name.name().to_string(),
+        other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"{
+      "type": "record", "name": "Reading", "namespace": "t",
+      "fields": [
+        {"name": "time", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "seq", "type": "long"},
+        {"name": "count", "type": "int"},
+        {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+        {"name": "maybe", "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}]},
+        {"name": "probe", "type": {"type": "record", "name": "Probe", "fields": [
+          {"name": "at", "type": {"type": "long", "logicalType": "timestamp-nanos"}},
+          {"name": "local", "type": {"type": "long", "logicalType": "local-timestamp-millis"}}]}},
+        {"name": "again", "type": "Probe"}
+      ]}"#;
+
+    fn check(field: &str) -> Result<(), String> {
+        check_time_field(&Schema::parse_str(SCHEMA).unwrap(), field)
+    }
+
+    #[test]
+    fn time_fields_are_timestamps_at_any_depth() {
+        for ok in ["time", "probe.at", "probe.local", "again.at"] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_time_field_that_is_missing_or_not_a_timestamp_says_what_it_is() {
+        for (field, says) in [
+            ("nonesuch", "record Reading has no field \"nonesuch\""),
+            ("probe.nonesuch", "record Probe has no field \"nonesuch\""),
+            ("seq", "field \"seq\" is a long without a logicalType"),
+            ("count", "field \"count\" is int, not a long"),
+            ("day", "field \"day\" is int (logicalType date)"),
+            (
+                "maybe",
+                "field \"maybe\" is a union of null, long (logicalType timestamp-millis)",
+            ),
+            ("probe", "field \"probe\" is record Probe"),
+            (
+                "time.x",
+                "field \"time\" is long (logicalType timestamp-micros), not a record",
+            ),
+        ] {
+            let e = check(field).unwrap_err();
+            assert!(e.contains(says), "{field}: {e}");
+        }
+        let e = check_time_field(&Schema::Long, "time").unwrap_err();
+        assert!(e.contains("not a record"), "{e}");
+    }
 }

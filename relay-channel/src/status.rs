@@ -179,6 +179,10 @@ counters! {
     files_closed: Counter, "archive_files_closed_total", None;
     /// Archive open, write, close or rename failures.
     archive_errors: Counter, "archive_errors_total", None;
+    /// Bytes of the channel's closed archive files that a hold covering the
+    /// channel overlaps: kept past retention while the hold stands (0
+    /// without a holds folder). As of the last retention pass (every second).
+    held_bytes: Gauge, "archive_held_bytes", None;
     /// Rejected datagrams written to the quarantine file.
     quarantined: Counter, "quarantined_datagrams_total", None;
     /// Rejected datagrams not written to quarantine (queue full, cap, error).

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
@@ -395,6 +395,18 @@ impl Relay {
         Relay::spawn_command(dir, cmd, name)
     }
 
+    /// Like [`Relay::start`], the command changed by `more` first (extra
+    /// arguments, environment).
+    pub fn start_with(dir: &Path, opts: &ChannelOpts, more: impl FnOnce(&mut Command)) -> Relay {
+        let config = write_channel(dir, opts);
+        let mut cmd = Command::new(bin("relay-channel"));
+        cmd.args(["run", "--config"]).arg(&config);
+        more(&mut cmd);
+        let mut r = Relay::spawn_command(dir, cmd, &opts.name);
+        r.wait_event("ready", Duration::from_secs(20));
+        r
+    }
+
     /// Starts `relay-channel run --config FILE` alone in a new network
     /// namespace whose loopback is up (needs root), without waiting. Other
     /// programs enter it with [`Relay::in_netns`].
@@ -637,6 +649,86 @@ pub fn avro_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Days since 1970-01-01 of a date of the proleptic Gregorian calendar.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a count of days since 1970-01-01: (year, month, day).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// An archive file name's stamp, `20261122T213000.123Z`, as a time.
+pub fn parse_stamp(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() != 20 || b[8] != b'T' || b[15] != b'.' || b[19] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let days = days_from_civil(n(0..4)?, n(4..6)?, n(6..8)?);
+    let secs = days * 86_400 + n(9..11)? * 3600 + n(11..13)? * 60 + n(13..15)?;
+    let ms = secs * 1000 + n(16..19)?;
+    Some(UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).ok()?))
+}
+
+/// A time in RFC 3339 to the millisecond, in the local time of a UTC offset
+/// of `offset_minutes` (`Z` for 0): `2026-11-22T22:30:00.123+01:00`.
+pub fn rfc3339(t: SystemTime, offset_minutes: i64) -> String {
+    let ms = t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64 + offset_minutes * 60_000;
+    let (secs, ms) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let offset = if offset_minutes == 0 {
+        "Z".to_string()
+    } else {
+        let a = offset_minutes.abs();
+        let sign = if offset_minutes < 0 { '-' } else { '+' };
+        format!("{sign}{:02}:{:02}", a / 60, a % 60)
+    };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}{offset}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// The span a closed archive file's name gives, `{channel}-{from}--{to}.avro`:
+/// (channel, from, to); `None` for any other name.
+pub fn name_span(path: &Path) -> Option<(String, SystemTime, SystemTime)> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".avro")?;
+    let (head, to) = name.rsplit_once("--")?;
+    let (channel, from) = head.rsplit_once('-')?;
+    Some((channel.to_string(), parse_stamp(from)?, parse_stamp(to)?))
+}
+
+/// Writes a hold file, `{dir}/{name}.json`, as the orchestrator would
+/// (atomically: a temporary name, then a rename).
+pub fn write_hold(dir: &Path, name: &str, from: &str, to: &str, channels: Option<&[&str]>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut hold = serde_json::json!({"name": name, "from": from, "to": to});
+    if let Some(cs) = channels {
+        hold["channels"] = serde_json::json!(cs);
+    }
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&hold).unwrap()).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{name}.json"))).unwrap();
+}
+
 /// Files in a folder whose names end in `.part`.
 pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -762,4 +854,33 @@ pub fn run_relay(args: &[&str]) -> (i32, String, String) {
 /// The local address a socket address resolves to (for messages).
 pub fn describe(a: SocketAddr) -> String {
     a.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_and_rfc3339_times_are_read_and_written_as_the_relay_does() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_383_000_123);
+        assert_eq!(parse_stamp("20261122T213000.123Z"), Some(t));
+        assert_eq!(rfc3339(t, 0), "2026-11-22T21:30:00.123Z");
+        assert_eq!(rfc3339(t, 150), "2026-11-23T00:00:00.123+02:30");
+        assert_eq!(rfc3339(t, -22 * 60), "2026-11-21T23:30:00.123-22:00");
+        assert_eq!(
+            parse_stamp("20240229T000000.000Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_709_164_800))
+        );
+        assert_eq!(
+            name_span(Path::new(
+                "/a/x--y-20261122T213000.123Z--20261122T213001.000Z.avro"
+            )),
+            Some((
+                "x--y".into(),
+                t,
+                UNIX_EPOCH + Duration::from_millis(1_795_383_001_000)
+            ))
+        );
+        assert_eq!(name_span(Path::new("x-20261122T213000.123Z.avro")), None);
+    }
 }

@@ -3,11 +3,14 @@
 use std::fs;
 use std::path::Path;
 
+use super::closer::{closed_path, epoch_ms};
 use crate::container;
+use crate::holds;
 
-/// Closes what a crash left open: each `*.avro.part` is cut back to its last
-/// whole block and renamed to `.avro`; one whose header is damaged is
-/// renamed to `.avro.part.damaged` and left for a person to look at.
+/// Closes what a crash left open: each `{stem}.avro.part` is cut back to its
+/// last whole block and renamed to `{stem}--{to}.avro`; one whose header is
+/// damaged is renamed to `.avro.part.damaged` and left for a person to look
+/// at.
 pub(super) fn recover_leftovers(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.filter_map(|e| e.ok()) {
@@ -23,13 +26,25 @@ pub(super) fn recover_leftovers(dir: &Path) {
         let Some(stem) = name.strip_suffix(".part") else {
             continue;
         };
-        if !stem.ends_with(".avro") {
+        let Some(stem) = stem.strip_suffix(".avro") else {
             continue;
-        }
+        };
         let part = e.path();
+        // `{to}` is when the last whole block was written: the file's
+        // modification time, read before recovery cuts it back (which would
+        // make it now). A torn last write may have moved it a little later;
+        // never before the file's start.
+        let modified = e.metadata().ok().and_then(|m| m.modified().ok());
         match container::recover_part(&part) {
             Ok(r) if r.header_ok => {
-                let done = dir.join(stem);
+                let from_ms = stem
+                    .rsplit_once('-')
+                    .and_then(|(_, s)| holds::parse_stamp(s))
+                    .map_or(0, epoch_ms);
+                let to_ms = modified
+                    .map_or_else(|| epoch_ms(std::time::SystemTime::now()), epoch_ms)
+                    .max(from_ms);
+                let done = closed_path(dir, stem, to_ms);
                 match fs::rename(&part, &done) {
                     Ok(()) => tracing::warn!(
                         file = %done.display(), records = r.records, blocks = r.blocks,
@@ -61,6 +76,7 @@ mod tests {
     use super::*;
     use crate::config::Codec;
     use crate::container::BlockEncoder;
+    use std::time::{Duration, SystemTime};
 
     #[test]
     fn leftovers_are_closed_or_kept_aside_and_nothing_else_is_touched() {
@@ -72,7 +88,26 @@ mod tests {
             .encode_block(1, &[2], &sync, &mut bytes)
             .unwrap();
         bytes.extend_from_slice(b"half a block");
-        fs::write(d.path().join("ch-1.avro.part"), &bytes).unwrap();
+        let stem = "ch-20261122T213000.123Z";
+        let part = d.path().join(format!("{stem}.avro.part"));
+        fs::write(&part, &bytes).unwrap();
+        // Its last write, an hour after its first record.
+        let last_write = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_386_600_456);
+        fs::File::options()
+            .write(true)
+            .open(&part)
+            .unwrap()
+            .set_modified(last_write)
+            .unwrap();
+        // A file whose clock went back: its span still ends after it starts.
+        let back = d.path().join("ch-20261122T233000.000Z.avro.part");
+        fs::write(&back, &bytes).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&back)
+            .unwrap()
+            .set_modified(last_write)
+            .unwrap();
         fs::write(d.path().join("ch-2.avro.part"), b"junk").unwrap();
         fs::write(d.path().join("notes.part"), b"x").unwrap();
         let outside = d.path().join("outside");
@@ -81,9 +116,16 @@ mod tests {
 
         recover_leftovers(d.path());
 
-        let recovered = fs::read(d.path().join("ch-1.avro")).unwrap();
+        let done = d
+            .path()
+            .join("ch-20261122T213000.123Z--20261122T223000.456Z.avro");
+        let recovered = fs::read(&done).unwrap();
         assert_eq!(recovered.len(), bytes.len() - b"half a block".len());
-        assert!(!d.path().join("ch-1.avro.part").exists());
+        assert!(!part.exists());
+        assert!(d
+            .path()
+            .join("ch-20261122T233000.000Z--20261122T233000.000Z.avro")
+            .exists());
         assert!(d.path().join("ch-2.avro.part.damaged").exists());
         assert!(d.path().join("notes.part").exists());
         assert!(d.path().join("ch-3.avro.part").exists());

@@ -3,6 +3,10 @@
 //! each file it is done with to the [closer](super::closer). Rejected
 //! datagrams never come here: they take the quarantine's own path.
 //!
+//! A file is written as `{channel}-{from}.avro.part`, `{from}` the arrival
+//! time of its first record (see [`crate::holds::stamp`]), and closed as
+//! `{channel}-{from}--{to}.avro`, `{to}` the time the writer closed it.
+//!
 //! It takes [`Batch`]es from the receive thread's queue and gives them back
 //! empty ([`crate::handover`]). Disk trouble is counted as `archive_dropped`;
 //! the archive reports itself unhealthy and retries.
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::closer::{ClosedFile, Closer};
+use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
 use super::recovery;
 use crate::config::{ArchiveSpec, Fsync};
 use crate::container::{self, BlockEncoder};
@@ -35,19 +39,25 @@ const TICK: Duration = Duration::from_millis(100);
 struct OpenFile {
     file: File,
     part: PathBuf,
-    path: PathBuf,
+    /// `{channel}-{from}`: its name without `.avro.part`.
+    stem: String,
+    /// The arrival time of its first record, in ms since the epoch.
+    from_ms: u64,
     sync: [u8; 16],
     len: u64,
     records: u64,
+    /// When its first record was taken: it closes `rotate_interval` later.
     opened: Instant,
 }
 
 impl OpenFile {
+    /// The file, closed now: `to` is the time, not before `from`.
     fn into_closed(self) -> ClosedFile {
         ClosedFile {
             file: self.file,
             part: self.part,
-            path: self.path,
+            stem: self.stem,
+            to_ms: epoch_ms(SystemTime::now()).max(self.from_ms),
             len: self.len,
             records: self.records,
         }
@@ -65,10 +75,12 @@ pub(crate) struct Archive {
     block: Vec<u8>,
     block_records: u64,
     block_started: Option<Instant>,
+    /// The arrival time of the open block's first record.
+    block_first_arrival: Option<SystemTime>,
     out: Vec<u8>,
     file: Option<OpenFile>,
     retry_at: Option<Instant>,
-    last_start_ms: u128,
+    last_start_ms: u64,
     last_fsync: Instant,
     error_log: RateLimit,
     /// Where closed files go to be finished; `None` before `run` starts it
@@ -82,10 +94,12 @@ impl Archive {
     /// `.avro.part` a crash left behind (cut back to its last whole block).
     /// Fails if the folder cannot be created or written. Each file closed
     /// is reported on `closed`, for the control loop to write.
+    /// Retention honours the holds of `holds_dir`, if given.
     pub(crate) fn open(
         spec: &ArchiveSpec,
         channel: &str,
         schema_json: &str,
+        holds_dir: Option<&Path>,
         ledger: Arc<Ledger>,
         closed: UnboundedSender<FileClosed>,
     ) -> io::Result<Archive> {
@@ -103,6 +117,7 @@ impl Archive {
             block: Vec::with_capacity(spec.block_size + crate::config::MAX_DATAGRAM),
             block_records: 0,
             block_started: None,
+            block_first_arrival: None,
             out: Vec::new(),
             file: None,
             retry_at: None,
@@ -110,7 +125,7 @@ impl Archive {
             last_fsync: Instant::now(),
             error_log: RateLimit::new(3, Duration::from_secs(60)),
             closer: None,
-            closer_state: Closer::new(spec, channel, ledger, closed),
+            closer_state: Closer::new(spec, channel, holds_dir, ledger, closed),
         })
     }
 
@@ -149,13 +164,20 @@ impl Archive {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.tick(Instant::now());
+            if self.closer.is_none() {
+                // No closer thread: retention runs here.
+                self.closer_state.tick();
+            }
         }
     }
 
     fn take(&mut self, batch: &Batch) {
-        for r in batch.records() {
+        for (r, arrived) in batch.records_with_arrival() {
             if self.block_records > 0 && self.block.len() + r.len() > self.spec.block_size {
                 self.write_block();
+            }
+            if self.block_records == 0 {
+                self.block_first_arrival = Some(arrived.unwrap_or_else(SystemTime::now));
             }
             self.block.extend_from_slice(r);
             self.block_records += 1;
@@ -166,28 +188,35 @@ impl Archive {
         }
     }
 
+    /// When the current file's first record was taken: the open file's,
+    /// or the open block's when no file is open yet (the block starts the
+    /// next file).
+    fn file_started(&self) -> Option<Instant> {
+        match &self.file {
+            Some(f) => Some(f.opened),
+            None => self.block_started,
+        }
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let flush = self.block_started.map(|s| s + self.spec.flush_interval);
-        let rotate = self
-            .file
-            .as_ref()
-            .map(|f| f.opened + self.spec.rotate_interval);
+        let rotate = self.file_started().map(|s| s + self.spec.rotate_interval);
         match (flush, rotate) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Time-driven work: close a block at `flush_interval`, a file at
-    /// `rotate_interval`.
+    /// Time-driven work: close a block at `flush_interval`, a file
+    /// `rotate_interval` after its first record.
     fn tick(&mut self, now: Instant) {
         if let Some(s) = self.block_started {
             if now.duration_since(s) >= self.spec.flush_interval {
                 self.write_block();
             }
         }
-        if let Some(f) = &self.file {
-            if now.duration_since(f.opened) >= self.spec.rotate_interval {
+        if let Some(s) = self.file_started() {
+            if now.duration_since(s) >= self.spec.rotate_interval {
                 self.write_block();
                 self.close_file();
             }
@@ -210,6 +239,7 @@ impl Archive {
             self.block.clear();
             self.block_records = 0;
             self.block_started = None;
+            self.block_first_arrival = None;
             self.ledger.archive_dropped(count);
             return;
         }
@@ -234,6 +264,7 @@ impl Archive {
         self.block.clear();
         self.block_records = 0;
         self.block_started = None;
+        self.block_first_arrival = None;
         match result {
             Ok(()) => {
                 self.ledger.archived(count);
@@ -301,21 +332,20 @@ impl Archive {
         }
     }
 
+    /// Opens the file the open block starts: named after the arrival time
+    /// of the block's first record.
     fn open_file(&mut self) -> io::Result<OpenFile> {
         fs::create_dir_all(&self.dir)?;
         refuse_symlinked_folder(&self.dir)?;
-        let now_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
+        let first = self.block_first_arrival.unwrap_or_else(SystemTime::now);
         // Names carry the start time to the millisecond; keep them unique and
         // in order even when files rotate faster than that.
-        let mut ms = now_ms.max(self.last_start_ms + 1);
+        let mut ms = epoch_ms(first).max(self.last_start_ms + 1);
         loop {
-            let stamp = file_stamp(ms);
-            let path = self.dir.join(format!("{}-{stamp}.avro", self.channel));
-            let part = self.dir.join(format!("{}-{stamp}.avro.part", self.channel));
-            if path.exists() {
+            let stem = format!("{}-{}", self.channel, file_stamp(ms));
+            let part = self.dir.join(format!("{stem}.avro.part"));
+            // A file of the same start, named as before spans were.
+            if fs::symlink_metadata(self.dir.join(format!("{stem}.avro"))).is_ok() {
                 ms += 1;
                 continue;
             }
@@ -341,11 +371,12 @@ impl Archive {
             return Ok(OpenFile {
                 file,
                 part,
-                path,
+                stem,
+                from_ms: ms,
                 sync,
                 len: header.len() as u64,
                 records: 0,
-                opened: Instant::now(),
+                opened: self.block_started.unwrap_or_else(Instant::now),
             });
         }
     }
@@ -364,17 +395,6 @@ impl Archive {
             None => self.closer_state.close(f.into_closed()),
         }
     }
-}
-
-/// `20261122T213000.123Z` for a time in milliseconds since the epoch.
-fn file_stamp(ms: u128) -> String {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64);
-    // 2026-11-22T21:30:00.123Z
-    humantime::format_rfc3339_millis(t)
-        .to_string()
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect()
 }
 
 fn probe_writable(dir: &Path) -> io::Result<()> {
@@ -403,6 +423,116 @@ pub(crate) fn refuse_symlinked_folder(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::holds;
+    use crate::ledger::BatchCounts;
+
+    fn spec(dir: &Path) -> ArchiveSpec {
+        ArchiveSpec {
+            dir: dir.to_path_buf(),
+            codec: crate::config::Codec::Null,
+            block_size: 1 << 10,
+            rotate_size: 1 << 20,
+            rotate_interval: Duration::from_secs(60),
+            flush_interval: Duration::from_secs(3_600),
+            fsync: Fsync::Never,
+            queue: 1 << 20,
+            quarantine_size: 0,
+            retention_age: None,
+            retention_size: None,
+            time_field: None,
+        }
+    }
+
+    /// An archive of `"int"` records and where it reports closed files.
+    fn archive(
+        dir: &Path,
+    ) -> (
+        Archive,
+        tokio::sync::mpsc::UnboundedReceiver<FileClosed>,
+        Arc<Ledger>,
+    ) {
+        let ledger = Arc::new(Ledger::new());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let a = Archive::open(&spec(dir), "ch", r#""int""#, None, ledger.clone(), tx).unwrap();
+        (a, rx, ledger)
+    }
+
+    /// A batch of `n` records that arrived at `at`, in flight.
+    fn batch(ledger: &Ledger, n: usize, at: SystemTime) -> Batch {
+        let mut c = BatchCounts::new();
+        c.datagrams = n as u64;
+        c.to_archive = n as u64;
+        ledger.received(&c);
+        let mut b = Batch::with_capacity(n);
+        b.mark_arrival(at);
+        for i in 0..n {
+            b.push(&[2 * i as u8]);
+        }
+        b
+    }
+
+    #[test]
+    fn a_file_is_named_after_its_first_record_s_arrival_and_its_close() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut a, mut closed, ledger) = archive(root.path());
+        // The records arrived a while before the archive takes them.
+        let arrived = SystemTime::now() - Duration::from_secs(5);
+        a.take(&batch(&ledger, 3, arrived));
+        let before = SystemTime::now();
+        a.finish();
+        let report = closed.try_recv().unwrap();
+        let name = report.path.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with(&format!("ch-{}--", holds::stamp(arrived))),
+            "{name}"
+        );
+        let span = holds::file_span(&report.path).unwrap();
+        let to_ms = epoch_ms(span.to);
+        assert!(
+            to_ms >= epoch_ms(before) && span.to <= SystemTime::now(),
+            "{name}"
+        );
+        assert_eq!(report.records, 3);
+        assert!(a.dir.read_dir().unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".part")));
+    }
+
+    #[test]
+    fn a_file_closes_rotate_interval_after_its_first_record_even_unwritten() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut a, mut closed, ledger) = archive(root.path());
+        let arrived = SystemTime::now();
+        a.take(&batch(&ledger, 2, arrived));
+        let taken = Instant::now();
+        // No block written yet (flush_interval is an hour): no file yet.
+        a.tick(taken + Duration::from_secs(59));
+        assert!(a.file.is_none() && closed.try_recv().is_err());
+        assert_eq!(
+            a.next_deadline(),
+            a.block_started.map(|s| s + Duration::from_secs(60))
+        );
+        a.tick(taken + Duration::from_secs(61));
+        let report = closed.try_recv().unwrap();
+        assert_eq!(report.records, 2);
+        assert_eq!(
+            holds::stamp(holds::file_span(&report.path).unwrap().from),
+            holds::stamp(arrived)
+        );
+        // The next records start the next file, with a later start.
+        a.take(&batch(&ledger, 1, arrived));
+        a.finish();
+        let next = closed.try_recv().unwrap();
+        let span = holds::file_span(&next.path).unwrap();
+        assert_eq!(
+            epoch_ms(span.from),
+            epoch_ms(arrived) + 1,
+            "unique, in order"
+        );
+        assert!(next.path > report.path);
+    }
 
     #[test]
     fn file_stamps_sort_as_time() {

@@ -2,7 +2,7 @@
 //! the archive thread when full or old enough, and accounted for.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::handover::{Batch, ToArchive, BATCH_BYTES, HAND_OVER_AFTER};
 use crate::ledger::{BatchCounts, Ledger};
@@ -36,12 +36,14 @@ impl ArchiveFeed {
         }
     }
 
-    /// Copies a batch's valid datums into the pending batch (`to_archive`),
-    /// or counts them as `not_archived` when every batch is taken.
+    /// Copies a batch's valid datums, which arrived at `arrived` (wall
+    /// clock), into the pending batch (`to_archive`), or counts them as
+    /// `not_archived` when every batch is taken.
     pub(crate) fn push<'a>(
         &mut self,
         datums: impl ExactSizeIterator<Item = &'a [u8]>,
         now: Instant,
+        arrived: SystemTime,
         counts: &mut BatchCounts,
     ) {
         let Some(mut batch) = self.pending.take().or_else(|| self.queue.take()) else {
@@ -49,6 +51,9 @@ impl ArchiveFeed {
             return;
         };
         counts.to_archive += datums.len() as u64;
+        if datums.len() > 0 {
+            batch.mark_arrival(arrived);
+        }
         for d in datums {
             batch.push(d);
         }
@@ -126,7 +131,7 @@ mod tests {
         for d in datums {
             c.datagram(d.len());
         }
-        f.push(datums.iter().copied(), now, &mut c);
+        f.push(datums.iter().copied(), now, SystemTime::now(), &mut c);
         l.received(&c);
         c
     }

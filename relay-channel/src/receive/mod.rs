@@ -152,7 +152,7 @@ impl ReceivePath {
         );
         let skip = self.classifier.header_len();
         let datums = self.valid.iter().map(|&i| &rx.datagram(i).0[skip..]);
-        self.archive.push(datums, now, c);
+        self.archive.push(datums, now, clock.wall(), c);
         c.quarantine_dropped += self.rejects.quarantine.hand_over_if_due(now, false);
         c.kernel_drops = u64::from(rx.kernel_drops);
         self.ledger.received(c);
