@@ -51,13 +51,13 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(code: u8, line: impl Into<String>) -> Failure {
+    pub(crate) fn new(code: u8, line: impl Into<String>) -> Failure {
         Failure {
             code,
             lines: vec![line.into()],
         }
     }
-    fn failed(line: impl Into<String>) -> Failure {
+    pub(crate) fn failed(line: impl Into<String>) -> Failure {
         Failure::new(EXIT_FAILED, line)
     }
     fn config(file: &Path, key: &str, message: impl fmt::Display) -> Failure {
@@ -89,7 +89,7 @@ impl Client {
 
     /// Sends one request; the status and body of any answer, whatever its
     /// status. `Err` only when there is no answer.
-    fn send(
+    pub(crate) fn send(
         &self,
         method: &str,
         path: &str,
@@ -106,6 +106,13 @@ impl Client {
         let result = match (method, body) {
             ("PUT", Some(body)) => {
                 let mut r = agent.put(&url).header("Content-Type", "application/json");
+                if let Some(b) = &bearer {
+                    r = r.header("Authorization", b);
+                }
+                r.send(body)
+            }
+            ("POST", Some(body)) => {
+                let mut r = agent.post(&url).header("Content-Type", "application/json");
                 if let Some(b) = &bearer {
                     r = r.header("Authorization", b);
                 }
@@ -290,7 +297,7 @@ fn segment(s: &str) -> String {
 /// The failure for an answer that is not a success: 409/422 list their
 /// problems (exit 78), anything else gives the server's `error` with the
 /// HTTP status (exit 1).
-fn answer_failure(code: u16, body: &str) -> Failure {
+pub(crate) fn answer_failure(code: u16, body: &str) -> Failure {
     let value: Option<Value> = serde_json::from_str(body).ok();
     let status = match http_reason(code) {
         Some(r) => format!("HTTP {code} {r}"),
@@ -319,7 +326,7 @@ fn answer_failure(code: u16, body: &str) -> Failure {
 
 /// The server's `error` text, else the body itself (shortened), else a
 /// placeholder.
-fn error_text(value: Option<&Value>, body: &str) -> String {
+pub(crate) fn error_text(value: Option<&Value>, body: &str) -> String {
     if let Some(e) = value.and_then(|v| v.get("error")).and_then(Value::as_str) {
         return e.to_string();
     }

@@ -29,8 +29,9 @@ pub enum Output {
     Exited(ExitStatus),
 }
 
-/// Starts `binary run --config FILE [--defaults TOML]`.
-pub fn spawn(binary: &Path, file: &Path, defaults: &str) -> io::Result<Child> {
+/// Starts `binary run --config FILE [--defaults TOML]`, with the holds
+/// folder in `SPEEDDATA_HOLDS_DIR`.
+pub fn spawn(binary: &Path, file: &Path, defaults: &str, holds_dir: &Path) -> io::Result<Child> {
     let parent = std::process::id();
     let mut cmd = tokio::process::Command::new(binary);
     cmd.arg("run").arg("--config").arg(file);
@@ -44,6 +45,7 @@ pub fn spawn(binary: &Path, file: &Path, defaults: &str) -> io::Result<Child> {
     // The relay then leaves timestamps out of its log lines: the
     // orchestrator's own log stamps each forwarded line.
     cmd.env(relay_channel::logs::SUPERVISED_ENV, "1");
+    cmd.env("SPEEDDATA_HOLDS_DIR", holds_dir);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

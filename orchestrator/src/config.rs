@@ -29,6 +29,7 @@ pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     channels_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     relay_binary: Option<PathBuf>,
     http: Option<RawHttp>,
     supervisor: Option<RawSupervisor>,
@@ -109,6 +110,9 @@ impl Default for Policy {
 pub struct Config {
     pub file: PathBuf,
     pub channels_dir: PathBuf,
+    /// The orchestrator's own state (`state_dir`, default `state/` beside
+    /// this file): the holds, in `holds/`.
+    pub state_dir: PathBuf,
     /// The relay binary; `None`: `relay-channel` beside the orchestrator's
     /// own executable.
     pub relay_binary: Option<PathBuf>,
@@ -154,6 +158,7 @@ impl Config {
             None => base.join(raw.channels_dir.unwrap_or_else(|| "channels.d".into())),
         };
         let relay_binary = raw.relay_binary.map(|p| base.join(p));
+        let state_dir = base.join(raw.state_dir.unwrap_or_else(|| "state".into()));
         let (listen_text, max_connections, token_file) = match raw.http {
             Some(h) => (h.listen, h.max_connections, h.token_file),
             None => (None, None, None),
@@ -261,6 +266,7 @@ impl Config {
             Ok(Config {
                 file: path.to_path_buf(),
                 channels_dir,
+                state_dir,
                 relay_binary,
                 listen,
                 max_connections,
@@ -338,6 +344,14 @@ pub fn read_token(cfg: &Config) -> Result<Option<String>, ConfigError> {
         )));
     }
     Ok(Some(token.to_string()))
+}
+
+impl Config {
+    /// Where the holds are kept, one file each; relays read it at every
+    /// retention pass.
+    pub fn holds_dir(&self) -> PathBuf {
+        self.state_dir.join("holds")
+    }
 }
 
 /// One valid channel of the fleet.

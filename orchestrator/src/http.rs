@@ -18,6 +18,9 @@
 //! | GET    | `/api/v1/channels/{name}/config`   | 200 the channel file's text and schema   |
 //! | POST   | `/api/v1/channels/{name}/check-schema` | 200 `{"compatible", "problems"}`     |
 //! | GET    | `/api/v1/ports/free`               | 200 `{"ports"}`, 409 too few             |
+//! | POST   | `/api/v1/holds`                    | 201 the hold and what it covers; 409, 422 `{"error", "field"}` |
+//! | GET    | `/api/v1/holds[/{name}]`           | 200 every hold (or one) and what it covers; 404 |
+//! | DELETE | `/api/v1/holds/{name}`             | 204, 404                                 |
 //! | GET    | `/`, `/channels/{name}`            | the web console (see [`crate::console`]) |
 //!
 //! Write requests (restart, registration, check-schema) need the API token
@@ -163,6 +166,8 @@ fn build(api: Api, listen: SocketAddr, closing: watch::Receiver<bool>) -> Router
         .route("/api/v1/channels/{name}/config", get(channel_config))
         .route("/api/v1/channels/{name}/check-schema", post(check_schema))
         .route("/api/v1/ports/free", get(free_ports))
+        .route("/api/v1/holds", get(holds_list).post(hold_create))
+        .route("/api/v1/holds/{name}", get(hold_get).delete(hold_delete))
         .route("/api/v1/channels/{name}/restart", post(restart))
         .route("/api/v1/channels/{name}/live", get(live))
         .route("/api/v1/events", get(events))
@@ -1066,6 +1071,122 @@ async fn free_ports(
             .into_response();
     }
     Json(json!({ "ports": ports })).into_response()
+}
+
+/// Every channel's archive folder, for what holds cover.
+fn archives(s: &AppState) -> Vec<crate::holds::ArchiveOf> {
+    s.fleet
+        .list()
+        .into_iter()
+        .filter_map(|c| {
+            let spec = s.fleet.spec(&c.name)?;
+            Some(crate::holds::ArchiveOf {
+                dir: spec.archive.channel_dir(&c.name),
+                time_field: spec.archive.time_field.clone(),
+                channel: c.name,
+            })
+        })
+        .collect()
+}
+
+/// `GET /api/v1/holds`: every hold and what it covers.
+async fn holds_list(State(s): State<AppState>) -> Response {
+    let cfg = match s.config() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let archives = archives(&s);
+    let holds: Vec<_> = crate::holds::list(&cfg)
+        .iter()
+        .map(|h| crate::holds::report(h, &archives))
+        .collect();
+    Json(json!({ "holds": holds })).into_response()
+}
+
+/// `GET /api/v1/holds/{name}`.
+async fn hold_get(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let cfg = match s.config() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match crate::holds::get(&cfg, &name) {
+        Some(h) => Json(crate::holds::report(&h, &archives(&s))).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no hold {name:?}")),
+    }
+}
+
+/// `POST /api/v1/holds` with `{"name", "from", "to", "channels"?, "note"?}`.
+async fn hold_create(
+    State(s): State<AppState>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+    body: JsonBody<crate::holds::NewHold>,
+) -> Response {
+    use crate::holds::Refused;
+    let who = match s.may_write(&headers, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": e.body_text(), "field": null })),
+            )
+                .into_response()
+        }
+    };
+    let cfg = match s.config() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let known: Vec<String> = s.fleet.list().into_iter().map(|c| c.name).collect();
+    match crate::holds::create(&cfg, &known, req, who) {
+        Ok(hold) => {
+            tracing::info!(hold = %hold.name, from = %hold.from, to = %hold.to, channels = ?hold.channels, by = who, "hold made");
+            (
+                StatusCode::CREATED,
+                Json(crate::holds::report(&hold, &archives(&s))),
+            )
+                .into_response()
+        }
+        Err(Refused::Exists(m)) => error(StatusCode::CONFLICT, m),
+        Err(Refused::Invalid(field, m)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": format!("{field}: {m}"), "field": field })),
+        )
+            .into_response(),
+    }
+}
+
+/// `DELETE /api/v1/holds/{name}`: its files go at the next retention pass
+/// that finds them past retention.
+async fn hold_delete(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match s.may_write(&headers, peer) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let cfg = match s.config() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match crate::holds::remove(&cfg, &name) {
+        Ok(true) => {
+            tracing::info!(hold = %name, by = who, "hold removed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no hold {name:?}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot remove hold {name}: {e}"),
+        ),
+    }
 }
 
 async fn healthz() -> &'static str {

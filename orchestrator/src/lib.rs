@@ -7,6 +7,7 @@
 //! - `lifecycle`: one channel's lifecycle as a pure transition table;
 //! - `reconcile`: running vs wanted channels as a pure diff;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
+//! - [`holds`]: holds, an incident's data kept past retention;
 //! - [`http`]: the HTTP API;
 //! - [`registry`]: channel files written through the API;
 //! - `console`: the web console's embedded pages;
@@ -20,7 +21,10 @@ pub mod channel_cmd;
 pub mod child;
 pub mod config;
 mod console;
+pub mod export;
 pub mod fdlimit;
+pub mod hold_cmd;
+pub mod holds;
 pub mod http;
 mod lifecycle;
 pub mod live;

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use orchestrator::config::{self, Config, InvalidChannels, DEFAULT_CONFIG};
 use orchestrator::state::Fleet;
 use orchestrator::supervisor::{self, Request, Supervisor};
-use orchestrator::{channel_cmd, fdlimit, http, status_cmd, systemd};
+use orchestrator::{channel_cmd, fdlimit, hold_cmd, http, status_cmd, systemd};
 
 /// The speeddata-relay supervisor: reads one TOML file per channel from
 /// channels.d/, runs one isolated `relay-channel` process per channel,
@@ -78,6 +78,76 @@ enum Command {
     Channel {
         #[command(subcommand)]
         command: ChannelCommand,
+    },
+    /// Keep an incident's data past retention: add, list or remove holds.
+    ///
+    /// While a hold exists, every relay's retention keeps the archive files
+    /// of a held channel whose time span overlaps the hold's range, however
+    /// short retention is. A hold whose --to lies in the future also keeps
+    /// the files written until then.
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
+    },
+    /// Copy a hold's data out for an analyst: per channel, the held files
+    /// (hard links where the filesystem allows) in OUT/<channel>/, and
+    /// OUT/MANIFEST.json (the hold, channels, files, records, bytes and
+    /// the SHA-256 of each file).
+    ///
+    /// With --cut, a channel whose `archive.time_field` is set gets instead
+    /// one new Avro file holding exactly the records whose time field lies
+    /// in the hold's range, in order, with the same schema and codec. OUT
+    /// must be empty or not exist. Runs on the orchestrator's host (it
+    /// reads the archive files).
+    Export {
+        /// The hold's name.
+        name: String,
+        /// The folder to export into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Cut each channel's records to the hold's range by its
+        /// `archive.time_field`.
+        #[arg(long)]
+        cut: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HoldCommand {
+    /// Make a hold. Times: RFC 3339 (2026-11-23T14:02:00Z), `now`, or a
+    /// time before now (-15m, -2h, "-1h 30m").
+    Add {
+        /// The hold's name (a-z, 0-9, '_' and '-').
+        name: String,
+        /// Start of the range.
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        from: String,
+        /// End of the range (may lie in the future).
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        to: String,
+        /// A channel to hold (repeat for several; default: every channel).
+        #[arg(long = "channel", value_name = "NAME")]
+        channels: Vec<String>,
+        /// Why the data is kept.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the holds, with the files and bytes each keeps.
+    Ls {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a hold; its files go at the next retention pass that finds
+    /// them past retention.
+    Rm {
+        /// The hold's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -182,6 +252,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Channel { command } => channel(command),
+        Command::Hold { command } => hold(command),
+        Command::Export {
+            name,
+            out,
+            cut,
+            remote,
+        } => remote_command(&remote, false, |c| hold_cmd::export(c, &name, &out, cut)),
     }
 }
 
@@ -249,6 +326,59 @@ fn channel(command: ChannelCommand) -> ExitCode {
         ChannelCommand::Show { name, .. } => channel_cmd::show(&client, name),
     };
     match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            for line in f.lines.iter().flat_map(|l| l.lines()) {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn hold(command: HoldCommand) -> ExitCode {
+    match command {
+        HoldCommand::Add {
+            name,
+            from,
+            to,
+            channels,
+            note,
+            remote,
+        } => remote_command(&remote, true, |c| {
+            hold_cmd::add(c, &name, &from, &to, &channels, note.as_deref())
+        }),
+        HoldCommand::Ls { remote } => remote_command(&remote, false, hold_cmd::list),
+        HoldCommand::Rm { name, remote } => {
+            remote_command(&remote, true, |c| hold_cmd::remove(c, &name))
+        }
+    }
+}
+
+/// Runs a command against the API that `remote` names, with the token of
+/// its configuration for write requests, and prints its outcome.
+fn remote_command(
+    remote: &Remote,
+    writes: bool,
+    f: impl FnOnce(&channel_cmd::Client) -> Result<String, channel_cmd::Failure>,
+) -> ExitCode {
+    let files = &remote.files;
+    let cfg = Config::load(&files.config, files.channels_dir.as_deref()).ok();
+    let token = match cfg.as_ref().map(config::read_token) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) if writes => {
+            for line in e.to_string().lines() {
+                eprintln!("warning: {line}");
+            }
+            None
+        }
+        _ => None,
+    };
+    let client = channel_cmd::Client::new(&api_url(remote.url.clone(), cfg.as_ref()), token);
+    match f(&client) {
         Ok(text) => {
             println!("{text}");
             ExitCode::SUCCESS

@@ -257,6 +257,7 @@ impl Supervisor {
             ch,
             defaults: defaults.to_string(),
             binary: self.binary.clone(),
+            holds_dir: self.cfg.holds_dir(),
             fleet: self.fleet.clone(),
             rx,
             life,
@@ -366,6 +367,9 @@ struct ChannelTask {
     ch: Channel,
     defaults: String,
     binary: PathBuf,
+    /// Handed to the relay (`SPEEDDATA_HOLDS_DIR`): its retention keeps
+    /// what the holds there cover.
+    holds_dir: PathBuf,
     fleet: Arc<Fleet>,
     rx: mpsc::UnboundedReceiver<Cmd>,
     life: Lifecycle,
@@ -506,7 +510,12 @@ impl ChannelTask {
     }
 
     fn spawn(&mut self) -> Input {
-        match child::spawn(&self.binary, self.ch.file(), &self.defaults) {
+        match child::spawn(
+            &self.binary,
+            self.ch.file(),
+            &self.defaults,
+            &self.holds_dir,
+        ) {
             Ok(c) => {
                 let pid = c.pid;
                 self.child = Some(c);
