@@ -46,6 +46,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../web/channel.js"),
     },
     Asset {
+        name: "holds.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/holds.js"),
+    },
+    Asset {
         name: "register.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../web/register.js"),

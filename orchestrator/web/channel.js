@@ -5,6 +5,7 @@ import {
   el, getJSON, post, count, rate, bytes, duration, clock, badge, archiveHealth, serverInfo, keepFresh, tokenControl,
 } from '/assets/common.js';
 import { registrationForm, removeChannel } from '/assets/register.js';
+import { holdsSection } from '/assets/holds.js';
 import { Series, StripChart } from '/assets/stripchart.js';
 
 const name = decodeURIComponent(location.pathname.split('/')[2] || '');
@@ -405,6 +406,7 @@ serverInfo().then((info) => {
   $('restart').title = writes ? `Restart ${name} now` : info.writes_refused || 'writes are refused';
   const t = tokenControl(info);
   if (t) $('token').replaceChildren(t);
+  $('holds-here').replaceChildren(holdsSection(name, writes));
   keepFresh(refresh, $('conn')).onEvent((kind, e) => {
     if (e && e.channel === name && kind === 'started') loadSchema();
   });

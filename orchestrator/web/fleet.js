@@ -4,6 +4,7 @@ import {
   el, getJSON, post, count, rate, duration, clock, badge, severity, archiveHealth, serverInfo, keepFresh, tokenControl,
 } from '/assets/common.js';
 import { registrationForm } from '/assets/register.js';
+import { holdsSection } from '/assets/holds.js';
 
 const tbody = document.querySelector('#channels tbody');
 const errorBox = document.getElementById('error');
@@ -125,6 +126,7 @@ serverInfo().then((info) => {
   add.addEventListener('click', openForm);
   const t = tokenControl(info);
   if (t) document.getElementById('token').replaceChildren(t);
+  document.getElementById('holds-here').replaceChildren(holdsSection(null, writes));
   if (info.version) document.getElementById('version').textContent = `v${info.version}`;
   if (!writes && info.writes_refused) {
     const w = document.getElementById('writes');

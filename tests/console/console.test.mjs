@@ -221,6 +221,21 @@ try {
   await sleep(3000);
   await page.screenshot({ path: `${SHOTS}/channel.png`, fullPage: true });
 
+  // Keep the last 5 minutes of this channel; the hold is listed with its
+  // files and size, then deleted (after a confirmation).
+  await page.click('#holds-section button.keep[data-minutes="5"]');
+  await page.waitForFunction(() => /kept as keep-/.test(document.getElementById('hold-status').textContent), null, { timeout: 10000 });
+  const holdRow = await page.waitForSelector('#holds tr[data-hold^="keep-"]');
+  const holdBytes = Number(await holdRow.getAttribute('data-bytes'));
+  check(holdBytes >= 0, `the hold is listed (${(await holdRow.textContent()).trim()})`);
+  const apiHolds = await (await fetch(`${BASE}/api/v1/holds`)).json();
+  check(apiHolds.holds.length === 1 && apiHolds.holds[0].hold.channels[0] === LIVE, 'the API has the hold, for this channel');
+  await page.screenshot({ path: `${SHOTS}/channel-holds.png`, fullPage: true });
+  page.once('dialog', (d) => d.accept());
+  await page.click('#holds tr[data-hold^="keep-"] button.hold-delete');
+  await page.waitForFunction(() => !document.querySelector('#holds tr[data-hold^="keep-"]'), null, { timeout: 10000 });
+  check((await (await fetch(`${BASE}/api/v1/holds`)).json()).holds.length === 0, 'the hold is deleted');
+
   // The data stops: the page says so.
   loadgen.kill('SIGTERM');
   await sent;
