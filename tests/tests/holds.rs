@@ -1,0 +1,495 @@
+//! Holds end to end: the real orchestrator and relays, retention by age
+//! with files rotated every second, holds made through the API and the
+//! command line, kept across restarts, and `orchestrator export` read back
+//! with fastavro.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value as Json};
+use speeddata_tests::fleet::{run_orchestrator, FleetDir, Orchestrator};
+use speeddata_tests::{bin, ChannelOpts};
+
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Days since 1970-01-01 of a civil date, and back (Howard Hinnant's
+/// algorithms).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719468;
+    let era = if z >= 0 { z } else { z - 146096 } / 146097;
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// RFC 3339 (UTC, milliseconds) of a time in ms since the epoch.
+fn rfc3339(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+/// `20261123T155121.827Z` in ms since the epoch.
+fn stamp_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 20 || b[8] != b'T' || b[15] != b'.' || b[19] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().ok();
+    let days = days_from_civil(n(0..4)?, n(4..6)?, n(6..8)?);
+    Some(
+        days * 86_400_000
+            + n(9..11)? * 3_600_000
+            + n(11..13)? * 60_000
+            + n(13..15)? * 1000
+            + n(16..19)?,
+    )
+}
+
+/// A closed archive file's span from its name `{channel}-{from}--{to}.avro`.
+fn span(path: &Path) -> (i64, i64) {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let stem = name.strip_suffix(".avro").unwrap();
+    let (head, to) = stem
+        .rsplit_once("--")
+        .unwrap_or_else(|| panic!("{name}: no --to"));
+    let from = &head[head.len() - 20..];
+    (
+        stamp_ms(from).unwrap_or_else(|| panic!("{name}: from")),
+        stamp_ms(to).unwrap_or_else(|| panic!("{name}: to")),
+    )
+}
+
+fn closed(dir: &Path) -> BTreeSet<PathBuf> {
+    speeddata_tests::avro_files(dir).into_iter().collect()
+}
+
+/// A fleet of one channel `h` rotating every second, retention 2 s.
+fn fleet(extra_archive: &[&str]) -> (FleetDir, ChannelOpts) {
+    let fleet = FleetDir::new(&["backoff_initial = \"100ms\""]);
+    let mut opts = ChannelOpts::unicast("h");
+    opts.archive.push("rotate_interval = \"1s\"".into());
+    opts.archive.push("retention_age = \"2s\"".into());
+    opts.archive.push("flush_interval = \"100ms\"".into());
+    for l in extra_archive {
+        opts.archive.push(l.to_string());
+    }
+    fleet.add(&opts);
+    (fleet, opts)
+}
+
+/// loadgen: `rate` example records a second for `seconds`, then it stops.
+fn send(opts: &ChannelOpts, rate: u32, seconds: u32) -> std::process::Child {
+    Command::new(bin("loadgen"))
+        .args(["--to", &opts.bind.to_string(), "--rate", &rate.to_string()])
+        .args(["--count", &(rate * seconds).to_string()])
+        .args(["--duration", &format!("{}s", seconds + 5), "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("loadgen")
+}
+
+fn post_hold(o: &Orchestrator, body: Json) -> (u16, Json) {
+    let r = o.send("POST", "/api/v1/holds", Some(&body), &[]);
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Json::Null),
+    )
+}
+
+/// Polls `dir` until `limit`, collecting every closed file seen.
+fn watch(dir: &Path, limit: Duration, seen: &mut BTreeSet<PathBuf>) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        seen.extend(closed(dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_hold_keeps_exactly_the_files_that_overlap_it_and_its_removal_lets_them_go() {
+    let (fleet, opts) = fleet(&[]);
+    let o = fleet.start();
+    o.wait_ready("h");
+    let dir = fleet.archive_dir("h");
+    let mut sender = send(&opts, 20, 9);
+    let mut seen = BTreeSet::new();
+    watch(&dir, Duration::from_secs(3), &mut seen);
+    // A hold over the last second (the files that overlap it are at most
+    // about 1 s old, retention takes them at 2 s).
+    let to = now_ms() - 200;
+    let from = to - 800;
+    let (status, body) = post_hold(
+        &o,
+        json!({"name": "incident", "from": rfc3339(from), "to": rfc3339(to), "note": "odd spike"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["hold"]["name"], "incident");
+    assert_eq!(body["hold"]["created_by"], "local");
+    assert_eq!(body["channels"][0]["channel"], "h");
+    watch(&dir, Duration::from_secs(6), &mut seen);
+    sender.wait().unwrap();
+    watch(&dir, Duration::from_secs(4), &mut seen);
+
+    let overlaps = |p: &PathBuf| {
+        let (a, b) = span(p);
+        a <= to && b >= from
+    };
+    let left = closed(&dir);
+    let held: BTreeSet<PathBuf> = seen.iter().filter(|p| overlaps(p)).cloned().collect();
+    assert!(!held.is_empty(), "some file overlaps the hold: {seen:?}");
+    assert_eq!(
+        left,
+        held,
+        "exactly the files that overlap the hold are left (seen {})",
+        seen.len()
+    );
+    assert!(seen.len() >= held.len() + 4, "the others went: {seen:?}");
+
+    // The hold and its bytes, in the API and the stats line.
+    let h = o.get("/api/v1/holds/incident").json();
+    let files: Vec<&str> = h["channels"][0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), held.len(), "{h}");
+    let bytes: u64 = held
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(h["bytes"], bytes);
+    o.wait_channel("h", Duration::from_secs(5), |c| {
+        c["counters"]["held_bytes"] == bytes
+    });
+
+    // Removed: the files go at the next pass.
+    assert_eq!(
+        o.send("DELETE", "/api/v1/holds/incident", None, &[]).status,
+        204
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    while !closed(&dir).is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(closed(&dir).is_empty(), "{:?}", closed(&dir));
+    assert_eq!(o.get("/api/v1/holds/incident").status, 404);
+    assert_eq!(
+        o.send("DELETE", "/api/v1/holds/incident", None, &[]).status,
+        404
+    );
+}
+
+#[test]
+fn a_hold_made_before_its_range_keeps_later_files_across_restarts_of_everything() {
+    let (fleet, opts) = fleet(&[]);
+    let mut o = fleet.start();
+    let first_pid = o.wait_ready("h")["pid"].as_u64().unwrap();
+    let dir = fleet.archive_dir("h");
+    // Made from the command line, its range still to come.
+    let config = fleet.config();
+    let config = config.to_str().unwrap();
+    let from = now_ms() + 1500;
+    let to = from + 1000;
+    let (code, out, err) = run_orchestrator(
+        &[
+            "hold",
+            "add",
+            "ahead",
+            "--from",
+            &rfc3339(from),
+            "--to",
+            &rfc3339(to),
+            "--channel",
+            "h",
+            "--config",
+            config,
+        ],
+        fleet.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("hold ahead: ") && out.contains("h (0 files"),
+        "{out}"
+    );
+    // Relative times, and removal, from the command line too.
+    let (code, out, err) = run_orchestrator(
+        &[
+            "hold", "add", "recent", "--from", "-15m", "--to", "now", "--note", "a look",
+            "--config", config,
+        ],
+        fleet.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let recent = o.get("/api/v1/holds/recent").json();
+    let (f, t) = (
+        recent["hold"]["from"].as_str().unwrap(),
+        recent["hold"]["to"].as_str().unwrap(),
+    );
+    assert!(f < t && t.ends_with('Z'), "{recent}");
+    let (code, out, _) = run_orchestrator(
+        &["hold", "rm", "recent", "--config", config],
+        fleet.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, _, err) = run_orchestrator(
+        &["hold", "rm", "recent", "--config", config],
+        fleet.dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    let mut sender = send(&opts, 20, 8);
+    let mut seen = BTreeSet::new();
+    watch(&dir, Duration::from_secs(5), &mut seen);
+    // The relay killed, then the orchestrator stopped and started again.
+    unsafe { libc::kill(first_pid as i32, libc::SIGKILL) };
+    o.wait_channel("h", Duration::from_secs(10), |c| {
+        c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p != first_pid)
+    });
+    watch(&dir, Duration::from_secs(1), &mut seen);
+    o.signal(libc::SIGTERM);
+    assert_eq!(o.wait_exit(Duration::from_secs(20)), 0);
+    let o = fleet.start();
+    o.wait_ready("h");
+    sender.wait().unwrap();
+    watch(&dir, Duration::from_secs(4), &mut seen);
+
+    let (code, out, _) = run_orchestrator(&["hold", "ls", "--config", config], fleet.dir.path());
+    assert_eq!(code, 0);
+    assert!(out.contains("ahead") && out.contains(" h "), "{out}");
+    let left = closed(&dir);
+    let held: BTreeSet<PathBuf> = seen
+        .iter()
+        .filter(|p| {
+            let (a, b) = span(p);
+            a <= to && b >= from
+        })
+        .cloned()
+        .collect();
+    assert!(
+        !held.is_empty(),
+        "files were written in the range: {seen:?}"
+    );
+    assert_eq!(
+        left, held,
+        "the hold survived the restarts and kept what it covers"
+    );
+}
+
+#[test]
+fn export_copies_or_cuts_the_held_records_with_a_manifest() {
+    let (fleet, opts) = fleet(&["time_field = \"time\""]);
+    let o = fleet.start();
+    o.wait_ready("h");
+    let dir = fleet.archive_dir("h");
+    let mut sender = send(&opts, 50, 6);
+    std::thread::sleep(Duration::from_millis(2500));
+    let to = now_ms() - 300;
+    let from = to - 1000;
+    let (status, body) = post_hold(
+        &o,
+        json!({"name": "cut", "from": rfc3339(from), "to": rfc3339(to)}),
+    );
+    assert_eq!(status, 201, "{body}");
+    sender.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let held: Vec<PathBuf> = closed(&dir).into_iter().collect();
+    assert!(!held.is_empty());
+
+    let config = fleet.config();
+    let config = config.to_str().unwrap();
+    let work = speeddata_tests::tempdir();
+    let whole = work.path().join("whole");
+    let (code, out, err) = run_orchestrator(
+        &[
+            "export",
+            "cut",
+            "--out",
+            whole.to_str().unwrap(),
+            "--config",
+            config,
+        ],
+        work.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let cut = work.path().join("cut");
+    let (code, out, err) = run_orchestrator(
+        &[
+            "export",
+            "cut",
+            "--out",
+            cut.to_str().unwrap(),
+            "--cut",
+            "--config",
+            config,
+        ],
+        work.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cut to the range by time"), "{out}");
+    // Into a folder that is not empty: refused.
+    let (code, _, err) = run_orchestrator(
+        &[
+            "export",
+            "cut",
+            "--out",
+            cut.to_str().unwrap(),
+            "--config",
+            config,
+        ],
+        work.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty"), "{err}");
+
+    // fastavro reads everything; the manifests' sha256 and counts match.
+    let script = r#"
+import hashlib, json, sys, fastavro
+whole, cut, lo, hi = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def check(folder):
+    m = json.load(open(folder + "/MANIFEST.json"))
+    for c in m["channels"]:
+        for f in c["files"]:
+            data = open(folder + "/" + f["file"], "rb").read()
+            assert hashlib.sha256(data).hexdigest() == f["sha256"], f
+            assert len(data) == f["bytes"], f
+            with open(folder + "/" + f["file"], "rb") as fh:
+                assert sum(1 for _ in fastavro.reader(fh)) == f["records"], f
+    return m
+mw, mc = check(whole), check(cut)
+assert mw["hold"]["hold"]["name"] == "cut" and not mw["channels"][0]["cut"]
+assert mc["channels"][0]["cut"] and mc["channels"][0]["time_field"] == "time"
+records = []
+for f in sorted(mw["channels"][0]["files"], key=lambda f: f["file"]):
+    with open(whole + "/" + f["file"], "rb") as fh:
+        records.extend(fastavro.reader(fh))
+def micros(r):
+    t = r["time"]
+    return int(t.timestamp() * 1_000_000) if hasattr(t, "timestamp") else t
+want = [r for r in records if lo * 1000 <= micros(r) <= hi * 1000]
+[cf] = mc["channels"][0]["files"]
+with open(cut + "/" + cf["file"], "rb") as fh:
+    reader = fastavro.reader(fh)
+    codec = reader.codec
+    got = list(reader)
+assert got == want, (len(got), len(want))
+assert len(got) > 10, len(got)
+print(json.dumps({"whole": len(records), "cut": len(got), "codec": codec}))
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            whole.to_str().unwrap(),
+            cut.to_str().unwrap(),
+            &from.to_string(),
+            &to.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["codec"], "zstandard", "same codec as the archive: {v}");
+    assert!(v["whole"].as_u64() > v["cut"].as_u64(), "{v}");
+}
+
+#[test]
+fn refusals_name_the_field() {
+    let (fleet, _) = fleet(&[]);
+    let o = fleet.start();
+    o.wait_ready("h");
+    let t = now_ms();
+    let ok = json!({"name": "one", "from": rfc3339(t - 1000), "to": rfc3339(t)});
+    assert_eq!(post_hold(&o, ok.clone()).0, 201);
+    let (s, b) = post_hold(&o, ok);
+    assert_eq!(s, 409, "{b}");
+    for (body, field) in [
+        (
+            json!({"name": "two", "from": rfc3339(t), "to": rfc3339(t - 1000)}),
+            "to",
+        ),
+        (
+            json!({"name": "two", "from": "yesterday", "to": rfc3339(t)}),
+            "from",
+        ),
+        (
+            json!({"name": "two", "from": rfc3339(t), "to": "2026-13-40T00:00:00Z"}),
+            "to",
+        ),
+        (
+            json!({"name": "two", "from": rfc3339(t - 1), "to": rfc3339(t), "channels": ["nope"]}),
+            "channels",
+        ),
+        (
+            json!({"name": "Two/..", "from": rfc3339(t - 1), "to": rfc3339(t)}),
+            "name",
+        ),
+    ] {
+        let (s, b) = post_hold(&o, body.clone());
+        assert_eq!(s, 422, "{body}: {b}");
+        assert_eq!(b["field"], field, "{body}: {b}");
+    }
+    // With a token file, no token: 401.
+    let fleet2 = FleetDir::new(&[]);
+    std::fs::write(
+        fleet2.dir.path().join("api-token"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(fleet2.config()).unwrap();
+    std::fs::write(
+        fleet2.config(),
+        cfg.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
+    )
+    .unwrap();
+    fleet2.add(&ChannelOpts::unicast("x"));
+    let o2 = fleet2.start();
+    o2.wait_ready("x");
+    let body = json!({"name": "one", "from": rfc3339(t - 1000), "to": rfc3339(t)});
+    assert_eq!(post_hold(&o2, body.clone()).0, 401);
+    assert_eq!(
+        o2.send("DELETE", "/api/v1/holds/one", None, &[]).status,
+        401
+    );
+    let r = o2.send(
+        "POST",
+        "/api/v1/holds",
+        Some(&body),
+        &[("Authorization", "Bearer 0123456789abcdef0123456789abcdef")],
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["hold"]["created_by"], "token");
+}
