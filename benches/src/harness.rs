@@ -129,6 +129,13 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     pub tmp_dir: Option<PathBuf>,
 
+    /// Also the overload test at 800 B: the relay with validation and zstd
+    /// at a fixed level is searched for its lossless rate, then driven at
+    /// 1.1 times that rate for 10 s with the fixed level and with the
+    /// adaptive level (the default).
+    #[arg(long)]
+    pub overload: bool,
+
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -221,14 +228,25 @@ impl Decimation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArchiveCodec {
+    /// zstd at its default level, adaptive (the relay's default).
     Zstd,
+    /// zstd at its default level, `archive.adaptive = false`.
+    ZstdFixed,
     Null,
 }
 
 impl ArchiveCodec {
     fn name(self) -> &'static str {
         match self {
+            ArchiveCodec::Zstd | ArchiveCodec::ZstdFixed => "zstd",
+            ArchiveCodec::Null => "null",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
             ArchiveCodec::Zstd => "zstd",
+            ArchiveCodec::ZstdFixed => "zstd fixed level",
             ArchiveCodec::Null => "null",
         }
     }
@@ -274,7 +292,7 @@ impl Forwarder {
                 } else {
                     "no validation"
                 },
-                codec.name(),
+                codec.label(),
                 match decimation.algorithm() {
                     Some(a) => format!(", {a} by {DECIMATION_FACTOR}"),
                     None => String::new(),
@@ -300,6 +318,11 @@ pub struct ForwarderCounters {
     pub archive_dropped: Option<u64>,
     pub rejected: Option<u64>,
     pub in_flight: Option<u64>,
+    /// Relay with zstd: milliseconds compressed below the preferred level,
+    /// the level at the end (`None` while storing), whether it stored.
+    pub archive_degraded_ms: Option<u64>,
+    pub archive_level: Option<i64>,
+    pub archive_stored: Option<bool>,
 }
 
 /// Send-to-receipt latency percentiles, in microseconds.
@@ -848,7 +871,24 @@ pub struct SizeReport {
     pub latency_ceiling: Option<Trial>,
     pub latency_relay: Option<Trial>,
     pub latency_errors: Vec<String>,
+    /// `--overload`: the two 10 s trials at 1.1 times the fixed-level
+    /// zstd relay's lossless rate.
+    pub overload: Option<Overload>,
 }
+
+/// The overload test (see [`Options::overload`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Overload {
+    /// The fixed-level relay's lossless rate, and 1.1 times it.
+    pub lossless_rate: u64,
+    pub rate: u64,
+    pub fixed: Option<Trial>,
+    pub adaptive: Option<Trial>,
+    pub errors: Vec<String>,
+}
+
+/// How long each overload trial lasts.
+pub const OVERLOAD_TRIAL: Duration = Duration::from_secs(10);
 
 /// Runs the benchmark with `opts` and prints the report; returns the exit
 /// code.
@@ -1045,7 +1085,17 @@ pub fn run(opts: &Options) -> Result<Report> {
         } else {
             &[]
         };
-        for &fwd in Forwarder::RELAYS.iter().chain(decimated) {
+        let fixed = [Forwarder::relay(
+            true,
+            ArchiveCodec::ZstdFixed,
+            Decimation::Off,
+        )];
+        let fixed: &[Forwarder] = if opts.overload && size == Size::S800 {
+            &fixed
+        } else {
+            &[]
+        };
+        for &fwd in Forwarder::RELAYS.iter().chain(decimated).chain(fixed) {
             // Start an eighth below the ceiling: three doublings reach it.
             let start = if ceiling_rate > 0 {
                 round_rate(ceiling_rate / 8)
@@ -1084,6 +1134,31 @@ pub fn run(opts: &Options) -> Result<Report> {
                 }
             }
         }
+        let overload = (!fixed.is_empty()).then(|| {
+            let lossless_rate = relays.last().map_or(0, Search::lossless_rate);
+            let rate = round_rate(lossless_rate * 11 / 10);
+            let mut o = Overload {
+                lossless_rate,
+                rate,
+                fixed: None,
+                adaptive: None,
+                errors: Vec::new(),
+            };
+            for codec in [ArchiveCodec::ZstdFixed, ArchiveCodec::Zstd] {
+                let fwd = Forwarder::relay(true, codec, Decimation::Off);
+                if lossless_rate == 0 || !bench.time_left(OVERLOAD_TRIAL) {
+                    o.errors
+                        .push(format!("{}: no lossless rate or no time left", fwd.label()));
+                    continue;
+                }
+                match bench.trial(fwd, size, rate, OVERLOAD_TRIAL, false) {
+                    Ok(t) if codec == ArchiveCodec::ZstdFixed => o.fixed = Some(t),
+                    Ok(t) => o.adaptive = Some(t),
+                    Err(e) => o.errors.push(format!("{}: {e:#}", fwd.label())),
+                }
+            }
+            o
+        });
         let datagram_bytes = ceiling
             .trials
             .iter()
@@ -1101,6 +1176,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             latency_ceiling,
             latency_relay,
             latency_errors,
+            overload,
         });
     }
     let other_work_pct = other_work.percent();
@@ -1272,6 +1348,9 @@ impl Bench {
                 archive_dropped: Some(u("archive_dropped")),
                 rejected: Some(u("rejected")),
                 in_flight: Some(u("in_flight")),
+                archive_degraded_ms: Some(u("archive_degraded_ms")),
+                archive_level: final_line["archive_level"].as_i64(),
+                archive_stored: final_line["archive_stored"].as_bool(),
             },
         };
         let lost_at_receiver = send.sent.saturating_sub(rx.received);
@@ -1420,6 +1499,7 @@ pub fn channel_file(
          [archive]\n\
          dir = \"data\"\n\
          codec = \"{codec}\"\n\
+         adaptive = {adaptive}\n\
          \n\
          [full]\n\
          group = \"{group}\"\n\
@@ -1427,6 +1507,7 @@ pub fn channel_file(
          ttl = 0\n",
         schema = size.schema_file(),
         codec = codec.name(),
+        adaptive = codec != ArchiveCodec::ZstdFixed,
     )
 }
 
@@ -1945,6 +2026,56 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
+    for z in &r.sizes {
+        let Some(o) = &z.overload else { continue };
+        let _ = writeln!(
+            s,
+            "\n## Overload, {}: 1.1 × the fixed-level zstd relay's lossless rate for {} s\n\n\
+             The relay with validation and zstd at its fixed default level loses nothing up to \
+             {}/s; both configurations below get {}/s. Lost: datagrams sent that did not reach \
+             the archive.\n",
+            size_label(z.size),
+            OVERLOAD_TRIAL.as_secs(),
+            fmt_int(o.lossless_rate),
+            fmt_int(o.rate)
+        );
+        let _ = writeln!(
+            s,
+            "| archive | sent | archived | lost | kernel drops | archive dropped | time below the preferred level | level at the end | archive bytes / sent bytes | CPU s per 10⁶ |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+        for (name, t) in [
+            ("zstd, fixed level", &o.fixed),
+            ("zstd, adaptive", &o.adaptive),
+        ] {
+            let Some(t) = t else { continue };
+            let c = &t.forwarder_counters;
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt_int(t.sent),
+                c.archived.map_or("–".into(), fmt_int),
+                t.lost_in_archive.map_or("–".into(), fmt_int),
+                fmt_int(c.kernel_drops),
+                c.archive_dropped.map_or("–".into(), fmt_int),
+                c.archive_degraded_ms
+                    .map_or("–".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+                match (c.archive_level, c.archive_stored) {
+                    (_, Some(true)) => "stored".to_string(),
+                    (Some(l), _) => l.to_string(),
+                    _ => "–".into(),
+                },
+                match (t.archive_bytes, t.sent_bytes) {
+                    (Some(a), b) if b > 0 => format!("{:.0}%", 100.0 * a as f64 / b as f64),
+                    _ => "–".into(),
+                },
+                opt_f(t.cpu_s_per_million, 2),
+            );
+        }
+        for e in &o.errors {
+            let _ = writeln!(s, "\n- {e}");
+        }
+    }
     let _ = writeln!(
         s,
         "\n## Latency, send to receipt on the full-rate group\n\nAt half the lossless rate of \
@@ -2289,6 +2420,7 @@ mod tests {
             latency_ceiling: None,
             latency_relay: Some(lat),
             latency_errors: Vec::new(),
+            overload: None,
         };
         let t = targets(&z);
         assert!(

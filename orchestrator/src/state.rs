@@ -234,6 +234,11 @@ const FLAGS: &[Flag] = &[
         "1 once the multicast group is joined (or none is configured)",
         |s| s.joined,
     ),
+    (
+        "archive_stored",
+        "1 while the archive stores blocks uncompressed to keep up (adaptive zstd)",
+        |s| s.archive_stored,
+    ),
 ];
 
 /// A series for each counter of [`COUNTERS`], in its order.
@@ -249,6 +254,8 @@ pub struct Metrics {
     pub registry: Registry,
     counters: Vec<Series>,
     flags: Vec<IntGaugeVec>,
+    /// The zstd level the archive compresses at (adaptive).
+    archive_level: IntGaugeVec,
     /// Rejections by channel and reason.
     rejected_by_reason: IntCounterVec,
     pub restarts: IntCounterVec,
@@ -284,6 +291,14 @@ impl Metrics {
                 IntGaugeVec::new(opts(name, help), &["channel"]).expect("metric")
             })
             .collect();
+        let archive_level = IntGaugeVec::new(
+            opts(
+                "archive_zstd_level",
+                "The zstd level the archive compresses at now (below archive.level while it keeps up with load; absent with other codecs and while blocks are stored)",
+            ),
+            &["channel"],
+        )
+        .expect("metric");
         let rejected_by_reason = IntCounterVec::new(
             opts(
                 "rejected_by_reason_total",
@@ -343,6 +358,9 @@ impl Metrics {
             registry.register(Box::new(g.clone())).expect("register");
         }
         registry
+            .register(Box::new(archive_level.clone()))
+            .expect("register");
+        registry
             .register(Box::new(rejected_by_reason.clone()))
             .expect("register");
         registry
@@ -364,6 +382,7 @@ impl Metrics {
             registry,
             counters,
             flags,
+            archive_level,
             rejected_by_reason,
             restarts,
             state,
@@ -400,6 +419,7 @@ impl Metrics {
         for g in &self.flags {
             let _ = g.remove_label_values(&[channel]);
         }
+        let _ = self.archive_level.remove_label_values(&[channel]);
         for reason in reject_reasons() {
             let _ = self
                 .rejected_by_reason
@@ -558,6 +578,16 @@ impl Fleet {
         }
         for ((_, _, flag), g) in FLAGS.iter().zip(&self.metrics.flags) {
             g.with_label_values(&[name]).set(i64::from(flag(&stats)));
+        }
+        match stats.archive_level {
+            Some(l) => self
+                .metrics
+                .archive_level
+                .with_label_values(&[name])
+                .set(i64::from(l)),
+            None => {
+                let _ = self.metrics.archive_level.remove_label_values(&[name]);
+            }
         }
         if let (Some(prev), Some(at)) = (&previous, st.last_stats_at) {
             let secs = now.duration_since(at).as_secs_f64();

@@ -194,6 +194,7 @@ struct RawArchive {
     retention_age: Option<String>,
     retention_size: Option<RawSize>,
     time_field: Option<String>,
+    adaptive: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,6 +310,11 @@ pub struct ArchiveSpec {
     /// checked when the schema is loaded. The relay does nothing else with
     /// it; exports of the archive use it.
     pub time_field: Option<String>,
+    /// `archive.adaptive` (zstd only; default on): under load the zstd
+    /// level goes down, to storing blocks if it must, so that the archive
+    /// never costs a record; `level` is the preferred level it climbs back
+    /// to.
+    pub adaptive: bool,
 }
 
 impl ArchiveSpec {
@@ -794,6 +800,7 @@ impl Checker<'_> {
             retention_age,
             retention_size,
             time_field,
+            adaptive: a.adaptive.unwrap_or(true),
         })
     }
 

@@ -92,6 +92,10 @@ pub fn encode_header(schema_json: &str, codec: &Codec, sync: &[u8; 16], out: &mu
 /// to block, so that steady-state encoding does not allocate.
 pub struct BlockEncoder {
     codec: Codec,
+    /// With zstd: the level in use now, which the archive may lower under
+    /// load ([`BlockEncoder::set_zstd`]); `None`: blocks are stored, as raw
+    /// blocks in a zstd frame.
+    zstd_level: Option<i32>,
     scratch: Vec<u8>,
     deflate: Option<flate2::Compress>,
     snappy: Option<snap::raw::Encoder>,
@@ -124,12 +128,31 @@ impl BlockEncoder {
             c => c,
         };
         BlockEncoder {
+            zstd_level: match codec {
+                Codec::Zstd { level } => Some(level),
+                _ => None,
+            },
             codec,
             scratch: Vec::new(),
             deflate: None,
             snappy: None,
             zstd: None,
         }
+    }
+
+    /// With zstd, the level of the next blocks: `Some(level)`, or `None` to
+    /// store them uncompressed (raw blocks in a zstd frame: any zstd reader
+    /// reads them, at the cost of a copy). Other codecs ignore it.
+    pub fn set_zstd(&mut self, level: Option<i32>) -> io::Result<()> {
+        if !matches!(self.codec, Codec::Zstd { .. }) || level == self.zstd_level {
+            return Ok(());
+        }
+        if let (Some(l), Some(z)) = (level, &mut self.zstd) {
+            let range = zstd::compression_level_range();
+            z.set_compression_level(l.clamp(*range.start(), *range.end()))?;
+        }
+        self.zstd_level = level;
+        Ok(())
     }
 
     /// Appends one whole block (count, size, compressed data, sync) to `out`. `data` is the
@@ -180,7 +203,12 @@ impl BlockEncoder {
                     .map_err(io::Error::other)?;
                 (&self.scratch[..n], Some(crc32fast::hash(data)))
             }
+            Codec::Zstd { .. } if self.zstd_level.is_none() => {
+                zstd_stored_frame(data, &mut self.scratch);
+                (&self.scratch[..], None)
+            }
             Codec::Zstd { level } => {
+                let level = self.zstd_level.unwrap_or(level);
                 let z = match &mut self.zstd {
                     Some(z) => z,
                     slot => {
@@ -209,6 +237,33 @@ impl BlockEncoder {
         }
         out.extend_from_slice(sync);
         Ok(())
+    }
+}
+
+/// The largest raw block of a zstd frame.
+const ZSTD_MAX_BLOCK: usize = 128 << 10;
+
+/// Writes `data` into `scratch` (cleared first) as one zstd frame of raw
+/// (uncompressed) blocks, with its content size and no checksum (RFC 8878:
+/// single segment, 8-byte frame content size, blocks of at most 128 KiB).
+fn zstd_stored_frame(data: &[u8], scratch: &mut Vec<u8>) {
+    scratch.clear();
+    scratch.reserve(data.len() + 13 + 3 * (data.len() / ZSTD_MAX_BLOCK + 1));
+    scratch.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    // Frame_Content_Size_flag 3 (8 bytes), Single_Segment_flag.
+    scratch.push(0b1110_0000);
+    scratch.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let mut chunks = data.chunks(ZSTD_MAX_BLOCK).peekable();
+    if chunks.peek().is_none() {
+        // An empty last raw block.
+        scratch.extend_from_slice(&[1, 0, 0]);
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = u32::from(chunks.peek().is_none());
+        // Last_Block, Block_Type 0 (raw), Block_Size.
+        let header = last | ((chunk.len() as u32) << 3);
+        scratch.extend_from_slice(&header.to_le_bytes()[..3]);
+        scratch.extend_from_slice(chunk);
     }
 }
 
@@ -645,6 +700,47 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    /// The adaptive archive's levels, stored blocks among them, in one
+    /// file: apache-avro reads every record back in order, and a stored
+    /// frame (several raw blocks past 128 KiB) decodes with zstd as it was.
+    #[test]
+    fn zstd_levels_change_between_blocks_and_stored_frames_read_back() {
+        let s = schema();
+        let sync = new_sync_marker();
+        let mut out = Vec::new();
+        let codec = Codec::Zstd { level: 3 };
+        encode_header(SCHEMA, &codec, &sync, &mut out);
+        let mut enc = BlockEncoder::new(codec);
+        let all = blocks(&[40, 3000, 40, 1, 40]);
+        for (b, level) in all.iter().zip([Some(3), None, Some(-64), None, Some(1)]) {
+            enc.set_zstd(level).unwrap();
+            let mut data = Vec::new();
+            for v in b {
+                data.extend(datum(&s, v));
+            }
+            enc.encode_block(b.len() as u64, &data, &sync, &mut out)
+                .unwrap();
+        }
+        let got: Vec<Value> = Reader::new(&out[..]).unwrap().map(|v| v.unwrap()).collect();
+        let want: Vec<Value> = all.into_iter().flatten().collect();
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got, want);
+
+        for len in [
+            0,
+            1,
+            ZSTD_MAX_BLOCK - 1,
+            ZSTD_MAX_BLOCK,
+            ZSTD_MAX_BLOCK + 1,
+            3 * ZSTD_MAX_BLOCK + 7,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let mut frame = Vec::new();
+            zstd_stored_frame(&data, &mut frame);
+            assert_eq!(zstd::decode_all(&frame[..]).unwrap(), data, "{len}");
+        }
     }
 
     /// A whole file; also returns the end offset of the header and of each block.

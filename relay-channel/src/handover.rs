@@ -203,6 +203,14 @@ impl ArchiveInbox {
         self.batches.recv_timeout(wait)
     }
 
+    /// How full the queue is, from 0 to 1.
+    pub(crate) fn fill(&self) -> f64 {
+        match self.batches.capacity() {
+            Some(c) if c > 0 => self.batches.len() as f64 / c as f64,
+            _ => 0.0,
+        }
+    }
+
     /// Gives a batch back to the pool, emptied.
     pub(crate) fn recycle(&self, mut batch: Batch) {
         batch.clear();

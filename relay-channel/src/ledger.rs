@@ -8,7 +8,7 @@
 //! it ([`BatchCounts`]) and applies them at once, so every snapshot, and so
 //! every stats line, balances exactly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::handover::RejectReason;
@@ -22,7 +22,14 @@ pub(crate) struct Ledger {
     archive_healthy: AtomicBool,
     /// False while a multicast join waits for its interface.
     joined: AtomicBool,
+    /// The zstd level in use; [`NO_LEVEL`] with other codecs or while
+    /// blocks are stored.
+    archive_level: AtomicI64,
+    archive_stored: AtomicBool,
 }
+
+/// [`Ledger::archive_level`] when there is none.
+const NO_LEVEL: i64 = i64::MIN;
 
 /// The counters as kept: the stats line's [`Counters`] and the rejections
 /// by reason, in order of first appearance.
@@ -96,6 +103,8 @@ impl Ledger {
             accounts: Mutex::new(Accounts::default()),
             archive_healthy: AtomicBool::new(true),
             joined: AtomicBool::new(true),
+            archive_level: AtomicI64::new(NO_LEVEL),
+            archive_stored: AtomicBool::new(false),
         }
     }
 
@@ -195,6 +204,31 @@ impl Ledger {
         self.archive_healthy.swap(healthy, Ordering::Relaxed)
     }
 
+    /// The archive's compression: `Some(level)` with zstd, `None` while it
+    /// stores blocks; `zstd` false for other codecs.
+    pub(crate) fn set_archive_level(&self, zstd: bool, level: Option<i32>) {
+        let v = match (zstd, level) {
+            (true, Some(l)) => i64::from(l),
+            _ => NO_LEVEL,
+        };
+        self.archive_level.store(v, Ordering::Relaxed);
+        self.archive_stored
+            .store(zstd && level.is_none(), Ordering::Relaxed);
+    }
+
+    /// Time the archive spent below its preferred level.
+    pub(crate) fn archive_degraded(&self, d: std::time::Duration) {
+        let ms = d.as_millis() as u64;
+        if ms > 0 {
+            self.change(|t| t.counters.archive_degraded_ms += ms);
+        }
+    }
+
+    /// The kernel's drops on the receive socket so far.
+    pub(crate) fn kernel_drops(&self) -> u64 {
+        self.lock().counters.kernel_drops
+    }
+
     /// Sets whether the multicast membership stands.
     pub(crate) fn set_joined(&self, joined: bool) {
         self.joined.store(joined, Ordering::Relaxed);
@@ -214,6 +248,11 @@ impl Ledger {
                 .collect(),
             archive_healthy: self.archive_healthy.load(Ordering::Relaxed),
             joined: self.joined.load(Ordering::Relaxed),
+            archive_level: match self.archive_level.load(Ordering::Relaxed) {
+                NO_LEVEL => None,
+                l => i32::try_from(l).ok(),
+            },
+            archive_stored: self.archive_stored.load(Ordering::Relaxed),
             last,
         })
     }

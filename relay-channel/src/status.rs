@@ -59,6 +59,15 @@ pub struct Stats {
     pub archive_healthy: bool,
     /// False while a multicast join waits for its interface.
     pub joined: bool,
+    /// With zstd, the level the archive compresses at now (the adaptive
+    /// level, `archive.level` when it keeps up); `null` with other codecs
+    /// and while blocks are stored.
+    #[serde(default)]
+    pub archive_level: Option<i32>,
+    /// True while the archive stores blocks uncompressed (raw blocks in the
+    /// zstd frame) to keep up.
+    #[serde(default)]
+    pub archive_stored: bool,
     /// True on the line written as the relay stops.
     #[serde(rename = "final")]
     pub last: bool,
@@ -189,6 +198,9 @@ counters! {
     quarantine_dropped: Counter, "quarantine_dropped_datagrams_total", None;
     /// Receive-socket errors other than timeouts.
     receive_errors: Counter, "receive_errors_total", None;
+    /// Milliseconds the archive compressed below `archive.level` (or stored
+    /// blocks) to keep up with the input.
+    archive_degraded_ms: Counter, "archive_degraded_milliseconds_total", None;
     /// Datagrams the kernel dropped on the receive socket (SO_RXQ_OVFL):
     /// they never reached the relay, so they are not part of `received`.
     kernel_drops: Counter, "kernel_dropped_datagrams_total", Some("DROPPED");
@@ -275,7 +287,14 @@ mod tests {
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut expected = vec!["event", "channel"];
         expected.extend(COUNTERS.iter().map(|c| c.key));
-        expected.extend(["rejected_by_reason", "archive_healthy", "joined", "final"]);
+        expected.extend([
+            "rejected_by_reason",
+            "archive_healthy",
+            "joined",
+            "archive_level",
+            "archive_stored",
+            "final",
+        ]);
         assert_eq!(keys, expected);
         assert_eq!(v["received"], 5);
         assert_eq!(v["rejected_by_reason"]["truncated"], 2);

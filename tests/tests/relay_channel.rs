@@ -1684,3 +1684,40 @@ fn time_field_must_be_a_timestamp_field_of_the_schema() {
         );
     }
 }
+
+/// An archive that cannot keep up at its zstd level (19, slow, with a
+/// small queue) compresses less instead of dropping: the level on the
+/// stats lines goes down, the time below it is counted, and every file
+/// (stored blocks among them) reads back whole with both readers.
+/// `adaptive = false` keeps the level.
+#[test]
+fn an_archive_that_cannot_keep_up_compresses_less_and_stays_readable() {
+    let message = "x".repeat(700);
+    let records = example_records(20_000, &message);
+    for adaptive in [true, false] {
+        let dir = tempdir();
+        let mut opts = ChannelOpts::unicast(&format!("adaptive-{adaptive}"));
+        opts.archive = vec![
+            "codec = \"zstd\"".into(),
+            "level = 19".into(),
+            format!("adaptive = {adaptive}"),
+            "queue = \"1MiB\"".into(),
+        ];
+        let relay = Relay::start(dir.path(), &opts);
+        // Bounded: 20,000 datagrams of about 760 bytes, 40 a millisecond.
+        relay.feed(opts.bind, &records, 40);
+        relay.wait_received(records.len() as u64 / 2, Duration::from_secs(30));
+        let (archive, last) = relay.stop_ok();
+        assert_balanced(&last);
+        let got = read_archive(&archive);
+        assert_eq!(got.len() as u64, last["archived"].as_u64().unwrap());
+        let degraded = last["archive_degraded_ms"].as_u64().unwrap();
+        if adaptive {
+            assert!(degraded > 0, "the level went down under load: {last}");
+        } else {
+            assert_eq!(degraded, 0, "{last}");
+            assert_eq!(last["archive_level"], 19, "{last}");
+            assert_eq!(last["archive_stored"], false);
+        }
+    }
+}

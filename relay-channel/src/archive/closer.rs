@@ -193,6 +193,7 @@ mod tests {
             retention_age: None,
             retention_size: None,
             time_field: None,
+            adaptive: true,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The archive of one channel, by concern:
 //!
 //! - [`writer`]: the archive thread: blocks, files, rotation;
+//! - [`adaptive`]: the zstd level under load, down to storing blocks;
 //! - [`closer`]: fsync, rename to `.avro`, the `file_closed` report, then
 //!   retention, on a thread of its own;
 //! - [`retention`]: which closed files go;
@@ -9,6 +10,7 @@
 //! The container format itself is [`crate::container`]'s; rejected
 //! datagrams go to [`crate::quarantine`].
 
+mod adaptive;
 mod closer;
 mod recovery;
 mod retention;

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::adaptive::Adaptive;
 use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
 use super::recovery;
-use crate::config::{ArchiveSpec, Fsync};
+use crate::config::{ArchiveSpec, Codec, Fsync};
 use crate::container::{self, BlockEncoder};
 use crate::handover::{ArchiveInbox, Batch};
 use crate::ledger::Ledger;
@@ -87,7 +88,14 @@ pub(crate) struct Archive {
     /// (and after `finish`), when files are closed on this thread.
     closer: Option<Sender<ClosedFile>>,
     closer_state: Closer,
+    /// The zstd level under load (`archive.adaptive`); `None` with other
+    /// codecs or when turned off.
+    adaptive: Option<Adaptive>,
+    last_adapt: Option<Instant>,
 }
+
+/// How often the adaptive level looks at the queue and the kernel's drops.
+const ADAPT_EVERY: Duration = Duration::from_millis(10);
 
 impl Archive {
     /// Prepares the channel's archive folder: creates it, and closes every
@@ -107,6 +115,13 @@ impl Archive {
         fs::create_dir_all(&dir)?;
         probe_writable(&dir)?;
         recovery::recover_leftovers(&dir);
+        let adaptive = match spec.codec {
+            Codec::Zstd { level } if spec.adaptive => Some(Adaptive::new(level)),
+            _ => None,
+        };
+        if let Codec::Zstd { level } = spec.codec {
+            ledger.set_archive_level(true, Some(level));
+        }
         Ok(Archive {
             spec: spec.clone(),
             channel: channel.to_string(),
@@ -126,6 +141,8 @@ impl Archive {
             error_log: RateLimit::new(3, Duration::from_secs(60)),
             closer: None,
             closer_state: Closer::new(spec, channel, holds_dir, ledger, closed),
+            adaptive,
+            last_adapt: None,
         })
     }
 
@@ -163,10 +180,44 @@ impl Archive {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.adapt(inbox.fill());
             self.tick(Instant::now());
             if self.closer.is_none() {
                 // No closer thread: retention runs here.
                 self.closer_state.tick();
+            }
+        }
+    }
+
+    /// Lets the adaptive level see the archive queue's fill and the
+    /// kernel's drops (at most every [`ADAPT_EVERY`]), and applies a new
+    /// level to the next blocks.
+    fn adapt(&mut self, fill: f64) {
+        let Some(a) = &mut self.adaptive else {
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .last_adapt
+            .is_some_and(|t| now.duration_since(t) < ADAPT_EVERY)
+        {
+            return;
+        }
+        self.last_adapt = Some(now);
+        let (changed, degraded_for) = a.observe(fill, self.ledger.kernel_drops(), now);
+        self.ledger.archive_degraded(degraded_for);
+        if let Some(level) = changed {
+            let degraded = a.degraded();
+            if let Err(e) = self.encoder.set_zstd(level) {
+                tracing::warn!(channel = %self.channel, error = %e, "cannot change the zstd level");
+                return;
+            }
+            self.ledger.set_archive_level(true, level);
+            let shown = level.map_or("stored (no compression)".to_string(), |l| l.to_string());
+            if degraded {
+                tracing::info!(channel = %self.channel, level = %shown, queue_fill = fill, "archive: compressing less to keep up");
+            } else {
+                tracing::info!(channel = %self.channel, level = %shown, "archive: back at the preferred zstd level");
             }
         }
     }
@@ -440,6 +491,7 @@ mod tests {
             retention_age: None,
             retention_size: None,
             time_field: None,
+            adaptive: true,
         }
     }
 

@@ -1,0 +1,237 @@
+//! The adaptive compression level: under overload the archive degrades
+//! before anything is lost. With zstd, when the archive's queue fills or
+//! the kernel starts dropping datagrams on the receive socket (the archive
+//! thread's compression taking the CPU the receive thread needs), the level
+//! steps down the ladder: the preferred level (`archive.level`), then 1,
+//! zstd's fast negative levels, and at last blocks stored uncompressed
+//! (raw blocks in the zstd frame, a copy). When the pressure is gone for a
+//! while, it climbs back one step at a time.
+//!
+//! Pure: [`Adaptive::observe`] takes the signals and the time, and says
+//! which level the next blocks get.
+
+use std::time::{Duration, Instant};
+
+/// The rungs below the preferred level: fast levels, then the negative
+/// ones (each about twice as fast as the one before on telemetry), then
+/// storing (`None`).
+const LADDER: [Option<i32>; 9] = [
+    Some(1),
+    Some(-1),
+    Some(-4),
+    Some(-16),
+    Some(-64),
+    Some(-256),
+    Some(-1024),
+    Some(-8192),
+    None,
+];
+
+/// Queue fill at or above which the level goes down.
+pub(crate) const PRESSURE_FILL: f64 = 0.25;
+/// Queue fill under which the archive counts as keeping up.
+pub(crate) const CALM_FILL: f64 = 0.05;
+/// Shortest time between two steps down: a step takes effect at the next
+/// block.
+const STEP_DOWN_EVERY: Duration = Duration::from_millis(50);
+/// How long it must be calm (no kernel drop, the queue nearly empty) before
+/// each step up.
+const STEP_UP_AFTER: Duration = Duration::from_secs(2);
+
+/// Where the level stands.
+#[derive(Debug, Clone)]
+pub(crate) struct Adaptive {
+    /// `ladder[0]` is the preferred level.
+    ladder: Vec<Option<i32>>,
+    at: usize,
+    last_step: Option<Instant>,
+    calm_since: Option<Instant>,
+    last_kernel_drops: Option<u64>,
+    /// When the level last left the preferred one (while degraded).
+    degraded_since: Option<Instant>,
+}
+
+impl Adaptive {
+    pub(crate) fn new(preferred: i32) -> Adaptive {
+        let mut ladder = vec![Some(preferred)];
+        ladder.extend(LADDER.iter().filter(|l| l.is_none_or(|l| l < preferred)));
+        Adaptive {
+            ladder,
+            at: 0,
+            last_step: None,
+            calm_since: None,
+            last_kernel_drops: None,
+            degraded_since: None,
+        }
+    }
+
+    /// The level in use: `Some(level)`, or `None` while blocks are stored.
+    pub(crate) fn level(&self) -> Option<i32> {
+        self.ladder[self.at]
+    }
+
+    /// Whether the level is below the preferred one.
+    pub(crate) fn degraded(&self) -> bool {
+        self.at > 0
+    }
+
+    /// Takes the signals: `fill`, how full the archive queue is (0 to 1),
+    /// and `kernel_drops`, the receive socket's drop counter. Returns the
+    /// new level when it changes, and the time spent degraded since the
+    /// last call (to be counted).
+    pub(crate) fn observe(
+        &mut self,
+        fill: f64,
+        kernel_drops: u64,
+        now: Instant,
+    ) -> (Option<Option<i32>>, Duration) {
+        let degraded_for = match self.degraded_since {
+            Some(t) => {
+                let d = now.saturating_duration_since(t);
+                self.degraded_since = Some(now);
+                d
+            }
+            None => Duration::ZERO,
+        };
+        let dropped = self
+            .last_kernel_drops
+            .is_some_and(|before| kernel_drops > before);
+        self.last_kernel_drops = Some(kernel_drops);
+        let since_step = |s: &Self| {
+            s.last_step
+                .map_or(Duration::MAX, |t| now.saturating_duration_since(t))
+        };
+        let changed = if dropped || fill >= PRESSURE_FILL {
+            self.calm_since = None;
+            if self.at + 1 < self.ladder.len() && since_step(self) >= STEP_DOWN_EVERY {
+                self.at += 1;
+                self.last_step = Some(now);
+                self.degraded_since.get_or_insert(now);
+                true
+            } else {
+                false
+            }
+        } else if fill < CALM_FILL {
+            let calm = *self.calm_since.get_or_insert(now);
+            if self.at > 0
+                && now.saturating_duration_since(calm) >= STEP_UP_AFTER
+                && since_step(self) >= STEP_UP_AFTER
+            {
+                self.at -= 1;
+                self.last_step = Some(now);
+                if self.at == 0 {
+                    self.degraded_since = None;
+                }
+                true
+            } else {
+                false
+            }
+        } else {
+            self.calm_since = None;
+            false
+        };
+        (changed.then(|| self.level()), degraded_for)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(t: Instant, n: u64) -> Instant {
+        t + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn pressure_steps_down_to_storing_and_calm_climbs_back_one_step_at_a_time() {
+        let t = Instant::now();
+        let mut a = Adaptive::new(3);
+        assert_eq!(a.level(), Some(3));
+        assert_eq!(a.observe(0.0, 0, t).0, None);
+        // Queue pressure: one step per 50 ms at most.
+        assert_eq!(a.observe(0.5, 0, ms(t, 10)).0, Some(Some(1)));
+        assert_eq!(
+            a.observe(0.5, 0, ms(t, 20)).0,
+            None,
+            "not twice within 50 ms"
+        );
+        let mut now = 10;
+        let mut levels = vec![Some(1)];
+        while a.level().is_some() {
+            now += 50;
+            if let (Some(l), _) = a.observe(0.9, 0, ms(t, now)) {
+                levels.push(l);
+            }
+        }
+        assert_eq!(
+            levels,
+            vec![
+                Some(1),
+                Some(-1),
+                Some(-4),
+                Some(-16),
+                Some(-64),
+                Some(-256),
+                Some(-1024),
+                Some(-8192),
+                None
+            ]
+        );
+        assert!(a.degraded());
+        // Stored is the bottom.
+        assert_eq!(a.observe(1.0, 0, ms(t, now + 100)).0, None);
+        // Calm: nothing for 2 s, then one step up per 2 s.
+        now += 200;
+        assert_eq!(a.observe(0.0, 0, ms(t, now)).0, None);
+        assert_eq!(a.observe(0.0, 0, ms(t, now + 1999)).0, None);
+        assert_eq!(a.observe(0.0, 0, ms(t, now + 2000)).0, Some(Some(-8192)));
+        assert_eq!(a.observe(0.0, 0, ms(t, now + 3000)).0, None);
+        assert_eq!(a.observe(0.0, 0, ms(t, now + 4000)).0, Some(Some(-1024)));
+        // Half-full is neither: no step up, and calm starts over.
+        assert_eq!(a.observe(0.1, 0, ms(t, now + 6000)).0, None);
+        assert_eq!(a.observe(0.0, 0, ms(t, now + 6100)).0, None);
+        assert_eq!(a.observe(0.0, 0, ms(t, now + 8099)).0, None);
+        assert_eq!(a.observe(0.0, 0, ms(t, now + 8100)).0, Some(Some(-256)));
+    }
+
+    #[test]
+    fn kernel_drops_are_pressure_and_the_time_degraded_is_counted() {
+        let t = Instant::now();
+        let mut a = Adaptive::new(1);
+        assert_eq!(
+            a.observe(0.0, 7, t),
+            (None, Duration::ZERO),
+            "the first reading is a baseline"
+        );
+        assert_eq!(a.observe(0.0, 7, ms(t, 100)).0, None);
+        let (l, d) = a.observe(0.0, 9, ms(t, 200));
+        assert_eq!(
+            (l, d),
+            (Some(Some(-1)), Duration::ZERO),
+            "1 is preferred: the next rung is -1"
+        );
+        assert_eq!(a.observe(0.0, 9, ms(t, 700)).1, Duration::from_millis(500));
+        // Back at the preferred level after 2 s of calm: no more time counted.
+        let (l, d) = a.observe(0.0, 9, ms(t, 2700));
+        assert_eq!(l, Some(Some(1)));
+        assert_eq!(d, Duration::from_millis(2000));
+        assert!(!a.degraded());
+        assert_eq!(a.observe(0.0, 9, ms(t, 5000)).1, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_low_preferred_level_keeps_only_the_rungs_below_it() {
+        let a = Adaptive::new(-16);
+        assert_eq!(
+            a.ladder,
+            vec![
+                Some(-16),
+                Some(-64),
+                Some(-256),
+                Some(-1024),
+                Some(-8192),
+                None
+            ]
+        );
+    }
+}
