@@ -2828,3 +2828,138 @@ mod tests {
         send_sync::<CompileError>();
     }
 }
+
+#[cfg(test)]
+mod speed {
+    //! Instructions per datum of [`Validator::validate`] on the bench schemas
+    //! (not a check; a wall-clock figure on a shared machine means little).
+    //! Count them with callgrind:
+    //!
+    //! ```sh
+    //! cargo test --release -p relay-channel --lib validate::speed --no-run
+    //! valgrind --tool=callgrind --callgrind-out-file=cg.out \
+    //!     target/release/deps/relay_channel-HASH validate::speed --ignored --test-threads 1
+    //! callgrind_annotate --inclusive=yes cg.out | grep 'speed::run_'
+    //! ```
+    //!
+    //! Each `run_*` function validates [`N`] datums; its inclusive count over
+    //! `N` is the cost of one (the loop's own few instructions included).
+    use super::*;
+
+    /// Validations per schema.
+    const N: usize = 100_000;
+    /// Distinct datums per schema, validated in turn `N / POOL` times.
+    const POOL: usize = 1_000;
+
+    fn put_long(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        while z >= 0x80 {
+            out.push(z as u8 | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+
+    /// Datums of a bench samples schema as `loadgen` sends them: a current
+    /// timestamp, an increasing counter, one block of `values` doubles (16-bit
+    /// quantised sines), the end of the array.
+    fn samples(values: usize) -> Vec<Vec<u8>> {
+        (0..POOL)
+            .map(|i| {
+                let mut x = Vec::with_capacity(26 + 8 * values);
+                put_long(&mut x, 1_767_225_600_000_000 + 200 * i as i64);
+                put_long(&mut x, 1_000_000 + i as i64);
+                put_long(&mut x, values as i64);
+                for k in 0..values {
+                    let q = (((i + 37 * k) as f64 / 40.0).sin() * 30_000.0).round();
+                    x.extend_from_slice(&(q / 32_768.0).to_le_bytes());
+                }
+                put_long(&mut x, 0);
+                x
+            })
+            .collect()
+    }
+
+    /// Datums of `channels.d/example.avsc` (a string among the fields).
+    fn example() -> Vec<Vec<u8>> {
+        (0..POOL)
+            .map(|i| {
+                let mut x = Vec::new();
+                put_long(&mut x, 1_767_225_600_000_000 + 200 * i as i64);
+                let message = format!("sample {i}");
+                put_long(&mut x, message.len() as i64);
+                x.extend_from_slice(message.as_bytes());
+                put_long(&mut x, i as i64);
+                for k in 0..4 {
+                    x.extend_from_slice(&((i * k) as f64).to_le_bytes());
+                }
+                x
+            })
+            .collect()
+    }
+
+    fn run(v: &Validator, pool: &[Vec<u8>]) -> usize {
+        let mut valid = 0;
+        for x in pool.iter().cycle().take(N) {
+            valid += usize::from(v.validate(std::hint::black_box(x)).is_ok());
+        }
+        valid
+    }
+
+    type Runner = fn(&Validator, &[Vec<u8>]) -> usize;
+
+    // One function per schema, so that callgrind counts each apart (each
+    // does something of its own, so that the linker cannot fold them).
+    #[inline(never)]
+    fn run_64(v: &Validator, pool: &[Vec<u8>]) -> usize {
+        run(v, pool) + 64 * std::hint::black_box(0)
+    }
+    #[inline(never)]
+    fn run_800(v: &Validator, pool: &[Vec<u8>]) -> usize {
+        run(v, pool) + 800 * std::hint::black_box(0)
+    }
+    #[inline(never)]
+    fn run_8k(v: &Validator, pool: &[Vec<u8>]) -> usize {
+        run(v, pool) + 8192 * std::hint::black_box(0)
+    }
+    #[inline(never)]
+    fn run_example(v: &Validator, pool: &[Vec<u8>]) -> usize {
+        run(v, pool) + 50 * std::hint::black_box(0)
+    }
+
+    #[test]
+    #[ignore]
+    fn instructions_per_datum() {
+        let compile = |json: &str| Validator::new(&Schema::parse_str(json).unwrap()).unwrap();
+        let cases: [(&str, Runner, Validator, Vec<Vec<u8>>); 4] = [
+            (
+                "samples-64",
+                run_64,
+                compile(include_str!("../../benches/schemas/samples-64.avsc")),
+                samples(6),
+            ),
+            (
+                "samples-800",
+                run_800,
+                compile(include_str!("../../benches/schemas/samples-800.avsc")),
+                samples(99),
+            ),
+            (
+                "samples-8k",
+                run_8k,
+                compile(include_str!("../../benches/schemas/samples-8k.avsc")),
+                samples(1020),
+            ),
+            (
+                "example",
+                run_example,
+                compile(include_str!("../../channels.d/example.avsc")),
+                example(),
+            ),
+        ];
+        for (name, f, v, pool) in &cases {
+            assert_eq!(f(v, pool), N, "{name}");
+            eprintln!("{name}: {N} datums of {} bytes validated", pool[0].len());
+        }
+    }
+}
