@@ -3426,8 +3426,8 @@ mod speed {
 
     type Runner = fn(&Validator, &[Vec<u8>]) -> usize;
     /// A schema's name, its runners (with and without the fast path), its
-    /// validator and its datums.
-    type Case = (&'static str, [Runner; 2], Validator, Vec<Vec<u8>>);
+    /// validator, its datums and how many of `N` are valid.
+    type Case = (&'static str, [Runner; 2], Validator, Vec<Vec<u8>>, usize);
 
     /// One function per schema and path, so that callgrind counts each
     /// apart (each does something of its own, so that the linker cannot
@@ -3448,43 +3448,65 @@ mod speed {
     runner!(run_800_walking, true, 801);
     runner!(run_8k_walking, true, 8193);
     runner!(run_example_walking, true, 51);
+    runner!(run_800_rejected, false, 802);
+    runner!(run_800_rejected_walking, true, 803);
 
     #[test]
     #[ignore]
     fn instructions_per_datum() {
         let compile = |json: &str| Validator::new(&Schema::parse_str(json).unwrap()).unwrap();
-        let cases: [Case; 4] = [
+        let cases: [Case; 5] = [
             (
                 "samples-64",
                 [run_64, run_64_walking],
                 compile(include_str!("../../benches/schemas/samples-64.avsc")),
                 samples(6),
+                N,
             ),
             (
                 "samples-800",
                 [run_800, run_800_walking],
                 compile(include_str!("../../benches/schemas/samples-800.avsc")),
                 samples(99),
+                N,
             ),
             (
                 "samples-8k",
                 [run_8k, run_8k_walking],
                 compile(include_str!("../../benches/schemas/samples-8k.avsc")),
                 samples(1020),
+                N,
             ),
             (
                 "example",
                 [run_example, run_example_walking],
                 compile(include_str!("../../channels.d/example.avsc")),
                 example(),
+                N,
+            ),
+            // Rejected at the end (a byte too many): the fast path runs
+            // through, then the walker again.
+            (
+                "samples-800, trailing byte",
+                [run_800_rejected, run_800_rejected_walking],
+                compile(include_str!("../../benches/schemas/samples-800.avsc")),
+                samples(99)
+                    .into_iter()
+                    .map(|mut x| {
+                        x.push(0);
+                        x
+                    })
+                    .collect(),
+                0,
             ),
         ];
-        for (name, runners, v, pool) in &cases {
+        for (name, runners, v, pool, valid) in &cases {
             for f in runners {
-                assert_eq!(f(v, pool), N, "{name}");
+                assert_eq!(f(v, pool), *valid, "{name}");
             }
             eprintln!(
-                "{name}: {N} datums of {} bytes validated, with and without the fast path",
+                "{name}: {N} datums of {} bytes validated ({valid} valid), with and without \
+                 the fast path",
                 pool[0].len()
             );
         }
