@@ -2,9 +2,12 @@
 //!
 //! Input: one byte that picks a schema from a small checked-in set (every Avro
 //! type, logical types, nested and recursive records, arrays, maps, unions,
-//! enums, fixed), then the datagram.
+//! enums, fixed, and the bench's samples record, which takes the fast path
+//! throughout), then the datagram.
 //!
 //! Oracle:
+//! - `Validator::validate` (fast path, then the walker) and
+//!   `Validator::validate_walking` (the walker alone) give the same result;
 //! - `Validator::validate` accepts => apache-avro decodes the datagram and
 //!   consumes every byte;
 //! - apache-avro decodes it, consuming every byte, and the validator rejects
@@ -30,6 +33,10 @@ const SCHEMAS: &[(&str, &str)] = &[
     ("union", include_str!("../schemas/union.avsc")),
     ("empty_items", include_str!("../schemas/empty_items.avsc")),
     ("scalars", include_str!("../schemas/scalars.avsc")),
+    (
+        "samples",
+        include_str!("../../benches/schemas/samples-800.avsc"),
+    ),
 ];
 
 struct Compiled {
@@ -91,7 +98,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let c = &compiled()[pick as usize % SCHEMAS.len()];
     let name = c.name;
-    let err = match c.validator.validate(x) {
+    let verdict = c.validator.validate(x);
+    let walked = c.validator.validate_walking(x);
+    assert_eq!(
+        verdict, walked,
+        "{name}: the fast path and the walker disagree: {x:02x?}"
+    );
+    let err = match verdict {
         Ok(()) => {
             let theirs = apache_consumed(&c.oracle, x);
             assert!(

@@ -13,6 +13,17 @@
 //! so recursive schemas work; runs of fixed-size fields merge into one bounds
 //! check) and [`Validator::validate`] walks the bytes without allocating.
 //!
+//! In front of the walker is a fast path (module `fast`): the fixed-size
+//! fields, bounded varints (int, long, enum index, and the dates, times and
+//! timestamps with their ranges) and arrays of fixed-size items of the top
+//! record and its nested records are flattened into a list of ops that one
+//! loop checks, without recursion and without a `Result` per field; a field
+//! of any other shape (strings, bytes, unions, maps, other arrays) is handed
+//! to the walker as it comes. The fast path only says yes or no: a datum it
+//! rejects is walked again from the start, so the walker alone decides what
+//! [`Invalid`] says, and the verdicts are the walker's (the tests compare
+//! the two on random and corrupted datums).
+//!
 //! # Rules (Avro 1.11 binary encoding)
 //!
 //! null: no bytes; boolean: one byte, 0 or 1; int: zig-zag varint of at most
@@ -107,6 +118,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Mutex, OnceLock, PoisonError};
+
+mod fast;
 
 use apache_avro::schema::{
     DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, NamesRef, NamespaceRef,
@@ -230,6 +243,9 @@ pub struct Validator {
     root: u32,
     /// Lower bound of the encoded length of a whole datum.
     root_min: usize,
+    /// The flattened ops that accept most datums without the walker, where
+    /// the schema has them (see [`fast`]).
+    fast: Option<fast::FastPath>,
 }
 
 /// Why and where a datagram is not exactly one datum of the schema.
@@ -508,7 +524,20 @@ impl Validator {
     /// Checks that `datum` is exactly one datum of the schema: it decodes
     /// completely and nothing follows, and the values of its logical types
     /// are in range. Never allocates and never panics.
+    #[inline]
     pub fn validate(&self, datum: &[u8]) -> Result<(), Invalid> {
+        match &self.fast {
+            Some(fast) if fast.accepts(self, datum) => Ok(()),
+            // Rejected (or no fast path): the walker says why.
+            _ => self.validate_walking(datum),
+        }
+    }
+
+    /// [`Validator::validate`] without the fast path: the general walker
+    /// alone. The same verdicts and the same [`Invalid`]; for tests, fuzzing
+    /// and measurements.
+    #[doc(hidden)]
+    pub fn validate_walking(&self, datum: &[u8]) -> Result<(), Invalid> {
         self.fault(datum).map_err(|fault| self.invalid(fault))
     }
 
@@ -1328,13 +1357,16 @@ impl<'s> Compiler<'s> {
                 _ => {}
             }
         }
-        Ok(Validator {
+        let mut v = Validator {
             nodes: self.nodes.into_boxed_slice(),
             edges: self.edges.into_boxed_slice(),
             checks: self.checks.into_boxed_slice(),
             root,
             root_min: min[root as usize],
-        })
+            fast: None,
+        };
+        v.fast = fast::FastPath::compile(&v);
+        Ok(v)
     }
 }
 
@@ -2700,7 +2732,7 @@ mod tests {
         let mut rng = Rng(0xa110_c8ed);
         let all = parse(ALL_TYPES);
         let paths = parse(PATHS);
-        let cases: Vec<(Validator, Vec<Vec<u8>>)> = vec![
+        let mut cases: Vec<(Validator, Vec<Vec<u8>>)> = vec![
             (
                 Validator::new(&all).unwrap(),
                 (0..200)
@@ -2724,6 +2756,24 @@ mod tests {
                 .collect(),
             ),
         ];
+        // And schemas with a fast path, valid datums and not.
+        for json in [SAMPLES_800, FIXED_ONLY, MIXED] {
+            let schema = parse(json);
+            let v = Validator::new(&schema).unwrap();
+            assert!(v.fast.is_some());
+            let datums = (0..200)
+                .map(|_| {
+                    let mut x = Vec::new();
+                    write_random(&mut rng, &schema, &mut x);
+                    if rng.below(2) == 0 {
+                        x
+                    } else {
+                        mutate(&mut rng, &x)
+                    }
+                })
+                .collect();
+            cases.push((v, datums));
+        }
         let mut verdicts = [0usize; 2];
         let before = ALLOCATIONS.with(|n| n.get());
         for (v, datums) in &cases {
@@ -2826,5 +2876,639 @@ mod tests {
         send_sync::<Validator>();
         send_sync::<Invalid>();
         send_sync::<CompileError>();
+    }
+
+    // The fast path (validate/fast.rs).
+
+    const SAMPLES_64: &str = include_str!("../../benches/schemas/samples-64.avsc");
+    const SAMPLES_800: &str = include_str!("../../benches/schemas/samples-800.avsc");
+    const SAMPLES_8K: &str = include_str!("../../benches/schemas/samples-8k.avsc");
+
+    /// Fixed-size fields and bounded varints only, a nested record among
+    /// them, an array of fixed-size records.
+    const FIXED_ONLY: &str = r#"{"type":"record","name":"F","fields":[
+        {"name":"b","type":"boolean"},
+        {"name":"i","type":"int"},
+        {"name":"l","type":"long"},
+        {"name":"f","type":"float"},
+        {"name":"d","type":"double"},
+        {"name":"inner","type":{"type":"record","name":"In","fields":[
+            {"name":"x","type":"double"},{"name":"on","type":"boolean"},{"name":"n","type":"int"}]}},
+        {"name":"fx","type":{"type":"fixed","name":"F3","size":3}},
+        {"name":"e","type":{"type":"enum","name":"E","symbols":["A","B","C"]}},
+        {"name":"pairs","type":{"type":"array","items":{"type":"record","name":"P","fields":[
+            {"name":"a","type":"float"},{"name":"b","type":{"type":"fixed","name":"F2","size":2}}]}}},
+        {"name":"tail","type":"double"}]}"#;
+
+    /// The logical types with a range on ints and longs, and some without.
+    const LOGICAL_RANGES: &str = r#"{"type":"record","name":"L","fields":[
+        {"name":"date","type":{"type":"int","logicalType":"date"}},
+        {"name":"t_ms","type":{"type":"int","logicalType":"time-millis"}},
+        {"name":"t_us","type":{"type":"long","logicalType":"time-micros"}},
+        {"name":"ts_ms","type":{"type":"long","logicalType":"timestamp-millis"}},
+        {"name":"ts_us","type":{"type":"long","logicalType":"timestamp-micros"}},
+        {"name":"ts_ns","type":{"type":"long","logicalType":"timestamp-nanos"}},
+        {"name":"lts_ms","type":{"type":"long","logicalType":"local-timestamp-millis"}},
+        {"name":"lts_us","type":{"type":"long","logicalType":"local-timestamp-micros"}},
+        {"name":"dur","type":{"type":"fixed","name":"Dur","size":12,"logicalType":"duration"}},
+        {"name":"pairs","type":{"type":"array","items":{"type":"fixed","name":"D2","size":2}}}]}"#;
+
+    /// Strings, unions, a map, bytes and arrays of items of varying size (or
+    /// none) among fast fields: those go to the walker, the rest stay fast.
+    const MIXED: &str = r#"{"type":"record","name":"M","fields":[
+        {"name":"time","type":{"type":"long","logicalType":"timestamp-micros"}},
+        {"name":"name","type":"string"},
+        {"name":"maybe","type":["null","long",{"type":"int","logicalType":"date"}]},
+        {"name":"n","type":"int"},
+        {"name":"tags","type":{"type":"map","values":"string"}},
+        {"name":"longs","type":{"type":"array","items":"long"}},
+        {"name":"nulls","type":{"type":"array","items":"null"}},
+        {"name":"blob","type":"bytes"},
+        {"name":"x","type":"double"}]}"#;
+
+    /// Zig-zag of `v`.
+    fn zigzag(v: i64) -> u64 {
+        ((v << 1) ^ (v >> 63)) as u64
+    }
+
+    /// The varint of `z`, as a conforming writer may write it: mostly in its
+    /// fewest bytes, sometimes padded with continuation bytes up to `max`
+    /// bytes; rarely (ints only) beyond, which apache-avro reads and the spec
+    /// does not.
+    fn put_varint(rng: &mut Rng, out: &mut Vec<u8>, mut z: u64, max: usize) {
+        let start = out.len();
+        while z >= 0x80 {
+            out.push(z as u8 | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+        let len = out.len() - start;
+        let pad = match rng.below(16) {
+            0 | 1 => rng.below(max - len + 1),
+            2 if max == 5 => 6 - len + rng.below(5),
+            _ => 0,
+        };
+        if pad > 0 {
+            *out.last_mut().unwrap() |= 0x80;
+            out.extend(std::iter::repeat_n(0x80, pad - 1));
+            out.push(0x00);
+        }
+    }
+
+    /// Inclusive bounds of a range-checked logical type.
+    fn logical_bounds(schema: &Schema) -> Option<(i64, i64)> {
+        let logical = match schema {
+            Schema::Date => Logical::Date,
+            Schema::TimeMillis => Logical::TimeMillis,
+            Schema::TimeMicros => Logical::TimeMicros,
+            Schema::TimestampMillis => Logical::TimestampMillis,
+            Schema::TimestampMicros => Logical::TimestampMicros,
+            Schema::LocalTimestampMillis => Logical::LocalTimestampMillis,
+            Schema::LocalTimestampMicros => Logical::LocalTimestampMicros,
+            _ => return None,
+        };
+        RANGES
+            .iter()
+            .find(|r| r.1 == logical)
+            .map(|&(_, _, lo, hi)| (lo, hi))
+    }
+
+    /// Writes the items of an array or map: several blocks, some with a
+    /// negative count and their byte size (now and then a wrong one), then
+    /// the end; mostly a few items, sometimes a thousand or more.
+    fn write_blocks(
+        rng: &mut Rng,
+        out: &mut Vec<u8>,
+        item: &mut dyn FnMut(&mut Rng, &mut Vec<u8>),
+    ) {
+        let mut left = if rng.below(8) == 0 {
+            rng.below(2000)
+        } else {
+            rng.below(6)
+        };
+        while left > 0 {
+            let k = 1 + rng.below(left);
+            let mut body = Vec::new();
+            for _ in 0..k {
+                item(rng, &mut body);
+            }
+            if rng.below(3) == 0 {
+                put_varint(rng, out, zigzag(-(k as i64)), 10);
+                let size = body.len() as i64 + if rng.below(10) == 0 { 1 } else { 0 };
+                put_varint(rng, out, zigzag(size), 10);
+            } else {
+                put_varint(rng, out, zigzag(k as i64), 10);
+            }
+            out.extend(body);
+            left -= k;
+        }
+        put_varint(rng, out, 0, 10);
+    }
+
+    /// Writes a random datum of `schema` (which has no named references) to
+    /// `out`, in the ways a conforming writer may ([`put_varint`],
+    /// [`write_blocks`]); logical-type values lie mostly within their range,
+    /// often at its ends, and now and then just outside.
+    fn write_random(rng: &mut Rng, schema: &Schema, out: &mut Vec<u8>) {
+        if let Some((lo, hi)) = logical_bounds(schema) {
+            let v = match rng.below(20) {
+                0 => lo - 1,
+                1 => hi + 1,
+                2..=4 => lo + rng.below(3) as i64,
+                5..=7 => hi - rng.below(3) as i64,
+                _ => lo + (rng.next() % (hi - lo) as u64) as i64,
+            };
+            let int = matches!(schema, Schema::Date | Schema::TimeMillis);
+            put_varint(rng, out, zigzag(v), if int { 5 } else { 10 });
+            return;
+        }
+        match schema {
+            Schema::Null => {}
+            Schema::Boolean => out.push(rng.below(2) as u8),
+            Schema::Int => {
+                let z = zigzag(rng.int().into());
+                put_varint(rng, out, z, 5)
+            }
+            Schema::Long | Schema::TimestampNanos | Schema::LocalTimestampNanos => {
+                let z = zigzag(rng.long());
+                put_varint(rng, out, z, 10)
+            }
+            Schema::Float => out.extend((0..4).map(|_| rng.byte())),
+            Schema::Double => out.extend((0..8).map(|_| rng.byte())),
+            Schema::Fixed(FixedSchema { size, .. })
+            | Schema::Duration(FixedSchema { size, .. }) => {
+                out.extend((0..*size).map(|_| rng.byte()))
+            }
+            Schema::Bytes => {
+                let b = rng.bytes(6);
+                put_varint(rng, out, zigzag(b.len() as i64), 10);
+                out.extend(b);
+            }
+            Schema::String => {
+                let s = rng.string();
+                put_varint(rng, out, zigzag(s.len() as i64), 10);
+                out.extend(s.as_bytes());
+            }
+            Schema::Enum(EnumSchema { symbols, .. }) => {
+                let z = zigzag(rng.below(symbols.len()) as i64);
+                put_varint(rng, out, z, 5)
+            }
+            Schema::Array(array) => write_blocks(rng, out, &mut |rng, out| {
+                write_random(rng, &array.items, out)
+            }),
+            Schema::Map(map) => write_blocks(rng, out, &mut |rng, out| {
+                write_random(rng, &Schema::String, out);
+                write_random(rng, &map.types, out);
+            }),
+            Schema::Union(union) => {
+                let i = rng.below(union.variants().len());
+                put_varint(rng, out, zigzag(i as i64), 10);
+                write_random(rng, &union.variants()[i], out);
+            }
+            Schema::Record(record) => {
+                for field in &record.fields {
+                    write_random(rng, &field.schema, out);
+                }
+            }
+            other => unimplemented!("{other:?}"),
+        }
+    }
+
+    /// The fast path against the walker on `x`: the same verdict, and
+    /// [`Validator::validate`] gives exactly the walker's [`Invalid`].
+    /// Whether `x` is valid.
+    fn fast_agrees(v: &Validator, x: &[u8]) -> bool {
+        let walker = v.validate_walking(x);
+        if let Some(fast) = &v.fast {
+            assert_eq!(fast.accepts(v, x), walker.is_ok(), "{walker:?} {x:02x?}");
+        }
+        assert_eq!(v.validate(x), walker, "{x:02x?}");
+        walker.is_ok()
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_walker_and_apache_avro() {
+        let mut rng = Rng(0xfa57_0a7c);
+        let mut tally = Tally::default();
+        let mut reasons = HashSet::new();
+        for (json, fast_only, n) in [
+            (FIXED_ONLY, true, 2000),
+            (SAMPLES_64, true, 600),
+            (SAMPLES_800, true, 600),
+            (SAMPLES_8K, true, 200),
+            (LOGICAL_RANGES, true, 2000),
+            (MIXED, false, 2000),
+            (EXAMPLE, false, 600),
+        ] {
+            let schema = parse(json);
+            let v = Validator::new(&schema).unwrap();
+            let fast = v.fast.as_ref().expect("a fast path");
+            let walks = fast
+                .ops()
+                .iter()
+                .any(|op| matches!(op, fast::Op::Walk { .. }));
+            assert_eq!(walks, !fast_only, "{:?}", fast.ops());
+            let mut verdicts = [0usize; 2];
+            for i in 0..n {
+                let mut x = Vec::new();
+                write_random(&mut rng, &schema, &mut x);
+                if i % 2 == 1 {
+                    x = mutate(&mut rng, &x);
+                }
+                verdicts[usize::from(!fast_agrees(&v, &x))] += 1;
+                if let Err(e) = v.validate(&x) {
+                    reasons.insert(e.reason);
+                }
+                cross_check(&v, &schema, &x, &mut tally);
+            }
+            // Random bytes, mostly rejected.
+            for _ in 0..n / 4 {
+                let x = rng.bytes(40);
+                fast_agrees(&v, &x);
+                cross_check(&v, &schema, &x, &mut tally);
+            }
+            assert!(
+                verdicts[0] > n / 5 && verdicts[1] > n / 5,
+                "{verdicts:?} {json}"
+            );
+        }
+        // As the bench's sender writes them: one block, canonical varints.
+        for (json, values) in [(SAMPLES_64, 6), (SAMPLES_800, 99), (SAMPLES_8K, 1020)] {
+            let v = Validator::new(&parse(json)).unwrap();
+            for i in 0..100 {
+                let mut x = zz(rng.timestamp_micros());
+                x.extend(zz(rng.int().into()));
+                x.extend(zz(values));
+                x.extend((0..8 * values).map(|_| rng.byte()));
+                x.push(0);
+                assert!(v.fast.as_ref().unwrap().accepts(&v, &x));
+                assert!(fast_agrees(&v, &x));
+                if i < 5 {
+                    for len in 0..x.len() {
+                        assert!(!fast_agrees(&v, &x[..len]));
+                    }
+                }
+            }
+        }
+        // The all-types schema, mostly walked.
+        let all = parse(ALL_TYPES);
+        let v = Validator::new(&all).unwrap();
+        assert!(v.fast.is_some());
+        for i in 0..1000 {
+            let x = encode(&all, all_types_value(&mut rng));
+            let x = if i % 2 == 0 { x } else { mutate(&mut rng, &x) };
+            fast_agrees(&v, &x);
+            cross_check(&v, &all, &x, &mut tally);
+        }
+        // Every reason the fast path can meet was met.
+        for r in [
+            Reason::Empty,
+            Reason::Truncated,
+            Reason::TrailingBytes,
+            Reason::BadVarint,
+            Reason::IntOutOfRange,
+            Reason::InvalidUtf8,
+            Reason::BadBoolean,
+            Reason::EnumIndexOutOfRange,
+            Reason::UnionIndexOutOfRange,
+            Reason::NegativeLength,
+            Reason::ImplausibleCount,
+            Reason::BlockSizeMismatch,
+            Reason::LogicalTypeRange,
+        ] {
+            assert!(reasons.contains(&r), "{r:?} never met: {reasons:?}");
+        }
+        assert!(
+            tally.both_accept > 2000 && tally.both_reject > 2000,
+            "{tally:?}"
+        );
+        assert!(tally.logical > 100, "{tally:?}");
+    }
+
+    #[test]
+    fn fast_path_ops() {
+        use fast::Op;
+        let ops = |json: &str| {
+            Validator::new(&parse(json))
+                .unwrap()
+                .fast
+                .map(|f| f.ops().to_vec())
+        };
+        let int = Op::Int {
+            lo: i32::MIN,
+            hi: i32::MAX,
+        };
+        let (lo, hi) = (RANGES[5].2, RANGES[5].3);
+        for json in [SAMPLES_64, SAMPLES_800, SAMPLES_8K] {
+            assert_eq!(
+                ops(json).unwrap(),
+                [Op::LongIn { lo, hi }, int, Op::Array { size: 8 }]
+            );
+        }
+        // Runs of fixed-size fields merge across the nested record; the
+        // enum is a bounded int; the array's items are records of 6 bytes.
+        assert_eq!(
+            ops(FIXED_ONLY).unwrap(),
+            [
+                Op::Boolean,
+                int,
+                Op::Long,
+                Op::Skip(4 + 8 + 8),
+                Op::Boolean,
+                int,
+                Op::Skip(3),
+                Op::Int { lo: 0, hi: 2 },
+                Op::Array { size: 6 },
+                Op::Skip(8),
+            ]
+        );
+        let v = Validator::new(&parse(EXAMPLE)).unwrap();
+        let string = v.fast.as_ref().unwrap().ops()[1];
+        assert!(
+            matches!(string, Op::Walk { node, depth: 1 } if matches!(v.nodes[node as usize], Node::String)),
+            "{string:?}"
+        );
+        assert_eq!(
+            ops(EXAMPLE).unwrap()[2..],
+            [int, Op::Skip(32)],
+            "{:?}",
+            ops(EXAMPLE)
+        );
+        assert_eq!(
+            ops(r#"{"type":"int","logicalType":"date"}"#).unwrap(),
+            [Op::Int {
+                lo: -719_162,
+                hi: 2_932_896
+            }]
+        );
+        // Nothing to gain: everything would be walked.
+        for json in [
+            r#""null""#,
+            r#"["null","long"]"#,
+            r#"{"type":"map","values":"long"}"#,
+            r#"{"type":"array","items":"long"}"#,
+            r#"{"type":"record","name":"S","fields":[{"name":"s","type":"string"},{"name":"n","type":"null"}]}"#,
+        ] {
+            assert_eq!(ops(json), None, "{json}");
+        }
+        // An enum without symbols takes no index.
+        let none = r#"{"type":"enum","name":"N","symbols":[]}"#;
+        let v = Validator::new(&parse(none)).unwrap();
+        assert_eq!(ops(none).unwrap(), [Op::Int { lo: 0, hi: -1 }]);
+        assert!(!fast_agrees(&v, &[0]));
+        // More than 1,024 ops: the walker only.
+        let fields = |n: usize| {
+            let fields: Vec<String> = (0..n)
+                .map(|i| format!(r#"{{"name":"f{i}","type":"int"}}"#))
+                .collect();
+            format!(
+                r#"{{"type":"record","name":"W","fields":[{}]}}"#,
+                fields.join(",")
+            )
+        };
+        assert_eq!(ops(&fields(1024)).map(|o| o.len()), Some(1024));
+        assert_eq!(ops(&fields(1025)), None);
+        let v = Validator::new(&parse(&fields(1025))).unwrap();
+        assert!(fast_agrees(&v, &[0; 1025]));
+    }
+
+    /// `inner` inside `levels` records of `{"v": FIRST, "r": inner}`,
+    /// built without JSON (whose parser stops at 128 levels).
+    fn nested(levels: usize, first: &str, inner: Schema) -> Schema {
+        let template = parse(&format!(
+            r#"{{"type":"record","name":"T","fields":[
+                {{"name":"v","type":"{first}"}},{{"name":"r","type":"null"}}]}}"#
+        ));
+        let mut schema = inner;
+        for k in (0..levels).rev() {
+            let Schema::Record(mut record) = template.clone() else {
+                unreachable!()
+            };
+            record.name = Name::new(format!("R{k}")).unwrap();
+            record.fields[1].schema = schema;
+            schema = Schema::Record(record);
+        }
+        schema
+    }
+
+    #[test]
+    fn fast_path_nesting_limit() {
+        // 130 records, each a long and the next: at depth 128 the record is
+        // handed to the walker, which refuses it as too deep.
+        let last =
+            parse(r#"{"type":"record","name":"Last","fields":[{"name":"v","type":"long"}]}"#);
+        let v = Validator::new(&nested(129, "long", last)).unwrap();
+        let ops = v.fast.as_ref().unwrap().ops();
+        assert_eq!(ops.len(), 129);
+        assert!(ops[..128].iter().all(|&op| op == fast::Op::Long));
+        assert!(matches!(ops[128], fast::Op::Walk { depth: 128, .. }));
+        let x = [0u8; 130];
+        assert!(!fast_agrees(&v, &x));
+        let err = v.validate(&x).unwrap_err();
+        assert_eq!((err.offset, err.reason), (128, Reason::TooDeep));
+        // One level fewer passes.
+        let last =
+            parse(r#"{"type":"record","name":"Last","fields":[{"name":"v","type":"long"}]}"#);
+        let v = Validator::new(&nested(127, "long", last)).unwrap();
+        assert!(v
+            .fast
+            .as_ref()
+            .unwrap()
+            .ops()
+            .iter()
+            .all(|&op| op == fast::Op::Long));
+        assert!(fast_agrees(&v, &[0u8; 128]));
+
+        // An array at the limit is walked too.
+        let doubles = parse(r#"{"type":"array","items":"double"}"#);
+        let v = Validator::new(&nested(128, "int", doubles)).unwrap();
+        let ops = v.fast.as_ref().unwrap().ops();
+        assert!(matches!(ops[128], fast::Op::Walk { depth: 128, .. }));
+        let err = v.validate(&[0u8; 129]).unwrap_err();
+        assert_eq!((err.offset, err.reason), (128, Reason::TooDeep));
+        let doubles = parse(r#"{"type":"array","items":"double"}"#);
+        let v = Validator::new(&nested(127, "int", doubles)).unwrap();
+        assert_eq!(
+            v.fast.as_ref().unwrap().ops()[127],
+            fast::Op::Array { size: 8 }
+        );
+        let mut x = vec![0u8; 127];
+        x.extend(zz(1));
+        x.extend([0; 8]);
+        x.push(0);
+        assert!(fast_agrees(&v, &x));
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    //! Instructions per datum of [`Validator::validate`] on the bench schemas,
+    //! and of the general walker alone ([`Validator::validate_walking`]), for
+    //! comparison (not a check; a wall-clock figure on a shared machine means
+    //! little). Count them with callgrind:
+    //!
+    //! ```sh
+    //! cargo test --release -p relay-channel --lib validate::speed --no-run
+    //! valgrind --tool=callgrind --callgrind-out-file=cg.out \
+    //!     target/release/deps/relay_channel-HASH validate::speed --ignored --test-threads 1
+    //! callgrind_annotate --inclusive=yes cg.out | grep 'speed::run_'
+    //! ```
+    //!
+    //! Each `run_*` function validates [`N`] datums; its inclusive count over
+    //! `N` is the cost of one (the loop's own few instructions included).
+    use super::*;
+
+    /// Validations per schema.
+    const N: usize = 100_000;
+    /// Distinct datums per schema, validated in turn `N / POOL` times.
+    const POOL: usize = 1_000;
+
+    fn put_long(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        while z >= 0x80 {
+            out.push(z as u8 | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+
+    /// Datums of a bench samples schema as `loadgen` sends them: a current
+    /// timestamp, an increasing counter, one block of `values` doubles (16-bit
+    /// quantised sines), the end of the array.
+    fn samples(values: usize) -> Vec<Vec<u8>> {
+        (0..POOL)
+            .map(|i| {
+                let mut x = Vec::with_capacity(26 + 8 * values);
+                put_long(&mut x, 1_767_225_600_000_000 + 200 * i as i64);
+                put_long(&mut x, 1_000_000 + i as i64);
+                put_long(&mut x, values as i64);
+                for k in 0..values {
+                    let q = (((i + 37 * k) as f64 / 40.0).sin() * 30_000.0).round();
+                    x.extend_from_slice(&(q / 32_768.0).to_le_bytes());
+                }
+                put_long(&mut x, 0);
+                x
+            })
+            .collect()
+    }
+
+    /// Datums of `channels.d/example.avsc` (a string among the fields).
+    fn example() -> Vec<Vec<u8>> {
+        (0..POOL)
+            .map(|i| {
+                let mut x = Vec::new();
+                put_long(&mut x, 1_767_225_600_000_000 + 200 * i as i64);
+                let message = format!("sample {i}");
+                put_long(&mut x, message.len() as i64);
+                x.extend_from_slice(message.as_bytes());
+                put_long(&mut x, i as i64);
+                for k in 0..4 {
+                    x.extend_from_slice(&((i * k) as f64).to_le_bytes());
+                }
+                x
+            })
+            .collect()
+    }
+
+    fn run(v: &Validator, pool: &[Vec<u8>], walking: bool) -> usize {
+        let mut valid = 0;
+        for x in pool.iter().cycle().take(N) {
+            let x = std::hint::black_box(x);
+            let verdict = if walking {
+                v.validate_walking(x)
+            } else {
+                v.validate(x)
+            };
+            valid += usize::from(verdict.is_ok());
+        }
+        valid
+    }
+
+    type Runner = fn(&Validator, &[Vec<u8>]) -> usize;
+    /// A schema's name, its runners (with and without the fast path), its
+    /// validator, its datums and how many of `N` are valid.
+    type Case = (&'static str, [Runner; 2], Validator, Vec<Vec<u8>>, usize);
+
+    /// One function per schema and path, so that callgrind counts each
+    /// apart (each does something of its own, so that the linker cannot
+    /// fold them into one).
+    macro_rules! runner {
+        ($name:ident, $walking:expr, $tag:expr) => {
+            #[inline(never)]
+            fn $name(v: &Validator, pool: &[Vec<u8>]) -> usize {
+                run(v, pool, $walking) + $tag * std::hint::black_box(0)
+            }
+        };
+    }
+    runner!(run_64, false, 64);
+    runner!(run_800, false, 800);
+    runner!(run_8k, false, 8192);
+    runner!(run_example, false, 50);
+    runner!(run_64_walking, true, 65);
+    runner!(run_800_walking, true, 801);
+    runner!(run_8k_walking, true, 8193);
+    runner!(run_example_walking, true, 51);
+    runner!(run_800_rejected, false, 802);
+    runner!(run_800_rejected_walking, true, 803);
+
+    #[test]
+    #[ignore]
+    fn instructions_per_datum() {
+        let compile = |json: &str| Validator::new(&Schema::parse_str(json).unwrap()).unwrap();
+        let cases: [Case; 5] = [
+            (
+                "samples-64",
+                [run_64, run_64_walking],
+                compile(include_str!("../../benches/schemas/samples-64.avsc")),
+                samples(6),
+                N,
+            ),
+            (
+                "samples-800",
+                [run_800, run_800_walking],
+                compile(include_str!("../../benches/schemas/samples-800.avsc")),
+                samples(99),
+                N,
+            ),
+            (
+                "samples-8k",
+                [run_8k, run_8k_walking],
+                compile(include_str!("../../benches/schemas/samples-8k.avsc")),
+                samples(1020),
+                N,
+            ),
+            (
+                "example",
+                [run_example, run_example_walking],
+                compile(include_str!("../../channels.d/example.avsc")),
+                example(),
+                N,
+            ),
+            // Rejected at the end (a byte too many): the fast path runs
+            // through, then the walker again.
+            (
+                "samples-800, trailing byte",
+                [run_800_rejected, run_800_rejected_walking],
+                compile(include_str!("../../benches/schemas/samples-800.avsc")),
+                samples(99)
+                    .into_iter()
+                    .map(|mut x| {
+                        x.push(0);
+                        x
+                    })
+                    .collect(),
+                0,
+            ),
+        ];
+        for (name, runners, v, pool, valid) in &cases {
+            for f in runners {
+                assert_eq!(f(v, pool), *valid, "{name}");
+            }
+            eprintln!(
+                "{name}: {N} datums of {} bytes validated ({valid} valid), with and without \
+                 the fast path",
+                pool[0].len()
+            );
+        }
     }
 }
