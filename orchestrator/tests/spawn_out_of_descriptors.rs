@@ -54,6 +54,7 @@ async fn a_spawn_out_of_descriptors_is_retried_and_not_counted() {
         archive_dir: d.join("archive/a"),
         full: None,
         decimated: None,
+        gso: false,
     });
     std::fs::write(
         &relay,

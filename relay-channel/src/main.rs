@@ -21,6 +21,9 @@ use relay_channel::relay::{self, RunError};
 /// (default `info`). SIGTERM or SIGINT stops it cleanly: everything received
 /// is written out and the open archive file is closed.
 ///
+/// The outputs send runs of equal-length datagrams as UDP GSO messages where
+/// the kernel offers it; SPEEDDATA_GSO=0 in the environment turns that off.
+///
 /// Exit codes: 0 stopped on a signal; 1 failed (port taken, archive folder
 /// not writable, ...); 78 the configuration or schema is wrong.
 #[derive(Debug, Parser)]

@@ -225,7 +225,8 @@ impl ArrivalClock {
     }
 }
 
-/// Batch sender over `sendmmsg` ([`SendBatch`]) on a connected socket.
+/// Batch sender over `sendmmsg` ([`SendBatch`]) on a connected socket,
+/// with UDP GSO unless `SPEEDDATA_GSO=0` or the kernel lacks it.
 pub struct BatchSender {
     batch: SendBatch,
     /// Owned so that its descriptor, which `batch` writes to, stays open.
@@ -240,8 +241,15 @@ impl BatchSender {
         }
     }
 
-    /// Sends every datagram of `dgrams` (at most the capacity). A datagram
-    /// the kernel refuses is counted as failed and skipped.
+    /// Whether it groups equal-length datagrams with UDP GSO
+    /// ([`SendBatch::gso`]).
+    pub fn gso(&self) -> bool {
+        self.batch.gso()
+    }
+
+    /// Sends every datagram of `dgrams` (at most the capacity), runs of
+    /// equal length with UDP GSO where it is on. A datagram the kernel
+    /// refuses is counted as failed and skipped.
     pub fn send<'a>(&mut self, dgrams: impl IntoIterator<Item = &'a [u8]>) -> SendOutcome {
         self.batch.send(dgrams)
     }

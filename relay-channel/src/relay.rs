@@ -13,6 +13,7 @@ use crate::config::{ChannelSpec, ConfigError, DecimationWindow, Encoding, Output
 use crate::decimate::Decimator;
 use crate::handover;
 use crate::ledger::Ledger;
+use crate::mmsg;
 use crate::net::{self, BatchSender};
 use crate::quarantine;
 use crate::receive::classify::Classifier;
@@ -107,6 +108,7 @@ pub fn run_with(spec: ChannelSpec, options: &RunOptions) -> Result<(), RunError>
         handover::archive_queue(spec.archive.queue, spec.receive.batch);
     let header =
         (spec.receive.encoding == Encoding::SingleObject).then_some(schema.single_object_header);
+    let (outputs, gso) = open_outputs(&spec, schema.decimator)?;
     let parts = receive::Parts {
         socket: rs.socket,
         batch: spec.receive.batch,
@@ -116,7 +118,7 @@ pub fn run_with(spec: ChannelSpec, options: &RunOptions) -> Result<(), RunError>
             header,
             spec.receive.validate.then_some(schema.validator),
         ),
-        outputs: open_outputs(&spec, schema.decimator)?,
+        outputs,
         to_archive,
         quarantine,
         join: spec
@@ -138,6 +140,7 @@ pub fn run_with(spec: ChannelSpec, options: &RunOptions) -> Result<(), RunError>
         quarantine_writer,
         ledger,
         rs.recv_buffer_granted,
+        gso,
     ))
 }
 
@@ -157,8 +160,12 @@ fn log_receive_socket(rs: &net::ReceiveSocket, requested: usize) {
     }
 }
 
-/// Opens the full-rate and decimated outputs the spec asks for.
-fn open_outputs(spec: &ChannelSpec, decimator: Option<Decimator>) -> Result<Outputs, RunError> {
+/// Opens the full-rate and decimated outputs the spec asks for; says
+/// whether they send with UDP GSO (see [`crate::mmsg::SendBatch`]).
+fn open_outputs(
+    spec: &ChannelSpec,
+    decimator: Option<Decimator>,
+) -> Result<(Outputs, bool), RunError> {
     let open = |section: &str, o: &OutputSpec| {
         net::open_output(o)
             .map(|socket| BatchSender::new(socket, spec.receive.batch))
@@ -169,7 +176,20 @@ fn open_outputs(spec: &ChannelSpec, decimator: Option<Decimator>) -> Result<Outp
         (Some(d), Some(decimator)) => Some((open("decimated", &d.output)?, decimator)),
         _ => None,
     };
-    Ok(Outputs::new(full, decimated, &spec.name))
+    let senders = full.iter().chain(decimated.as_ref().map(|(s, _)| s));
+    let gso = senders.clone().any(BatchSender::gso);
+    if gso {
+        tracing::info!("outputs send runs of equal-length datagrams with UDP GSO");
+    } else if senders.count() > 0 {
+        let wanted = mmsg::gso_wanted(std::env::var_os(mmsg::GSO_ENV).as_deref());
+        let why = if wanted {
+            "the kernel does not offer it"
+        } else {
+            "turned off by SPEEDDATA_GSO"
+        };
+        tracing::info!("outputs send without UDP GSO: {why}");
+    }
+    Ok((Outputs::new(full, decimated, &spec.name), gso))
 }
 
 /// "full.group 239.1.1.1:6000 (interface eth1)", for errors.
@@ -191,6 +211,7 @@ async fn control(
     quarantine_writer: Option<quarantine::Writer>,
     ledger: Arc<Ledger>,
     recv_buffer_granted: usize,
+    gso: bool,
 ) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
     let failed = |e: std::io::Error| RunError::Failed(format!("signals: {e}"));
@@ -198,7 +219,7 @@ async fn control(
     let mut sigint = signal(SignalKind::interrupt()).map_err(failed)?;
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let threads = Threads::spawn(path, (archive, archive_inbox), quarantine_writer, ended_tx)?;
-    ready_line(&spec, recv_buffer_granted).emit();
+    ready_line(&spec, recv_buffer_granted, gso).emit();
     tracing::info!(channel = %spec.name, bind = %spec.receive.bind, "ready");
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -244,7 +265,7 @@ async fn control(
     }
 }
 
-fn ready_line(spec: &ChannelSpec, recv_buffer_granted: usize) -> StatusLine {
+fn ready_line(spec: &ChannelSpec, recv_buffer_granted: usize, gso: bool) -> StatusLine {
     StatusLine::Ready(Ready {
         channel: spec.name.clone(),
         pid: std::process::id(),
@@ -254,6 +275,7 @@ fn ready_line(spec: &ChannelSpec, recv_buffer_granted: usize) -> StatusLine {
         archive_dir: spec.archive.channel_dir(&spec.name),
         full: spec.full.as_ref().map(|o| o.dest.to_string()),
         decimated: spec.decimated.as_ref().map(|d| d.output.dest.to_string()),
+        gso,
     })
 }
 

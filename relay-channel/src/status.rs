@@ -44,6 +44,11 @@ pub struct Ready {
     pub full: Option<String>,
     /// The decimated output's destination, if any.
     pub decimated: Option<String>,
+    /// Whether the outputs send runs of equal-length datagrams with UDP GSO
+    /// (false without outputs, with `SPEEDDATA_GSO=0`, or where the kernel
+    /// does not offer it). Missing from relays older than it: false.
+    #[serde(default)]
+    pub gso: bool,
 }
 
 /// The `stats` line: the counters since the relay started, and health.
@@ -255,6 +260,7 @@ mod tests {
                 archive_dir: "/var/lib/speeddata/archive/ch".into(),
                 full: Some("239.1.1.1:9001".into()),
                 decimated: None,
+                gso: true,
             }),
             StatusLine::Stats(stats()),
             StatusLine::FileClosed(FileClosed {
@@ -278,6 +284,15 @@ mod tests {
             );
             assert!(!text.contains('\n'));
             assert_eq!(StatusLine::parse(&text).as_ref(), Some(line), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_ready_line_without_gso_reads_as_false() {
+        let line = r#"{"event":"ready","channel":"ch","pid":7,"bind":"127.0.0.1:9000","group":null,"recv_buffer_granted":1,"archive_dir":"/a","full":null,"decimated":null}"#;
+        match StatusLine::parse(line) {
+            Some(StatusLine::Ready(r)) => assert!(!r.gso),
+            other => panic!("{other:?}"),
         }
     }
 

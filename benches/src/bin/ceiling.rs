@@ -5,13 +5,17 @@
 //! one, unchanged, with `sendmmsg` to a multicast group (interface
 //! 127.0.0.1, TTL 0) or a loopback address. No validation, no disk, one
 //! thread. Its batch calls are `relay_channel::mmsg`, the ones the relay
-//! makes. Prints one JSON line on stdout once its socket is bound:
+//! makes, UDP GSO included: runs of equal-length datagrams go out as one
+//! GSO message each where the kernel offers it, unless `SPEEDDATA_GSO=0`
+//! (which turns it off in the relay too, so both are measured the same
+//! way). Prints one JSON line on stdout once its socket is bound:
 //!
-//! `{"event":"ready","pid":N,"listen":"127.0.0.1:PORT","to":"GROUP:PORT","recv_buffer_granted":N,"drop_counter":true}`
+//! `{"event":"ready","pid":N,"listen":"127.0.0.1:PORT","to":"GROUP:PORT","recv_buffer_granted":N,"drop_counter":true,"gso":true}`
 //!
-//! and, on SIGTERM or SIGINT (or after --max-duration), its counters:
+//! and, on SIGTERM or SIGINT (or after --max-duration), its counters
+//! (`gso`: still on at the end, false if the kernel refused it):
 //!
-//! `{"event":"final","received":N,"bytes_received":N,"forwarded":N,"send_errors":N,"kernel_drops":N,"elapsed_s":F}`
+//! `{"event":"final","received":N,"bytes_received":N,"forwarded":N,"send_errors":N,"kernel_drops":N,"elapsed_s":F,"gso":true}`
 
 use std::net::SocketAddrV4;
 use std::os::fd::AsRawFd;
@@ -37,6 +41,12 @@ const DRAIN: Duration = Duration::from_millis(200);
 /// counters as one JSON line on stdout. Network safety: --listen must be a
 /// loopback address; --to a loopback address or a multicast group, which is
 /// sent through interface 127.0.0.1 with TTL 0 (it never leaves this host).
+///
+/// Sends as relay-channel does (relay_channel::mmsg::SendBatch): runs of
+/// equal-length datagrams as one UDP GSO message each (UDP_SEGMENT) where
+/// the kernel offers it. Environment: SPEEDDATA_GSO=0 turns GSO off, here
+/// and in relay-channel alike; "gso" on the ready and final lines says
+/// whether it was used.
 #[derive(Debug, Parser)]
 #[command(name = "ceiling", version, verbatim_doc_comment)]
 struct Args {
@@ -101,18 +111,18 @@ fn run(args: &Args) -> Result<()> {
         .and_then(|a| a.as_socket_ipv4())
         .unwrap_or(args.listen);
     let drop_counter = enable_drop_counter(&rx);
+    let batch = args.batch as usize;
+    let mut recv = RecvBatch::new(rx.as_raw_fd(), batch, SLOT);
+    let mut send = SendBatch::new(tx.as_raw_fd(), batch);
     println!(
-        "{{\"event\":\"ready\",\"pid\":{},\"listen\":\"{}\",\"to\":\"{}\",\"recv_buffer_granted\":{},\"drop_counter\":{}}}",
+        "{{\"event\":\"ready\",\"pid\":{},\"listen\":\"{}\",\"to\":\"{}\",\"recv_buffer_granted\":{},\"drop_counter\":{},\"gso\":{}}}",
         std::process::id(),
         listen,
         args.to,
         granted,
-        drop_counter
+        drop_counter,
+        send.gso()
     );
-
-    let batch = args.batch as usize;
-    let mut recv = RecvBatch::new(rx.as_raw_fd(), batch, SLOT);
-    let mut send = SendBatch::new(tx.as_raw_fd(), batch);
     let mut c = ForwardCounts::default();
     let start = Instant::now();
     let end = start + args.max_duration;
@@ -156,13 +166,14 @@ fn run(args: &Args) -> Result<()> {
         }
     }
     println!(
-        "{{\"event\":\"final\",\"received\":{},\"bytes_received\":{},\"forwarded\":{},\"send_errors\":{},\"kernel_drops\":{},\"elapsed_s\":{:.6}}}",
+        "{{\"event\":\"final\",\"received\":{},\"bytes_received\":{},\"forwarded\":{},\"send_errors\":{},\"kernel_drops\":{},\"elapsed_s\":{:.6},\"gso\":{}}}",
         c.received,
         c.bytes_received,
         c.forwarded,
         c.send_errors,
         recv.kernel_drops,
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        send.gso()
     );
     Ok(())
 }
