@@ -95,7 +95,7 @@ pub(crate) struct Archive {
 }
 
 /// How often the adaptive level looks at the queue and the kernel's drops.
-const ADAPT_EVERY: Duration = Duration::from_millis(10);
+const ADAPT_EVERY: Duration = Duration::from_millis(5);
 
 impl Archive {
     /// Prepares the channel's archive folder: creates it, and closes every
