@@ -8,7 +8,7 @@
 //! it ([`BatchCounts`]) and applies them at once, so every snapshot, and so
 //! every stats line, balances exactly.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::handover::RejectReason;
@@ -26,6 +26,10 @@ pub(crate) struct Ledger {
     /// blocks are stored.
     archive_level: AtomicI64,
     archive_stored: AtomicBool,
+    /// `recvmmsg` calls that returned datagrams, and those that filled the
+    /// whole batch: the receive thread's load, for the adaptive archive.
+    receive_calls: AtomicU64,
+    receive_full: AtomicU64,
 }
 
 /// [`Ledger::archive_level`] when there is none.
@@ -105,6 +109,8 @@ impl Ledger {
             joined: AtomicBool::new(true),
             archive_level: AtomicI64::new(NO_LEVEL),
             archive_stored: AtomicBool::new(false),
+            receive_calls: AtomicU64::new(0),
+            receive_full: AtomicU64::new(0),
         }
     }
 
@@ -222,6 +228,23 @@ impl Ledger {
         if ms > 0 {
             self.change(|t| t.counters.archive_degraded_ms += ms);
         }
+    }
+
+    /// One `recvmmsg` call that returned datagrams; `full` if it filled
+    /// the batch.
+    pub(crate) fn note_receive_call(&self, full: bool) {
+        self.receive_calls.fetch_add(1, Ordering::Relaxed);
+        if full {
+            self.receive_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `recvmmsg` calls so far, and how many filled their batch.
+    pub(crate) fn receive_calls(&self) -> (u64, u64) {
+        (
+            self.receive_calls.load(Ordering::Relaxed),
+            self.receive_full.load(Ordering::Relaxed),
+        )
     }
 
     /// The kernel's drops on the receive socket so far.

@@ -43,6 +43,23 @@ const STEP_DOWN_EVERY: Duration = Duration::from_millis(20);
 /// see it climb back between its bursts.
 const STEP_UP_AFTER: Duration = Duration::from_secs(5);
 
+/// What the archive thread sees of the load.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Signals {
+    /// How full the archive queue is, 0 to 1.
+    pub(crate) fill: f64,
+    /// The receive socket's drop counter.
+    pub(crate) kernel_drops: u64,
+    /// The receive thread found its socket never empty since the last look
+    /// (nearly every `recvmmsg` filled its batch): it is at its limit,
+    /// before the kernel drops anything.
+    pub(crate) saturated: bool,
+    /// Writing the blocks took longer than compressing them since the last
+    /// look: a filling queue then waits on the disk, and compressing less
+    /// would only give it more to write.
+    pub(crate) disk_bound: bool,
+}
+
 /// Where the level stands.
 #[derive(Debug, Clone)]
 pub(crate) struct Adaptive {
@@ -84,12 +101,37 @@ impl Adaptive {
     /// and `kernel_drops`, the receive socket's drop counter. Returns the
     /// new level when it changes, and the time spent degraded since the
     /// last call (to be counted).
+    #[cfg(test)]
     pub(crate) fn observe(
         &mut self,
         fill: f64,
         kernel_drops: u64,
         now: Instant,
     ) -> (Option<Option<i32>>, Duration) {
+        self.observe_all(
+            Signals {
+                fill,
+                kernel_drops,
+                ..Signals::default()
+            },
+            now,
+        )
+    }
+
+    /// [`Adaptive::observe`] with every signal (see [`Signals`]): a
+    /// saturated receive thread is pressure, one rung at a time; a queue
+    /// filling while the disk is what it waits on climbs back up instead.
+    pub(crate) fn observe_all(
+        &mut self,
+        s: Signals,
+        now: Instant,
+    ) -> (Option<Option<i32>>, Duration) {
+        let Signals {
+            fill,
+            kernel_drops,
+            saturated,
+            disk_bound,
+        } = s;
         let degraded_for = match self.degraded_since {
             Some(t) => {
                 let d = now.saturating_duration_since(t);
@@ -106,7 +148,20 @@ impl Adaptive {
             s.last_step
                 .map_or(Duration::MAX, |t| now.saturating_duration_since(t))
         };
-        let changed = if dropped || fill >= PRESSURE_FILL {
+        let changed = if fill >= PRESSURE_FILL && disk_bound && !dropped {
+            // The disk is the limit: more compression, fewer bytes.
+            self.calm_since = None;
+            if self.at > 0 && since_step(self) >= STEP_DOWN_EVERY {
+                self.at -= 1;
+                self.last_step = Some(now);
+                if self.at == 0 {
+                    self.degraded_since = None;
+                }
+                true
+            } else {
+                false
+            }
+        } else if dropped || saturated || fill >= PRESSURE_FILL {
             self.calm_since = None;
             if self.at + 1 < self.ladder.len() && since_step(self) >= STEP_DOWN_EVERY {
                 let rungs = if dropped || fill >= SEVERE_FILL { 2 } else { 1 };
@@ -220,6 +275,52 @@ mod tests {
         assert_eq!(l, Some(Some(1)));
         assert!(!a.degraded());
         assert_eq!(a.observe(0.0, 9, ms(t, 20000)).1, Duration::ZERO);
+    }
+
+    fn sig(fill: f64, saturated: bool, disk_bound: bool) -> Signals {
+        Signals {
+            fill,
+            kernel_drops: 0,
+            saturated,
+            disk_bound,
+        }
+    }
+
+    #[test]
+    fn a_saturated_receive_thread_is_pressure_one_rung_at_a_time() {
+        let t = Instant::now();
+        let mut a = Adaptive::new(1);
+        assert_eq!(a.observe_all(sig(0.0, true, false), t).0, Some(Some(-1)));
+        assert_eq!(
+            a.observe_all(sig(0.0, true, false), ms(t, 20)).0,
+            Some(Some(-4))
+        );
+        // Neither saturated nor calm enough for long: it stays.
+        assert_eq!(a.observe_all(sig(0.0, false, false), ms(t, 40)).0, None);
+        assert_eq!(
+            a.observe_all(sig(0.0, true, false), ms(t, 4000)).0,
+            Some(Some(-16))
+        );
+    }
+
+    #[test]
+    fn a_queue_that_waits_on_the_disk_gets_more_compression_not_less() {
+        let t = Instant::now();
+        let mut a = Adaptive::new(1);
+        assert_eq!(a.observe_all(sig(0.6, false, false), t).0, Some(Some(-4)));
+        // Now the writes take longer than the compression: back up, one
+        // rung per 20 ms, to the preferred level and no further.
+        assert_eq!(
+            a.observe_all(sig(0.6, false, true), ms(t, 20)).0,
+            Some(Some(-1))
+        );
+        assert_eq!(a.observe_all(sig(0.6, false, true), ms(t, 30)).0, None);
+        assert_eq!(
+            a.observe_all(sig(0.6, false, true), ms(t, 40)).0,
+            Some(Some(1))
+        );
+        assert!(!a.degraded());
+        assert_eq!(a.observe_all(sig(0.9, false, true), ms(t, 60)).0, None);
     }
 
     #[test]

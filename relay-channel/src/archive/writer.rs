@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::adaptive::Adaptive;
+use super::adaptive::{Adaptive, Signals};
 use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
 use super::recovery;
 use crate::config::{ArchiveSpec, Codec, Fsync};
@@ -92,7 +92,21 @@ pub(crate) struct Archive {
     /// codecs or when turned off.
     adaptive: Option<Adaptive>,
     last_adapt: Option<Instant>,
+    /// The receive thread's `recvmmsg` calls and full batches at the last
+    /// look.
+    last_receive_calls: (u64, u64),
+    /// Time spent compressing blocks and writing them since the last look:
+    /// a queue that fills while the writes take longer waits on the disk,
+    /// and compressing less would only make more to write.
+    encode_time: Duration,
+    write_time: Duration,
 }
+
+/// The share of `recvmmsg` calls that filled their batch above which the
+/// receive thread counts as saturated (at least this many calls between
+/// two looks).
+const SATURATED_SHARE: f64 = 0.9;
+const SATURATED_MIN_CALLS: u64 = 4;
 
 /// How often the adaptive level looks at the queue and the kernel's drops.
 const ADAPT_EVERY: Duration = Duration::from_millis(5);
@@ -143,6 +157,9 @@ impl Archive {
             closer_state: Closer::new(spec, channel, holds_dir, ledger, closed),
             adaptive,
             last_adapt: None,
+            last_receive_calls: (0, 0),
+            encode_time: Duration::ZERO,
+            write_time: Duration::ZERO,
         })
     }
 
@@ -204,7 +221,23 @@ impl Archive {
             return;
         }
         self.last_adapt = Some(now);
-        let (changed, degraded_for) = a.observe(fill, self.ledger.kernel_drops(), now);
+        let (calls, full) = self.ledger.receive_calls();
+        let (calls0, full0) = std::mem::replace(&mut self.last_receive_calls, (calls, full));
+        let (calls, full) = (calls.saturating_sub(calls0), full.saturating_sub(full0));
+        let saturated =
+            calls >= SATURATED_MIN_CALLS && full as f64 >= SATURATED_SHARE * calls as f64;
+        let disk_bound = self.write_time > self.encode_time;
+        self.encode_time = Duration::ZERO;
+        self.write_time = Duration::ZERO;
+        let (changed, degraded_for) = a.observe_all(
+            Signals {
+                fill,
+                kernel_drops: self.ledger.kernel_drops(),
+                saturated,
+                disk_bound,
+            },
+            now,
+        );
         self.ledger.archive_degraded(degraded_for);
         if let Some(level) = changed {
             let degraded = a.degraded();
@@ -305,9 +338,13 @@ impl Archive {
                 ));
             }
             self.out.clear();
+            let t0 = Instant::now();
             self.encoder
                 .encode_block(count, &self.block, &f.sync, &mut self.out)?;
+            let t1 = Instant::now();
             f.file.write_all(&self.out)?;
+            self.encode_time += t1 - t0;
+            self.write_time += t1.elapsed();
             f.len += self.out.len() as u64;
             f.records += count;
             Ok(())

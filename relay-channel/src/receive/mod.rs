@@ -53,6 +53,8 @@ pub(crate) struct ReceivePath {
     counts: BatchCounts,
     /// Indices of the current batch's valid datagrams.
     valid: Vec<usize>,
+    /// Datagrams per `recvmmsg` call.
+    batch: usize,
     error_log: RateLimit,
     channel: String,
 }
@@ -88,6 +90,7 @@ impl ReceivePath {
             ledger,
             counts: BatchCounts::new(),
             valid: Vec::with_capacity(p.batch),
+            batch: p.batch,
             error_log: RateLimit::new(1, Duration::from_secs(60)),
             channel: channel.to_string(),
         }
@@ -106,7 +109,11 @@ impl ReceivePath {
             }
             match self.receiver.recv(drain_until.is_some()) {
                 Ok(0) => {}
-                Ok(n) => self.process(n),
+                Ok(n) => {
+                    // A full batch: more may be waiting in the socket.
+                    self.ledger.note_receive_call(n >= self.batch);
+                    self.process(n)
+                }
                 Err(e) if is_timeout(&e) => {
                     if drain_until.is_some() {
                         break;
