@@ -281,60 +281,20 @@ fn api_url(url: Option<String>, cfg: Option<&Config>) -> String {
 }
 
 fn channel(command: ChannelCommand) -> ExitCode {
-    let (remote, writes) = match &command {
-        ChannelCommand::Add { remote, .. } | ChannelCommand::Rm { remote, .. } => (remote, true),
-        ChannelCommand::Show { remote, .. } => (remote, false),
-    };
-    let files = &remote.files;
-    let warn = |e: &dyn std::fmt::Display| {
-        for line in e.to_string().lines() {
-            eprintln!("warning: {line}");
-        }
-    };
-    let cfg = match Config::load(&files.config, files.channels_dir.as_deref()) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            // No configuration at all is fine (the defaults); a wrong one
-            // is worth a word.
-            if files.config.exists() {
-                warn(&e);
-                eprintln!("warning: going on without its http.listen and http.token_file");
-            }
-            None
-        }
-    };
-    let token = match cfg.as_ref().map(config::read_token) {
-        Some(Ok(t)) => t,
-        Some(Err(e)) => {
-            if writes {
-                warn(&e);
-                eprintln!("warning: sending the request without the API token");
-            }
-            None
-        }
-        None => None,
-    };
-    let client = channel_cmd::Client::new(&api_url(remote.url.clone(), cfg.as_ref()), token);
-    let result = match &command {
+    match command {
         ChannelCommand::Add {
             file,
             schema,
             no_wait,
-            ..
-        } => channel_cmd::add(&client, file, schema.as_deref(), !no_wait),
-        ChannelCommand::Rm { name, .. } => channel_cmd::remove(&client, name),
-        ChannelCommand::Show { name, .. } => channel_cmd::show(&client, name),
-    };
-    match result {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
+            remote,
+        } => remote_command(&remote, true, |c| {
+            channel_cmd::add(c, &file, schema.as_deref(), !no_wait)
+        }),
+        ChannelCommand::Rm { name, remote } => {
+            remote_command(&remote, true, |c| channel_cmd::remove(c, &name))
         }
-        Err(f) => {
-            for line in f.lines.iter().flat_map(|l| l.lines()) {
-                eprintln!("error: {line}");
-            }
-            ExitCode::from(f.code)
+        ChannelCommand::Show { name, remote } => {
+            remote_command(&remote, false, |c| channel_cmd::show(c, &name))
         }
     }
 }
@@ -366,16 +326,33 @@ fn remote_command(
     f: impl FnOnce(&channel_cmd::Client) -> Result<String, channel_cmd::Failure>,
 ) -> ExitCode {
     let files = &remote.files;
-    let cfg = Config::load(&files.config, files.channels_dir.as_deref()).ok();
-    let token = match cfg.as_ref().map(config::read_token) {
-        Some(Ok(t)) => t,
-        Some(Err(e)) if writes => {
-            for line in e.to_string().lines() {
-                eprintln!("warning: {line}");
+    let warn = |e: &dyn std::fmt::Display| {
+        for line in e.to_string().lines() {
+            eprintln!("warning: {line}");
+        }
+    };
+    let cfg = match Config::load(&files.config, files.channels_dir.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // No configuration at all is fine (the defaults); a wrong one
+            // is worth a word.
+            if files.config.exists() {
+                warn(&e);
+                eprintln!("warning: going on without its http.listen and http.token_file");
             }
             None
         }
-        _ => None,
+    };
+    let token = match cfg.as_ref().map(config::read_token) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            if writes {
+                warn(&e);
+                eprintln!("warning: sending the request without the API token");
+            }
+            None
+        }
+        None => None,
     };
     let client = channel_cmd::Client::new(&api_url(remote.url.clone(), cfg.as_ref()), token);
     match f(&client) {
