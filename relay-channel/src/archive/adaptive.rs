@@ -1,13 +1,24 @@
 //! The adaptive compression level: under overload the archive degrades
 //! before anything is lost. With zstd, when the archive's queue fills or
-//! the kernel starts dropping datagrams on the receive socket (the archive
-//! thread's compression taking the CPU the receive thread needs), the level
-//! steps down the ladder: the preferred level (`archive.level`), then 1,
-//! zstd's fast negative levels, and at last blocks stored uncompressed
-//! (raw blocks in the zstd frame, a copy). When the pressure is gone for a
-//! while, it climbs back one step at a time.
+//! the receive thread runs short of CPU (its socket never empty, or the
+//! kernel dropping datagrams), the level moves along the ladder: the
+//! preferred level (`archive.level`), then 1, zstd's fast negative levels,
+//! and at last blocks stored uncompressed (raw blocks in the zstd frame, a
+//! copy). When the pressure is gone for a while, it climbs back one step at
+//! a time.
 //!
-//! Pure: [`Adaptive::observe`] takes the signals and the time, and says
+//! Compressing less is not always cheaper: every byte not compressed away
+//! is a byte to write, and when the disk (the page cache, and the kernel's
+//! writeback competing for the same cores) is the limit, a lower level
+//! makes the archive slower. So under pressure the level goes where the
+//! archive thread spends the least time per byte of records, measured: the
+//! time each rung's blocks took to compress and write, per input byte. It
+//! steps down while the rung below is not known to be dearer, and back up
+//! when the rung above is known to be cheaper; a rung's cost is forgotten
+//! after [`COST_FRESH_FOR`], so the search looks again when the load or the
+//! disk changes.
+//!
+//! Pure: [`Adaptive::observe_all`] takes the signals and the time, and says
 //! which level the next blocks get.
 
 use std::time::{Duration, Instant};
@@ -35,13 +46,31 @@ pub(crate) const PRESSURE_FILL: f64 = 0.25;
 pub(crate) const SEVERE_FILL: f64 = 0.5;
 /// Queue fill under which the archive counts as keeping up.
 pub(crate) const CALM_FILL: f64 = 0.05;
-/// Shortest time between two steps down: a step takes effect at the next
-/// block.
+/// Shortest time between two steps under pressure: a step takes effect at
+/// the next block.
 const STEP_DOWN_EVERY: Duration = Duration::from_millis(20);
 /// How long it must be calm (no kernel drop, the queue nearly empty) before
 /// each step up. Long enough that a load which needs a low level does not
 /// see it climb back between its bursts.
 const STEP_UP_AFTER: Duration = Duration::from_secs(5);
+/// Input bytes a rung must have compressed and written before its cost
+/// counts (eight blocks of the default size): less is noise.
+const COST_SAMPLE_BYTES: u64 = 2 << 20;
+/// How long a rung's measured cost is trusted.
+const COST_FRESH_FOR: Duration = Duration::from_secs(5);
+/// A rung is cheaper than another only by more than this share: noise does
+/// not move the level.
+const COST_MARGIN: f64 = 0.05;
+/// The margin for a step up while the receive thread lacks CPU.
+const COST_MARGIN_UP_SHORT: f64 = 0.25;
+
+/// What the archive thread did since the last look: the input bytes of
+/// the blocks it wrote, and the time compressing and writing them took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Work {
+    pub(crate) bytes: u64,
+    pub(crate) busy: Duration,
+}
 
 /// What the archive thread sees of the load.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,10 +83,16 @@ pub(crate) struct Signals {
     /// (nearly every `recvmmsg` filled its batch): it is at its limit,
     /// before the kernel drops anything.
     pub(crate) saturated: bool,
-    /// Writing the blocks took longer than compressing them since the last
-    /// look: a filling queue then waits on the disk, and compressing less
-    /// would only give it more to write.
-    pub(crate) disk_bound: bool,
+    /// The blocks written since the last look, at the level in use.
+    pub(crate) work: Work,
+}
+
+/// A rung's measured cost: nanoseconds of compressing and writing per input
+/// byte, and when it was last measured.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    ns_per_byte: f64,
+    at: Instant,
 }
 
 /// Where the level stands.
@@ -66,6 +101,13 @@ pub(crate) struct Adaptive {
     /// `ladder[0]` is the preferred level.
     ladder: Vec<Option<i32>>,
     at: usize,
+    /// Per rung, its last measured cost.
+    costs: Vec<Option<Cost>>,
+    /// The current rung's work not yet folded into its cost.
+    pending: Work,
+    /// The first look after a step is not measured: its blocks straddle
+    /// the step, and a level's first blocks pay for setting it up.
+    settling: bool,
     last_step: Option<Instant>,
     calm_since: Option<Instant>,
     last_kernel_drops: Option<u64>,
@@ -78,8 +120,11 @@ impl Adaptive {
         let mut ladder = vec![Some(preferred)];
         ladder.extend(LADDER.iter().filter(|l| l.is_none_or(|l| l < preferred)));
         Adaptive {
+            costs: vec![None; ladder.len()],
             ladder,
             at: 0,
+            pending: Work::default(),
+            settling: false,
             last_step: None,
             calm_since: None,
             last_kernel_drops: None,
@@ -97,10 +142,11 @@ impl Adaptive {
         self.at > 0
     }
 
-    /// Takes the signals: `fill`, how full the archive queue is (0 to 1),
-    /// and `kernel_drops`, the receive socket's drop counter. Returns the
-    /// new level when it changes, and the time spent degraded since the
-    /// last call (to be counted).
+    /// Takes the queue's fill (0 to 1) and the receive socket's drop
+    /// counter, with no measure of the archive's work (every rung then
+    /// looks alike: pressure steps down). Returns the new level when it
+    /// changes, and the time spent degraded since the last call (to be
+    /// counted).
     #[cfg(test)]
     pub(crate) fn observe(
         &mut self,
@@ -118,9 +164,96 @@ impl Adaptive {
         )
     }
 
-    /// [`Adaptive::observe`] with every signal (see [`Signals`]): a
-    /// saturated receive thread is pressure, one rung at a time; a queue
-    /// filling while the disk is what it waits on climbs back up instead.
+    /// The cost of rung `i` if measured within [`COST_FRESH_FOR`].
+    fn cost(&self, i: usize, now: Instant) -> Option<f64> {
+        self.costs
+            .get(i)
+            .copied()
+            .flatten()
+            .filter(|c| now.saturating_duration_since(c.at) < COST_FRESH_FOR)
+            .map(|c| c.ns_per_byte)
+    }
+
+    /// Folds `work` into the current rung's cost once enough is measured.
+    fn measure(&mut self, work: Work, now: Instant) {
+        if self.settling {
+            self.settling = work.bytes == 0;
+            return;
+        }
+        self.pending.bytes += work.bytes;
+        self.pending.busy += work.busy;
+        if self.pending.bytes < COST_SAMPLE_BYTES {
+            return;
+        }
+        let sample = self.pending.busy.as_nanos() as f64 / self.pending.bytes as f64;
+        self.pending = Work::default();
+        let ns_per_byte = match self.cost(self.at, now) {
+            Some(before) => (before + sample) / 2.0,
+            None => sample,
+        };
+        self.costs[self.at] = Some(Cost {
+            ns_per_byte,
+            at: now,
+        });
+    }
+
+    /// Where pressure moves the level from the rung in use: to the rung
+    /// known to cost least, when it costs clearly less than this one; else
+    /// to measure the nearest rung not known (any more): below first (two
+    /// rungs down with `rungs` = 2 while both are unmeasured), then above,
+    /// unless `short_of_cpu` (the receive thread is: a rung above
+    /// compresses more, and is only taken when known to cost less).
+    /// With no rung measured at all, down. A rung not measured yet while
+    /// others are: stay and measure it, a step is a comparison.
+    fn under_pressure(&self, rungs: usize, short_of_cpu: bool, now: Instant) -> usize {
+        let at = self.at;
+        let bottom = self.ladder.len() - 1;
+        let cost = |i: usize| self.cost(i, now);
+        let Some(here) = cost(at) else {
+            let any_known = (0..=bottom).any(|i| cost(i).is_some());
+            return if any_known {
+                at
+            } else {
+                (at + rungs).min(bottom)
+            };
+        };
+        let best = (0..=bottom)
+            .filter_map(|i| cost(i).map(|c| (i, c)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((i, c)) = best {
+            // Up, compressing more, while the receive thread lacks CPU:
+            // only for a clear gain, not for noise.
+            let margin = if short_of_cpu && i < at {
+                COST_MARGIN_UP_SHORT
+            } else {
+                COST_MARGIN
+            };
+            if c < here * (1.0 - margin) {
+                return i;
+            }
+        }
+        // Nothing known is cheaper: measure the nearest rung not known
+        // (any more), below first. The cost need not fall steadily down the
+        // ladder (a lower level may write so much more that it costs more,
+        // and a lower one still less), so a dearer neighbour does not end
+        // the search.
+        if let Some(below) = (at + 1..=bottom).find(|&i| cost(i).is_none()) {
+            let two = rungs > 1 && below == at + 1 && below < bottom && cost(below + 1).is_none();
+            return if two { below + 1 } else { below };
+        }
+        if !short_of_cpu {
+            if let Some(above) = (0..at).rev().find(|&i| cost(i).is_none()) {
+                return above;
+            }
+        }
+        at
+    }
+
+    /// Takes every signal (see [`Signals`]): kernel drops, a saturated
+    /// receive thread or a filling queue are pressure, which moves the
+    /// level towards the rung that costs the archive least; calm climbs
+    /// back towards the preferred level. Returns the new level when it
+    /// changes, and the time spent degraded since the last call.
     pub(crate) fn observe_all(
         &mut self,
         s: Signals,
@@ -130,7 +263,7 @@ impl Adaptive {
             fill,
             kernel_drops,
             saturated,
-            disk_bound,
+            work,
         } = s;
         let degraded_for = match self.degraded_since {
             Some(t) => {
@@ -140,58 +273,49 @@ impl Adaptive {
             }
             None => Duration::ZERO,
         };
+        self.measure(work, now);
         let dropped = self
             .last_kernel_drops
             .is_some_and(|before| kernel_drops > before);
         self.last_kernel_drops = Some(kernel_drops);
-        let since_step = |s: &Self| {
-            s.last_step
-                .map_or(Duration::MAX, |t| now.saturating_duration_since(t))
-        };
-        let changed = if fill >= PRESSURE_FILL && disk_bound && !dropped {
-            // The disk is the limit: more compression, fewer bytes.
+        let since_step = self
+            .last_step
+            .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+        let to = if dropped || saturated || fill >= PRESSURE_FILL {
             self.calm_since = None;
-            if self.at > 0 && since_step(self) >= STEP_DOWN_EVERY {
-                self.at -= 1;
-                self.last_step = Some(now);
-                if self.at == 0 {
-                    self.degraded_since = None;
-                }
-                true
-            } else {
-                false
-            }
-        } else if dropped || saturated || fill >= PRESSURE_FILL {
-            self.calm_since = None;
-            if self.at + 1 < self.ladder.len() && since_step(self) >= STEP_DOWN_EVERY {
+            if since_step >= STEP_DOWN_EVERY {
                 let rungs = if dropped || fill >= SEVERE_FILL { 2 } else { 1 };
-                self.at = (self.at + rungs).min(self.ladder.len() - 1);
-                self.last_step = Some(now);
-                self.degraded_since.get_or_insert(now);
-                true
+                self.under_pressure(rungs, dropped || saturated, now)
             } else {
-                false
+                self.at
             }
         } else if fill < CALM_FILL {
             let calm = *self.calm_since.get_or_insert(now);
             if self.at > 0
                 && now.saturating_duration_since(calm) >= STEP_UP_AFTER
-                && since_step(self) >= STEP_UP_AFTER
+                && since_step >= STEP_UP_AFTER
             {
-                self.at -= 1;
-                self.last_step = Some(now);
-                if self.at == 0 {
-                    self.degraded_since = None;
-                }
-                true
+                self.at - 1
             } else {
-                false
+                self.at
             }
         } else {
             self.calm_since = None;
-            false
+            self.at
         };
-        (changed.then(|| self.level()), degraded_for)
+        if to == self.at {
+            return (None, degraded_for);
+        }
+        self.at = to;
+        self.pending = Work::default();
+        self.settling = true;
+        self.last_step = Some(now);
+        if to == 0 {
+            self.degraded_since = None;
+        } else {
+            self.degraded_since.get_or_insert(now);
+        }
+        (Some(self.level()), degraded_for)
     }
 }
 
@@ -277,12 +401,12 @@ mod tests {
         assert_eq!(a.observe(0.0, 9, ms(t, 20000)).1, Duration::ZERO);
     }
 
-    fn sig(fill: f64, saturated: bool, disk_bound: bool) -> Signals {
+    fn sig(fill: f64, saturated: bool) -> Signals {
         Signals {
             fill,
             kernel_drops: 0,
             saturated,
-            disk_bound,
+            work: Work::default(),
         }
     }
 
@@ -290,37 +414,145 @@ mod tests {
     fn a_saturated_receive_thread_is_pressure_one_rung_at_a_time() {
         let t = Instant::now();
         let mut a = Adaptive::new(1);
-        assert_eq!(a.observe_all(sig(0.0, true, false), t).0, Some(Some(-1)));
-        assert_eq!(
-            a.observe_all(sig(0.0, true, false), ms(t, 20)).0,
-            Some(Some(-4))
-        );
+        assert_eq!(a.observe_all(sig(0.0, true), t).0, Some(Some(-1)));
+        assert_eq!(a.observe_all(sig(0.0, true), ms(t, 20)).0, Some(Some(-4)));
         // Neither saturated nor calm enough for long: it stays.
-        assert_eq!(a.observe_all(sig(0.0, false, false), ms(t, 40)).0, None);
+        assert_eq!(a.observe_all(sig(0.0, false), ms(t, 40)).0, None);
         assert_eq!(
-            a.observe_all(sig(0.0, true, false), ms(t, 4000)).0,
+            a.observe_all(sig(0.0, true), ms(t, 4000)).0,
             Some(Some(-16))
         );
     }
 
+    /// Drives `a` under a full queue for `from..to` ms, one look per 5 ms,
+    /// each look 4 MiB of blocks that cost `cost(level)` ns per byte.
+    /// Returns the level at each look.
+    fn drive(
+        a: &mut Adaptive,
+        t: Instant,
+        from: u64,
+        to: u64,
+        cost: impl Fn(Option<i32>) -> f64,
+    ) -> Vec<Option<i32>> {
+        let bytes = 4u64 << 20;
+        let mut levels = Vec::new();
+        for now in (from..to).step_by(5) {
+            let busy = Duration::from_nanos((cost(a.level()) * bytes as f64) as u64);
+            let s = Signals {
+                fill: 0.6,
+                work: Work { bytes, busy },
+                ..Signals::default()
+            };
+            a.observe_all(s, ms(t, now));
+            levels.push(a.level());
+        }
+        levels
+    }
+
+    fn share(levels: &[Option<i32>], level: Option<i32>) -> f64 {
+        levels.iter().filter(|&&l| l == level).count() as f64 / levels.len() as f64
+    }
+
     #[test]
-    fn a_queue_that_waits_on_the_disk_gets_more_compression_not_less() {
+    fn when_the_cpu_is_the_limit_pressure_goes_down_to_storing() {
+        // Each rung cheaper than the one above: compression is the cost.
+        let cost = |l: Option<i32>| l.map_or(0.1, |l| 0.2 + 0.1 * f64::from(l + 8193).log2());
         let t = Instant::now();
         let mut a = Adaptive::new(1);
-        assert_eq!(a.observe_all(sig(0.6, false, false), t).0, Some(Some(-4)));
-        // Now the writes take longer than the compression: back up, one
-        // rung per 20 ms, to the preferred level and no further.
-        assert_eq!(
-            a.observe_all(sig(0.6, false, true), ms(t, 20)).0,
-            Some(Some(-1))
-        );
-        assert_eq!(a.observe_all(sig(0.6, false, true), ms(t, 30)).0, None);
-        assert_eq!(
-            a.observe_all(sig(0.6, false, true), ms(t, 40)).0,
-            Some(Some(1))
-        );
-        assert!(!a.degraded());
-        assert_eq!(a.observe_all(sig(0.9, false, true), ms(t, 60)).0, None);
+        let levels = drive(&mut a, t, 0, 1000, cost);
+        assert_eq!(a.level(), None, "{levels:?}");
+        assert!(share(&levels[100..], None) > 0.9, "{levels:?}");
+    }
+
+    #[test]
+    fn when_writing_is_the_limit_the_level_settles_on_the_cheapest_rung() {
+        // Compressing costs less down the ladder, but writing what is not
+        // compressed away costs more: -4 is cheapest.
+        let cost = |l: Option<i32>| match l {
+            Some(1) => 3.0,
+            Some(-1) => 2.4,
+            Some(-4) => 2.0,
+            Some(-16) => 2.6,
+            Some(-64) => 3.2,
+            _ => 4.0,
+        };
+        let t = Instant::now();
+        let mut a = Adaptive::new(1);
+        let levels = drive(&mut a, t, 0, 10_000, cost);
+        // It finds it within the first second, and stays there but for
+        // looks at its neighbours when their costs are forgotten.
+        assert!(share(&levels[200..], Some(-4)) > 0.9, "{levels:?}");
+    }
+
+    #[test]
+    fn a_dearer_rung_below_does_not_hide_a_cheaper_one_further_down() {
+        // -1 is cheaper than its neighbours, but storing is cheapest.
+        let cost = |l: Option<i32>| match l {
+            Some(1) => 3.0,
+            Some(-1) => 2.0,
+            Some(-4) => 2.6,
+            Some(-16) => 2.4,
+            Some(-64) => 2.2,
+            Some(_) => 1.8,
+            None => 1.0,
+        };
+        let t = Instant::now();
+        let mut a = Adaptive::new(1);
+        let levels = drive(&mut a, t, 0, 10_000, cost);
+        assert!(share(&levels[100..], None) > 0.9, "{levels:?}");
+    }
+
+    #[test]
+    fn when_the_disk_slows_down_the_level_climbs_back_to_the_cheapest_rung() {
+        let fast_disk = |l: Option<i32>| l.map_or(0.1, |l| 0.2 + 0.1 * f64::from(l + 8193).log2());
+        let t = Instant::now();
+        let mut a = Adaptive::new(1);
+        drive(&mut a, t, 0, 1000, fast_disk);
+        assert_eq!(a.level(), None);
+        // Now every byte written costs 4 ns: 1 is cheapest (2 + 0.2 × 4).
+        let ratio = |l: Option<i32>| match l {
+            Some(1) => 0.2,
+            Some(-1) => 0.3,
+            Some(-4) => 0.4,
+            Some(-16) => 0.5,
+            Some(-64) => 0.6,
+            Some(-256) => 0.7,
+            Some(-1024) => 0.8,
+            Some(-8192) => 0.9,
+            _ => 1.0,
+        };
+        let slow_disk = |l: Option<i32>| fast_disk(l) + 4.0 * ratio(l);
+        let levels = drive(&mut a, t, 1000, 12_000, slow_disk);
+        assert!(share(&levels[1000..], Some(1)) > 0.85, "{levels:?}");
+    }
+
+    #[test]
+    fn a_receive_thread_short_of_cpu_never_looks_up() {
+        // Storing is cheapest; the kernel drops at every look. Once the
+        // costs above are forgotten, a full queue alone would look up
+        // again; drops do not (compressing more takes the CPU they lack).
+        let cost = |l: Option<i32>| l.map_or(0.1, |l| 0.2 + 0.1 * f64::from(l + 8193).log2());
+        let t = Instant::now();
+        let mut a = Adaptive::new(1);
+        let bytes = 4u64 << 20;
+        let mut levels = Vec::new();
+        for (i, now) in (0..6000).step_by(5).enumerate() {
+            let busy = Duration::from_nanos((cost(a.level()) * bytes as f64) as u64);
+            let s = Signals {
+                fill: 0.0,
+                kernel_drops: i as u64,
+                saturated: false,
+                work: Work { bytes, busy },
+            };
+            a.observe_all(s, ms(t, now));
+            levels.push(a.level());
+        }
+        let bottom = levels
+            .iter()
+            .position(|l| l.is_none())
+            .expect("reaches storing");
+        assert!(bottom < 100, "{levels:?}");
+        assert!(levels[bottom..].iter().all(|l| l.is_none()), "{levels:?}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::adaptive::{Adaptive, Signals};
+use super::adaptive::{Adaptive, Signals, Work};
 use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
 use super::recovery;
 use crate::config::{ArchiveSpec, Codec, Fsync};
@@ -49,6 +50,8 @@ struct OpenFile {
     records: u64,
     /// When its first record was taken: it closes `rotate_interval` later.
     opened: Instant,
+    /// Where the writeback started by [`start_writeback`] has reached.
+    written_back: u64,
 }
 
 impl OpenFile {
@@ -95,11 +98,9 @@ pub(crate) struct Archive {
     /// The receive thread's `recvmmsg` calls and full batches at the last
     /// look.
     last_receive_calls: (u64, u64),
-    /// Time spent compressing blocks and writing them since the last look:
-    /// a queue that fills while the writes take longer waits on the disk,
-    /// and compressing less would only make more to write.
-    encode_time: Duration,
-    write_time: Duration,
+    /// The blocks compressed and written since the last look: their input
+    /// bytes and the time it took, the cost of the level in use.
+    work: Work,
 }
 
 /// The share of `recvmmsg` calls that filled their batch above which the
@@ -107,6 +108,48 @@ pub(crate) struct Archive {
 /// two looks).
 const SATURATED_SHARE: f64 = 0.9;
 const SATURATED_MIN_CALLS: u64 = 4;
+
+/// Bytes written to a file after which the archive thread starts their
+/// writeback itself (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does
+/// not wait for it to finish), as RocksDB's `bytes_per_sync` does. Without
+/// it the kernel lets gigabytes of dirty pages pile up and then writes them
+/// back all at once on its own threads, which take the CPU the receive
+/// thread needs in a burst, unseen by the archive; with it the cost of
+/// writing is steady, and counted in the archive's time, where the adaptive
+/// level weighs it against compressing.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Starts the writeback of what `f` holds beyond its last start, once
+/// that is [`WRITEBACK_EVERY`] bytes. Only a hint: an error (a filesystem
+/// without it) is ignored, and the kernel writes the pages back anyway.
+fn start_writeback(f: &mut OpenFile) {
+    if f.len - f.written_back < WRITEBACK_EVERY {
+        return;
+    }
+    let (from, len) = (f.written_back, f.len - f.written_back);
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is
+    // open for as long as `f` lives.
+    unsafe {
+        libc::sync_file_range(
+            f.file.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+    f.written_back = f.len;
+}
+
+/// The CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 /// How often the adaptive level looks at the queue and the kernel's drops.
 const ADAPT_EVERY: Duration = Duration::from_millis(5);
@@ -158,8 +201,7 @@ impl Archive {
             adaptive,
             last_adapt: None,
             last_receive_calls: (0, 0),
-            encode_time: Duration::ZERO,
-            write_time: Duration::ZERO,
+            work: Work::default(),
         })
     }
 
@@ -226,15 +268,12 @@ impl Archive {
         let (calls, full) = (calls.saturating_sub(calls0), full.saturating_sub(full0));
         let saturated =
             calls >= SATURATED_MIN_CALLS && full as f64 >= SATURATED_SHARE * calls as f64;
-        let disk_bound = self.write_time > self.encode_time;
-        self.encode_time = Duration::ZERO;
-        self.write_time = Duration::ZERO;
         let (changed, degraded_for) = a.observe_all(
             Signals {
                 fill,
                 kernel_drops: self.ledger.kernel_drops(),
                 saturated,
-                disk_bound,
+                work: std::mem::take(&mut self.work),
             },
             now,
         );
@@ -338,14 +377,19 @@ impl Archive {
                 ));
             }
             self.out.clear();
-            let t0 = Instant::now();
+            // Compressing is counted in this thread's CPU time (time
+            // preempted is not its cost), writing in wall time (a write
+            // that waits on the disk is).
+            let c0 = thread_cpu_time();
             self.encoder
                 .encode_block(count, &self.block, &f.sync, &mut self.out)?;
             let t1 = Instant::now();
+            let encoded = thread_cpu_time().saturating_sub(c0);
             f.file.write_all(&self.out)?;
-            self.encode_time += t1 - t0;
-            self.write_time += t1.elapsed();
             f.len += self.out.len() as u64;
+            start_writeback(f);
+            self.work.bytes += self.block.len() as u64;
+            self.work.busy += encoded + t1.elapsed();
             f.records += count;
             Ok(())
         });
@@ -465,6 +509,7 @@ impl Archive {
                 len: header.len() as u64,
                 records: 0,
                 opened: self.block_started.unwrap_or_else(Instant::now),
+                written_back: 0,
             });
         }
     }
