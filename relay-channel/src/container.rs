@@ -15,7 +15,7 @@
 //! bytes actually present before anything is allocated for it.
 
 use std::fs::OpenOptions;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -165,9 +165,37 @@ impl BlockEncoder {
         sync: &[u8; 16],
         out: &mut Vec<u8>,
     ) -> io::Result<()> {
+        self.write_block(count, data, sync, out).map(|_| ())
+    }
+
+    /// Writes one whole block, as [`encode_block`](Self::encode_block) lays it out, to `w`
+    /// ([`encode`](Self::encode), then [`EncodedBlock::write_to`]); returns its length.
+    pub fn write_block(
+        &mut self,
+        count: u64,
+        data: &[u8],
+        sync: &[u8; 16],
+        w: &mut impl Write,
+    ) -> io::Result<u64> {
+        let block = self.encode(count, data, sync)?;
+        block.write_to(w)?;
+        Ok(block.len())
+    }
+
+    /// Encodes one whole block, laid out as [`encode_block`](Self::encode_block) does, as
+    /// the slices to write in order. Nothing is copied that need not be: with the null codec
+    /// and stored zstd blocks the records stay in `data` (the block's few header bytes
+    /// beside them), a compressed body in the compressor's buffer. A `count` of 0 gives an
+    /// empty block (nothing to write); `data` must then be empty.
+    pub fn encode<'a>(
+        &'a mut self,
+        count: u64,
+        data: &'a [u8],
+        sync: &'a [u8; 16],
+    ) -> io::Result<EncodedBlock<'a>> {
         if count == 0 {
             if data.is_empty() {
-                return Ok(());
+                return Ok(EncodedBlock::default());
             }
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -176,15 +204,31 @@ impl BlockEncoder {
         }
         let count = i64::try_from(count)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record count too large"))?;
-        let (body, crc): (&[u8], Option<u32>) = match self.codec {
-            Codec::Null => (data, None),
+        let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "block too large");
+        let mut head = Vec::with_capacity(40);
+        put_long(&mut head, count);
+        let mut crc_bytes = [0u8; 4];
+        let stored = matches!(self.codec, Codec::Zstd { .. }) && self.zstd_level.is_none();
+        // The block's body: what follows the head, before the sync marker.
+        let body: &[u8] = match self.codec {
+            Codec::Null => {
+                put_long(
+                    &mut head,
+                    i64::try_from(data.len()).map_err(|_| too_large())?,
+                );
+                data
+            }
             Codec::Deflate { level } => {
                 let c = self.deflate.get_or_insert_with(|| {
                     flate2::Compress::new(flate2::Compression::new(level), false)
                 });
                 c.reset();
                 deflate_into(c, data, &mut self.scratch)?;
-                (&self.scratch[..], None)
+                put_long(
+                    &mut head,
+                    i64::try_from(self.scratch.len()).map_err(|_| too_large())?,
+                );
+                &self.scratch
             }
             Codec::Snappy => {
                 let max = snap::raw::max_compress_len(data.len());
@@ -201,11 +245,18 @@ impl BlockEncoder {
                 let n = enc
                     .compress(data, &mut self.scratch[..max])
                     .map_err(io::Error::other)?;
-                (&self.scratch[..n], Some(crc32fast::hash(data)))
+                crc_bytes = crc32fast::hash(data).to_be_bytes();
+                put_long(&mut head, i64::try_from(n + 4).map_err(|_| too_large())?);
+                &self.scratch[..n]
             }
-            Codec::Zstd { .. } if self.zstd_level.is_none() => {
-                zstd_stored_frame(data, &mut self.scratch);
-                (&self.scratch[..], None)
+            Codec::Zstd { .. } if stored => {
+                // The frame's headers go in `scratch`, the records stay in
+                // `data`: see `zstd_stored_frame`.
+                let chunks = data.len().div_ceil(ZSTD_MAX_BLOCK).max(1);
+                let size = ZSTD_STORED_FRAME_HEADER + 3 * chunks + data.len();
+                put_long(&mut head, i64::try_from(size).map_err(|_| too_large())?);
+                zstd_stored_headers(data.len(), &mut self.scratch);
+                data
             }
             Codec::Zstd { level } => {
                 let level = self.zstd_level.unwrap_or(level);
@@ -222,21 +273,117 @@ impl BlockEncoder {
                 self.scratch
                     .reserve(zstd::zstd_safe::compress_bound(data.len()));
                 let n = z.compress_to_buffer(data, &mut self.scratch)?;
-                (&self.scratch[..n], None)
+                put_long(&mut head, i64::try_from(n).map_err(|_| too_large())?);
+                &self.scratch[..n]
             }
         };
-        let size = body.len() + if crc.is_some() { 4 } else { 0 };
-        let size = i64::try_from(size)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "block too large"))?;
-        out.reserve(20 + body.len() + 4 + 16);
-        put_long(out, count);
-        put_long(out, size);
-        out.extend_from_slice(body);
-        if let Some(crc) = crc {
-            out.extend_from_slice(&crc.to_be_bytes());
+        let crc = if matches!(self.codec, Codec::Snappy) {
+            crc_bytes.to_vec()
+        } else {
+            Vec::new()
+        };
+        let mut parts: Vec<&'a [u8]> = Vec::with_capacity(8);
+        if stored {
+            // The frame header, then each chunk of records after its 3-byte
+            // block header (an empty frame: one empty block).
+            let (frame, block_headers) = self.scratch.split_at(ZSTD_STORED_FRAME_HEADER);
+            parts.push(frame);
+            let mut block_headers = block_headers.chunks(3);
+            if data.is_empty() {
+                parts.extend(block_headers.next());
+            }
+            for chunk in data.chunks(ZSTD_MAX_BLOCK) {
+                parts.extend(block_headers.next());
+                parts.push(chunk);
+            }
+        } else {
+            parts.push(body);
         }
-        out.extend_from_slice(sync);
-        Ok(())
+        Ok(EncodedBlock {
+            head,
+            parts,
+            crc,
+            sync,
+        })
+    }
+}
+
+/// One encoded block, as slices to write in order (see [`BlockEncoder::encode`]): its head
+/// (record count and size), the body, a checksum for snappy, the sync marker.
+#[derive(Debug, Default)]
+pub struct EncodedBlock<'a> {
+    head: Vec<u8>,
+    parts: Vec<&'a [u8]>,
+    crc: Vec<u8>,
+    sync: &'a [u8],
+}
+
+impl EncodedBlock<'_> {
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        (self.head.len()
+            + self.parts.iter().map(|p| p.len()).sum::<usize>()
+            + self.crc.len()
+            + self.sync.len()) as u64
+    }
+
+    /// Whether there is nothing to write (a block of 0 records).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes it to `w` with vectored writes (again after a short write or an
+    /// interruption). On an error, part of it may have been written.
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(self.parts.len() + 3);
+        slices.push(io::IoSlice::new(&self.head));
+        slices.extend(self.parts.iter().map(|p| io::IoSlice::new(p)));
+        slices.push(io::IoSlice::new(&self.crc));
+        slices.push(io::IoSlice::new(self.sync));
+        write_all_vectored(w, &mut slices)
+    }
+}
+
+/// Writes every byte of `slices` to `w`, again after a short write or an
+/// interruption.
+fn write_all_vectored(w: &mut impl Write, mut slices: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    io::IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The length of a stored zstd frame's header: magic, descriptor, 8-byte
+/// content size.
+const ZSTD_STORED_FRAME_HEADER: usize = 13;
+
+/// Writes into `scratch` (cleared first) the headers of a zstd frame of raw
+/// blocks holding `len` bytes: the frame header ([`ZSTD_STORED_FRAME_HEADER`]
+/// bytes), then the 3-byte header of each block in order. The frame is those
+/// headers with each block's bytes after its header (`zstd_stored_frame`).
+fn zstd_stored_headers(len: usize, scratch: &mut Vec<u8>) {
+    scratch.clear();
+    scratch.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    // Frame_Content_Size_flag 3 (8 bytes), Single_Segment_flag.
+    scratch.push(0b1110_0000);
+    scratch.extend_from_slice(&(len as u64).to_le_bytes());
+    let chunks = len.div_ceil(ZSTD_MAX_BLOCK).max(1);
+    for i in 0..chunks {
+        let size = if i + 1 < chunks {
+            ZSTD_MAX_BLOCK
+        } else {
+            len - i * ZSTD_MAX_BLOCK
+        };
+        let last = u32::from(i + 1 == chunks);
+        // Last_Block, Block_Type 0 (raw), Block_Size.
+        let header = last | ((size as u32) << 3);
+        scratch.extend_from_slice(&header.to_le_bytes()[..3]);
     }
 }
 
@@ -246,6 +393,7 @@ const ZSTD_MAX_BLOCK: usize = 128 << 10;
 /// Writes `data` into `scratch` (cleared first) as one zstd frame of raw
 /// (uncompressed) blocks, with its content size and no checksum (RFC 8878:
 /// single segment, 8-byte frame content size, blocks of at most 128 KiB).
+#[cfg(test)]
 fn zstd_stored_frame(data: &[u8], scratch: &mut Vec<u8>) {
     scratch.clear();
     scratch.reserve(data.len() + 13 + 3 * (data.len() / ZSTD_MAX_BLOCK + 1));
@@ -737,9 +885,24 @@ mod tests {
             3 * ZSTD_MAX_BLOCK + 7,
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-            let mut frame = Vec::new();
-            zstd_stored_frame(&data, &mut frame);
-            assert_eq!(zstd::decode_all(&frame[..]).unwrap(), data, "{len}");
+            let count = 1u64;
+            let mut stored = BlockEncoder::new(Codec::Zstd { level: 1 });
+            stored.set_zstd(None).unwrap();
+            let mut block = Vec::new();
+            let n = stored.write_block(count, &data, &sync, &mut block).unwrap();
+            assert_eq!(n as usize, block.len(), "{len}");
+            let mut r = &block[..];
+            assert_eq!(read_long(&mut r).unwrap(), count as i64);
+            let size = read_long(&mut r).unwrap() as usize;
+            assert_eq!(size + 16, r.len(), "{len}: the size field");
+            let frame = &r[..size];
+            assert_eq!(zstd::decode_all(frame).unwrap(), data, "{len}");
+            assert_eq!(&r[size..], &sync[..]);
+            // The records are written in place; the frame is the same as
+            // one built in a buffer.
+            let mut built = Vec::new();
+            zstd_stored_frame(&data, &mut built);
+            assert_eq!(frame, &built[..], "{len}");
         }
     }
 

@@ -75,6 +75,19 @@ impl Batch {
         self.ends.push(self.data.len());
     }
 
+    /// The datagrams, back to back.
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// When the first datagram arrived, if marked.
+    pub(crate) fn first_arrival(&self) -> Option<SystemTime> {
+        self.arrivals
+            .first()
+            .filter(|(from, _)| *from == 0)
+            .map(|&(_, t)| t)
+    }
+
     /// Datagrams in the batch.
     pub(crate) fn len(&self) -> usize {
         self.ends.len()
