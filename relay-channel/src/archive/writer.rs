@@ -693,7 +693,7 @@ mod tests {
                     other => panic!("{other:?}"),
                 })
                 .collect();
-            let want: Vec<i32> = (0..2057).map(|i| (i % 64) as i32).collect();
+            let want: Vec<i32> = (0..2057).map(|i| i % 64).collect();
             assert_eq!(got, want, "{codec:?}");
         }
     }
