@@ -665,8 +665,12 @@ mod tests {
             let mut a = Archive::open(&spec, "ch", r#""int""#, None, ledger.clone(), tx).unwrap();
             // Stored zstd frames too: the records written in place.
             a.encoder.set_zstd(None).unwrap();
-            // Ints 0..63 as one-byte zigzag varints.
+            // Ints 0..63 as one-byte zigzag varints, counted as received.
             let ints = |from: usize, n: usize| -> Batch {
+                let mut c = BatchCounts::new();
+                c.datagrams = n as u64;
+                c.to_archive = n as u64;
+                ledger.received(&c);
                 let mut b = Batch::with_capacity(n);
                 b.mark_arrival(SystemTime::now());
                 for i in from..from + n {
