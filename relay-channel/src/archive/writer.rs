@@ -25,7 +25,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::adaptive::{Adaptive, Signals, Work};
 use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
 use super::recovery;
-use crate::config::{ArchiveSpec, Codec, Fsync, MAX_DATAGRAM};
+use crate::config::{ArchiveSpec, Codec, Fsync};
 use crate::container::{self, BlockEncoder};
 use crate::handover::{ArchiveInbox, Batch};
 use crate::ledger::Ledger;
@@ -294,11 +294,13 @@ impl Archive {
 
     fn take(&mut self, batch: &Batch) {
         let bytes = batch.bytes();
-        if bytes >= self.spec.block_size && bytes <= self.spec.block_size + MAX_DATAGRAM {
+        if bytes >= self.spec.block_size && bytes - batch.last_len() < self.spec.block_size {
             // A full batch (the receive thread hands one over when it
-            // reaches the default block size) is a block as it is: written
-            // straight from the batch, not copied into the block first.
-            // What waits in the block goes first, as a smaller block.
+            // reaches the default block size) is a block as it is, the
+            // block its records would fill, up to the record that reaches
+            // the size: written straight from the batch, not copied into
+            // the block first. What waits in the block goes first, as a
+            // smaller block.
             self.write_block();
             self.block_records = batch.len() as u64;
             self.block_first_arrival = Some(batch.first_arrival().unwrap_or_else(SystemTime::now));
