@@ -360,14 +360,7 @@ impl SendBatch {
     /// kernel refuses counts all its datagrams as failed and is skipped
     /// (after a refusal of GSO itself, its datagrams go again one by one).
     pub fn send<'a>(&mut self, dgrams: impl IntoIterator<Item = &'a [u8]>) -> SendOutcome {
-        let mut n = 0;
-        for d in dgrams.into_iter().take(self.hdrs.len()) {
-            self.iovs[n] = libc::iovec {
-                iov_base: d.as_ptr() as *mut libc::c_void,
-                iov_len: d.len(),
-            };
-            n += 1;
-        }
+        let n = self.load(dgrams);
         let mut out = SendOutcome::default();
         self.last_messages = 0;
         // The first datagram not sent or counted as failed yet.
@@ -414,6 +407,57 @@ impl SendBatch {
             }
         }
         out
+    }
+
+    /// Points the iovecs at `dgrams` (at most the capacity); returns how
+    /// many.
+    fn load<'a>(&mut self, dgrams: impl IntoIterator<Item = &'a [u8]>) -> usize {
+        let mut n = 0;
+        for d in dgrams.into_iter().take(self.hdrs.len()) {
+            self.iovs[n] = libc::iovec {
+                iov_base: d.as_ptr() as *mut libc::c_void,
+                iov_len: d.len(),
+            };
+            n += 1;
+        }
+        n
+    }
+
+    /// One `sendmmsg` call for `dgrams` (at most the capacity; again on
+    /// `EINTR`), laid out as [`SendBatch::send`] does, for a sender that
+    /// keeps its datagrams in order and sends again what the kernel did not
+    /// take: returns how many of the first datagrams went (at least 1), or
+    /// the error with which the kernel refused the first message (nothing
+    /// sent). A refusal of GSO as such is handled as in `send`: the call is
+    /// made again without it.
+    pub fn send_some<'a>(
+        &mut self,
+        dgrams: impl IntoIterator<Item = &'a [u8]>,
+    ) -> io::Result<usize> {
+        let n = self.load(dgrams);
+        if n == 0 {
+            return Ok(0);
+        }
+        loop {
+            let m = self.build(0, n);
+            let fd = self.fd;
+            let hdrs = self.hdrs.as_mut_ptr();
+            // SAFETY: as in `send`: headers point at iovecs into slices
+            // borrowed for this call and at control data owned by self.
+            let sent = retry_eintr(|| unsafe { libc::sendmmsg(fd, hdrs, m as libc::c_uint, 0) });
+            self.last_messages = m;
+            let e = match sent {
+                Ok(k) if k > 0 => return Ok(self.segments[..k.min(m)].iter().sum()),
+                Ok(_) => io::Error::last_os_error(),
+                Err(e) => e,
+            };
+            match e.raw_os_error() {
+                Some(errno) if self.segments[0] > 1 && is_gso_refusal(errno) => {
+                    self.refuse_gso(errno, self.iovs[0].iov_len);
+                }
+                _ => return Err(e),
+            }
+        }
     }
 
     /// The kernel refused a GSO message of `len`-byte datagrams: no GSO
@@ -566,6 +610,24 @@ mod tests {
         let out = sender.send([b"a".as_slice(), &big, b"c"]);
         assert_eq!((out.sent, out.failed), (2, 1));
         assert_eq!(out.error, Some(libc::EMSGSIZE));
+    }
+
+    #[test]
+    fn send_some_sends_in_order_and_stops_at_the_first_refusal() {
+        let (_rx, tx) = pair();
+        let mut sender = SendBatch::new(tx.as_raw_fd(), 4);
+        let big = vec![0u8; 70_000];
+        // The first message refused: nothing sent, the error.
+        let e = sender.send_some([big.as_slice(), b"a"]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE));
+        // A refused message after others: the ones before it went.
+        assert_eq!(
+            sender
+                .send_some([b"a".as_slice(), b"b", &big, b"c"])
+                .unwrap(),
+            2
+        );
+        assert_eq!(sender.send_some(std::iter::empty()).unwrap(), 0);
     }
 
     // UDP GSO, for real, over loopback: every datagram must arrive whole,
@@ -724,6 +786,17 @@ mod tests {
                 let lens: Vec<usize> = got.iter().map(Vec::len).collect();
                 assert_eq!(lens, sizes, "{name}: receiver {r}: lengths");
                 assert!(got == sent, "{name}: receiver {r}: contents");
+            }
+            // The same through send_some, again until all went.
+            let mut done = 0;
+            while done < sent.len() {
+                done += sender
+                    .send_some(sent[done..].iter().map(|d| d.as_slice()))
+                    .unwrap();
+            }
+            for (r, rx) in dest.receivers.iter().enumerate() {
+                let got = received(rx, sent.len());
+                assert!(got == sent, "{name}: send_some: receiver {r}: contents");
             }
         }
     }

@@ -9,7 +9,6 @@
 //!
 //! `{"sent":N,"elapsed_s":F,"rate":F,"retries":N,"first_counter":N,"last_counter":N,"bytes":N}`
 
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -218,135 +217,6 @@ fn open_socket(args: &Args) -> Result<Socket> {
     Ok(socket)
 }
 
-/// Most datagrams one GSO message carries (`UDP_MAX_SEGMENTS` of the
-/// kernels that introduced UDP GSO).
-const GSO_MAX_SEGMENTS: usize = relay_channel::mmsg::GSO_MAX_SEGMENTS;
-/// Most payload bytes one GSO message carries in all.
-const GSO_MAX_BYTES: usize = relay_channel::mmsg::GSO_MAX_BYTES;
-/// `UDP_SEGMENT` (linux/udp.h), not in `libc` for glibc targets.
-const UDP_SEGMENT: libc::c_int = 103;
-
-/// Reusable `sendmmsg` vectors for one connected socket. With GSO, each run
-/// of consecutive equal-length datagrams goes as one message with a
-/// `UDP_SEGMENT` control message (the kernel cuts it back into the same
-/// datagrams), which makes the sender several times cheaper per datagram:
-/// the harness's sender then leaves more of the CPU to the forwarder it
-/// measures.
-struct MmsgSender {
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    /// Per message of the last call: how many datagrams it carries.
-    segments: Vec<usize>,
-    /// Per message: room for one `UDP_SEGMENT` control message.
-    cmsgs: Vec<u64>,
-    cmsg_words: usize,
-    gso: bool,
-}
-
-impl MmsgSender {
-    fn new(batch: usize, gso: bool) -> Self {
-        // SAFETY: CMSG_SPACE is a pure computation.
-        let cmsg_space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-        let cmsg_words = cmsg_space.div_ceil(8);
-        // SAFETY: all-zero (null pointers, zero lengths) is a valid iovec
-        // and mmsghdr.
-        let iovs = (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect();
-        let hdrs = (0..batch).map(|_| unsafe { std::mem::zeroed() }).collect();
-        Self {
-            iovs,
-            hdrs,
-            segments: vec![0; batch],
-            cmsgs: vec![0u64; batch * cmsg_words],
-            cmsg_words,
-            gso,
-        }
-    }
-
-    /// One `sendmmsg` call for `bufs` (at most the batch size given to
-    /// `new`); returns how many datagrams the kernel accepted (at least 1).
-    /// A kernel that refuses GSO as such (no GSO: `EINVAL`, `ENOPROTOOPT`,
-    /// `EOPNOTSUPP`, `EIO`; a segment over the MTU: `EMSGSIZE`) turns it
-    /// off for the rest of the run, and the call is made again without it.
-    fn send(&mut self, fd: RawFd, bufs: &[Vec<u8>]) -> io::Result<usize> {
-        let n = bufs.len();
-        assert!(n <= self.iovs.len());
-        for (iov, buf) in self.iovs.iter_mut().zip(bufs) {
-            iov.iov_base = buf.as_ptr() as *mut libc::c_void;
-            iov.iov_len = buf.len();
-        }
-        loop {
-            let m = self.build(n);
-            // SAFETY: the first `m` headers point at iovecs that point at
-            // live buffers borrowed for the duration of the call, and at
-            // control data owned by self; the socket is connected, so no
-            // addresses are needed.
-            let r = unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), m as libc::c_uint, 0) };
-            if r >= 0 {
-                return Ok(self.segments[..r as usize].iter().sum());
-            }
-            let e = io::Error::last_os_error();
-            let refused = matches!(
-                e.raw_os_error(),
-                Some(
-                    libc::EINVAL
-                        | libc::EIO
-                        | libc::ENOPROTOOPT
-                        | libc::EOPNOTSUPP
-                        | libc::EMSGSIZE
-                )
-            );
-            if self.gso && self.segments[0] > 1 && refused {
-                eprintln!("loadgen: the kernel refused UDP GSO ({e}); sending one by one");
-                self.gso = false;
-                continue;
-            }
-            return Err(e);
-        }
-    }
-
-    /// Lays out the first `n` datagrams as messages: equal-length runs as
-    /// GSO messages (while GSO is on), the rest one each. Returns how many.
-    fn build(&mut self, n: usize) -> usize {
-        let mut m = 0;
-        let mut i = 0;
-        while i < n {
-            let len = self.iovs[i].iov_len;
-            let mut k = 1;
-            if self.gso && len > 0 {
-                let most = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / len);
-                while k < most && i + k < n && self.iovs[i + k].iov_len == len {
-                    k += 1;
-                }
-            }
-            // SAFETY: all-zero is a valid msghdr.
-            let h = &mut self.hdrs[m].msg_hdr;
-            *h = unsafe { std::mem::zeroed() };
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = k as _;
-            if k > 1 {
-                let control = self.cmsgs[m * self.cmsg_words..].as_mut_ptr();
-                h.msg_control = control as *mut libc::c_void;
-                // SAFETY: the control buffer holds cmsg_words words, at
-                // least CMSG_SPACE(2), and the header points at it, so
-                // CMSG_FIRSTHDR is inside it.
-                unsafe {
-                    h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
-                    let c = libc::CMSG_FIRSTHDR(h);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                    // len <= GSO_MAX_BYTES here, which fits a u16.
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, len as u16);
-                }
-            }
-            self.segments[m] = k;
-            m += 1;
-            i += k;
-        }
-        m
-    }
-}
-
 /// Sleeps until `deadline` (or returns at once if it has passed); with
 /// `spin`, the last [`SPIN_WINDOW`] is spent yielding for precision. Each
 /// call sleeps at most [`MAX_SLEEP`] so signals are seen promptly.
@@ -451,9 +321,9 @@ fn send_loop(args: &Args, fd: RawFd) -> Summary {
             0
         };
     let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| Vec::with_capacity(datum_cap)).collect();
-    let gso =
-        relay_channel::mmsg::gso_wanted(std::env::var_os(relay_channel::mmsg::GSO_ENV).as_deref());
-    let mut sender = MmsgSender::new(batch, gso);
+    // Runs of equal-length datagrams go as one GSO message each, unless
+    // SPEEDDATA_GSO=0 (read by SendBatch::new).
+    let mut sender = relay_channel::mmsg::SendBatch::new(fd, batch);
 
     let mut sent: u64 = 0;
     let mut bytes: u64 = 0;
@@ -510,7 +380,7 @@ fn send_loop(args: &Args, fd: RawFd) -> Summary {
 
         let mut done = 0;
         while done < n {
-            match sender.send(fd, &bufs[done..n]) {
+            match sender.send_some(bufs[done..n].iter().map(Vec::as_slice)) {
                 Ok(k) => {
                     bytes += bufs[done..done + k]
                         .iter()
