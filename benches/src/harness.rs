@@ -1011,6 +1011,16 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
+/// Waits until the filesystem holding `dir` has written out what it has
+/// in flight (`syncfs`); errors are ignored (then nothing is waited for).
+fn settle_disk(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(d) = std::fs::File::open(dir) {
+        // SAFETY: syncfs takes an open file descriptor, valid while `d` is.
+        unsafe { libc::syncfs(d.as_raw_fd()) };
+    }
+}
+
 /// A folder removed when dropped.
 struct TempDir(PathBuf);
 
@@ -1308,6 +1318,11 @@ impl Bench {
         let count = ((rate as f64 * len.as_secs_f64()) as u64).clamp(MIN_COUNT, MAX_COUNT);
         let lo = ((seq % 500) * 4_000_000) as i32;
         let group = SocketAddrV4::new(unique_group(seq), free_port()?);
+        // The archives of the trial before are deleted, but what the relay
+        // already sent to the disk (it starts writeback as it writes) is
+        // still being written: wait for it, so that no trial runs while an
+        // earlier one's writes take the CPU and the disk.
+        settle_disk(&self.tmp.0);
         let trial_dir = self.tmp.0.join(format!("trial-{seq}"));
         std::fs::create_dir_all(&trial_dir)?;
         let _cleanup = TempDir(trial_dir.clone());
