@@ -2110,27 +2110,21 @@ pub fn markdown(r: &Report) -> String {
             fmt_int(o.lossless_rate),
             fmt_int(o.asked_rate),
             OVERLOAD_TRIAL.as_secs(),
-            if o.null_lost_above.is_empty() {
-                format!("the null codec carried {}/s", fmt_int(o.rate))
-            } else if o.null.is_none() {
-                format!(
-                    "the null codec lost {}: no rate to test",
-                    o.null_lost_above
-                        .iter()
-                        .map(|(r, l)| format!("{} at {}/s", fmt_int(*l), fmt_int(*r)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            } else {
-                format!(
-                    "the null codec lost {}, and carried {}/s",
-                    o.null_lost_above
-                        .iter()
-                        .map(|(r, l)| format!("{} at {}/s", fmt_int(*l), fmt_int(*r)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    fmt_int(o.rate)
-                )
+            {
+                let lost = o
+                    .null_lost_above
+                    .iter()
+                    .map(|(r, l)| format!("{} at {}/s", fmt_int(*l), fmt_int(*r)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                match (lost.is_empty(), &o.null) {
+                    (true, _) => format!("the null codec carried {}/s", fmt_int(o.rate)),
+                    (false, None) => format!("the null codec lost {lost}: no rate to test"),
+                    (false, Some(_)) => format!(
+                        "the null codec lost {lost}, and carried {}/s",
+                        fmt_int(o.rate)
+                    ),
+                }
             }
         );
         let _ = writeln!(
