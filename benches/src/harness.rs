@@ -139,6 +139,17 @@ pub struct Options {
     #[arg(long)]
     pub overload: bool,
 
+    /// The relay's archive.compress_threads (blocks compressed on N
+    /// threads) [default: not set, the relay decides from the cores].
+    #[arg(long, value_name = "N")]
+    pub compress_threads: Option<usize>,
+
+    /// Also the compression pool at 800 B: the relay with validation and
+    /// zstd at the fixed level 9 (where compressing, not the disk, is the
+    /// limit) searched with archive.compress_threads 1, then 2.
+    #[arg(long)]
+    pub pool: bool,
+
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -851,6 +862,8 @@ pub struct Report {
     pub trial_s: f64,
     pub latency_trial_s: f64,
     pub loss_limit: f64,
+    /// `--compress-threads`, if given.
+    pub compress_threads: Option<usize>,
     pub sizes: Vec<SizeReport>,
     pub warnings: Vec<String>,
     pub loadavg_at_end: Option<String>,
@@ -877,7 +890,13 @@ pub struct SizeReport {
     /// `--overload`: the two 10 s trials at 1.1 times the fixed-level
     /// zstd relay's lossless rate.
     pub overload: Option<Overload>,
+    /// `--pool`: the fixed-level relay's lossless rate with each number of
+    /// compress threads.
+    pub pool: Vec<(usize, Search)>,
 }
+
+/// The zstd level of the `--pool` searches.
+pub const POOL_LEVEL: i32 = 9;
 
 /// The overload test (see [`Options::overload`]).
 #[derive(Debug, Clone, Serialize)]
@@ -1033,6 +1052,8 @@ impl Drop for TempDir {
 /// State of one run.
 struct Bench {
     bins: Bins,
+    /// `--defaults` for every relay (`--compress-threads`).
+    relay_defaults: Option<String>,
     tmp: TempDir,
     deadline: Instant,
     trial_len: Duration,
@@ -1054,6 +1075,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut bench = Bench {
         bins,
+        relay_defaults: opts
+            .compress_threads
+            .map(|n| format!("[archive]\ncompress_threads = {n}\n")),
         tmp: TempDir(tmp),
         deadline: started + opts.max_total(),
         trial_len: opts.trial(),
@@ -1222,6 +1246,30 @@ pub fn run(opts: &Options) -> Result<Report> {
             }
             o
         });
+        let mut pool = Vec::new();
+        if opts.pool && size == Size::S800 {
+            let fwd = Forwarder::relay(true, ArchiveCodec::ZstdFixed, Decimation::Off);
+            let kept = bench.relay_defaults.take();
+            for threads in [1, 2] {
+                bench.relay_defaults = Some(format!(
+                    "[archive]\nlevel = {POOL_LEVEL}\ncompress_threads = {threads}\n"
+                ));
+                let start = round_rate(ceiling_rate / 16).max(1_000);
+                pool.push((
+                    threads,
+                    bench.search(
+                        fwd,
+                        size,
+                        SearchPlan {
+                            start,
+                            max_rate: MAX_RATE,
+                            bisect_steps: opts.bisect_steps(),
+                        },
+                    ),
+                ));
+            }
+            bench.relay_defaults = kept;
+        }
         let datagram_bytes = ceiling
             .trials
             .iter()
@@ -1240,6 +1288,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             latency_relay,
             latency_errors,
             overload,
+            pool,
         });
     }
     let other_work_pct = other_work.percent();
@@ -1255,6 +1304,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         trial_s: opts.trial().as_secs_f64(),
         latency_trial_s: opts.latency_trial().as_secs_f64(),
         loss_limit: LOSS_LIMIT,
+        compress_threads: opts.compress_threads,
         sizes,
         warnings,
         loadavg_at_end: loadavg(),
@@ -1365,6 +1415,9 @@ impl Bench {
                     .arg("--config")
                     .arg(&config)
                     .env("RUST_LOG", "warn");
+                if let Some(d) = &self.relay_defaults {
+                    cmd.arg("--defaults").arg(d);
+                }
                 let mut p = Proc::spawn(cmd, "relay-channel", &trial_dir)?;
                 p.wait_line(READY_TIMEOUT, |v| v["event"] == "ready")?;
                 (p, listen)
@@ -1980,6 +2033,9 @@ pub fn markdown(r: &Report) -> String {
     if let Some(src) = &m.source {
         let _ = writeln!(s, "Source: {src}; binaries from {}.", r.bin_dir.display());
     }
+    if let Some(n) = r.compress_threads {
+        let _ = writeln!(s, "The relay's archive.compress_threads: {n}.");
+    }
     for w in &r.warnings {
         let _ = writeln!(s, "\n**Warning:** {w}");
     }
@@ -2091,6 +2147,47 @@ pub fn markdown(r: &Report) -> String {
                 zstd.first()
                     .map_or("", |z| z.split(' ').next().unwrap_or("")),
                 zstd.join(", ")
+            );
+        }
+    }
+    for z in &r.sizes {
+        if z.pool.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "\n## Compression pool, {}: zstd at the fixed level {POOL_LEVEL}\n\n\
+             The relay with validation and zstd at level {POOL_LEVEL}, `adaptive = false`: \
+             compressing is its limit. Its lossless rate with `archive.compress_threads` 1 \
+             (the archive thread compresses) and 2 (a pool; the archive thread writes).\n",
+            size_label(z.size),
+        );
+        let _ = writeln!(
+            s,
+            "| compress threads | lossless rate (datagrams/s) | against 1 thread | ratio to ceiling | CPU s per 10⁶ datagrams | first loss above it |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---|");
+        let one = z.pool.first().map_or(0, |(_, p)| p.lossless_rate());
+        let ceiling = z.ceiling.lossless_rate();
+        for (threads, p) in &z.pool {
+            let rate = p.lossless_rate();
+            let ratio = |d: u64| {
+                if d > 0 {
+                    format!("{:.2}", rate as f64 / d as f64)
+                } else {
+                    "–".into()
+                }
+            };
+            let _ = writeln!(
+                s,
+                "| {threads} | {} | {} | {} | {} | {} |",
+                fmt_int(rate),
+                ratio(one),
+                ratio(ceiling),
+                opt_f(p.best_trial().and_then(|t| t.cpu_s_per_million), 2),
+                p.fail_trial()
+                    .map(|t| format!("at {}/s: {}", fmt_int(t.target_rate), t.loss_story()))
+                    .unwrap_or_else(|| "–".into()),
             );
         }
     }
@@ -2510,6 +2607,7 @@ mod tests {
             latency_relay: Some(lat),
             latency_errors: Vec::new(),
             overload: None,
+            pool: Vec::new(),
         };
         let t = targets(&z);
         assert!(
@@ -2534,6 +2632,7 @@ mod tests {
             trial_s: 1.0,
             latency_trial_s: 2.0,
             loss_limit: LOSS_LIMIT,
+            compress_threads: None,
             sizes: vec![z],
             warnings: vec!["w".into()],
             loadavg_at_end: None,

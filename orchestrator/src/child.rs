@@ -30,8 +30,16 @@ pub enum Output {
 }
 
 /// Starts `binary run --config FILE [--defaults TOML]`, with the holds
-/// folder in `SPEEDDATA_HOLDS_DIR`.
-pub fn spawn(binary: &Path, file: &Path, defaults: &str, holds_dir: &Path) -> io::Result<Child> {
+/// folder in `SPEEDDATA_HOLDS_DIR` and the number of channels the
+/// orchestrator runs in `SPEEDDATA_CHANNELS` (how many relays share the
+/// cores, for `archive.compress_threads`).
+pub fn spawn(
+    binary: &Path,
+    file: &Path,
+    defaults: &str,
+    holds_dir: &Path,
+    channels: usize,
+) -> io::Result<Child> {
     let parent = std::process::id();
     let mut cmd = tokio::process::Command::new(binary);
     cmd.arg("run").arg("--config").arg(file);
@@ -46,6 +54,7 @@ pub fn spawn(binary: &Path, file: &Path, defaults: &str, holds_dir: &Path) -> io
     // orchestrator's own log stamps each forwarded line.
     cmd.env(relay_channel::logs::SUPERVISED_ENV, "1");
     cmd.env("SPEEDDATA_HOLDS_DIR", holds_dir);
+    cmd.env(relay_channel::config::CHANNELS_ENV, channels.to_string());
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

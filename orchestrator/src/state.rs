@@ -464,6 +464,11 @@ impl Fleet {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many channels the fleet holds (running, starting or broken).
+    pub fn channel_count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Every channel's status, by name, with uptimes as of now.
     pub fn list(&self) -> Vec<ChannelStatus> {
         self.lock().values().map(with_uptime).collect()

@@ -179,6 +179,20 @@ impl Supervisor {
             .map(|c| (c.name().to_string(), c))
             .collect();
         let mut n = Counts::default();
+        // Every channel about to start is listed first, so that each relay
+        // is told how many share the host (SPEEDDATA_CHANNELS), whichever
+        // starts first.
+        for action in &actions {
+            if let Action::Start(name) = action {
+                if let Some(ch) = channels.get(name) {
+                    self.fleet.set_spec(ch.spec.clone());
+                    self.fleet.update(name, ch.file(), |s| {
+                        s.state = State::Starting;
+                        s.config_error = None;
+                    });
+                }
+            }
+        }
         for action in actions {
             match action {
                 Action::Start(name) => {
@@ -515,6 +529,7 @@ impl ChannelTask {
             self.ch.file(),
             &self.defaults,
             &self.holds_dir,
+            self.fleet.channel_count(),
         ) {
             Ok(c) => {
                 let pid = c.pid;

@@ -195,6 +195,7 @@ struct RawArchive {
     retention_size: Option<RawSize>,
     time_field: Option<String>,
     adaptive: Option<bool>,
+    compress_threads: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +316,10 @@ pub struct ArchiveSpec {
     /// never costs a record; `level` is the preferred level it climbs back
     /// to.
     pub adaptive: bool,
+    /// `archive.compress_threads`: threads that compress blocks; `None`
+    /// (the default): decided at start from the cores and the channel count
+    /// (see `archive::pool::compress_threads`).
+    pub compress_threads: Option<usize>,
 }
 
 impl ArchiveSpec {
@@ -401,6 +406,12 @@ pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_QUEUE: u64 = 32 << 20;
 pub const DEFAULT_QUARANTINE_SIZE: u64 = 16 << 20;
+/// The variable the orchestrator sets, for each relay it starts, to the
+/// number of channels it runs: how many share the host's cores when
+/// `archive.compress_threads` is decided at start.
+pub const CHANNELS_ENV: &str = "SPEEDDATA_CHANNELS";
+/// The most threads `archive.compress_threads` may ask for.
+pub const MAX_COMPRESS_THREADS: usize = 64;
 pub const DEFAULT_TTL: u32 = 1;
 
 impl ChannelSpec {
@@ -774,6 +785,18 @@ impl Checker<'_> {
         let retention_size = a
             .retention_size
             .and_then(|s| self.size("archive.retention_size", Some(s)));
+        // `Some(None)`: not set, decided at start; `None`: out of range.
+        let compress_threads = match a.compress_threads {
+            Some(n) => self
+                .in_range(
+                    "archive.compress_threads",
+                    n,
+                    1,
+                    MAX_COMPRESS_THREADS as i64,
+                )
+                .map(|n| Some(n as usize)),
+            None => Some(None),
+        };
         let time_field = a.time_field;
         if time_field
             .as_deref()
@@ -801,6 +824,7 @@ impl Checker<'_> {
             retention_size,
             time_field,
             adaptive: a.adaptive.unwrap_or(true),
+            compress_threads: compress_threads?,
         })
     }
 

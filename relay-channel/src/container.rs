@@ -155,6 +155,12 @@ impl BlockEncoder {
         Ok(())
     }
 
+    /// With zstd, the level of the next blocks (`None`: stored); `None` with
+    /// other codecs.
+    pub fn zstd_level(&self) -> Option<i32> {
+        self.zstd_level
+    }
+
     /// Appends one whole block (count, size, compressed data, sync) to `out`. `data` is the
     /// concatenation of `count` datums. A `count` of 0 appends nothing (a zero-count block
     /// would end reading early in some readers); `data` must then be empty.

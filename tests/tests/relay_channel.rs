@@ -1721,3 +1721,69 @@ fn an_archive_that_cannot_keep_up_compresses_less_and_stays_readable() {
         }
     }
 }
+
+/// With `compress_threads = 3`, blocks are compressed on three threads and
+/// written in order: rotated by size and flushed by time, the files read
+/// back whole with both readers, every record once and in order, and the
+/// log says how many threads compress.
+#[test]
+fn blocks_compressed_on_several_threads_are_archived_whole_and_in_order() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("pool");
+    opts.archive = vec![
+        "codec = \"zstd\"".into(),
+        "level = 3".into(),
+        "compress_threads = 3".into(),
+        "block_size = \"8KiB\"".into(),
+        "rotate_size = \"64KiB\"".into(),
+        "flush_interval = \"20ms\"".into(),
+    ];
+    let relay = Relay::start(dir.path(), &opts);
+    let records = example_records(20_000, &"pooled ".repeat(40));
+    relay.feed(opts.bind, &records, 40);
+    let stderr = relay.stderr();
+    let (archive, last) = relay.stop_ok();
+    assert_balanced(&last);
+    assert!(
+        stderr.contains("compressed on 3 threads"),
+        "the log does not say how many threads compress:\n{stderr}"
+    );
+    let files = avro_files(&archive);
+    assert!(
+        files.len() >= 5,
+        "expected several files, got {}",
+        files.len()
+    );
+    assert_eq!(last["files_closed"].as_u64().unwrap() as usize, files.len());
+    assert_eq!(last["archived"].as_u64().unwrap(), records.len() as u64);
+    let got = read_archive(&archive);
+    assert!(
+        got == records,
+        "records across files are missing, doubled or out of order"
+    );
+}
+
+#[test]
+fn compress_threads_must_be_in_range() {
+    let dir = tempdir();
+    for (n, ok) in [("1", true), ("8", true), ("0", false), ("65", false)] {
+        let p = write_config(
+            dir.path(),
+            &format!(
+                "schema = \"schema.avsc\"\n[receive]\nbind = \"127.0.0.1:1\"\n[archive]\ndir = \"a\"\ncompress_threads = {n}\n"
+            ),
+        );
+        let (code, _, err) = run_relay(&["check", "--config", p.to_str().unwrap()]);
+        if ok {
+            assert_eq!(code, 0, "{n}: {err}");
+            continue;
+        }
+        assert_eq!(code, 78, "{n}: {err}");
+        assert!(
+            err.contains("bad.toml")
+                && err.contains("archive.compress_threads")
+                && err.contains("out of range (1 to 64)"),
+            "{n}: {err}"
+        );
+    }
+}

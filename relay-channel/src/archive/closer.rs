@@ -194,6 +194,7 @@ mod tests {
             retention_size: None,
             time_field: None,
             adaptive: true,
+            compress_threads: None,
         }
     }
 

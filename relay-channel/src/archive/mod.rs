@@ -2,6 +2,8 @@
 //!
 //! - [`writer`]: the archive thread: blocks, files, rotation;
 //! - [`adaptive`]: the zstd level under load, down to storing blocks;
+//! - [`pool`]: blocks compressed on several threads, on hosts with cores
+//!   to spare (`archive.compress_threads`);
 //! - [`closer`]: fsync, rename to `.avro`, the `file_closed` report, then
 //!   retention, on a thread of its own;
 //! - [`retention`]: which closed files go;
@@ -12,6 +14,7 @@
 
 mod adaptive;
 mod closer;
+mod pool;
 mod recovery;
 mod retention;
 mod writer;

@@ -11,6 +11,7 @@
 //! empty ([`crate::handover`]). Disk trouble is counted as `archive_dropped`;
 //! the archive reports itself unhealthy and retries.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -24,6 +25,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::adaptive::{Adaptive, Signals, Work};
 use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
+use super::pool::{self, Pool};
 use super::recovery;
 use crate::config::{ArchiveSpec, Codec, Fsync};
 use crate::container::{self, BlockEncoder};
@@ -100,6 +102,33 @@ pub(crate) struct Archive {
     /// The blocks compressed and written since the last look: their input
     /// bytes and the time it took, the cost of the level in use.
     work: Work,
+    /// With `archive.compress_threads` above 1, the threads that compress
+    /// blocks; `None`: this thread compresses them.
+    pool: Option<Pool>,
+    /// The blocks out with the pool, in order.
+    in_flight: VecDeque<BlockMeta>,
+}
+
+/// What the archive knows of a block besides its records.
+#[derive(Debug, Clone, Copy)]
+struct BlockMeta {
+    count: u64,
+    /// The arrival time of its first record: a file it starts is named
+    /// after it.
+    first_arrival: Option<SystemTime>,
+    /// When its first record was taken: a file it starts closes
+    /// `rotate_interval` later.
+    started: Option<Instant>,
+    /// Its records' bytes.
+    bytes: u64,
+}
+
+/// A block to write: its records, encoded here, or encoded by the pool.
+enum Body<'a> {
+    Records(&'a [u8]),
+    /// The whole block with a placeholder sync marker, and the compress
+    /// thread's CPU time for it; or why it could not be encoded.
+    Encoded(io::Result<&'a mut [u8]>, Duration),
 }
 
 /// The share of `recvmmsg` calls that filled their batch above which the
@@ -140,7 +169,7 @@ fn start_writeback(f: &mut OpenFile) {
 }
 
 /// The CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
-fn thread_cpu_time() -> Duration {
+pub(super) fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -149,6 +178,10 @@ fn thread_cpu_time() -> Duration {
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+/// How often the archive looks for blocks the pool has compressed when it
+/// has nothing else to do.
+const POOL_POLL: Duration = Duration::from_millis(1);
 
 /// How often the adaptive level looks at the queue and the kernel's drops.
 const ADAPT_EVERY: Duration = Duration::from_millis(5);
@@ -178,6 +211,20 @@ impl Archive {
         if let Codec::Zstd { level } = spec.codec {
             ledger.set_archive_level(true, Some(level));
         }
+        let threads = spec.compress_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            pool::compress_threads(cores, channels_on_host(), &spec.codec)
+        });
+        let pool = if threads > 1 && !matches!(spec.codec, Codec::Null) {
+            tracing::info!(
+                channel,
+                threads,
+                "archive: blocks compressed on {threads} threads"
+            );
+            Some(Pool::start(threads, spec.codec, channel)?)
+        } else {
+            None
+        };
         Ok(Archive {
             spec: spec.clone(),
             channel: channel.to_string(),
@@ -200,6 +247,8 @@ impl Archive {
             last_adapt: None,
             last_receive_calls: (0, 0),
             work: Work::default(),
+            pool,
+            in_flight: VecDeque::new(),
         })
     }
 
@@ -226,9 +275,14 @@ impl Archive {
 
     fn run_loop(&mut self, inbox: &ArchiveInbox) {
         loop {
-            let wait = self.next_deadline().map_or(TICK, |d| {
+            // Blocks the pool has compressed go out as soon as seen.
+            while self.write_pooled(false) {}
+            let mut wait = self.next_deadline().map_or(TICK, |d| {
                 d.saturating_duration_since(Instant::now()).min(TICK)
             });
+            if !self.in_flight.is_empty() {
+                wait = wait.min(POOL_POLL);
+            }
             match inbox.recv_timeout(wait) {
                 Ok(batch) => {
                     self.take(&batch);
@@ -330,7 +384,10 @@ impl Archive {
     fn file_started(&self) -> Option<Instant> {
         match &self.file {
             Some(f) => Some(f.opened),
-            None => self.block_started,
+            None => self
+                .in_flight
+                .front()
+                .map_or(self.block_started, |b| b.started),
         }
     }
 
@@ -354,6 +411,7 @@ impl Archive {
         if let Some(s) = self.file_started() {
             if now.duration_since(s) >= self.spec.rotate_interval {
                 self.write_block();
+                self.drain_pool();
                 self.close_file();
             }
         }
@@ -361,6 +419,7 @@ impl Archive {
 
     fn finish(&mut self) {
         self.write_block();
+        self.drain_pool();
         self.close_file();
     }
 
@@ -374,21 +433,67 @@ impl Archive {
 
     /// Writes `data`, the records of the open block (`block_records` of
     /// them, the first arrived at `block_first_arrival`), as one block to
-    /// the file (opening one if needed), and empties the open block.
+    /// the file (opening one if needed), or hands it to the pool to be
+    /// compressed and written in turn; and empties the open block.
     fn write_records(&mut self, data: &[u8]) {
-        let count = self.block_records;
-        if count == 0 {
+        let meta = BlockMeta {
+            count: self.block_records,
+            first_arrival: self.block_first_arrival.take(),
+            started: self.block_started.take(),
+            bytes: data.len() as u64,
+        };
+        self.block_records = 0;
+        if meta.count == 0 {
             return;
         }
+        let level = self.encoder.zstd_level();
+        if self.pool.is_none() {
+            self.put_block(meta, Body::Records(data));
+            return;
+        }
+        while self.pool.as_ref().is_some_and(|p| !p.has_room()) {
+            self.write_pooled(true);
+        }
+        if let Some(p) = &mut self.pool {
+            p.send(meta.count, data, level);
+            self.in_flight.push_back(meta);
+        }
+    }
+
+    /// Writes the next block the pool has compressed, waiting for it if
+    /// `wait`; false when there is none (or none back yet).
+    fn write_pooled(&mut self, wait: bool) -> bool {
+        let Some(mut done) = self.pool.as_mut().and_then(|p| p.next(wait)) else {
+            return false;
+        };
+        let meta = self
+            .in_flight
+            .pop_front()
+            .expect("the archive keeps each block out with the pool");
+        let result = std::mem::replace(&mut done.result, Ok(()));
+        let body = result.map(|()| &mut done.block[..]);
+        self.put_block(meta, Body::Encoded(body, done.cpu));
+        if let Some(p) = &mut self.pool {
+            p.recycle(done);
+        }
+        true
+    }
+
+    /// Writes every block out with the pool.
+    fn drain_pool(&mut self) {
+        while self.write_pooled(true) {}
+    }
+
+    /// Writes one block to the file (opening one if needed), and counts its
+    /// records archived, or dropped if it cannot be written.
+    fn put_block(&mut self, meta: BlockMeta, body: Body<'_>) {
+        let count = meta.count;
         if self.file.is_none() && self.retry_at.is_some_and(|t| Instant::now() < t) {
             // Still waiting to retry after disk trouble: already reported.
-            self.block_records = 0;
-            self.block_started = None;
-            self.block_first_arrival = None;
             self.ledger.archive_dropped(count);
             return;
         }
-        let result = self.ensure_file().and_then(|()| {
+        let result = self.ensure_file(&meta).and_then(|()| {
             let f = self.file.as_mut().expect("ensure_file opened a file");
             // A file whose folder was removed under us still takes writes,
             // into an inode nobody can reach: catch it before writing more.
@@ -398,24 +503,34 @@ impl Archive {
                     format!("{} was deleted while open", f.part.display()),
                 ));
             }
-            // Compressing is counted in this thread's CPU time (time
-            // preempted is not its cost), writing in wall time (a write
-            // that waits on the disk is).
-            let c0 = thread_cpu_time();
-            let encoded = self.encoder.encode(count, data, &f.sync)?;
-            let t1 = Instant::now();
-            let cpu = thread_cpu_time().saturating_sub(c0);
-            encoded.write_to(&mut f.file)?;
-            f.len += encoded.len();
+            // Compressing is counted in CPU time (time preempted is not
+            // its cost), writing in wall time (a write that waits on the
+            // disk is).
+            let (len, cpu, t1) = match body {
+                Body::Records(data) => {
+                    let c0 = thread_cpu_time();
+                    let encoded = self.encoder.encode(count, data, &f.sync)?;
+                    let t1 = Instant::now();
+                    let cpu = thread_cpu_time().saturating_sub(c0);
+                    encoded.write_to(&mut f.file)?;
+                    (encoded.len(), cpu, t1)
+                }
+                Body::Encoded(block, cpu) => {
+                    let block = block?;
+                    let t1 = Instant::now();
+                    let at = block.len() - pool::SYNC_LEN;
+                    block[at..].copy_from_slice(&f.sync);
+                    f.file.write_all(block)?;
+                    (block.len() as u64, cpu, t1)
+                }
+            };
+            f.len += len;
             start_writeback(f);
-            self.work.bytes += data.len() as u64;
+            self.work.bytes += meta.bytes;
             self.work.busy += cpu + t1.elapsed();
             f.records += count;
             Ok(())
         });
-        self.block_records = 0;
-        self.block_started = None;
-        self.block_first_arrival = None;
         match result {
             Ok(()) => {
                 self.ledger.archived(count);
@@ -466,11 +581,11 @@ impl Archive {
         self.retry_at = Some(Instant::now() + RETRY_AFTER);
     }
 
-    fn ensure_file(&mut self) -> io::Result<()> {
+    fn ensure_file(&mut self, block: &BlockMeta) -> io::Result<()> {
         if self.file.is_some() {
             return Ok(());
         }
-        match self.open_file() {
+        match self.open_file(block) {
             Ok(f) => {
                 self.file = Some(f);
                 self.retry_at = None;
@@ -483,12 +598,12 @@ impl Archive {
         }
     }
 
-    /// Opens the file the open block starts: named after the arrival time
-    /// of the block's first record.
-    fn open_file(&mut self) -> io::Result<OpenFile> {
+    /// Opens the file `block` starts: named after the arrival time of the
+    /// block's first record.
+    fn open_file(&mut self, block: &BlockMeta) -> io::Result<OpenFile> {
         fs::create_dir_all(&self.dir)?;
         refuse_symlinked_folder(&self.dir)?;
-        let first = self.block_first_arrival.unwrap_or_else(SystemTime::now);
+        let first = block.first_arrival.unwrap_or_else(SystemTime::now);
         // Names carry the start time to the millisecond; keep them unique and
         // in order even when files rotate faster than that.
         let mut ms = epoch_ms(first).max(self.last_start_ms + 1);
@@ -527,7 +642,7 @@ impl Archive {
                 sync,
                 len: header.len() as u64,
                 records: 0,
-                opened: self.block_started.unwrap_or_else(Instant::now),
+                opened: block.started.unwrap_or_else(Instant::now),
                 written_back: 0,
             });
         }
@@ -547,6 +662,15 @@ impl Archive {
             None => self.closer_state.close(f.into_closed()),
         }
     }
+}
+
+/// How many channels share this host: `SPEEDDATA_CHANNELS`, which the
+/// orchestrator sets when it starts a relay; 1 for a relay on its own.
+fn channels_on_host() -> usize {
+    std::env::var(crate::config::CHANNELS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(1, |n| n.max(1))
 }
 
 fn probe_writable(dir: &Path) -> io::Result<()> {
@@ -593,6 +717,7 @@ mod tests {
             retention_size: None,
             time_field: None,
             adaptive: true,
+            compress_threads: None,
         }
     }
 
@@ -702,6 +827,74 @@ mod tests {
             let want: Vec<i32> = (0..2057).map(|i| i % 64).collect();
             assert_eq!(got, want, "{codec:?}");
         }
+    }
+
+    /// With a pool, blocks compressed on several threads are written in
+    /// order: across size rotations every record is in the files, in the
+    /// order taken, each file whole for apache-avro, and every record is
+    /// counted archived.
+    #[test]
+    fn the_pool_writes_blocks_in_order_across_rotations() {
+        let root = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::new());
+        let (tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        let mut spec = spec(root.path());
+        spec.codec = crate::config::Codec::Zstd { level: 3 };
+        spec.compress_threads = Some(3);
+        spec.rotate_size = 8 << 10;
+        let mut a = Archive::open(&spec, "ch", r#""int""#, None, ledger.clone(), tx).unwrap();
+        assert!(a.pool.is_some());
+        let mut sent = 0usize;
+        for round in 0..200 {
+            // Batches of 1 to 2,000 records: blocks of every size, some
+            // straight from the batch, some packed.
+            let n = 1 + (round * 397) % 2_000;
+            let mut c = BatchCounts::new();
+            c.datagrams = n as u64;
+            c.to_archive = n as u64;
+            ledger.received(&c);
+            let mut b = Batch::with_capacity(n);
+            b.mark_arrival(SystemTime::now());
+            for i in sent..sent + n {
+                // Ints 0..63, zigzag one byte each, varied enough to
+                // compress unevenly.
+                b.push(&[2 * ((i * 7 + i / 64) % 64) as u8]);
+            }
+            sent += n;
+            a.take(&b);
+            if round % 50 == 0 {
+                // The loop's own polling, between batches.
+                while a.write_pooled(false) {}
+            }
+        }
+        a.finish();
+        assert!(a.in_flight.is_empty());
+        let mut files = Vec::new();
+        while let Ok(r) = closed.try_recv() {
+            files.push(r);
+        }
+        assert!(files.len() > 3, "rotated by size: {} files", files.len());
+        files.sort_by(|x, y| x.path.cmp(&y.path));
+        let mut got = Vec::new();
+        for r in &files {
+            let file = std::fs::File::open(&r.path).unwrap();
+            let before = got.len();
+            for v in apache_avro::Reader::new(file).unwrap() {
+                match v.unwrap() {
+                    apache_avro::types::Value::Int(i) => got.push(i),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!((got.len() - before) as u64, r.records);
+        }
+        let want: Vec<i32> = (0..sent).map(|i| ((i * 7 + i / 64) % 64) as i32).collect();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "records out of order");
+        let c = ledger.counters();
+        assert_eq!(
+            (c.archived, c.archive_dropped, c.in_flight),
+            (sent as u64, 0, 0)
+        );
     }
 
     #[test]
