@@ -923,6 +923,11 @@ pub struct Overload {
     /// carries for the length of the trial without compressing at all
     /// (the disk's sustained rate is the other limit).
     pub null: Option<Trial>,
+    /// The null codec at the same rate again, after the two zstd trials:
+    /// if it loses, the rate was at the edge of what the relay carries
+    /// without compressing (the disk's pace moves between trials), and a
+    /// loss with zstd there is not the compression's.
+    pub null_after: Option<Trial>,
     pub errors: Vec<String>,
 }
 
@@ -1201,6 +1206,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 fixed: None,
                 adaptive: None,
                 null: None,
+                null_after: None,
                 errors: Vec::new(),
             };
             if lossless_rate == 0 {
@@ -1249,6 +1255,12 @@ pub fn run(opts: &Options) -> Result<Report> {
                     Ok(t) if codec == ArchiveCodec::ZstdFixed => o.fixed = Some(t),
                     Ok(t) => o.adaptive = Some(t),
                     Err(e) => o.errors.push(format!("{}: {e:#}", fwd.label())),
+                }
+            }
+            if bench.time_left(OVERLOAD_TRIAL) {
+                match bench.trial(null, size, o.rate, OVERLOAD_TRIAL, false) {
+                    Ok(t) => o.null_after = Some(t),
+                    Err(e) => o.errors.push(format!("{} (after): {e:#}", null.label())),
                 }
             }
             o
@@ -2213,7 +2225,10 @@ pub fn markdown(r: &Report) -> String {
              relay carries with the null codec (the promise is for such a rate: above it the \
              limit is not compression but the receive path or the disk's sustained write rate, \
              page cache and writeback, which a 1 s trial does not reach); {}. Lost: datagrams \
-             sent that did not reach the archive.\n",
+             sent that did not reach the archive. The null codec runs again after the zstd \
+             trials: if it loses then, the rate is at the edge of what the relay carries \
+             without compressing (the disk's pace moves from trial to trial), and a loss there \
+             is not the compression's to prevent.\n",
             size_label(z.size),
             OVERLOAD_TRIAL.as_secs(),
             fmt_int(o.lossless_rate),
@@ -2245,6 +2260,7 @@ pub fn markdown(r: &Report) -> String {
             ("zstd, fixed level", &o.fixed),
             ("zstd, adaptive", &o.adaptive),
             ("null", &o.null),
+            ("null, again after the zstd trials", &o.null_after),
         ] {
             let Some(t) = t else { continue };
             let c = &t.forwarder_counters;

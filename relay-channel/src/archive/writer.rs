@@ -447,7 +447,12 @@ impl Archive {
             return;
         }
         let level = self.encoder.zstd_level();
-        if self.pool.is_none() {
+        // Stored zstd blocks cost nothing to make, and here are written
+        // straight from the records: not worth the pool's copy (and the
+        // adaptive level stores exactly when the CPU is short).
+        let stored = matches!(self.spec.codec, Codec::Zstd { .. }) && level.is_none();
+        if self.pool.is_none() || stored {
+            self.drain_pool();
             self.put_block(meta, Body::Records(data));
             return;
         }
@@ -508,10 +513,12 @@ impl Archive {
             // disk is).
             let (len, cpu, t1) = match body {
                 Body::Records(data) => {
-                    let c0 = thread_cpu_time();
+                    // Only the adaptive level needs the cost (two system
+                    // calls a block).
+                    let c0 = self.adaptive.is_some().then(thread_cpu_time);
                     let encoded = self.encoder.encode(count, data, &f.sync)?;
                     let t1 = Instant::now();
-                    let cpu = thread_cpu_time().saturating_sub(c0);
+                    let cpu = c0.map_or(Duration::ZERO, |c0| thread_cpu_time().saturating_sub(c0));
                     encoded.write_to(&mut f.file)?;
                     (encoded.len(), cpu, t1)
                 }
@@ -830,9 +837,10 @@ mod tests {
     }
 
     /// With a pool, blocks compressed on several threads are written in
-    /// order: across size rotations every record is in the files, in the
-    /// order taken, each file whole for apache-avro, and every record is
-    /// counted archived.
+    /// order, stored blocks (written without the pool) among them: across
+    /// size rotations every record is in the files, in the order taken,
+    /// each file whole for apache-avro, and every record is counted
+    /// archived.
     #[test]
     fn the_pool_writes_blocks_in_order_across_rotations() {
         let root = tempfile::tempdir().unwrap();
@@ -861,6 +869,14 @@ mod tests {
                 b.push(&[2 * ((i * 7 + i / 64) % 64) as u8]);
             }
             sent += n;
+            // A while stored, as the adaptive level does under load:
+            // written here, after every block out with the pool.
+            if round == 80 {
+                a.encoder.set_zstd(None).unwrap();
+            }
+            if round == 120 {
+                a.encoder.set_zstd(Some(3)).unwrap();
+            }
             a.take(&b);
             if round % 50 == 0 {
                 // The loop's own polling, between batches.
