@@ -50,8 +50,10 @@ pub const LOSS_LIMIT: f64 = 1e-4;
 const SENDER_SHORT: f64 = 0.95;
 /// Receive buffer of the harness's receiver and the ceiling.
 const BIG_RCVBUF: usize = 64 << 20;
-/// Receive buffer asked for in the relay's channel file.
-const RELAY_RCVBUF: &str = "32MiB";
+/// Receive buffer asked for in the relay's channel file: the ceiling's
+/// (until `0cd310d` it was half of it, 32 MiB, which let the ceiling
+/// absorb twice the backlog in a 1 s trial).
+const RELAY_RCVBUF: &str = "64MiB";
 /// Most datagrams one trial sends.
 const MAX_COUNT: u64 = 4_000_000;
 /// Fewest datagrams one trial sends.
@@ -2454,6 +2456,13 @@ pub fn targets(z: &SizeReport) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The relay and the ceiling get the same receive buffer: a larger one
+    /// absorbs a larger backlog in a trial.
+    #[test]
+    fn the_relay_and_the_ceiling_get_the_same_receive_buffer() {
+        assert_eq!(RELAY_RCVBUF, format!("{}MiB", BIG_RCVBUF >> 20));
+    }
 
     fn fake(rate: u64, threshold: u64, sender_max: u64) -> Trial {
         let achieved = rate.min(sender_max) as f64;
