@@ -14,7 +14,9 @@
 //! archive thread spends the least time per byte of records, measured: the
 //! time each rung's blocks took to compress and write, per input byte. It
 //! steps down while the rung below is not known to be dearer, and back up
-//! when the rung above is known to be cheaper; a rung's cost is forgotten
+//! when the rung above is known to be cheaper, unless the receive thread
+//! is short of CPU (compressing more would take what it lacks); a rung's
+//! cost is forgotten
 //! after [`COST_FRESH_FOR`], so the search looks again when the load or the
 //! disk changes.
 //!
@@ -61,8 +63,6 @@ const COST_FRESH_FOR: Duration = Duration::from_secs(5);
 /// A rung is cheaper than another only by more than this share: noise does
 /// not move the level.
 const COST_MARGIN: f64 = 0.05;
-/// The margin for a step up while the receive thread lacks CPU.
-const COST_MARGIN_UP_SHORT: f64 = 0.25;
 
 /// What the archive thread did since the last look: the input bytes of
 /// the blocks it wrote, and the time compressing and writing them took.
@@ -200,9 +200,12 @@ impl Adaptive {
     /// Where pressure moves the level from the rung in use: to the rung
     /// known to cost least, when it costs clearly less than this one; else
     /// to measure the nearest rung not known (any more): below first (two
-    /// rungs down with `rungs` = 2 while both are unmeasured), then above,
-    /// unless `short_of_cpu` (the receive thread is: a rung above
-    /// compresses more, and is only taken when known to cost less).
+    /// rungs down with `rungs` = 2 while both are unmeasured), then above.
+    /// Never above while `short_of_cpu` (the receive thread is): a rung
+    /// above compresses more, with CPU the receive thread lacks, however
+    /// little archive time it costs (the archive's time counts waiting on
+    /// the disk, which takes no CPU); and storing takes it no more than the
+    /// null codec would.
     /// With no rung measured at all, down. A rung not measured yet while
     /// others are: stay and measure it, a step is a comparison.
     fn under_pressure(&self, rungs: usize, short_of_cpu: bool, now: Instant) -> usize {
@@ -218,17 +221,11 @@ impl Adaptive {
             };
         };
         let best = (0..=bottom)
+            .filter(|&i| !short_of_cpu || i >= at)
             .filter_map(|i| cost(i).map(|c| (i, c)))
             .min_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((i, c)) = best {
-            // Up, compressing more, while the receive thread lacks CPU:
-            // only for a clear gain, not for noise.
-            let margin = if short_of_cpu && i < at {
-                COST_MARGIN_UP_SHORT
-            } else {
-                COST_MARGIN
-            };
-            if c < here * (1.0 - margin) {
+            if c < here * (1.0 - COST_MARGIN) {
                 return i;
             }
         }
@@ -553,6 +550,35 @@ mod tests {
             .expect("reaches storing");
         assert!(bottom < 100, "{levels:?}");
         assert!(levels[bottom..].iter().all(|l| l.is_none()), "{levels:?}");
+    }
+
+    #[test]
+    fn a_receive_thread_short_of_cpu_never_climbs_even_to_a_cheaper_rung() {
+        // Storing is reached while the disk is fast; then writing gets
+        // dear, so the rungs above, measured a moment ago, look cheaper
+        // than storing. With the kernel dropping at every look the level
+        // stays: compressing more would take the CPU the receive thread
+        // lacks.
+        let fast_disk = |l: Option<i32>| l.map_or(0.1, |l| 0.2 + 0.1 * f64::from(l + 8193).log2());
+        let t = Instant::now();
+        let mut a = Adaptive::new(1);
+        drive(&mut a, t, 0, 1000, fast_disk);
+        assert_eq!(a.level(), None);
+        let bytes = 4u64 << 20;
+        let mut levels = Vec::new();
+        for (i, now) in (1000..3000).step_by(5).enumerate() {
+            let cost = fast_disk(a.level()) + 4.0;
+            let busy = Duration::from_nanos((cost * bytes as f64) as u64);
+            let s = Signals {
+                fill: 0.6,
+                kernel_drops: i as u64 + 1,
+                saturated: true,
+                work: Work { bytes, busy },
+            };
+            a.observe_all(s, ms(t, now));
+            levels.push(a.level());
+        }
+        assert!(levels.iter().all(|l| l.is_none()), "{levels:?}");
     }
 
     #[test]

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::writer::thread_cpu_time;
 use crate::config::Codec;
 use crate::container::BlockEncoder;
 
@@ -45,6 +44,17 @@ pub(super) fn compress_threads(cores: usize, channels: usize, codec: &Codec) -> 
     let channels = channels.max(1);
     let spare = cores.saturating_sub(2 * channels);
     (1 + spare / channels).min(4)
+}
+
+/// The CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+pub(super) fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// One block to compress.

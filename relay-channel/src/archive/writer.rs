@@ -25,7 +25,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::adaptive::{Adaptive, Signals, Work};
 use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
-use super::pool::{self, Pool};
+use super::pool::{self, thread_cpu_time, Pool};
 use super::recovery;
 use crate::config::{ArchiveSpec, Codec, Fsync};
 use crate::container::{self, BlockEncoder};
@@ -196,17 +196,6 @@ fn start_writeback(f: &mut OpenFile) {
         }
         f.released = release_to;
     }
-}
-
-/// The CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
-pub(super) fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// How often the archive looks for blocks the pool has compressed when it
