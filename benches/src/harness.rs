@@ -194,6 +194,15 @@ impl Options {
     fn bisect_steps(&self) -> u32 {
         self.bisect_steps.unwrap_or(if self.quick { 2 } else { 4 })
     }
+    /// A search from `start` up to [`MAX_RATE`], with this run's bisection.
+    fn plan(&self, start: u64) -> SearchPlan {
+        SearchPlan {
+            start,
+            max_rate: MAX_RATE,
+            bisect_steps: self.bisect_steps(),
+        }
+    }
+
     fn max_total(&self) -> Duration {
         let pool = if self.pool {
             Duration::from_secs(300)
@@ -1132,15 +1141,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             Size::S8k => 5_000,
             _ => 20_000,
         };
-        let ceiling = bench.search(
-            Forwarder::Ceiling,
-            size,
-            SearchPlan {
-                start,
-                max_rate: MAX_RATE,
-                bisect_steps: opts.bisect_steps(),
-            },
-        );
+        let ceiling = bench.search(Forwarder::Ceiling, size, opts.plan(start));
         let ceiling_rate = ceiling.lossless_rate();
         let mut relays = Vec::new();
         let decimated: &[Forwarder] = if size == Size::S800 {
@@ -1165,15 +1166,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             } else {
                 start
             };
-            relays.push(bench.search(
-                fwd,
-                size,
-                SearchPlan {
-                    start,
-                    max_rate: MAX_RATE,
-                    bisect_steps: opts.bisect_steps(),
-                },
-            ));
+            relays.push(bench.search(fwd, size, opts.plan(start)));
         }
         let relay_rate = relays[0].lossless_rate();
         let mut latency_errors = Vec::new();
@@ -1278,18 +1271,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                     "[archive]\nlevel = {POOL_LEVEL}\ncompress_threads = {threads}\n"
                 ));
                 let start = round_rate(ceiling_rate / 16).max(1_000);
-                pool.push((
-                    threads,
-                    bench.search(
-                        fwd,
-                        size,
-                        SearchPlan {
-                            start,
-                            max_rate: MAX_RATE,
-                            bisect_steps: opts.bisect_steps(),
-                        },
-                    ),
-                ));
+                pool.push((threads, bench.search(fwd, size, opts.plan(start))));
             }
             bench.relay_defaults = kept;
             bench.trial_len = trial_len;

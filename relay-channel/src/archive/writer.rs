@@ -762,18 +762,25 @@ mod tests {
         (a, rx, ledger)
     }
 
-    /// A batch of `n` records that arrived at `at`, in flight.
-    fn batch(ledger: &Ledger, n: usize, at: SystemTime) -> Batch {
+    /// A batch of `"int"` records, `ints` (0 to 63: one zigzag byte each),
+    /// that arrived at `at`, counted as received and in flight.
+    fn int_batch(ledger: &Ledger, ints: &[u8], at: SystemTime) -> Batch {
         let mut c = BatchCounts::new();
-        c.datagrams = n as u64;
-        c.to_archive = n as u64;
+        c.datagrams = ints.len() as u64;
+        c.to_archive = ints.len() as u64;
         ledger.received(&c);
-        let mut b = Batch::with_capacity(n);
+        let mut b = Batch::with_capacity(ints.len());
         b.mark_arrival(at);
-        for i in 0..n {
-            b.push(&[2 * i as u8]);
+        for &i in ints {
+            b.push(&[2 * i]);
         }
         b
+    }
+
+    /// A batch of `n` records that arrived at `at`, in flight.
+    fn batch(ledger: &Ledger, n: usize, at: SystemTime) -> Batch {
+        let ints: Vec<u8> = (0..n).map(|i| (i % 64) as u8).collect();
+        int_batch(ledger, &ints, at)
     }
 
     #[test]
@@ -821,16 +828,8 @@ mod tests {
             a.encoder.set_zstd(None).unwrap();
             // Ints 0..63 as one-byte zigzag varints, counted as received.
             let ints = |from: usize, n: usize| -> Batch {
-                let mut c = BatchCounts::new();
-                c.datagrams = n as u64;
-                c.to_archive = n as u64;
-                ledger.received(&c);
-                let mut b = Batch::with_capacity(n);
-                b.mark_arrival(SystemTime::now());
-                for i in from..from + n {
-                    b.push(&[2 * (i % 64) as u8]);
-                }
-                b
+                let ints: Vec<u8> = (from..from + n).map(|i| (i % 64) as u8).collect();
+                int_batch(&ledger, &ints, SystemTime::now())
             };
             // Three records wait in the block; then a batch of the block
             // size, and one just over it, go out as blocks of their own.
@@ -877,17 +876,11 @@ mod tests {
             // Batches of 1 to 2,000 records: blocks of every size, some
             // straight from the batch, some packed.
             let n = 1 + (round * 397) % 2_000;
-            let mut c = BatchCounts::new();
-            c.datagrams = n as u64;
-            c.to_archive = n as u64;
-            ledger.received(&c);
-            let mut b = Batch::with_capacity(n);
-            b.mark_arrival(SystemTime::now());
-            for i in sent..sent + n {
-                // Ints 0..63, zigzag one byte each, varied enough to
-                // compress unevenly.
-                b.push(&[2 * ((i * 7 + i / 64) % 64) as u8]);
-            }
+            // Ints 0..63, varied enough to compress unevenly.
+            let ints: Vec<u8> = (sent..sent + n)
+                .map(|i| ((i * 7 + i / 64) % 64) as u8)
+                .collect();
+            let b = int_batch(&ledger, &ints, SystemTime::now());
             sent += n;
             // A while stored, as the adaptive level does under load:
             // written here, after every block out with the pool.
