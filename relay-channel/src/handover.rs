@@ -80,23 +80,6 @@ impl Batch {
         &self.data
     }
 
-    /// The length of the last datagram (0 when empty).
-    pub(crate) fn last_len(&self) -> usize {
-        match self.ends.as_slice() {
-            [.., before, last] => last - before,
-            [last] => *last,
-            [] => 0,
-        }
-    }
-
-    /// When the first datagram arrived, if marked.
-    pub(crate) fn first_arrival(&self) -> Option<SystemTime> {
-        self.arrivals
-            .first()
-            .filter(|(from, _)| *from == 0)
-            .map(|&(_, t)| t)
-    }
-
     /// Datagrams in the batch.
     pub(crate) fn len(&self) -> usize {
         self.ends.len()

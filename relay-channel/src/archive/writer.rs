@@ -366,21 +366,51 @@ impl Archive {
     }
 
     fn take(&mut self, batch: &Batch) {
-        let bytes = batch.bytes();
-        if bytes >= self.spec.block_size && bytes - batch.last_len() < self.spec.block_size {
-            // A full batch (the receive thread hands one over when it
-            // reaches the default block size) is a block as it is, the
-            // block its records would fill, up to the record that reaches
-            // the size: written straight from the batch, not copied into
-            // the block first. What waits in the block goes first, as a
-            // smaller block.
-            self.write_block();
-            self.block_records = batch.len() as u64;
-            self.block_first_arrival = Some(batch.first_arrival().unwrap_or_else(SystemTime::now));
-            self.block_started = Some(Instant::now());
-            self.write_records(batch.data());
+        let size = self.spec.block_size;
+        if batch.bytes() < size {
+            self.copy_in(batch);
             return;
         }
+        // The batch holds a block or more (the receive thread hands one
+        // over when it reaches the default block size, ending it with the
+        // record that does): runs of its records up to the one that reaches
+        // the size are blocks as they are, written straight from the
+        // batch, not copied into the block first. What waits in the block
+        // goes first, as a smaller block; what is left over after the last
+        // run (less than a block) waits in the block.
+        self.write_block();
+        let data = batch.data();
+        let (mut start, mut end, mut records) = (0, 0, 0);
+        let mut first = None;
+        for (r, arrived) in batch.records_with_arrival() {
+            if records == 0 {
+                first = arrived;
+            }
+            end += r.len();
+            records += 1;
+            if end - start >= size {
+                self.start_block(records, first);
+                self.write_records(&data[start..end]);
+                (start, records) = (end, 0);
+            }
+        }
+        if records > 0 {
+            self.start_block(records, first);
+            self.block.extend_from_slice(&data[start..]);
+        }
+    }
+
+    /// The open block, empty, now holds `records` records, the first of
+    /// which arrived at `first`.
+    fn start_block(&mut self, records: u64, first: Option<SystemTime>) {
+        self.block_records = records;
+        self.block_first_arrival = Some(first.unwrap_or_else(SystemTime::now));
+        self.block_started = Some(Instant::now());
+    }
+
+    /// Copies a batch's records into the open block, writing it out each
+    /// time the next record would not fit.
+    fn copy_in(&mut self, batch: &Batch) {
         for (r, arrived) in batch.records_with_arrival() {
             if self.block_records > 0 && self.block.len() + r.len() > self.spec.block_size {
                 self.write_block();
@@ -812,6 +842,23 @@ mod tests {
             .ends_with(".part")));
     }
 
+    /// The record count of each block of an archive file.
+    fn block_counts(path: &Path) -> Vec<i64> {
+        let mut r = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+        container::read_header(&mut r).unwrap();
+        let mut counts = Vec::new();
+        while let Ok(n) = container::read_long(&mut r) {
+            let size = container::read_long(&mut r).unwrap();
+            let skipped = std::io::copy(
+                &mut std::io::Read::take(&mut r, size as u64 + 16),
+                &mut std::io::sink(),
+            );
+            assert_eq!(skipped.unwrap(), size as u64 + 16);
+            counts.push(n);
+        }
+        counts
+    }
+
     #[test]
     fn a_full_batch_is_written_as_its_own_block_after_what_waits_and_reads_back_in_order() {
         for codec in [
@@ -838,10 +885,21 @@ mod tests {
             a.take(&ints(3, 1024));
             assert_eq!(a.block_records, 0, "written, nothing waits");
             a.take(&ints(1027, 1025));
+            assert_eq!(a.block_records, 1, "the record past the block waits");
             a.take(&ints(2052, 5));
+            assert_eq!(a.block_records, 6, "a small batch is copied in");
+            // Two and a half blocks: what waits, two blocks straight from
+            // the batch, and the half waits for the next batch.
+            a.take(&ints(2057, 2560));
+            assert_eq!(a.block_records, 512);
             a.finish();
             let report = closed.try_recv().unwrap();
-            assert_eq!(report.records, 2057);
+            assert_eq!(report.records, 4617);
+            assert_eq!(
+                block_counts(&report.path),
+                [3, 1024, 1024, 6, 1024, 1024, 512],
+                "{codec:?}"
+            );
             let file = std::fs::File::open(&report.path).unwrap();
             let got: Vec<i32> = apache_avro::Reader::new(file)
                 .unwrap()
@@ -850,7 +908,7 @@ mod tests {
                     other => panic!("{other:?}"),
                 })
                 .collect();
-            let want: Vec<i32> = (0..2057).map(|i| i % 64).collect();
+            let want: Vec<i32> = (0..4617).map(|i| i % 64).collect();
             assert_eq!(got, want, "{codec:?}");
         }
     }

@@ -19,6 +19,12 @@ pub(crate) struct ArchiveFeed {
     /// does not spend a queue slot per datagram.
     pending: Option<Batch>,
     pending_since: Option<Instant>,
+    /// Batches filled during [`ArchiveFeed::push`], in order, handed over
+    /// by the next [`ArchiveFeed::hand_over_if_due`] (after the ledger has
+    /// counted their datums in flight).
+    full: Vec<Batch>,
+    /// Emptied batches the queue refused, taken before the pool's.
+    spare: Vec<Batch>,
     ledger: Arc<Ledger>,
     drop_log: RateLimit,
     channel: String,
@@ -30,15 +36,27 @@ impl ArchiveFeed {
             queue,
             pending: None,
             pending_since: None,
+            full: Vec::new(),
+            spare: Vec::new(),
             ledger,
             drop_log: RateLimit::new(1, Duration::from_secs(60)),
             channel: channel.to_string(),
         }
     }
 
+    /// An empty batch: a refused one emptied, or one from the pool.
+    fn empty_batch(&mut self) -> Option<Batch> {
+        self.spare.pop().or_else(|| self.queue.take())
+    }
+
     /// Copies a batch's valid datums, which arrived at `arrived` (wall
     /// clock), into the pending batch (`to_archive`), or counts them as
     /// `not_archived` when every batch is taken.
+    ///
+    /// A batch ends with the datum that brings it to [`BATCH_BYTES`]; the
+    /// datums after it start the next one. So a full batch is exactly one
+    /// archive block of the default size, which the archive writes
+    /// straight from the batch instead of copying it into a block first.
     pub(crate) fn push<'a>(
         &mut self,
         datums: impl ExactSizeIterator<Item = &'a [u8]>,
@@ -46,45 +64,72 @@ impl ArchiveFeed {
         arrived: SystemTime,
         counts: &mut BatchCounts,
     ) {
-        let Some(mut batch) = self.pending.take().or_else(|| self.queue.take()) else {
-            counts.not_archived += datums.len() as u64;
+        let mut left = datums.len() as u64;
+        if left == 0 {
+            return;
+        }
+        let Some(mut batch) = self.pending.take().or_else(|| self.empty_batch()) else {
+            counts.not_archived += left;
             return;
         };
-        counts.to_archive += datums.len() as u64;
-        if datums.len() > 0 {
-            batch.mark_arrival(arrived);
-        }
+        batch.mark_arrival(arrived);
         for d in datums {
+            if batch.bytes() >= BATCH_BYTES {
+                let Some(mut next) = self.empty_batch() else {
+                    break;
+                };
+                next.mark_arrival(arrived);
+                self.full.push(std::mem::replace(&mut batch, next));
+                self.pending_since = None;
+            }
             batch.push(d);
+            left -= 1;
+            counts.to_archive += 1;
         }
+        // Every batch is taken: the rest wait for none.
+        counts.not_archived += left;
         if !batch.is_empty() && self.pending_since.is_none() {
             self.pending_since = Some(now);
         }
         self.pending = Some(batch);
     }
 
-    /// Hands the pending batch over when it is full or old enough (or, with
-    /// `idle`, whenever it holds anything). Returns how many datagrams the
-    /// full queue refused (counted as `archive_dropped`).
+    /// Hands over the batches filled since the last call, and the pending
+    /// batch when it is full or old enough (or, with `idle`, whenever it
+    /// holds anything). Returns how many datagrams the full queue refused
+    /// (counted as `archive_dropped`).
     pub(crate) fn hand_over_if_due(&mut self, now: Instant, idle: bool) -> u64 {
-        let Some(b) = &self.pending else { return 0 };
+        let mut refused = 0;
+        for b in std::mem::take(&mut self.full) {
+            refused += self.send(b);
+        }
+        let Some(b) = &self.pending else {
+            return refused;
+        };
         let due = idle
             || b.bytes() >= BATCH_BYTES
             || self
                 .pending_since
                 .is_some_and(|t| now.duration_since(t) >= HAND_OVER_AFTER);
         if b.is_empty() || !due {
-            return 0;
+            return refused;
         }
         self.pending_since = None;
         let b = self.pending.take().expect("checked above");
+        refused + self.send(b)
+    }
+
+    /// Queues `b` without waiting; when the queue is full, counts its
+    /// datagrams as `archive_dropped`, keeps it emptied for reuse and
+    /// returns how many.
+    fn send(&mut self, b: Batch) -> u64 {
         match self.queue.try_send(b) {
             Ok(()) => 0,
             Err(mut b) => {
                 let n = b.len() as u64;
                 self.ledger.archive_dropped(n);
                 b.clear();
-                self.pending = Some(b);
+                self.spare.push(b);
                 n
             }
         }
@@ -106,7 +151,8 @@ impl ArchiveFeed {
     /// At the end: hands over what is pending, waiting for room rather than
     /// dropping while the archive thread drains.
     pub(crate) fn close(&mut self) {
-        if let Some(b) = self.pending.take().filter(|b| !b.is_empty()) {
+        let pending = self.pending.take().filter(|b| !b.is_empty());
+        for b in std::mem::take(&mut self.full).into_iter().chain(pending) {
             if let Err(b) = self.queue.send_timeout(b, CLOSE_WAIT) {
                 self.ledger.archive_dropped(b.len() as u64);
             }
@@ -196,6 +242,61 @@ mod tests {
         assert_eq!(counts.in_flight, slots as u64 * 2 + 2);
         assert!(counts.balanced());
         drop(writing);
+    }
+
+    #[test]
+    fn a_batch_ends_with_the_datum_that_fills_it() {
+        let (mut f, inbox, l) = feed();
+        let now = Instant::now();
+        let quarter = vec![7u8; BATCH_BYTES / 4 + 1];
+        // One receive call of six datums: the fourth brings the batch to
+        // BATCH_BYTES, the fifth and sixth start the next one.
+        let datums: Vec<&[u8]> = vec![&quarter; 6];
+        let c = receive(&mut f, &l, &datums, now);
+        assert_eq!((c.to_archive, c.not_archived), (6, 0));
+        assert_eq!(f.hand_over_if_due(now, false), 0);
+        let first = inbox.recv_timeout(Duration::ZERO).unwrap();
+        assert_eq!(first.len(), 4);
+        let last = first.records().last().unwrap().len();
+        assert!(first.bytes() >= BATCH_BYTES && first.bytes() - last < BATCH_BYTES);
+        assert!(first.records_with_arrival().all(|(_, at)| at.is_some()));
+        // The rest waits until it is old enough.
+        assert!(inbox.recv_timeout(Duration::ZERO).is_err());
+        f.hand_over_if_due(now + HAND_OVER_AFTER, false);
+        let second = inbox.recv_timeout(Duration::ZERO).unwrap();
+        assert_eq!(second.len(), 2);
+        assert!(second.records_with_arrival().all(|(_, at)| at.is_some()));
+        l.archived(6);
+        assert!(l.counters().balanced());
+    }
+
+    #[test]
+    fn a_receive_call_that_fills_every_batch_left_counts_the_rest_not_archived() {
+        let ledger = Arc::new(Ledger::new());
+        let (tx, inbox) = archive_queue(0, 4);
+        let mut f = ArchiveFeed::new(tx, ledger.clone(), "ch");
+        let now = Instant::now();
+        let slots = queue_slots(0);
+        // Enough for every batch of the pool and more, in one call.
+        let half = vec![1u8; BATCH_BYTES / 2];
+        let n = 2 * (slots + 2) + 3;
+        let datums: Vec<&[u8]> = vec![&half; n];
+        let c = receive(&mut f, &ledger, &datums, now);
+        assert_eq!(c.to_archive, 2 * (slots as u64 + 2));
+        assert_eq!(c.not_archived, 3);
+        // The queue takes `slots` batches; the one past it is refused.
+        let refused = f.hand_over_if_due(now, false);
+        let mut queued = 0;
+        while let Ok(b) = inbox.recv_timeout(Duration::ZERO) {
+            queued += b.len() as u64;
+        }
+        assert_eq!(queued, 2 * slots as u64);
+        ledger.archived(queued);
+        assert_eq!(refused, 2 * 2, "two full batches past the queue");
+        let counts = ledger.counters();
+        assert_eq!(counts.archive_dropped, refused + 3);
+        assert_eq!(counts.in_flight, 0);
+        assert!(counts.balanced());
     }
 
     #[test]
