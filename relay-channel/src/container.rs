@@ -513,9 +513,8 @@ pub fn recover_part(path: &Path) -> io::Result<Recovery> {
     }
     drop(rd);
     rec.truncated_bytes = file_len - rec.valid_len;
-    if rec.truncated_bytes > 0 {
-        file.set_len(rec.valid_len)?;
-    }
+    // Also when nothing is cut: gives back space allocated beyond the end.
+    file.set_len(rec.valid_len)?;
     file.sync_all()?;
     Ok(rec)
 }
@@ -1000,6 +999,33 @@ mod tests {
             (r.header_ok, r.blocks, r.records, r.truncated_bytes),
             (true, 1, 1, 0)
         );
+    }
+
+    #[test]
+    fn container_recover_gives_back_space_allocated_beyond_the_end() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, _) = build(Codec::Null, &blocks(&[4, 9]), &new_sync_marker());
+        let p = write_tmp(&dir, "ahead.avro.part", &bytes);
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        // SAFETY: integer arguments only; `f` is open.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                4 << 20,
+            )
+        };
+        drop(f);
+        if r == 0 {
+            assert!(std::fs::metadata(&p).unwrap().blocks() * 512 >= 4 << 20);
+        }
+        let rec = recover_part(&p).unwrap();
+        assert_eq!((rec.blocks, rec.records, rec.truncated_bytes), (2, 13, 0));
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.len(), bytes.len() as u64);
+        assert!(m.blocks() * 512 < 1 << 20, "{m:?}");
     }
 
     #[test]

@@ -136,6 +136,11 @@ impl Closer {
 
     /// Finishes one file: fsync per policy, rename, report, retention.
     pub(super) fn close(&mut self, f: ClosedFile) {
+        // Gives back the space allocated ahead of the writes: the file's
+        // length is already `f.len`, and what lies beyond it goes.
+        if let Err(e) = f.file.set_len(f.len) {
+            tracing::warn!(file = %f.part.display(), error = %e, "cannot give back the space allocated ahead");
+        }
         if self.fsync != Fsync::Never {
             if let Err(e) = f.file.sync_all() {
                 tracing::warn!(file = %f.part.display(), error = %e, "fsync failed");
@@ -218,7 +223,7 @@ mod tests {
         let part = dir.join(format!("{}.avro.part", stem.rsplit('/').next().unwrap()));
         fs::write(&part, b"0123456789").unwrap();
         ClosedFile {
-            file: File::open(&part).unwrap(),
+            file: fs::OpenOptions::new().write(true).open(&part).unwrap(),
             part,
             stem: stem.to_string(),
             to_ms,

@@ -56,6 +56,9 @@ struct OpenFile {
     written_back: u64,
     /// Up to where its pages have been let go of from the page cache.
     released: u64,
+    /// Up to where space is allocated ahead of the writes
+    /// ([`allocate_ahead`]); `u64::MAX` once the filesystem refused.
+    allocated: u64,
 }
 
 impl OpenFile {
@@ -204,6 +207,41 @@ const POOL_POLL: Duration = Duration::from_millis(1);
 
 /// How often the adaptive level looks at the queue and the kernel's drops.
 const ADAPT_EVERY: Duration = Duration::from_millis(5);
+
+/// How much disk space the archive allocates ahead of its writes, at a
+/// time (`fallocate(FALLOC_FL_KEEP_SIZE)`: the file's length stays what
+/// was written). Writing into allocated space spares ext4 its delayed
+/// allocation, page by page: writing 2 GiB in 256 KiB writes took
+/// 0.42-0.50 s of CPU this way against 0.61-0.72 s without, on the 2-core
+/// VM of benches/RESULTS.md. What is left over is given back when the file
+/// closes (`set_len`), or when a crash's leftover is recovered.
+const ALLOCATE_AHEAD: u64 = 16 << 20;
+
+/// Allocates space up to [`ALLOCATE_AHEAD`] beyond what `f` holds (not
+/// beyond the size at which files rotate), once less than half of that is
+/// left. Only a hint: a filesystem without it, or a full disk, and the
+/// writes go on as before; this file stops asking.
+fn allocate_ahead(f: &mut OpenFile, rotate_size: u64) {
+    if f.allocated == u64::MAX || f.allocated >= f.len + ALLOCATE_AHEAD / 2 {
+        return;
+    }
+    let to = (f.len + ALLOCATE_AHEAD).min(rotate_size.max(f.len));
+    if to <= f.allocated {
+        return;
+    }
+    let from = f.allocated.max(f.len);
+    // SAFETY: fallocate only reads its integer arguments; the fd is open
+    // for as long as `f` lives.
+    let r = unsafe {
+        libc::fallocate(
+            f.file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            from as libc::off_t,
+            (to - from) as libc::off_t,
+        )
+    };
+    f.allocated = if r == 0 { to } else { u64::MAX };
+}
 
 impl Archive {
     /// Prepares the channel's archive folder: creates it, and closes every
@@ -582,6 +620,7 @@ impl Archive {
             };
             f.len += len;
             start_writeback(f);
+            allocate_ahead(f, self.spec.rotate_size);
             self.work.bytes += meta.bytes;
             self.work.busy += cpu + t1.elapsed();
             f.records += count;
@@ -701,6 +740,7 @@ impl Archive {
                 opened: block.started.unwrap_or_else(Instant::now),
                 written_back: 0,
                 released: 0,
+                allocated: 0,
             });
         }
     }
@@ -840,6 +880,30 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .ends_with(".part")));
+    }
+
+    #[test]
+    fn space_allocated_ahead_is_given_back_at_close() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let (mut a, mut closed, ledger) = archive(root.path());
+        a.take(&batch(&ledger, 3, SystemTime::now()));
+        a.write_block();
+        let f = a.file.as_ref().unwrap();
+        let on_disk = |m: std::fs::Metadata| m.blocks() * 512;
+        if f.allocated != u64::MAX {
+            // Up to the rotation size (1 MiB here), not beyond.
+            assert_eq!(f.allocated, a.spec.rotate_size);
+            let m = f.file.metadata().unwrap();
+            assert!(on_disk(m.clone()) >= a.spec.rotate_size, "{m:?}");
+            assert!(m.len() < 4096, "the length is what was written");
+        }
+        a.finish();
+        let report = closed.try_recv().unwrap();
+        let m = std::fs::metadata(&report.path).unwrap();
+        assert_eq!(m.len(), report.bytes);
+        assert!(on_disk(m) < 64 << 10, "given back");
+        assert_eq!(block_counts(&report.path), [3]);
     }
 
     /// The record count of each block of an archive file.
