@@ -18,6 +18,8 @@ pub struct Child {
     pub pid: u32,
     process: tokio::process::Child,
     stdout: Option<Lines<BufReader<ChildStdout>>>,
+    /// The stdout pipe's descriptor, owned by `stdout`: valid while that is.
+    stdout_fd: Option<std::os::fd::RawFd>,
     stderr: Option<Lines<BufReader<ChildStderr>>>,
 }
 
@@ -88,12 +90,17 @@ pub fn spawn(
     }
     let mut process = cmd.spawn()?;
     let pid = process.id().unwrap_or(0);
+    let stdout_fd = process.stdout.as_ref().map(|s| {
+        use std::os::fd::AsRawFd;
+        s.as_raw_fd()
+    });
     let stdout = process.stdout.take().map(|s| BufReader::new(s).lines());
     let stderr = process.stderr.take().map(|s| BufReader::new(s).lines());
     Ok(Child {
         pid,
         process,
         stdout,
+        stdout_fd,
         stderr,
     })
 }
@@ -118,6 +125,18 @@ impl Child {
                 }
             }
         }
+    }
+
+    /// Whether the child's stdout pipe holds bytes not read yet (status
+    /// lines the orchestrator has not seen: after a pause of its own, say).
+    pub fn output_waiting(&self) -> bool {
+        let (Some(fd), Some(_)) = (self.stdout_fd, &self.stdout) else {
+            return false;
+        };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int, the bytes queued in the pipe.
+        let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+        r == 0 && n > 0
     }
 
     /// Stops reading the pipes (a descendant may hold them open): `next`

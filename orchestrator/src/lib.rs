@@ -4,6 +4,7 @@
 //! - [`policy`]: backoff and crash-loop decisions, pure;
 //! - [`child`]: one `relay-channel` process: spawn, status lines, stop;
 //! - [`supervisor`]: one task per channel, reload and reconcile;
+//! - `stall`: the orchestrator's own pauses, which the watchdog discounts;
 //! - `lifecycle`: one channel's lifecycle as a pure transition table;
 //! - `reconcile`: running vs wanted channels as a pure diff;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
@@ -31,6 +32,7 @@ pub mod live;
 pub mod policy;
 mod reconcile;
 pub mod registry;
+mod stall;
 pub mod state;
 pub mod status_cmd;
 pub mod supervisor;

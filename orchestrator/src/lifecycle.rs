@@ -14,6 +14,12 @@
 //!   Backoff -deadline-> Spawning ; Cooling -deadline-> Spawning (history forgotten)
 //!   Parked (exit 78) -restart or reconfigure-> Spawning
 //! ```
+//!
+//! The timers that judge the child (start, liveness, stop) judge only what
+//! the orchestrator saw: one that ran across a stall of the orchestrator
+//! itself starts again from the stall's end, and one that passes while
+//! the child's stdout holds unread bytes waits [`GRACE`] for them to be
+//! read (see [`Watch`]).
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +32,9 @@ use crate::state::{Exit, State};
 
 /// How soon a spawn that ran out of descriptors is tried again.
 pub const SPAWN_RETRY: Duration = Duration::from_secs(1);
+/// How long a timer that passed with output waiting in the child's stdout
+/// waits for it to be read.
+pub const GRACE: Duration = Duration::from_secs(1);
 /// The exit code by which a relay says its configuration is wrong.
 const EX_CONFIG: i32 = 78;
 
@@ -151,9 +160,21 @@ pub enum Input {
     },
     /// The child ended, as described by `child::describe`.
     Exited(Exit),
-    /// The deadline ([`Lifecycle::deadline`]) may have passed.
-    Tick,
+    /// The deadline ([`Lifecycle::deadline`]) may have passed; what the
+    /// task knows as it does.
+    Tick(Watch),
     Command(Command),
+}
+
+/// What the channel task knows when a deadline passes, so that a timer
+/// judges the child and not the orchestrator's own delays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Watch {
+    /// When the orchestrator last resumed after a stall of its own
+    /// (stopped, or starved of CPU: see `crate::stall`).
+    pub resumed_at: Option<Instant>,
+    /// The child's stdout holds bytes the task has not read yet.
+    pub output_waiting: bool,
 }
 
 /// Why and when a spawn failed.
@@ -294,8 +315,13 @@ impl Lifecycle {
         use Command as C;
         use Input as I;
         use Phase as P;
-        if input == I::Tick && self.deadline().is_none_or(|d| now < d) {
-            return vec![];
+        if let I::Tick(watch) = input {
+            if self.deadline().is_none_or(|d| now < d) {
+                return vec![];
+            }
+            if self.rearm(watch, now) {
+                return vec![];
+            }
         }
         match (self.phase, input) {
             (_, I::Stderr(line)) => {
@@ -310,8 +336,8 @@ impl Lifecycle {
             (P::Starting { run, .. } | P::Ready { run, .. }, I::Exited(exit)) => {
                 self.exited(run, exit, now)
             }
-            (P::Starting { run, .. }, I::Tick) => self.start_timeout(run, now),
-            (P::Ready { run, .. }, I::Tick) => self.hung(run, now),
+            (P::Starting { run, .. }, I::Tick(_)) => self.start_timeout(run, now),
+            (P::Ready { run, .. }, I::Tick(_)) => self.hung(run, now),
             (P::Starting { run, .. } | P::Ready { run, .. }, I::PipesLost { error }) => {
                 self.pipes_lost(run, &error, now)
             }
@@ -329,14 +355,14 @@ impl Lifecycle {
             }
             (_, I::Command(C::ConfigError(e))) => vec![Effect::Show(Show::ConfigError(Some(e)))],
             (_, I::Command(C::ConfigOk)) => vec![Effect::Show(Show::ConfigError(None))],
-            (P::Stopping { run, stage, then }, I::Tick) => self.escalate(run, stage, then, now),
+            (P::Stopping { run, stage, then }, I::Tick(_)) => self.escalate(run, stage, then, now),
             (P::Stopping { run, stage, then }, I::PipesLost { .. }) => match stage {
                 Stage::Term { .. } => self.kill(run, then, now),
                 Stage::Kill { .. } | Stage::Abandoned => vec![],
             },
             (P::Stopping { run, then, .. }, I::Exited(exit)) => self.stopped(run, then, exit, now),
-            (P::Backoff { .. }, I::Tick) => self.spawn(),
-            (P::Cooling { .. }, I::Tick) => {
+            (P::Backoff { .. }, I::Tick(_)) => self.spawn(),
+            (P::Cooling { .. }, I::Tick(_)) => {
                 self.tracker.reset();
                 self.spawn()
             }
@@ -356,6 +382,56 @@ impl Lifecycle {
             // stopped (not read then, see `takes_commands`).
             _ => vec![],
         }
+    }
+
+    /// The period of the timer that judges the child now, if one runs.
+    fn judging_period(&self) -> Option<Duration> {
+        match self.phase {
+            Phase::Starting { .. } => Some(self.policy.start_timeout),
+            Phase::Ready { silent_at, .. } => silent_at.and(self.policy.liveness_timeout),
+            Phase::Stopping { stage, .. } => match stage {
+                Stage::Term { .. } | Stage::Kill { .. } => Some(self.policy.stop_timeout),
+                Stage::Abandoned => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A judging timer whose deadline passed counts only if the
+    /// orchestrator ran the whole period before it and read what the
+    /// child said. Otherwise it is set again (true): from the end of the
+    /// orchestrator's stall, or [`GRACE`] from now for the waiting output
+    /// (stdout says the child lives; a stop does not wait for it).
+    fn rearm(&mut self, watch: Watch, now: Instant) -> bool {
+        let (Some(period), Some(deadline)) = (self.judging_period(), self.deadline()) else {
+            return false;
+        };
+        let mut again = None;
+        if let Some(resumed) = watch.resumed_at {
+            let watched_from = deadline.checked_sub(period);
+            if watched_from.is_none_or(|from| resumed > from) && resumed + period > now {
+                again = Some(resumed + period);
+            }
+        }
+        if watch.output_waiting
+            && matches!(self.phase, Phase::Starting { .. } | Phase::Ready { .. })
+        {
+            again = again.max(Some(now + GRACE));
+        }
+        let Some(at) = again else {
+            return false;
+        };
+        match &mut self.phase {
+            Phase::Starting { deadline, .. } => *deadline = at,
+            Phase::Ready { silent_at, .. } => *silent_at = Some(at),
+            Phase::Stopping { stage, .. } => match stage {
+                Stage::Term { kill_at } => *kill_at = at,
+                Stage::Kill { abandon_at } => *abandon_at = at,
+                Stage::Abandoned => {}
+            },
+            _ => {}
+        }
+        true
     }
 
     fn begin(&mut self) -> Vec<Effect> {
@@ -761,6 +837,10 @@ mod tests {
         Input::Exited(exit(None, Some(9), "killed by SIGKILL"))
     }
 
+    fn tick() -> Input {
+        Input::Tick(Watch::default())
+    }
+
     fn cmd(c: Command) -> Input {
         Input::Command(c)
     }
@@ -867,7 +947,7 @@ mod tests {
         // Every line afterwards pushes the deadline back.
         l.step(Input::Stdout { ready: false }, t0 + secs(4));
         assert_eq!(l.deadline(), Some(t0 + secs(9)));
-        assert_eq!(l.step(Input::Tick, t0 + secs(8)), []);
+        assert_eq!(l.step(tick(), t0 + secs(8)), []);
     }
 
     #[test]
@@ -884,7 +964,7 @@ mod tests {
                 until: t0 + secs(1) + ms(100)
             }
         );
-        assert_eq!(l.step(Input::Tick, t0 + secs(1) + ms(100)), [Spawn]);
+        assert_eq!(l.step(tick(), t0 + secs(1) + ms(100)), [Spawn]);
         let fx = l.step(Input::Spawned { pid: 8 }, t0 + secs(2));
         assert_eq!(fx[..2], [CountRestart, ClearStats]);
     }
@@ -901,7 +981,7 @@ mod tests {
                 panic!("{:?}", l.phase())
             };
             delays.push(until - t);
-            l.step(Input::Tick, until);
+            l.step(tick(), until);
             l.step(Input::Spawned { pid: 7 }, until);
         }
         assert_eq!(delays, [ms(100), ms(200), ms(400)]);
@@ -938,7 +1018,7 @@ mod tests {
         ]);
         assert_eq!(fx, want);
         assert_eq!((l.phase(), l.deadline()), (Phase::Parked, None));
-        assert_eq!(l.step(Input::Tick, t0 + secs(3600)), []);
+        assert_eq!(l.step(tick(), t0 + secs(3600)), []);
         // A reload that finds the file as it was changes nothing.
         assert_eq!(
             l.step(cmd(Command::ConfigOk), t0 + secs(2)),
@@ -955,7 +1035,7 @@ mod tests {
     fn start_timeout_terms_then_kills_and_counts_a_failure() {
         let t0 = Instant::now();
         let mut l = starting(policy(), t0);
-        let fx = l.step(Input::Tick, t0 + secs(10));
+        let fx = l.step(tick(), t0 + secs(10));
         assert_eq!(
             fx,
             [
@@ -965,7 +1045,7 @@ mod tests {
         );
         assert!(!l.takes_commands());
         assert_eq!(l.deadline(), Some(t0 + secs(20)));
-        let fx = l.step(Input::Tick, t0 + secs(20));
+        let fx = l.step(tick(), t0 + secs(20));
         assert_eq!(
             fx,
             [
@@ -984,7 +1064,7 @@ mod tests {
     fn exit_78_after_a_start_timeout_is_no_configuration_error() {
         let t0 = Instant::now();
         let mut l = starting(policy(), t0);
-        l.step(Input::Tick, t0 + secs(10));
+        l.step(tick(), t0 + secs(10));
         l.step(exited(78), t0 + secs(11));
         assert!(
             matches!(l.phase(), Phase::Backoff { .. }),
@@ -997,7 +1077,7 @@ mod tests {
     fn liveness_timeout_kills_a_silent_relay_at_once() {
         let t0 = Instant::now();
         let mut l = ready(policy(), t0);
-        let fx = l.step(Input::Tick, t0 + secs(5));
+        let fx = l.step(tick(), t0 + secs(5));
         assert_eq!(
             fx,
             [
@@ -1036,9 +1116,9 @@ mod tests {
     fn a_kill_that_does_not_end_the_child_gives_up_its_pipes() {
         let t0 = Instant::now();
         let mut l = ready(policy(), t0);
-        l.step(Input::Tick, t0 + secs(5));
+        l.step(tick(), t0 + secs(5));
         assert_eq!(l.deadline(), Some(t0 + secs(15)));
-        assert_eq!(l.step(Input::Tick, t0 + secs(15)), [Effect::AbandonPipes]);
+        assert_eq!(l.step(tick(), t0 + secs(15)), [Effect::AbandonPipes]);
         assert_eq!(l.deadline(), None);
         assert!(matches!(
             l.step(sigkilled(), t0 + secs(16))[1],
@@ -1095,7 +1175,7 @@ mod tests {
         let mut l = ready(policy(), t0);
         for _ in 0..2 {
             l.step(exited(1), t0);
-            l.step(Input::Tick, t0 + secs(1));
+            l.step(tick(), t0 + secs(1));
             l.step(Input::Spawned { pid: 7 }, t0 + secs(1));
         }
         let fx = l.step(cmd(Command::Restart), t0 + secs(2));
@@ -1210,7 +1290,7 @@ mod tests {
         for i in 0..3 {
             l.step(exited(1), t0 + secs(i));
             assert!(matches!(l.phase(), Phase::Backoff { .. }));
-            l.step(Input::Tick, t0 + secs(i) + ms(500));
+            l.step(tick(), t0 + secs(i) + ms(500));
             l.step(Input::Spawned { pid: 7 }, t0 + secs(i) + ms(500));
         }
         let fx = l.step(exited(1), t0 + secs(3));
@@ -1227,8 +1307,8 @@ mod tests {
         assert_eq!(fx, want);
         let until = t0 + secs(303);
         assert_eq!(l.phase(), Phase::Cooling { until });
-        assert_eq!(l.step(Input::Tick, until - ms(1)), []);
-        assert_eq!(l.step(Input::Tick, until), [Spawn]);
+        assert_eq!(l.step(tick(), until - ms(1)), []);
+        assert_eq!(l.step(tick(), until), [Spawn]);
         l.step(Input::Spawned { pid: 8 }, until);
         l.step(exited(1), until);
         assert_eq!(
@@ -1267,7 +1347,7 @@ mod tests {
             ]
         );
         assert_eq!(l.deadline(), Some(t0 + secs(1)));
-        assert_eq!(l.step(Input::Tick, t0 + secs(1)), [Spawn]);
+        assert_eq!(l.step(tick(), t0 + secs(1)), [Spawn]);
         assert_eq!(
             l.step(Input::Spawned { pid: 7 }, t0 + secs(1))[0],
             ClearStats,
@@ -1290,7 +1370,7 @@ mod tests {
         let mut want = vec![ClearStats];
         want.extend(backing_off(ms(100), description));
         assert_eq!(fx, want);
-        l.step(Input::Tick, t0 + secs(1));
+        l.step(tick(), t0 + secs(1));
         assert_eq!(
             l.step(failed, t0 + secs(1))[..2],
             [CountRestart, ClearStats]
@@ -1320,16 +1400,113 @@ mod tests {
         assert_eq!(fx, want);
     }
 
+    /// A tick after the orchestrator itself resumed at `resumed`.
+    fn tick_after_stall(resumed: Instant) -> Input {
+        Input::Tick(Watch {
+            resumed_at: Some(resumed),
+            output_waiting: false,
+        })
+    }
+
+    fn is_hung_kill(fx: &[Effect]) -> bool {
+        matches!(
+            fx,
+            [
+                _,
+                Emit(ChannelEvent::Hung { .. }),
+                Effect::Signal(Signal::SIGKILL)
+            ]
+        )
+    }
+
+    #[test]
+    fn a_stall_of_the_orchestrator_restarts_the_liveness_timer() {
+        // Ready at t0 (liveness 5 s); the orchestrator is stopped from
+        // t0+1 s to t0+11 s while the relay keeps writing status lines.
+        let t0 = Instant::now();
+        let mut l = ready(policy(), t0);
+        let fx = l.step(tick_after_stall(t0 + secs(11)), t0 + secs(11));
+        assert_eq!(
+            fx,
+            [],
+            "a healthy relay was judged by the orchestrator's pause"
+        );
+        assert_eq!(l.deadline(), Some(t0 + secs(16)));
+        // The lines waiting in the pipe are read next.
+        l.step(Input::Stdout { ready: false }, t0 + secs(11) + ms(2));
+        assert_eq!(l.deadline(), Some(t0 + secs(16) + ms(2)));
+    }
+
+    #[test]
+    fn a_relay_silent_through_a_stall_is_killed_once_watched_for_the_timeout() {
+        let t0 = Instant::now();
+        let mut l = ready(policy(), t0);
+        let resumed = t0 + secs(11);
+        assert_eq!(l.step(tick_after_stall(resumed), resumed), []);
+        // Still silent 5 s after the orchestrator resumed: hung.
+        let fx = l.step(tick_after_stall(resumed), resumed + secs(5));
+        assert!(is_hung_kill(&fx), "{fx:?}");
+    }
+
+    #[test]
+    fn a_stall_before_the_silence_began_excuses_nothing() {
+        let t0 = Instant::now();
+        let mut l = ready(policy(), t0 + secs(20));
+        let fx = l.step(tick_after_stall(t0 + secs(10)), t0 + secs(25));
+        assert!(is_hung_kill(&fx), "{fx:?}");
+    }
+
+    #[test]
+    fn output_waiting_in_the_pipe_gets_a_grace_then_silence_is_hung() {
+        let t0 = Instant::now();
+        let mut l = ready(policy(), t0);
+        let waiting = Input::Tick(Watch {
+            resumed_at: None,
+            output_waiting: true,
+        });
+        assert_eq!(l.step(waiting, t0 + secs(5)), []);
+        assert_eq!(l.deadline(), Some(t0 + secs(5) + GRACE));
+        let fx = l.step(tick(), t0 + secs(5) + GRACE);
+        assert!(is_hung_kill(&fx), "{fx:?}");
+    }
+
+    #[test]
+    fn a_stall_restarts_the_start_and_stop_timers_but_not_a_backoff() {
+        let t0 = Instant::now();
+        // Starting: the ready line may be waiting in the pipe.
+        let mut l = starting(policy(), t0);
+        assert_eq!(l.step(tick_after_stall(t0 + secs(12)), t0 + secs(12)), []);
+        assert_eq!(l.deadline(), Some(t0 + secs(22)));
+        // Stopping: the child may have been finishing its archive.
+        let mut l = ready(policy(), t0);
+        l.step(cmd(Command::Stop), t0 + secs(1));
+        assert_eq!(l.deadline(), Some(t0 + secs(11)));
+        assert_eq!(l.step(tick_after_stall(t0 + secs(30)), t0 + secs(30)), []);
+        assert_eq!(l.deadline(), Some(t0 + secs(40)));
+        assert_eq!(
+            l.step(tick_after_stall(t0 + secs(30)), t0 + secs(40)),
+            [
+                log(Level::WARN, "did not stop within 10s; killing it"),
+                Effect::Signal(Signal::SIGKILL)
+            ]
+        );
+        // A backoff judges no child: it ends when it is due.
+        let mut l = ready(policy(), t0);
+        l.step(exited(1), t0 + secs(1));
+        let fx = l.step(tick_after_stall(t0 + secs(30)), t0 + secs(30));
+        assert_eq!(fx, [Spawn]);
+    }
+
     #[test]
     fn early_ticks_change_nothing() {
         let t0 = Instant::now();
         let mut l = starting(policy(), t0);
         let before = l.phase();
-        assert_eq!(l.step(Input::Tick, t0 + secs(9)), []);
+        assert_eq!(l.step(tick(), t0 + secs(9)), []);
         assert_eq!(l.phase(), before);
-        l.step(Input::Tick, t0 + secs(10));
+        l.step(tick(), t0 + secs(10));
         let stopping = l.phase();
-        assert_eq!(l.step(Input::Tick, t0 + secs(19)), []);
+        assert_eq!(l.step(tick(), t0 + secs(19)), []);
         assert_eq!(l.phase(), stopping);
     }
 

@@ -25,9 +25,10 @@ use crate::child::{self, Child, Output};
 use crate::config::{self, Channel, Config};
 use crate::fdlimit;
 use crate::lifecycle::{
-    fmt_duration, ChannelEvent, Command, Effect, Input, Lifecycle, Show, SpawnFailure,
+    fmt_duration, ChannelEvent, Command, Effect, Input, Lifecycle, Show, SpawnFailure, Watch,
 };
 use crate::reconcile::{self, Action, BrokenFile, Found, Running, Version};
+use crate::stall::Stalls;
 use crate::state::{now_rfc3339, Exit, Fleet, State};
 
 /// What the HTTP API may ask of the supervisor.
@@ -83,10 +84,17 @@ pub struct Supervisor {
     /// The print (see [`print_of`]) of orchestrator.toml's error, once
     /// announced: a reload that finds it as it was says nothing new.
     config_announced: Option<u64>,
+    /// The orchestrator's own stalls, which the channels' timers discount;
+    /// noted by `beat` as long as the supervisor lives.
+    stalls: Arc<Stalls>,
+    beat: JoinHandle<()>,
 }
 
 impl Supervisor {
+    /// Starts noting the orchestrator's stalls (so: within a tokio runtime).
     pub fn new(cfg: Config, binary: PathBuf, fleet: Arc<Fleet>) -> Supervisor {
+        let stalls = Arc::new(Stalls::new(Instant::now()));
+        let beat = tokio::spawn(stalls.clone().beat());
         Supervisor {
             cfg,
             binary,
@@ -94,6 +102,8 @@ impl Supervisor {
             tasks: BTreeMap::new(),
             running: Running::default(),
             config_announced: None,
+            stalls,
+            beat,
         }
     }
 
@@ -273,6 +283,7 @@ impl Supervisor {
             binary: self.binary.clone(),
             holds_dir: self.cfg.holds_dir(),
             fleet: self.fleet.clone(),
+            stalls: self.stalls.clone(),
             rx,
             life,
             child: None,
@@ -331,6 +342,12 @@ impl Supervisor {
     }
 }
 
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.beat.abort();
+    }
+}
+
 /// What `channels.d` holds, for [`reconcile::plan`]; reads each broken
 /// file for its print.
 fn found(fleet: &config::ChannelSet, defaults: &str) -> Found {
@@ -385,6 +402,7 @@ struct ChannelTask {
     /// what the holds there cover.
     holds_dir: PathBuf,
     fleet: Arc<Fleet>,
+    stalls: Arc<Stalls>,
     rx: mpsc::UnboundedReceiver<Cmd>,
     life: Lifecycle,
     child: Option<Child>,
@@ -448,7 +466,16 @@ impl ChannelTask {
             biased;
             out = next_output(&mut self.child) => self.on_output(out),
             cmd = self.rx.recv(), if takes_commands => self.on_command(cmd),
-            () = sleep => Input::Tick,
+            () = sleep => Input::Tick(self.watch()),
+        }
+    }
+
+    /// What a passing deadline is judged with: the orchestrator's last
+    /// stall, and whether the child's stdout holds lines not read yet.
+    fn watch(&self) -> Watch {
+        Watch {
+            resumed_at: self.stalls.resumed_at(Instant::now()),
+            output_waiting: self.child.as_ref().is_some_and(Child::output_waiting),
         }
     }
 

@@ -692,6 +692,110 @@ fn a_hung_relay_is_killed_and_replaced_and_the_others_lose_nothing() {
     assert!(read_with_apache_avro(&avro_files(&fleet.archive_dir("steady"))) == records);
 }
 
+/// Issue 26, point 1: the orchestrator stopped (SIGSTOP, as Ctrl-Z or a
+/// debugger would) for longer than `liveness_timeout` while its relays run
+/// on. Its own pause must not count against them: once it continues, no
+/// healthy relay is killed and every record sent meanwhile is archived. A
+/// relay that really is stopped is still replaced, once the orchestrator
+/// has watched it for `liveness_timeout`.
+#[test]
+fn a_paused_orchestrator_kills_no_healthy_relay_and_still_replaces_a_stopped_one() {
+    let fleet = FleetDir::new(&["liveness_timeout = \"3s\"", "backoff_initial = \"100ms\""]);
+    let mut steady = Vec::new();
+    for name in ["steady-a", "steady-b"] {
+        let (o, _) = channel_with_output(name);
+        fleet.add(&o);
+        steady.push(o);
+    }
+    let (frozen, _) = channel_with_output("frozen");
+    fleet.add(&frozen);
+    let orch = fleet.start();
+    for o in &steady {
+        orch.wait_ready(&o.name);
+    }
+    let old = pid_of(&orch.wait_ready("frozen"));
+
+    // 2,000 records/s to each steady channel for about 13 s.
+    let records = example_records(26_000, "paused");
+    let senders: Vec<_> = steady
+        .iter()
+        .map(|o| {
+            let (bind, recs) = (o.bind, records.clone());
+            std::thread::spawn(move || Sender::new(bind).send_paced(&recs, 2))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1_500));
+
+    // The orchestrator stops for 10 s (over three liveness timeouts); one
+    // relay stops with it and stays stopped.
+    orch.signal(libc::SIGSTOP);
+    kill(old, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(10));
+    let resumed = Instant::now();
+    orch.signal(libc::SIGCONT);
+
+    let back = orch.wait_channel("frozen", Duration::from_secs(20), |c| {
+        c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p as u32 != old)
+    });
+    let took = resumed.elapsed();
+    // Watched for liveness_timeout (3 s) after the orchestrator continued,
+    // killed, restarted after 100 ms and ready: within liveness_timeout +
+    // 1 s for the kill, with room for a loaded machine for the start.
+    assert!(
+        took >= Duration::from_secs(2),
+        "the stopped relay was replaced {took:?} after the orchestrator continued, before it could have watched it for liveness_timeout"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "the stopped relay took {took:?} to be replaced after the orchestrator continued"
+    );
+    assert!(!running(old), "the stopped relay {old} is still there");
+    assert_eq!(back["restarts"], 1, "{back}");
+    assert!(
+        orch.log()
+            .contains("the orchestrator itself did not run for"),
+        "the pause is not in the log:\n{}",
+        orch.log()
+    );
+
+    for s in senders {
+        s.join().unwrap();
+    }
+    for o in &steady {
+        let st = orch.wait_channel(&o.name, Duration::from_secs(30), |c| {
+            c["counters"]["received"] == 26_000 && c["counters"]["archived"] == 26_000
+        });
+        assert_eq!(st["restarts"], 0, "{}: restarted: {st}", o.name);
+        assert_eq!(st["counters"]["kernel_drops"], 0, "{st}");
+    }
+    let events = orch.events(Duration::from_secs(5), |ev| {
+        ev.iter()
+            .filter(|e| e["channel"] == "frozen" && e["event"] == "ready")
+            .count()
+            >= 2
+    });
+    for o in &steady {
+        let story: Vec<&str> = events
+            .iter()
+            .filter(|e| e["channel"] == o.name.as_str())
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(story, ["started", "ready"], "{}: {events:?}", o.name);
+    }
+
+    let mut orch = orch;
+    orch.signal(libc::SIGTERM);
+    assert_eq!(orch.wait_exit(Duration::from_secs(30)), 0);
+    for o in &steady {
+        let files = avro_files(&fleet.archive_dir(&o.name));
+        assert!(
+            read_with_apache_avro(&files) == records,
+            "{}: the archive is not every record sent",
+            o.name
+        );
+    }
+}
+
 #[test]
 fn a_silent_relay_shows_zero_rates_and_liveness_off_leaves_it_running() {
     let fleet = FleetDir::new(&["liveness_timeout = \"0s\""]);
