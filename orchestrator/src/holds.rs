@@ -10,22 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use relay_channel::holds::{self as rh, Hold};
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
 /// The body of `POST /api/v1/holds`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewHold {
-    pub name: String,
-    pub from: String,
-    pub to: String,
-    #[serde(default)]
-    pub channels: Option<Vec<String>>,
-    #[serde(default)]
-    pub note: Option<String>,
-}
+pub use speeddata_api::{Coverage, HeldFile, HoldReport as Report, NewHold};
 
 /// Why a hold is refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,34 +33,6 @@ pub struct ArchiveOf {
     pub dir: PathBuf,
     /// `archive.time_field`, for `export --cut`.
     pub time_field: Option<String>,
-}
-
-/// A file a hold covers.
-#[derive(Debug, Clone, Serialize)]
-pub struct HeldFile {
-    pub path: PathBuf,
-    pub bytes: u64,
-    /// Its time span (RFC 3339, UTC).
-    pub from: String,
-    pub to: String,
-}
-
-/// What a hold covers of one channel.
-#[derive(Debug, Clone, Serialize)]
-pub struct Coverage {
-    pub channel: String,
-    pub time_field: Option<String>,
-    pub files: Vec<HeldFile>,
-    pub bytes: u64,
-}
-
-/// A hold and what it covers now.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub hold: Hold,
-    pub channels: Vec<Coverage>,
-    /// Bytes of every file covered.
-    pub bytes: u64,
 }
 
 fn rfc3339(t: SystemTime) -> String {

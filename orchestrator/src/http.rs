@@ -53,7 +53,9 @@ use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::FromRequestParts;
 use axum::extract::{Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -65,7 +67,10 @@ use hyper::service::Service as _;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
-use serde_json::json;
+use speeddata_api::{
+    ChannelList, ChannelStatus, Checked, ErrorBody, HoldList, Info, Lagged, NewHold, Ports,
+    Registration, Restarting, SchemaCheck,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -298,8 +303,10 @@ impl Throttled {
 
 /// What a connection beyond the cap is told.
 fn refusal(max: usize) -> Vec<u8> {
-    let body =
-        json!({ "error": format!("too many connections (at most {max} at once)") }).to_string();
+    let body = serde_json::to_string(&ErrorBody::new(format!(
+        "too many connections (at most {max} at once)"
+    )))
+    .unwrap_or_default();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -579,8 +586,86 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// Every handler's error: a status and the API's one error body.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody::new(message),
+        }
+    }
+
+    /// A request field at fault.
+    fn field(status: StatusCode, field: Option<String>, message: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(status, message);
+        e.body.field = field;
+        e
+    }
+
+    /// A channel file or schema that does not pass the checks.
+    fn problems(status: StatusCode, list: Vec<speeddata_api::Problem>) -> ApiError {
+        let n = list.len();
+        let mut e = ApiError::new(
+            status,
+            match list.first() {
+                Some(p) if n == 1 => format!("{}: {}", p.key, p.message),
+                _ => format!("{n} problems with the channel"),
+            },
+        );
+        e.body.problems = Some(list);
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"speeddata\""),
+            );
+        }
+        r
+    }
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    ApiError::new(status, message).into_response()
+}
+
+/// The orchestrator's configuration, for the handlers that need it (503
+/// without one).
+struct Cfg(Arc<crate::config::Config>);
+
+impl FromRequestParts<AppState> for Cfg {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, s: &AppState) -> Result<Cfg, ApiError> {
+        s.config().map(Cfg)
+    }
+}
+
+/// A write request that may go on, and who made it (`token` or `local`);
+/// 401 or 403 otherwise (see [`AppState::may_write`]).
+struct Writer(&'static str);
+
+impl FromRequestParts<AppState> for Writer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Writer, ApiError> {
+        let peer =
+            parts.extensions.get::<Peer>().map(|p| p.0).ok_or_else(|| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no peer address")
+            })?;
+        s.may_write(&parts.headers, peer).map(Writer)
+    }
 }
 
 impl AppState {
@@ -604,11 +689,10 @@ impl AppState {
 
     /// Whether this write request may go on; the 401 or 403 answer if not.
     /// Returns who made it: `token`, or `local`.
-    #[allow(clippy::result_large_err)]
-    fn may_write(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<&'static str, Response> {
+    fn may_write(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<&'static str, ApiError> {
         let refused = |status: StatusCode, why: String| {
             tracing::warn!(%peer, "HTTP: write request refused: {why}");
-            error(status, why)
+            ApiError::new(status, why)
         };
         if let Some(token) = &self.token {
             let given = headers
@@ -618,14 +702,14 @@ impl AppState {
                 .map(str::trim);
             return match given {
                 Some(t) if tokens_equal(t, token) => Ok("token"),
-                Some(_) => Err(unauthorized(refused(
+                Some(_) => Err(refused(
                     StatusCode::UNAUTHORIZED,
                     "the API token is wrong".into(),
-                ))),
-                None => Err(unauthorized(refused(
+                )),
+                None => Err(refused(
                     StatusCode::UNAUTHORIZED,
                     "write requests need the API token: Authorization: Bearer <token>".into(),
-                ))),
+                )),
             };
         }
         if let (_, Some(why)) = self.write_auth() {
@@ -654,24 +738,15 @@ impl AppState {
     }
 
     /// The configuration, or the 503 answer without one.
-    #[allow(clippy::result_large_err)]
-    fn config(&self) -> Result<Arc<crate::config::Config>, Response> {
+    fn config(&self) -> Result<Arc<crate::config::Config>, ApiError> {
         match &self.config {
             Some(c) => Ok(c.read().unwrap_or_else(|p| p.into_inner()).clone()),
-            None => Err(error(
+            None => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this server has no channels folder",
             )),
         }
     }
-}
-
-fn unauthorized(mut r: Response) -> Response {
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer realm=\"speeddata\""),
-    );
-    r
 }
 
 /// Compares a presented token with ours in time that does not depend on
@@ -734,12 +809,12 @@ async fn asset(Path(file): Path<String>) -> Response {
 /// `GET /api/v1/info`: what the console needs to know of the server.
 async fn info(State(s): State<AppState>) -> Response {
     let (auth, refused) = s.write_auth();
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "writes": refused.is_none(),
-        "auth": auth,
-        "writes_refused": refused,
-    }))
+    Json(Info {
+        version: env!("CARGO_PKG_VERSION").into(),
+        writes: refused.is_none(),
+        auth: auth.into(),
+        writes_refused: refused,
+    })
     .into_response()
 }
 
@@ -773,25 +848,16 @@ async fn schema(State(s): State<AppState>, Path(name): Path<String>) -> Response
     }
 }
 
-/// The body of `PUT /api/v1/channels/{name}`.
-#[derive(Deserialize)]
-struct Registration {
-    channel: String,
-    schema: serde_json::Value,
-}
-
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
-
-fn problems(status: StatusCode, list: Vec<crate::registry::Problem>) -> Response {
-    (status, Json(json!({ "problems": list }))).into_response()
-}
 
 fn refused(r: crate::registry::Refused) -> Response {
     use crate::registry::Refused;
     match r {
         Refused::BadName(m) => error(StatusCode::BAD_REQUEST, m),
-        Refused::Invalid(p) => problems(StatusCode::UNPROCESSABLE_ENTITY, p),
-        Refused::Conflict(p) => problems(StatusCode::CONFLICT, p),
+        Refused::Invalid(p) => {
+            ApiError::problems(StatusCode::UNPROCESSABLE_ENTITY, p).into_response()
+        }
+        Refused::Conflict(p) => ApiError::problems(StatusCode::CONFLICT, p).into_response(),
     }
 }
 
@@ -809,15 +875,11 @@ const WAIT_SLACK: Duration = Duration::from_secs(2);
 async fn register(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    axum::Extension(Peer(peer)): axum::Extension<Peer>,
-    headers: HeaderMap,
+    Writer(who): Writer,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    Cfg(cfg): Cfg,
     body: JsonBody<Registration>,
 ) -> Response {
-    let who = match s.may_write(&headers, peer) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     if let Err(r) = crate::registry::check_name(&name) {
         return refused(r);
     }
@@ -839,10 +901,6 @@ async fn register(
         Ok(b) => b,
         Err(e) => return bad_body(e),
     };
-    let cfg = match s.config() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     // One registration at a time: the checks see the files as the write
     // will leave them.
     static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -853,7 +911,7 @@ async fn register(
         Err(r) => return refused(r),
     };
     if dry_run {
-        return Json(json!({ "problems": [] })).into_response();
+        return Json(Checked { problems: vec![] }).into_response();
     }
     let status = if prepared.exists {
         StatusCode::OK
@@ -883,8 +941,9 @@ async fn register(
         let limit = cfg.policy.start_timeout + WAIT_SLACK;
         let _ = tokio::time::timeout(limit, async {
             loop {
+                let started = s.fleet.started(&name);
                 let settled = s.fleet.get(&name).is_some_and(|c| {
-                    c.started.is_some_and(|t| t > written_at)
+                    started.is_some_and(|t| t > written_at)
                         && matches!(
                             c.state,
                             ChannelState::Ready | ChannelState::Failed | ChannelState::Backoff
@@ -902,7 +961,7 @@ async fn register(
         Some(c) => (status, Json(c)).into_response(),
         None => (
             status,
-            Json(json!({ "name": name, "file": prepared.channel_file, "state": "stopped" })),
+            Json(ChannelStatus::new(&name, prepared.channel_file)),
         )
             .into_response(),
     }
@@ -915,20 +974,12 @@ async fn register(
 async fn unregister(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    axum::Extension(Peer(peer)): axum::Extension<Peer>,
-    headers: HeaderMap,
+    Writer(who): Writer,
+    Cfg(cfg): Cfg,
 ) -> Response {
-    let who = match s.may_write(&headers, peer) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     if let Err(r) = crate::registry::check_name(&name) {
         return refused(r);
     }
-    let cfg = match s.config() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let known = s.fleet.get(&name).map(|c| c.file);
     let Some(file) = crate::registry::channel_file(&cfg, known, &name) else {
         return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
@@ -961,11 +1012,11 @@ async fn unregister(
 
 /// `GET /api/v1/channels/{name}/config`: the channel file's text and its
 /// schema, as written.
-async fn channel_config(State(s): State<AppState>, Path(name): Path<String>) -> Response {
-    let cfg = match s.config() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn channel_config(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Cfg(cfg): Cfg,
+) -> Response {
     if crate::registry::check_name(&name).is_err() && s.fleet.get(&name).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
     }
@@ -987,13 +1038,9 @@ async fn channel_config(State(s): State<AppState>, Path(name): Path<String>) -> 
 async fn check_schema(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    axum::Extension(Peer(peer)): axum::Extension<Peer>,
-    headers: HeaderMap,
+    _: Writer,
     body: JsonBody<serde_json::Value>,
 ) -> Response {
-    if let Err(r) = s.may_write(&headers, peer) {
-        return r;
-    }
     let Json(writer) = match body {
         Ok(b) => b,
         Err(e) => return bad_body(e),
@@ -1011,19 +1058,19 @@ async fn check_schema(
         }
     };
     let (compatible, problems) = crate::registry::check_schema(&writer, &reader);
-    Json(json!({ "compatible": compatible, "problems": problems })).into_response()
+    Json(SchemaCheck {
+        compatible,
+        problems,
+    })
+    .into_response()
 }
 
 /// `GET /api/v1/ports/free?from=26000&to=26999&count=1`: receive ports no
 /// channel file uses and no UDP socket of this host has bound.
 async fn free_ports(
-    State(s): State<AppState>,
+    Cfg(cfg): Cfg,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let cfg = match s.config() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let (mut from, mut to, mut count) = (26000u16, 26999u16, 1usize);
     for (k, v) in query.map(|Query(q)| q).unwrap_or_default() {
         let bad = || {
@@ -1061,16 +1108,17 @@ async fn free_ports(
     }
     let ports = crate::registry::free_ports(&cfg, from, to, count);
     if ports.len() < count {
-        return (
+        let mut e = ApiError::new(
             StatusCode::CONFLICT,
-            Json(json!({
-                "error": format!("only {} of {count} free ports between {from} and {to}", ports.len()),
-                "ports": ports,
-            })),
-        )
-            .into_response();
+            format!(
+                "only {} of {count} free ports between {from} and {to}",
+                ports.len()
+            ),
+        );
+        e.body.ports = Some(ports);
+        return e.into_response();
     }
-    Json(json!({ "ports": ports })).into_response()
+    Json(Ports { ports }).into_response()
 }
 
 /// Every channel's archive folder, for what holds cover.
@@ -1090,25 +1138,17 @@ fn archives(s: &AppState) -> Vec<crate::holds::ArchiveOf> {
 }
 
 /// `GET /api/v1/holds`: every hold and what it covers.
-async fn holds_list(State(s): State<AppState>) -> Response {
-    let cfg = match s.config() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn holds_list(State(s): State<AppState>, Cfg(cfg): Cfg) -> Response {
     let archives = archives(&s);
     let holds: Vec<_> = crate::holds::list(&cfg)
         .iter()
         .map(|h| crate::holds::report(h, &archives))
         .collect();
-    Json(json!({ "holds": holds })).into_response()
+    Json(HoldList { holds }).into_response()
 }
 
 /// `GET /api/v1/holds/{name}`.
-async fn hold_get(State(s): State<AppState>, Path(name): Path<String>) -> Response {
-    let cfg = match s.config() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn hold_get(State(s): State<AppState>, Path(name): Path<String>, Cfg(cfg): Cfg) -> Response {
     match crate::holds::get(&cfg, &name) {
         Some(h) => Json(crate::holds::report(&h, &archives(&s))).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no hold {name:?}")),
@@ -1118,28 +1158,16 @@ async fn hold_get(State(s): State<AppState>, Path(name): Path<String>) -> Respon
 /// `POST /api/v1/holds` with `{"name", "from", "to", "channels"?, "note"?}`.
 async fn hold_create(
     State(s): State<AppState>,
-    axum::Extension(Peer(peer)): axum::Extension<Peer>,
-    headers: HeaderMap,
-    body: JsonBody<crate::holds::NewHold>,
+    Writer(who): Writer,
+    Cfg(cfg): Cfg,
+    body: JsonBody<NewHold>,
 ) -> Response {
     use crate::holds::Refused;
-    let who = match s.may_write(&headers, peer) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => {
-            return (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(json!({ "error": e.body_text(), "field": null })),
-            )
-                .into_response()
+            return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()).into_response()
         }
-    };
-    let cfg = match s.config() {
-        Ok(c) => c,
-        Err(r) => return r,
     };
     let known: Vec<String> = s.fleet.list().into_iter().map(|c| c.name).collect();
     match crate::holds::create(&cfg, &known, req, who) {
@@ -1152,30 +1180,18 @@ async fn hold_create(
                 .into_response()
         }
         Err(Refused::Exists(m)) => error(StatusCode::CONFLICT, m),
-        Err(Refused::Invalid(field, m)) => (
+        Err(Refused::Invalid(field, m)) => ApiError::field(
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "error": format!("{field}: {m}"), "field": field })),
+            Some(field.to_string()),
+            format!("{field}: {m}"),
         )
-            .into_response(),
+        .into_response(),
     }
 }
 
 /// `DELETE /api/v1/holds/{name}`: its files go at the next retention pass
 /// that finds them past retention.
-async fn hold_delete(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    axum::Extension(Peer(peer)): axum::Extension<Peer>,
-    headers: HeaderMap,
-) -> Response {
-    let who = match s.may_write(&headers, peer) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let cfg = match s.config() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn hold_delete(Path(name): Path<String>, Writer(who): Writer, Cfg(cfg): Cfg) -> Response {
     match crate::holds::remove(&cfg, &name) {
         Ok(true) => {
             tracing::info!(hold = %name, by = who, "hold removed");
@@ -1232,7 +1248,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn channels(State(s): State<AppState>) -> Response {
-    Json(json!({ "channels": s.fleet.list() })).into_response()
+    Json(ChannelList {
+        channels: s.fleet.list(),
+    })
+    .into_response()
 }
 
 async fn channel(State(s): State<AppState>, Path(name): Path<String>) -> Response {
@@ -1356,15 +1375,7 @@ fn live_opts(
     Ok(opts)
 }
 
-async fn restart(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    axum::Extension(Peer(peer)): axum::Extension<Peer>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refused) = s.may_write(&headers, peer) {
-        return refused;
-    }
+async fn restart(State(s): State<AppState>, Path(name): Path<String>, _: Writer) -> Response {
     let (reply, answer) = oneshot::channel();
     let ask = async {
         s.requests
@@ -1378,7 +1389,7 @@ async fn restart(
     };
     match tokio::time::timeout(RESTART_TIMEOUT, ask).await {
         Ok(Some(Ok(()))) => {
-            (StatusCode::ACCEPTED, Json(json!({ "restarting": name }))).into_response()
+            (StatusCode::ACCEPTED, Json(Restarting { restarting: name })).into_response()
         }
         Ok(Some(Err(message))) => error(StatusCode::NOT_FOUND, message),
         Ok(None) => error(
@@ -1433,7 +1444,7 @@ async fn events(
             Item::Event(e) => sse_event(&e),
             Item::Lagged(missed) => SseEvent::default()
                 .event("lagged")
-                .data(json!({ "missed": missed }).to_string()),
+                .data(serde_json::to_string(&Lagged { missed }).unwrap_or_default()),
         })
     });
     Sse::new(stream)
@@ -1445,7 +1456,7 @@ fn sse_event(e: &Event) -> SseEvent {
     let data = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
     SseEvent::default()
         .id(e.seq.to_string())
-        .event(e.event)
+        .event(e.kind.name())
         .data(data)
 }
 
@@ -1515,8 +1526,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Fleet;
-    use serde_json::Value;
+    use crate::state::{EventKind, Exit, Fleet};
+    use serde_json::{json, Value};
+
+    fn started(pid: u32) -> EventKind {
+        EventKind::Started {
+            pid,
+            file: "a.toml".into(),
+        }
+    }
     use std::io::{BufRead, BufReader};
     use tokio::task::JoinHandle;
 
@@ -1613,12 +1631,20 @@ mod tests {
             s.restarts = 6;
             s.reason = Some("6 failures within 60s".into());
         });
-        f.emit("started", Some("a"), json!({"pid": 4242}));
-        f.emit("ready", Some("a"), Value::Null);
+        f.emit(Some("a"), started(4242));
+        f.emit(Some("a"), EventKind::Ready { pid: 4242 });
         f.emit(
-            "failed",
             Some("b"),
-            json!({"reason": "6 failures within 60s"}),
+            EventKind::Failed {
+                reason: "6 failures within 60s".into(),
+                exit: Exit {
+                    code: Some(1),
+                    signal: None,
+                    at: "T".into(),
+                    description: "exited with 1".into(),
+                },
+                last_stderr: vec![],
+            },
         );
         f
     }
@@ -1920,7 +1946,14 @@ mod tests {
         assert_eq!(data["reason"], "6 failures within 60s");
 
         // A new event, emitted after the client connected.
-        fleet.emit("restarting", Some("b"), json!({"delay_ms": 100}));
+        fleet.emit(
+            Some("b"),
+            EventKind::Restarting {
+                delay_ms: 100,
+                after: Some("exited with 1".into()),
+                reason: None,
+            },
+        );
         let f = next(&mut rx).await;
         assert_eq!((field(&f, "id"), field(&f, "event")), ("4", "restarting"));
         let data: Value = serde_json::from_str(field(&f, "data")).unwrap();
@@ -1938,7 +1971,7 @@ mod tests {
         // Without since: only what comes next.
         let (mut rx3, reader3) = read_events(format!("{}/api/v1/events", server.base), None);
         assert_eq!(next(&mut rx3).await[0].0, "connected");
-        fleet.emit("ready", Some("b"), Value::Null);
+        fleet.emit(Some("b"), EventKind::Ready { pid: 1 });
         assert_eq!(field(&next(&mut rx3).await, "id"), "5");
         assert_eq!(field(&next(&mut rx2).await, "id"), "5");
         assert_eq!(field(&next(&mut rx).await, "id"), "5");
@@ -1957,9 +1990,9 @@ mod tests {
     async fn events_forgotten_or_missed_are_reported() {
         let fleet = Arc::new(Fleet::new());
         // More than the history keeps.
-        let emitted = 3000;
+        let emitted: u64 = 3000;
         for i in 0..emitted {
-            fleet.emit("started", Some("a"), json!({"pid": i}));
+            fleet.emit(Some("a"), started(i as u32));
         }
         let (stored, _) = fleet.subscribe(0);
         let (kept, oldest) = (stored.len() as u64, stored[0].seq);
@@ -1984,7 +2017,7 @@ mod tests {
         let (_tx, closing) = watch::channel(false);
         let mut stream = Box::pin(event_stream(past, None, events, closing));
         for _ in 0..kept + 76 {
-            fleet.emit("ready", Some("a"), Value::Null);
+            fleet.emit(Some("a"), EventKind::Ready { pid: 1 });
         }
         assert!(matches!(stream.next().await, Some(Item::Lagged(76))));
         let after = emitted + 76 + 1;
@@ -2097,7 +2130,7 @@ mod tests {
         let (mut rx, reader) = read_events(format!("{}/api/v1/events", server.base), None);
         assert_eq!(next(&mut rx).await[0].0, "connected");
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        fleet.emit("ready", Some("b"), Value::Null);
+        fleet.emit(Some("b"), EventKind::Ready { pid: 1 });
         assert_eq!(field(&next(&mut rx).await, "event"), "ready");
         server.stop().await;
         assert!(next(&mut rx).await.is_empty(), "the stream ends");

@@ -22,17 +22,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use relay_channel::config::{self as rc, ConfigError};
-use serde::Serialize;
 
 use crate::config::{self, Config};
 
 /// A problem as the API reports it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Problem {
-    pub file: String,
-    pub key: String,
-    pub message: String,
-}
+pub use speeddata_api::{ChannelConfig, Problem};
 
 /// Why a registration is refused.
 #[derive(Debug)]
@@ -285,17 +279,6 @@ pub fn remove(cfg: &Config, file: &Path) -> std::io::Result<Removed> {
 }
 
 /// A channel's files as written.
-#[derive(Debug, Serialize)]
-pub struct ChannelConfig {
-    pub name: String,
-    pub file: PathBuf,
-    /// The channel file's text.
-    pub channel: String,
-    pub schema_file: Option<PathBuf>,
-    /// The schema as JSON (`null` if the file is missing or not JSON).
-    pub schema: serde_json::Value,
-}
-
 pub fn read_config(name: &str, file: &Path) -> std::io::Result<ChannelConfig> {
     let channel = std::fs::read_to_string(file)?;
     let schema_file = schema_of(file);

@@ -11,145 +11,46 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use relay_channel::config::ChannelSpec;
-use relay_channel::status::{reject_reasons, Counters, Kind, Stats, COUNTERS};
-use serde::Serialize;
-use serde_json::{Map, Value};
+use relay_channel::status::{reject_reasons, Counters, Kind, Rates, Stats, COUNTERS};
 use tokio::sync::broadcast;
 
-/// A channel's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// A child was started and has not said `ready` yet.
-    Starting,
-    /// The child said `ready`.
-    Ready,
-    /// The child failed; it is started again after a delay.
-    Backoff,
-    /// Parked: too many failures (tried again after the cool-down), or a
-    /// configuration error (tried again when its file changes).
-    Failed,
-    /// Not running, on purpose.
-    Stopped,
-}
+pub use speeddata_api::{ArchiveFile, ChannelStatus, Decimation, Event, EventKind, Exit, State};
 
-impl State {
-    pub const ALL: [State; 5] = [
-        State::Starting,
-        State::Ready,
-        State::Backoff,
-        State::Failed,
-        State::Stopped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Ready => "ready",
-            State::Backoff => "backoff",
-            State::Failed => "failed",
-            State::Stopped => "stopped",
-        }
-    }
-}
-
-/// How a child process ended.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Exit {
-    /// Exit code, if it exited.
-    pub code: Option<i32>,
-    /// Signal number, if a signal ended it.
-    pub signal: Option<i32>,
-    /// When (RFC 3339).
-    pub at: String,
-    /// In words: "exited with 1", "killed by SIGKILL", "not ready within 10s".
-    pub description: String,
-}
-
-/// Everything shown about one channel.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChannelStatus {
-    pub name: String,
-    /// The channel file.
-    pub file: PathBuf,
-    pub state: State,
-    /// The running child's process id.
-    pub pid: Option<u32>,
-    /// Seconds the current child has been running.
-    pub uptime_s: Option<f64>,
-    /// Times a child of this channel was started again (after a failure,
-    /// a change of its file, or a restart asked through the API).
-    pub restarts: u64,
-    pub last_exit: Option<Exit>,
-    /// Why the channel is `failed` or in `backoff`.
-    pub reason: Option<String>,
-    /// The last lines the child wrote on stderr.
-    pub last_stderr: Vec<String>,
-    /// Set while the channel's file does not validate; a running instance
-    /// keeps running meanwhile.
-    pub config_error: Option<String>,
-    /// The child's latest `stats` line (counters since the child started).
-    pub counters: Option<Stats>,
-    /// Per-second rates of the counters between the last two stats lines;
-    /// every rate reads 0 once the next line is overdue
-    /// ([`REPORT_OVERDUE`]), so a relay that stopped reporting does not
-    /// show its last rate as if it were still moving data.
-    pub rates: Option<Map<String, Value>>,
-    /// When the current child's latest stats line arrived (RFC 3339).
-    pub last_report_at: Option<String>,
-    /// The archive files this channel closed most recently, newest first
-    /// (at most [`CLOSED_FILES`]; kept across the channel's restarts).
-    pub archive_files: VecDeque<ClosedFile>,
-    /// The decimated output's group and algorithm, from the channel's
-    /// configuration; `None` without a `[decimated]` section.
-    pub decimation: Option<Decimation>,
-    #[serde(skip)]
+/// One channel as the orchestrator tracks it: the status the API shows,
+/// and when its child started and last reported (for uptime and rates).
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    pub status: ChannelStatus,
     pub started: Option<Instant>,
-    #[serde(skip)]
     last_stats_at: Option<Instant>,
 }
 
-/// An archive file a relay closed (its `file_closed` line).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ClosedFile {
-    pub path: PathBuf,
-    pub records: u64,
-    pub bytes: u64,
-    /// When the orchestrator read the line (RFC 3339).
-    pub closed_at: String,
+impl std::ops::Deref for Tracked {
+    type Target = ChannelStatus;
+    fn deref(&self) -> &ChannelStatus {
+        &self.status
+    }
 }
 
-/// What a channel's decimated output sends.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Decimation {
-    /// `ip:port` of the decimated group.
-    pub group: String,
-    /// `downsample`, `average`, `minmax` or `rms`.
-    pub algorithm: &'static str,
-    /// Records per window (`factor`), or
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub factor: Option<u32>,
-    /// windows per second of arrival time (`rate_hz`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_hz: Option<f64>,
-    /// Fields that take the window's last value.
-    pub keep_last: Vec<String>,
+impl std::ops::DerefMut for Tracked {
+    fn deref_mut(&mut self) -> &mut ChannelStatus {
+        &mut self.status
+    }
 }
 
-impl Decimation {
-    pub fn of(spec: &relay_channel::config::DecimatedSpec) -> Decimation {
-        use relay_channel::config::DecimationWindow;
-        let (factor, rate_hz) = match spec.window {
-            DecimationWindow::Records(n) => (Some(n), None),
-            DecimationWindow::PerSecond(r) => (None, Some(r)),
-        };
-        Decimation {
-            group: spec.output.dest.to_string(),
-            algorithm: spec.algorithm.as_str(),
-            factor,
-            rate_hz,
-            keep_last: spec.keep_last.clone(),
-        }
+/// What a channel's decimated output sends, from its configuration.
+pub fn decimation_of(spec: &relay_channel::config::DecimatedSpec) -> Decimation {
+    use relay_channel::config::DecimationWindow;
+    let (factor, rate_hz) = match spec.window {
+        DecimationWindow::Records(n) => (Some(n), None),
+        DecimationWindow::PerSecond(r) => (None, Some(r)),
+    };
+    Decimation {
+        group: spec.output.dest.to_string(),
+        algorithm: spec.algorithm.as_str().to_string(),
+        factor,
+        rate_hz,
+        keep_last: spec.keep_last.clone(),
     }
 }
 
@@ -165,24 +66,10 @@ pub const STDERR_LINES: usize = 20;
 /// How many past events `/api/v1/events` can replay.
 const EVENT_HISTORY: usize = 1024;
 
-impl ChannelStatus {
-    pub fn new(name: &str, file: PathBuf) -> ChannelStatus {
-        ChannelStatus {
-            name: name.into(),
-            file,
-            state: State::Stopped,
-            pid: None,
-            uptime_s: None,
-            restarts: 0,
-            last_exit: None,
-            reason: None,
-            last_stderr: Vec::new(),
-            config_error: None,
-            counters: None,
-            rates: None,
-            last_report_at: None,
-            archive_files: VecDeque::new(),
-            decimation: None,
+impl Tracked {
+    pub fn new(name: &str, file: PathBuf) -> Tracked {
+        Tracked {
+            status: ChannelStatus::new(name, file),
             started: None,
             last_stats_at: None,
         }
@@ -196,27 +83,10 @@ impl ChannelStatus {
     }
 
     /// Notes a closed archive file, newest first.
-    pub fn push_closed_file(&mut self, file: ClosedFile) {
+    pub fn push_closed_file(&mut self, file: ArchiveFile) {
         self.archive_files.truncate(CLOSED_FILES - 1);
-        self.archive_files.push_front(file);
+        self.archive_files.insert(0, file);
     }
-}
-
-/// One lifecycle event: `started`, `ready`, `hung`, `exited`, `restarting`,
-/// `failed`, `stopped`, `reloaded`, `config_error`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    /// Increases by one per event, from 1.
-    pub seq: u64,
-    /// RFC 3339 time.
-    pub time: String,
-    pub event: &'static str,
-    /// The channel, for channel events.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub channel: Option<String>,
-    /// Event-specific fields (pid, exit, delay, reason, ...).
-    #[serde(flatten)]
-    pub detail: Map<String, Value>,
 }
 
 /// A health flag of a relay's `stats` line exported as a gauge (1 or 0):
@@ -435,7 +305,7 @@ impl Metrics {
 
 /// The orchestrator's shared picture of the fleet.
 pub struct Fleet {
-    channels: Mutex<BTreeMap<String, ChannelStatus>>,
+    channels: Mutex<BTreeMap<String, Tracked>>,
     history: Mutex<VecDeque<Event>>,
     events: broadcast::Sender<Event>,
     /// Each channel's configuration as last validated (for the live view).
@@ -460,7 +330,7 @@ impl Fleet {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, ChannelStatus>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Tracked>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -478,6 +348,11 @@ impl Fleet {
         self.lock().get(name).map(with_uptime)
     }
 
+    /// When the channel's current child started.
+    pub fn started(&self, name: &str) -> Option<Instant> {
+        self.lock().get(name).and_then(|t| t.started)
+    }
+
     /// Whether every channel is ready (a channel whose changed file does
     /// not validate but whose instance runs on counts as ready).
     pub fn all_ready(&self) -> bool {
@@ -490,14 +365,14 @@ impl Fleet {
         &self,
         name: &str,
         file: &std::path::Path,
-        f: impl FnOnce(&mut ChannelStatus) -> R,
+        f: impl FnOnce(&mut Tracked) -> R,
     ) -> R {
         let mut map = self.lock();
         let st = map.entry(name.to_string()).or_insert_with(|| {
-            let mut st = ChannelStatus::new(name, file.to_path_buf());
+            let mut st = Tracked::new(name, file.to_path_buf());
             st.decimation = self
                 .spec(name)
-                .and_then(|s| s.decimated.as_ref().map(Decimation::of));
+                .and_then(|s| s.decimated.as_ref().map(decimation_of));
             st
         });
         let r = f(st);
@@ -512,7 +387,7 @@ impl Fleet {
     /// Notes a channel's configuration, as validated for its next start.
     pub fn set_spec(&self, spec: ChannelSpec) {
         if let Some(st) = self.lock().get_mut(&spec.name) {
-            st.decimation = spec.decimated.as_ref().map(Decimation::of);
+            st.decimation = spec.decimated.as_ref().map(decimation_of);
         }
         self.specs
             .lock()
@@ -597,20 +472,7 @@ impl Fleet {
         if let (Some(prev), Some(at)) = (&previous, st.last_stats_at) {
             let secs = now.duration_since(at).as_secs_f64();
             if secs > 0.0 {
-                let rates: Map<String, Value> = stats
-                    .counters
-                    .values()
-                    .zip(prev.counters.values())
-                    .filter(|((info, _), _)| info.kind == Kind::Counter)
-                    .map(|((info, new), (_, old))| {
-                        let r = new.saturating_sub(old) as f64 / secs;
-                        (
-                            format!("{}_per_s", info.key),
-                            Value::from((r * 10.0).round() / 10.0),
-                        )
-                    })
-                    .collect();
-                st.rates = Some(rates);
+                st.rates = Some(Rates::between(&stats.counters, &prev.counters, secs));
             }
         }
         st.counters = Some(stats);
@@ -629,24 +491,14 @@ impl Fleet {
     }
 
     /// Publishes a lifecycle event.
-    pub fn emit(&self, event: &'static str, channel: Option<&str>, detail: Value) {
-        let detail = match detail {
-            Value::Object(m) => m,
-            Value::Null => Map::new(),
-            other => {
-                let mut m = Map::new();
-                m.insert("detail".into(), other);
-                m
-            }
-        };
+    pub fn emit(&self, channel: Option<&str>, kind: EventKind) {
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let seq = history.back().map_or(1, |e| e.seq + 1);
         let e = Event {
             seq,
             time: now_rfc3339(),
-            event,
             channel: channel.map(String::from),
-            detail,
+            kind,
         };
         if history.len() == EVENT_HISTORY {
             history.pop_front();
@@ -685,19 +537,17 @@ impl Fleet {
 
 /// A status as shown now: the uptime as of now, and rates at 0 when the
 /// child's report is overdue.
-fn with_uptime(c: &ChannelStatus) -> ChannelStatus {
-    let mut c = c.clone();
-    c.uptime_s = c
+fn with_uptime(t: &Tracked) -> ChannelStatus {
+    let mut c = t.status.clone();
+    c.uptime_s = t
         .started
         .filter(|_| c.pid.is_some())
         .map(|s| (s.elapsed().as_secs_f64() * 10.0).round() / 10.0);
-    if c.last_stats_at
+    if t.last_stats_at
         .is_some_and(|t| t.elapsed() >= REPORT_OVERDUE)
     {
         if let Some(rates) = &mut c.rates {
-            for v in rates.values_mut() {
-                *v = Value::from(0.0);
-            }
+            *rates = Rates::default();
         }
     }
     c
@@ -710,7 +560,6 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn stats(received: u64) -> Stats {
         let mut s = Stats {
@@ -788,12 +637,18 @@ mod tests {
     #[test]
     fn events_are_numbered_and_replayable() {
         let f = Fleet::new();
-        f.emit("started", Some("a"), json!({"pid": 7}));
-        f.emit("ready", Some("a"), Value::Null);
+        f.emit(
+            Some("a"),
+            EventKind::Started {
+                pid: 7,
+                file: "a.toml".into(),
+            },
+        );
+        f.emit(Some("a"), EventKind::Ready { pid: 7 });
         let (past, _rx) = f.subscribe(1);
         assert_eq!(past.len(), 1);
         assert_eq!(past[0].seq, 2);
-        assert_eq!(past[0].event, "ready");
+        assert_eq!(past[0].kind.name(), "ready");
         let v = serde_json::to_value(&f.subscribe(0).0[0]).unwrap();
         assert_eq!(v["pid"], 7);
         assert_eq!(v["channel"], "a");
@@ -809,8 +664,8 @@ mod tests {
         });
         f.record_stats("a", stats(600));
         let live = f.get("a").unwrap();
-        let rate = live.rates.as_ref().unwrap()["received_per_s"].as_f64();
-        assert!(rate.is_some_and(|r| r > 400.0), "{:?}", live.rates);
+        let rate = live.rates.as_ref().unwrap().received;
+        assert!(rate > 400.0, "{:?}", live.rates);
         assert!(live.last_report_at.is_some());
         // No line since: once overdue, the rates read 0, not the last value.
         f.update("a", "a.toml".as_ref(), |s| {
@@ -818,7 +673,7 @@ mod tests {
         });
         let silent = f.get("a").unwrap();
         let rates = silent.rates.unwrap();
-        assert!(rates.values().all(|v| v.as_f64() == Some(0.0)), "{rates:?}");
+        assert!(rates.values().all(|(_, v)| v == 0.0), "{rates:?}");
         assert_eq!(silent.last_report_at, live.last_report_at);
     }
 

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use relay_channel::status::StatusLine;
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Level;
@@ -29,7 +28,7 @@ use crate::lifecycle::{
 };
 use crate::reconcile::{self, Action, BrokenFile, Found, Running, Version};
 use crate::stall::Stalls;
-use crate::state::{now_rfc3339, Exit, Fleet, State};
+use crate::state::{now_rfc3339, EventKind, Exit, Fleet, State};
 
 /// What the HTTP API may ask of the supervisor.
 #[derive(Debug)]
@@ -135,9 +134,11 @@ impl Supervisor {
                     self.fleet.metrics.config_errors.inc();
                     tracing::error!("{e}\n(keeping the previous orchestrator configuration)");
                     self.fleet.emit(
-                        "config_error",
                         None,
-                        json!({"file": self.cfg.file, "error": e.to_string()}),
+                        EventKind::ConfigError {
+                            file: self.cfg.file.clone(),
+                            error: e.to_string(),
+                        },
                     );
                 }
             }
@@ -156,9 +157,11 @@ impl Supervisor {
                     "cannot read the channels folder; channels left as they are"
                 );
                 self.fleet.emit(
-                    "config_error",
                     None,
-                    json!({"file": self.cfg.channels_dir, "error": e.to_string()}),
+                    EventKind::ConfigError {
+                        file: self.cfg.channels_dir.clone(),
+                        error: e.to_string(),
+                    },
                 );
                 return;
             }
@@ -176,9 +179,13 @@ impl Supervisor {
             "channels reconciled"
         );
         self.fleet.emit(
-            "reloaded",
             None,
-            json!({"reason": why, "started": n.started, "restarted": n.restarted, "stopped": n.stopped}),
+            EventKind::Reloaded {
+                reason: why.to_string(),
+                started: n.started,
+                restarted: n.restarted,
+                stopped: n.stopped,
+            },
         );
     }
 
@@ -237,11 +244,8 @@ impl Supervisor {
                 Action::Announce { name, file, error } => {
                     self.fleet.metrics.config_errors.inc();
                     tracing::error!("{error}");
-                    self.fleet.emit(
-                        "config_error",
-                        Some(&name),
-                        json!({"file": file, "error": error}),
-                    );
+                    self.fleet
+                        .emit(Some(&name), EventKind::ConfigError { file, error });
                 }
                 Action::Stop(name) => {
                     self.stop_task(&name);
@@ -413,12 +417,12 @@ impl ChannelTask {
         &self.ch.spec.name
     }
 
-    fn set(&self, f: impl FnOnce(&mut crate::state::ChannelStatus)) {
+    fn set(&self, f: impl FnOnce(&mut crate::state::Tracked)) {
         self.fleet.update(&self.ch.spec.name, &self.ch.spec.file, f);
     }
 
-    fn emit(&self, event: &'static str, detail: Value) {
-        self.fleet.emit(event, Some(self.name()), detail);
+    fn emit(&self, kind: EventKind) {
+        self.fleet.emit(Some(self.name()), kind);
     }
 
     async fn run(mut self) {
@@ -609,39 +613,47 @@ impl ChannelTask {
 
     /// Publishes a lifecycle event.
     fn announce(&self, event: ChannelEvent) {
-        let (kind, detail) = match event {
-            ChannelEvent::Started { pid } => {
-                ("started", json!({"pid": pid, "file": self.ch.file()}))
-            }
-            ChannelEvent::Hung { pid, silent_for } => (
-                "hung",
-                json!({"pid": pid, "silent_for": fmt_duration(silent_for)}),
-            ),
-            ChannelEvent::Exited { pid, exit } => ("exited", json!({"pid": pid, "exit": exit})),
-            ChannelEvent::Ended { pid, reason } => {
-                ("exited", json!({"pid": pid, "reason": reason}))
-            }
-            ChannelEvent::Restarting { delay, after } => (
-                "restarting",
-                json!({"delay_ms": delay.as_millis() as u64, "after": after}),
-            ),
-            ChannelEvent::RestartingNow { reason } => {
-                ("restarting", json!({"reason": reason, "delay_ms": 0}))
-            }
-            ChannelEvent::Failed { reason, exit } => {
-                let last_stderr = self
+        let kind = match event {
+            ChannelEvent::Started { pid } => EventKind::Started {
+                pid,
+                file: self.ch.file().to_path_buf(),
+            },
+            ChannelEvent::Hung { pid, silent_for } => EventKind::Hung {
+                pid,
+                silent_for: fmt_duration(silent_for),
+            },
+            ChannelEvent::Exited { pid, exit } => EventKind::Exited {
+                pid,
+                exit: Some(exit),
+                reason: None,
+            },
+            ChannelEvent::Ended { pid, reason } => EventKind::Exited {
+                pid,
+                exit: None,
+                reason: Some(reason.to_string()),
+            },
+            ChannelEvent::Restarting { delay, after } => EventKind::Restarting {
+                delay_ms: delay.as_millis() as u64,
+                after: Some(after),
+                reason: None,
+            },
+            ChannelEvent::RestartingNow { reason } => EventKind::Restarting {
+                delay_ms: 0,
+                after: None,
+                reason: Some(reason.to_string()),
+            },
+            ChannelEvent::Failed { reason, exit } => EventKind::Failed {
+                reason,
+                exit,
+                last_stderr: self
                     .fleet
                     .get(self.name())
                     .map(|s| s.last_stderr)
-                    .unwrap_or_default();
-                (
-                    "failed",
-                    json!({"reason": reason, "exit": exit, "last_stderr": last_stderr}),
-                )
-            }
-            ChannelEvent::Stopped => ("stopped", Value::Null),
+                    .unwrap_or_default(),
+            },
+            ChannelEvent::Stopped => EventKind::Stopped,
         };
-        self.emit(kind, detail);
+        self.emit(kind);
     }
 
     /// Handles one stdout line; true if it was `ready`.
@@ -657,7 +669,7 @@ impl ChannelTask {
                     s.state = State::Ready;
                     s.reason = None;
                 });
-                self.emit("ready", json!({"pid": pid}));
+                self.emit(EventKind::Ready { pid });
                 true
             }
             StatusLine::Stats(stats) => {
@@ -667,7 +679,7 @@ impl ChannelTask {
             StatusLine::FileClosed(f) => {
                 tracing::debug!(channel = %self.name(), path = %f.path.display(), "archive file closed");
                 self.set(|s| {
-                    s.push_closed_file(crate::state::ClosedFile {
+                    s.push_closed_file(crate::state::ArchiveFile {
                         path: f.path,
                         records: f.records,
                         bytes: f.bytes,

@@ -90,7 +90,7 @@ async fn a_spawn_out_of_descriptors_is_retried_and_not_counted() {
             .unwrap();
         let a = fleet.get("a").unwrap();
         assert_ne!(a.state, State::Failed, "{a:?}");
-        if e.event == "restarting" {
+        if e.kind.name() == "restarting" {
             let reason = a.reason.clone().unwrap_or_default();
             assert_eq!(a.state, State::Backoff, "{a:?}");
             assert!(

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 /// One hold, as stored in `{dir}/{name}.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Hold {
     /// The hold's name: its file is `{name}.json`.
     pub name: String,

@@ -53,6 +53,7 @@ pub struct Ready {
 
 /// The `stats` line: the counters since the relay started, and health.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Stats {
     pub channel: String,
     #[serde(flatten)]
@@ -140,11 +141,37 @@ pub struct CounterInfo {
 }
 
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $key:ident: $kind:ident, $metric:literal, $column:expr;)*) => {
+    ($($(#[doc = $doc:literal])* $key:ident: $kind:ident, $metric:literal, $column:expr $(, $rate:literal)?;)*) => {
         /// Every counter of one channel, in the order of [`COUNTERS`].
         #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub struct Counters {
             $($(#[doc = $doc])* pub $key: u64,)*
+        }
+
+        /// Per-second rates of the counters that only grow (not the
+        /// gauges), between two stats lines: `<counter>_per_s`.
+        #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        pub struct Rates {
+            $($(#[doc = concat!("`", stringify!($key), "` a second.")] #[serde(rename = $rate)] pub $key: f64,)?)*
+        }
+
+        impl Rates {
+            /// From `old` to `new` over `secs` seconds, to 0.1 a second.
+            pub fn between(new: &Counters, old: &Counters, secs: f64) -> Rates {
+                Rates {
+                    $($($key: {
+                        let _: &str = $rate;
+                        per_second(new.$key, old.$key, secs)
+                    },)?)*
+                }
+            }
+
+            /// Each rate's key and value.
+            pub fn values(&self) -> impl Iterator<Item = (&'static str, f64)> {
+                [$($(($rate, self.$key),)?)*].into_iter()
+            }
         }
 
         /// The counters of the stats line, described once.
@@ -169,46 +196,51 @@ macro_rules! counters {
 
 counters! {
     /// Datagrams read from the receive socket.
-    received: Counter, "received_datagrams_total", None;
+    received: Counter, "received_datagrams_total", None, "received_per_s";
     /// Bytes of the datagrams read from the receive socket.
-    bytes_received: Counter, "received_bytes_total", None;
+    bytes_received: Counter, "received_bytes_total", None, "bytes_received_per_s";
     /// Records written to an archive file (a whole block written).
-    archived: Counter, "archived_records_total", Some("ARCHIVED");
+    archived: Counter, "archived_records_total", Some("ARCHIVED"), "archived_per_s";
     /// Datagrams rejected (not exactly one datum of the schema, a sender not
     /// allowed, a wrong header, too long): never archived nor re-emitted.
-    rejected: Counter, "rejected_datagrams_total", Some("REJECTED");
+    rejected: Counter, "rejected_datagrams_total", Some("REJECTED"), "rejected_per_s";
     /// Valid datagrams the archive could not take (queue full, disk trouble).
-    archive_dropped: Counter, "archive_dropped_datagrams_total", Some("DROPPED");
+    archive_dropped: Counter, "archive_dropped_datagrams_total", Some("DROPPED"), "archive_dropped_per_s";
     /// Valid datagrams on their way to disk: queued or in the open block.
     in_flight: Gauge, "in_flight_records", None;
     /// Datagrams sent on the full-rate output.
-    forwarded_full: Counter, "forwarded_full_datagrams_total", None;
+    forwarded_full: Counter, "forwarded_full_datagrams_total", None, "forwarded_full_per_s";
     /// Datagrams sent on the decimated output.
-    forwarded_decimated: Counter, "forwarded_decimated_datagrams_total", None;
+    forwarded_decimated: Counter, "forwarded_decimated_datagrams_total", None, "forwarded_decimated_per_s";
     /// Datagrams the kernel refused to send on the full-rate output.
-    send_errors_full: Counter, "send_errors_full_datagrams_total", None;
+    send_errors_full: Counter, "send_errors_full_datagrams_total", None, "send_errors_full_per_s";
     /// Datagrams the kernel refused to send on the decimated output.
-    send_errors_decimated: Counter, "send_errors_decimated_datagrams_total", None;
+    send_errors_decimated: Counter, "send_errors_decimated_datagrams_total", None, "send_errors_decimated_per_s";
     /// Archive files closed (renamed from `.avro.part` to `.avro`).
-    files_closed: Counter, "archive_files_closed_total", None;
+    files_closed: Counter, "archive_files_closed_total", None, "files_closed_per_s";
     /// Archive open, write, close or rename failures.
-    archive_errors: Counter, "archive_errors_total", None;
+    archive_errors: Counter, "archive_errors_total", None, "archive_errors_per_s";
     /// Bytes of the channel's closed archive files that a hold covering the
     /// channel overlaps: kept past retention while the hold stands (0
     /// without a holds folder). As of the last retention pass (every second).
     held_bytes: Gauge, "archive_held_bytes", None;
     /// Rejected datagrams written to the quarantine file.
-    quarantined: Counter, "quarantined_datagrams_total", None;
+    quarantined: Counter, "quarantined_datagrams_total", None, "quarantined_per_s";
     /// Rejected datagrams not written to quarantine (queue full, cap, error).
-    quarantine_dropped: Counter, "quarantine_dropped_datagrams_total", None;
+    quarantine_dropped: Counter, "quarantine_dropped_datagrams_total", None, "quarantine_dropped_per_s";
     /// Receive-socket errors other than timeouts.
-    receive_errors: Counter, "receive_errors_total", None;
+    receive_errors: Counter, "receive_errors_total", None, "receive_errors_per_s";
     /// Milliseconds the archive compressed below `archive.level` (or stored
     /// blocks) to keep up with the input.
-    archive_degraded_ms: Counter, "archive_degraded_milliseconds_total", None;
+    archive_degraded_ms: Counter, "archive_degraded_milliseconds_total", None, "archive_degraded_ms_per_s";
     /// Datagrams the kernel dropped on the receive socket (SO_RXQ_OVFL):
     /// they never reached the relay, so they are not part of `received`.
-    kernel_drops: Counter, "kernel_dropped_datagrams_total", Some("DROPPED");
+    kernel_drops: Counter, "kernel_dropped_datagrams_total", Some("DROPPED"), "kernel_drops_per_s";
+}
+
+fn per_second(new: u64, old: u64, secs: f64) -> f64 {
+    let r = new.saturating_sub(old) as f64 / secs;
+    (r * 10.0).round() / 10.0
 }
 
 impl Counters {
@@ -246,6 +278,28 @@ mod tests {
         s.counters.in_flight = 1;
         s.rejected_by_reason.insert("truncated".into(), 2);
         s
+    }
+
+    #[test]
+    fn every_growing_counter_and_no_gauge_has_a_rate_named_after_it() {
+        let rates = Rates::default();
+        let keys: Vec<&str> = rates.values().map(|(k, _)| k).collect();
+        let want: Vec<String> = COUNTERS
+            .iter()
+            .filter(|c| c.kind == Kind::Counter)
+            .map(|c| format!("{}_per_s", c.key))
+            .collect();
+        assert_eq!(keys, want);
+        let mut old = Counters::default();
+        old.received = 10;
+        let mut new = old.clone();
+        new.received = 35;
+        new.in_flight = 1_000;
+        let r = Rates::between(&new, &old, 2.0);
+        assert_eq!(r.received, 12.5);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["received_per_s"], 12.5);
+        assert!(json.get("in_flight_per_s").is_none());
     }
 
     #[test]
