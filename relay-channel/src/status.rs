@@ -290,8 +290,10 @@ mod tests {
             .map(|c| format!("{}_per_s", c.key))
             .collect();
         assert_eq!(keys, want);
-        let mut old = Counters::default();
-        old.received = 10;
+        let old = Counters {
+            received: 10,
+            ..Counters::default()
+        };
         let mut new = old.clone();
         new.received = 35;
         new.in_flight = 1_000;
