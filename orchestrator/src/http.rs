@@ -1,27 +1,36 @@
 //! The HTTP API: health, readiness, channel status, restarts, Prometheus
 //! metrics and the lifecycle event stream.
 //!
-//! | method | path                               | answer                                   |
-//! |--------|------------------------------------|------------------------------------------|
-//! | GET    | `/healthz`                         | 200 `ok`                                 |
-//! | GET    | `/readyz`                          | 200 `ready`, or 503 listing the others   |
-//! | GET    | `/api/v1/channels`                 | 200 `{"channels": [status, ...]}`        |
-//! | GET    | `/api/v1/channels/{name}`          | 200 status, 404 `{"error": ...}`         |
-//! | POST   | `/api/v1/channels/{name}/restart`  | 202 `{"restarting": name}`, 404, 503     |
-//! | GET    | `/metrics`                         | Prometheus text format                   |
-//! | GET    | `/api/v1/events[?since=N]`         | server-sent events                       |
-//! | GET    | `/api/v1/channels/{name}/live`     | WebSocket of decimated records (see [`crate::live`]) |
-//! | GET    | `/api/v1/channels/{name}/schema`   | 200 the channel's Avro schema (JSON), 404 |
-//! | GET    | `/api/v1/info`                     | 200 `{"version", "writes", "auth", "writes_refused"}` |
-//! | PUT    | `/api/v1/channels/{name}`          | 201/200 status; 400, 401, 403, 409/422 `{"problems"}` |
-//! | DELETE | `/api/v1/channels/{name}`          | 204, 404                                 |
-//! | GET    | `/api/v1/channels/{name}/config`   | 200 the channel file's text and schema   |
-//! | POST   | `/api/v1/channels/{name}/check-schema` | 200 `{"compatible", "problems"}`     |
-//! | GET    | `/api/v1/ports/free`               | 200 `{"ports"}`, 409 too few             |
-//! | POST   | `/api/v1/holds`                    | 201 the hold and what it covers; 409, 422 `{"error", "field"}` |
-//! | GET    | `/api/v1/holds[/{name}]`           | 200 every hold (or one) and what it covers; 404 |
-//! | DELETE | `/api/v1/holds/{name}`             | 204, 404                                 |
-//! | GET    | `/`, `/channels/{name}`            | the web console (see [`crate::console`]) |
+//! | method | path | answer |
+//! |--------|------|--------|
+//! | GET | `/healthz` | 200 `ok` |
+//! | GET | `/readyz` | 200 `ready`, or 503 listing the others |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/api/v1/info` | 200 `{"version", "writes", "auth", "writes_refused"}` |
+//! | GET | `/api/v1/openapi.json` | 200 this API's OpenAPI 3 document |
+//! | GET | `/api/v1/channels` | 200 `{"channels": [status, ...]}` |
+//! | GET | `/api/v1/channels/{name}` | 200 status, 404 |
+//! | PUT | `/api/v1/channels/{name}` | 201/200 status; 400, 401, 403, 409/422 with `problems` |
+//! | DELETE | `/api/v1/channels/{name}` | 204, 404 |
+//! | POST | `/api/v1/channels/{name}/restart` | 202 `{"restarting": name}`, 404, 503 |
+//! | GET | `/api/v1/channels/{name}/live` | WebSocket of decimated records (see [`crate::live`]) |
+//! | GET | `/api/v1/channels/{name}/schema` | 200 the channel's Avro schema (JSON), 404 |
+//! | GET | `/api/v1/channels/{name}/config` | 200 the channel file's text and schema |
+//! | POST | `/api/v1/channels/{name}/check-schema` | 200 `{"compatible", "problems"}` |
+//! | GET | `/api/v1/ports/free` | 200 `{"ports"}`, 409 too few |
+//! | GET | `/api/v1/events` | server-sent events (`?since=N`) |
+//! | POST | `/api/v1/holds` | 201 the hold and what it covers; 409, 422 with `field` |
+//! | GET | `/api/v1/holds` | 200 every hold and what it covers |
+//! | GET | `/api/v1/holds/{name}` | 200 one hold, 404 |
+//! | DELETE | `/api/v1/holds/{name}` | 204, 404 |
+//! | GET | `/` | the web console (see [`crate::console`]) |
+//! | GET | `/channels/{name}` | the web console's page of a channel |
+//! | GET | `/assets/{file}` | the web console's scripts and styles |
+//!
+//! Every body is a type of `speeddata_api`; every error is its
+//! `ErrorBody`, `{"error", "field"?, "problems"?}`. The OpenAPI document is
+//! generated from those types and the handlers' `#[utoipa::path]`: each
+//! route is registered once, with its documentation ([`routes`]).
 //!
 //! Write requests (restart, registration, check-schema) need the API token
 //! (`Authorization: Bearer`, 401 without it) when `http.token_file` is set.
@@ -59,7 +68,6 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -141,10 +149,58 @@ struct AppState {
     listen: SocketAddr,
     config: Option<SharedConfig>,
     token: Option<Arc<str>>,
+    /// The OpenAPI document, as served.
+    openapi: Arc<str>,
+}
+
+/// The OpenAPI document's frame: the paths and schemas come from the
+/// handlers' `#[utoipa::path]` and the types of `speeddata_api`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "speeddata-relay orchestrator API",
+        description = "Channel status, lifecycle events, registration, holds and the live stream of a speeddata-relay host. Write requests need `Authorization: Bearer <token>` when http.token_file is set, else come from loopback."
+    ),
+    components(schemas(speeddata_api::EventKind, speeddata_api::Lagged))
+)]
+struct ApiDoc;
+
+/// Every route, each registered once with its documentation: the router
+/// and the OpenAPI document cannot disagree.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(fleet_page))
+        .routes(routes!(channel_page))
+        .routes(routes!(asset))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(info))
+        .routes(routes!(openapi_json))
+        .routes(routes!(channels))
+        .routes(routes!(channel, register, unregister))
+        .routes(routes!(schema))
+        .routes(routes!(channel_config))
+        .routes(routes!(check_schema))
+        .routes(routes!(restart))
+        .routes(routes!(live))
+        .routes(routes!(free_ports))
+        .routes(routes!(holds_list, hold_create))
+        .routes(routes!(hold_get, hold_delete))
+        .routes(routes!(events))
+        .split_for_parts()
+}
+
+/// The API's OpenAPI 3 document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
 }
 
 /// The API's routes; event streams end when `closing` turns true.
 fn build(api: Api, listen: SocketAddr, closing: watch::Receiver<bool>) -> Router {
+    let (router, doc) = routes();
     let state = AppState {
         fleet: api.fleet,
         requests: api.requests,
@@ -153,29 +209,9 @@ fn build(api: Api, listen: SocketAddr, closing: watch::Receiver<bool>) -> Router
         listen,
         config: api.config,
         token: api.token.map(Arc::from),
+        openapi: Arc::from(doc.to_json().unwrap_or_default()),
     };
-    Router::new()
-        .route("/", get(fleet_page))
-        .route("/channels/{name}", get(channel_page))
-        .route("/assets/{file}", get(asset))
-        .route("/api/v1/info", get(info))
-        .route("/api/v1/channels/{name}/schema", get(schema))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/channels", get(channels))
-        .route(
-            "/api/v1/channels/{name}",
-            get(channel).put(register).delete(unregister),
-        )
-        .route("/api/v1/channels/{name}/config", get(channel_config))
-        .route("/api/v1/channels/{name}/check-schema", post(check_schema))
-        .route("/api/v1/ports/free", get(free_ports))
-        .route("/api/v1/holds", get(holds_list).post(hold_create))
-        .route("/api/v1/holds/{name}", get(hold_get).delete(hold_delete))
-        .route("/api/v1/channels/{name}/restart", post(restart))
-        .route("/api/v1/channels/{name}/live", get(live))
-        .route("/api/v1/events", get(events))
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -793,20 +829,28 @@ fn same_origin(headers: &HeaderMap) -> Result<(), String> {
     }
 }
 
+#[utoipa::path(get, path = "/", tag = "console",
+    responses((status = 200, description = "The web console: the fleet", content_type = "text/html", body = String)))]
 async fn fleet_page() -> Response {
     crate::console::fleet_page()
 }
 
+#[utoipa::path(get, path = "/channels/{name}", tag = "console", params(("name" = String, Path, description = "The channel's name")),
+    responses((status = 200, description = "The web console: one channel", content_type = "text/html", body = String)))]
 async fn channel_page(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     crate::console::channel_page(s.fleet.get(&name).is_some())
 }
 
+#[utoipa::path(get, path = "/assets/{file}", tag = "console", params(("file" = String, Path, description = "A script or style sheet of the console")),
+    responses((status = 200, description = "The asset"), (status = 404, description = "No such asset", body = ErrorBody)))]
 async fn asset(Path(file): Path<String>) -> Response {
     crate::console::asset(&file)
         .unwrap_or_else(|| error(StatusCode::NOT_FOUND, format!("no asset {file:?}")))
 }
 
 /// `GET /api/v1/info`: what the console needs to know of the server.
+#[utoipa::path(get, path = "/api/v1/info", tag = "server",
+    responses((status = 200, description = "What the console needs to know of the server", body = Info)))]
 async fn info(State(s): State<AppState>) -> Response {
     let (auth, refused) = s.write_auth();
     Json(Info {
@@ -820,6 +864,10 @@ async fn info(State(s): State<AppState>) -> Response {
 
 /// `GET /api/v1/channels/{name}/schema`: the schema the channel's relay
 /// runs with, as JSON.
+#[utoipa::path(get, path = "/api/v1/channels/{name}/schema", tag = "channels", params(("name" = String, Path, description = "The channel's name")),
+    responses((status = 200, description = "The Avro schema the channel's relay runs with", body = Object),
+        (status = 404, description = "No such channel, or no schema yet", body = ErrorBody),
+        (status = 422, description = "The schema file is not JSON", body = ErrorBody)))]
 async fn schema(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     if s.fleet.get(&name).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
@@ -872,6 +920,19 @@ const WAIT_SLACK: Duration = Duration::from_secs(2);
 /// `PUT /api/v1/channels/{name}[?wait=ready][&dry_run=true]`: registers
 /// or replaces a channel (see [`crate::registry`]); `dry_run` checks
 /// without writing (200 `{"problems": []}`).
+#[utoipa::path(put, path = "/api/v1/channels/{name}", tag = "registration",
+    params(("name" = String, Path, description = "The channel's name"),
+        ("wait" = Option<String>, Query, description = "`ready`: answer once the channel is ready, failed or backing off"),
+        ("dry_run" = Option<bool>, Query, description = "Check without writing")),
+    request_body = Registration,
+    responses((status = 200, description = "Replaced (or, with dry_run, nothing wrong: a Checked body)", body = ChannelStatus),
+        (status = 201, description = "Registered", body = ChannelStatus),
+        (status = 400, description = "A bad name, query or body", body = ErrorBody),
+        (status = 401, description = "The API token is missing or wrong", body = ErrorBody),
+        (status = 403, description = "Writes are refused from here", body = ErrorBody),
+        (status = 409, description = "Conflicts with another channel (problems)", body = ErrorBody),
+        (status = 422, description = "The channel file or schema does not validate (problems)", body = ErrorBody),
+        (status = 503, description = "This server has no channels folder", body = ErrorBody)))]
 async fn register(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -971,6 +1032,11 @@ async fn register(
 /// schema unless another file uses it); the reload stops the channel,
 /// whose archive is finalized and kept. Answers once the channel stopped
 /// (at most `stop_timeout` and a little).
+#[utoipa::path(delete, path = "/api/v1/channels/{name}", tag = "registration", params(("name" = String, Path, description = "The channel's name")),
+    responses((status = 204, description = "Removed; the channel has stopped, its archive is kept"),
+        (status = 401, description = "The API token is missing or wrong", body = ErrorBody),
+        (status = 403, description = "Writes are refused from here", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn unregister(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -1012,6 +1078,9 @@ async fn unregister(
 
 /// `GET /api/v1/channels/{name}/config`: the channel file's text and its
 /// schema, as written.
+#[utoipa::path(get, path = "/api/v1/channels/{name}/config", tag = "registration", params(("name" = String, Path, description = "The channel's name")),
+    responses((status = 200, description = "The channel file and its schema as written", body = speeddata_api::ChannelConfig),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn channel_config(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -1035,6 +1104,12 @@ async fn channel_config(
 
 /// `POST /api/v1/channels/{name}/check-schema` with a schema (JSON):
 /// whether records written with it are read correctly as the channel's.
+#[utoipa::path(post, path = "/api/v1/channels/{name}/check-schema", tag = "registration", params(("name" = String, Path, description = "The channel's name")),
+    request_body(content = Object, description = "An Avro schema"),
+    responses((status = 200, description = "Whether records written with it read correctly as the channel's", body = SchemaCheck),
+        (status = 401, description = "The API token is missing or wrong", body = ErrorBody),
+        (status = 403, description = "Writes are refused from here", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn check_schema(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -1067,6 +1142,13 @@ async fn check_schema(
 
 /// `GET /api/v1/ports/free?from=26000&to=26999&count=1`: receive ports no
 /// channel file uses and no UDP socket of this host has bound.
+#[utoipa::path(get, path = "/api/v1/ports/free", tag = "registration",
+    params(("from" = Option<u16>, Query, description = "Lowest port (26000)"),
+        ("to" = Option<u16>, Query, description = "Highest port (26999)"),
+        ("count" = Option<usize>, Query, description = "How many (1 to 1000; 1)")),
+    responses((status = 200, description = "Receive ports no channel file uses and no UDP socket has bound", body = Ports),
+        (status = 400, description = "A bad query", body = ErrorBody),
+        (status = 409, description = "Too few free ports (the ones found in `ports`)", body = ErrorBody)))]
 async fn free_ports(
     Cfg(cfg): Cfg,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
@@ -1138,6 +1220,8 @@ fn archives(s: &AppState) -> Vec<crate::holds::ArchiveOf> {
 }
 
 /// `GET /api/v1/holds`: every hold and what it covers.
+#[utoipa::path(get, path = "/api/v1/holds", tag = "holds",
+    responses((status = 200, description = "Every hold and what it covers", body = HoldList)))]
 async fn holds_list(State(s): State<AppState>, Cfg(cfg): Cfg) -> Response {
     let archives = archives(&s);
     let holds: Vec<_> = crate::holds::list(&cfg)
@@ -1148,6 +1232,9 @@ async fn holds_list(State(s): State<AppState>, Cfg(cfg): Cfg) -> Response {
 }
 
 /// `GET /api/v1/holds/{name}`.
+#[utoipa::path(get, path = "/api/v1/holds/{name}", tag = "holds", params(("name" = String, Path, description = "The hold's name")),
+    responses((status = 200, description = "The hold and what it covers", body = speeddata_api::HoldReport),
+        (status = 404, description = "No such hold", body = ErrorBody)))]
 async fn hold_get(State(s): State<AppState>, Path(name): Path<String>, Cfg(cfg): Cfg) -> Response {
     match crate::holds::get(&cfg, &name) {
         Some(h) => Json(crate::holds::report(&h, &archives(&s))).into_response(),
@@ -1156,6 +1243,12 @@ async fn hold_get(State(s): State<AppState>, Path(name): Path<String>, Cfg(cfg):
 }
 
 /// `POST /api/v1/holds` with `{"name", "from", "to", "channels"?, "note"?}`.
+#[utoipa::path(post, path = "/api/v1/holds", tag = "holds", request_body = NewHold,
+    responses((status = 201, description = "Made: the hold and what it covers", body = speeddata_api::HoldReport),
+        (status = 401, description = "The API token is missing or wrong", body = ErrorBody),
+        (status = 403, description = "Writes are refused from here", body = ErrorBody),
+        (status = 409, description = "A hold of that name exists", body = ErrorBody),
+        (status = 422, description = "A field is wrong (`field` names it)", body = ErrorBody)))]
 async fn hold_create(
     State(s): State<AppState>,
     Writer(who): Writer,
@@ -1191,6 +1284,11 @@ async fn hold_create(
 
 /// `DELETE /api/v1/holds/{name}`: its files go at the next retention pass
 /// that finds them past retention.
+#[utoipa::path(delete, path = "/api/v1/holds/{name}", tag = "holds", params(("name" = String, Path, description = "The hold's name")),
+    responses((status = 204, description = "Removed: its files go at the next retention pass that finds them past retention"),
+        (status = 401, description = "The API token is missing or wrong", body = ErrorBody),
+        (status = 403, description = "Writes are refused from here", body = ErrorBody),
+        (status = 404, description = "No such hold", body = ErrorBody)))]
 async fn hold_delete(Path(name): Path<String>, Writer(who): Writer, Cfg(cfg): Cfg) -> Response {
     match crate::holds::remove(&cfg, &name) {
         Ok(true) => {
@@ -1205,10 +1303,25 @@ async fn hold_delete(Path(name): Path<String>, Writer(who): Writer, Cfg(cfg): Cf
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "server",
+    responses((status = 200, description = "This document: the API's OpenAPI 3 description", body = Object)))]
+async fn openapi_json(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.openapi.to_string(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "server",
+    responses((status = 200, description = "The orchestrator runs", content_type = "text/plain", body = String)))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "server",
+    responses((status = 200, description = "Every channel is ready", content_type = "text/plain", body = String),
+        (status = 503, description = "The channels that are not, and why", content_type = "text/plain", body = String)))]
 async fn readyz(State(s): State<AppState>) -> Response {
     if s.fleet.all_ready() {
         return (StatusCode::OK, "ready").into_response();
@@ -1239,6 +1352,8 @@ fn one_line(s: &str) -> String {
         .join("; ")
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "server",
+    responses((status = 200, description = "Prometheus text format: every channel's counters, labelled by channel, and the supervision counters", content_type = "text/plain", body = String)))]
 async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
@@ -1247,6 +1362,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/channels", tag = "channels",
+    responses((status = 200, description = "Every channel's status", body = ChannelList)))]
 async fn channels(State(s): State<AppState>) -> Response {
     Json(ChannelList {
         channels: s.fleet.list(),
@@ -1254,6 +1371,9 @@ async fn channels(State(s): State<AppState>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/channels/{name}", tag = "channels", params(("name" = String, Path, description = "The channel's name")),
+    responses((status = 200, description = "The channel's status", body = ChannelStatus),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn channel(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     match s.fleet.get(&name) {
         Some(c) => Json(c).into_response(),
@@ -1267,6 +1387,15 @@ async fn channel(State(s): State<AppState>, Path(name): Path<String>) -> Respons
 /// [`crate::live::MAX_CLIENTS`] clients already; a channel that cannot be
 /// watched (no decimated output) gets one `{"error": ...}` message, then a
 /// close.
+#[utoipa::path(get, path = "/api/v1/channels/{name}/live", tag = "channels",
+    params(("name" = String, Path, description = "The channel's name"),
+        ("fields" = Option<String>, Query, description = "Dotted field names, comma-separated"),
+        ("max_rate" = Option<u32>, Query, description = "Records a second, at most")),
+    responses((status = 101, description = "A WebSocket of the decimated records as JSON objects by field name"),
+        (status = 400, description = "A bad query, or not a WebSocket request", body = ErrorBody),
+        (status = 403, description = "A page of another origin", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody),
+        (status = 503, description = "Too many live clients already", body = ErrorBody)))]
 async fn live(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -1375,6 +1504,13 @@ fn live_opts(
     Ok(opts)
 }
 
+#[utoipa::path(post, path = "/api/v1/channels/{name}/restart", tag = "channels", params(("name" = String, Path, description = "The channel's name")),
+    responses((status = 202, description = "Restarting", body = Restarting),
+        (status = 401, description = "The API token is missing or wrong", body = ErrorBody),
+        (status = 403, description = "Writes are refused from here", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody),
+        (status = 503, description = "The supervisor is not running", body = ErrorBody),
+        (status = 504, description = "The supervisor did not answer in time", body = ErrorBody)))]
 async fn restart(State(s): State<AppState>, Path(name): Path<String>, _: Writer) -> Response {
     let (reply, answer) = oneshot::channel();
     let ask = async {
@@ -1411,6 +1547,10 @@ struct EventsQuery {
     since: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    params(("since" = Option<u64>, Query, description = "Replay the stored events after this seq (Last-Event-ID wins)")),
+    responses((status = 200, description = "Server-sent events: each one's data is an Event, its name the event's `event`; a `lagged` event carries a Lagged", content_type = "text/event-stream", body = Event),
+        (status = 400, description = "A bad since or Last-Event-ID", body = ErrorBody)))]
 async fn events(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -1682,6 +1822,7 @@ mod tests {
             let mut r = match method {
                 "GET" => agent.get(&url).call(),
                 "POST" => agent.post(&url).send_empty(),
+                "PUT" => agent.put(&url).send_empty(),
                 "DELETE" => agent.delete(&url).call(),
                 _ => unreachable!(),
             }
@@ -1748,6 +1889,92 @@ mod tests {
                 "{origin}"
             );
         }
+    }
+
+    /// The routes this module's documentation lists: (method, path).
+    fn documented_here() -> std::collections::BTreeSet<(String, String)> {
+        include_str!("http.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | "))
+            .filter_map(|l| {
+                let mut cells = l.split(" | ");
+                let method = cells.next()?;
+                let path = cells.next()?.trim_matches('`');
+                path.starts_with('/')
+                    .then(|| (method.to_string(), path.to_string()))
+            })
+            .collect()
+    }
+
+    /// The routes the OpenAPI document lists.
+    fn in_the_document() -> std::collections::BTreeSet<(String, String)> {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let mut out = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                    out.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes_documented_here() {
+        let here = documented_here();
+        let doc = in_the_document();
+        assert!(here.len() >= 23, "{here:?}");
+        assert_eq!(
+            doc.difference(&here).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "routes in the OpenAPI document but not in this module's table"
+        );
+        assert_eq!(
+            here.difference(&doc).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "routes in this module's table but not in the OpenAPI document"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_documented_route_is_served_and_the_document_too() {
+        // No supervisor: a restart is answered 503 at once.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let server = Server::start(Arc::new(Fleet::new()), tx).await;
+        for (method, path) in in_the_document() {
+            // The event stream does not end (its route is tested below).
+            if path == "/api/v1/events" {
+                continue;
+            }
+            let url = format!(
+                "{}{}",
+                server.base,
+                path.replace("{name}", "a").replace("{file}", "x.js")
+            );
+            let method: &'static str = match method.as_str() {
+                "GET" => "GET",
+                "PUT" => "PUT",
+                "POST" => "POST",
+                "DELETE" => "DELETE",
+                other => panic!("{other} {path}: a method this test does not send"),
+            };
+            let r = call(method, url).await;
+            assert_ne!(r.status, 405, "{method} {path}: {r:?}");
+            assert!(
+                !r.body.contains("no such resource"),
+                "{method} {path} is documented but not served: {r:?}"
+            );
+        }
+        let doc = call("GET", format!("{}/api/v1/openapi.json", server.base))
+            .await
+            .json();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert!(
+            doc["components"]["schemas"]["ChannelStatus"]["properties"]["counters"].is_object()
+        );
+        server.stop().await;
     }
 
     #[tokio::test(flavor = "current_thread")]
