@@ -386,6 +386,7 @@ pub struct HoldList {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// In words, for a person.
+    #[serde(default)]
     pub error: String,
     /// The request field at fault (a hold's `from`, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]

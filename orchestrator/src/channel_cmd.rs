@@ -10,37 +10,15 @@
 
 use std::fmt;
 use std::path::Path;
-use std::time::Duration;
 
-use serde_json::{json, Value};
-
-use crate::status_cmd::normalize_base;
+use serde_json::Value;
+pub use speeddata_api::Client;
+use speeddata_api::{ChannelStatus, Problem, Registration};
 
 /// Exit code of a configuration problem (ours or the server's 409/422).
 pub const EXIT_CONFIG: u8 = 78;
 /// Exit code of every other failure.
 pub const EXIT_FAILED: u8 = 1;
-
-/// How long a request may take; `add` without `--no-wait` waits for the
-/// channel to be ready (or to fail), which the server bounds by the
-/// supervisor's start timeout.
-const TIMEOUT: Duration = Duration::from_secs(10);
-const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Where to send requests, and the token to send with them.
-pub struct Client {
-    base: String,
-    token: Option<String>,
-}
-
-impl fmt::Debug for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("base", &self.base)
-            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
-            .finish()
-    }
-}
 
 /// Why a command failed: the lines to print (each after `error: `) and the
 /// exit code.
@@ -73,92 +51,23 @@ impl Failure {
     }
 }
 
-impl Client {
-    /// `base`: e.g. `"http://127.0.0.1:9464"`; a bare `host:port` is taken
-    /// as http.
-    pub fn new(base: &str, token: Option<String>) -> Client {
-        Client {
-            base: normalize_base(base),
-            token,
-        }
-    }
-
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// Sends one request; the status and body of any answer, whatever its
-    /// status. `Err` only when there is no answer.
-    pub(crate) fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-        timeout: Duration,
-    ) -> Result<(u16, String), Failure> {
-        let url = format!("{}{path}", self.base);
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .build();
-        let agent = ureq::Agent::new_with_config(config);
-        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let result = match (method, body) {
-            ("PUT", Some(body)) => {
-                let mut r = agent.put(&url).header("Content-Type", "application/json");
-                if let Some(b) = &bearer {
-                    r = r.header("Authorization", b);
-                }
-                r.send(body)
-            }
-            ("POST", Some(body)) => {
-                let mut r = agent.post(&url).header("Content-Type", "application/json");
-                if let Some(b) = &bearer {
-                    r = r.header("Authorization", b);
-                }
-                r.send(body)
-            }
-            ("DELETE", None) => {
-                let mut r = agent.delete(&url);
-                if let Some(b) = &bearer {
-                    r = r.header("Authorization", b);
-                }
-                r.call()
-            }
-            ("GET", None) => {
-                let mut r = agent.get(&url);
-                if let Some(b) = &bearer {
-                    r = r.header("Authorization", b);
-                }
-                r.call()
-            }
-            (m, _) => unreachable!("no {m} request is made"),
-        };
-        let mut response = result.map_err(|e| self.unreachable(&e))?;
-        let code = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| Failure::failed(format!("reading the answer of {url}: {e}")))?;
-        Ok((code, text))
-    }
-
-    /// The message for a request that got no answer. ureq's errors name the
-    /// URL at most, never a header.
-    fn unreachable(&self, e: &ureq::Error) -> Failure {
-        let base = &self.base;
+/// 409/422 list their problems (exit 78); any other failure is the
+/// server's `error` with the HTTP status, or why there was no answer
+/// (exit 1).
+impl From<speeddata_api::Error> for Failure {
+    fn from(e: speeddata_api::Error) -> Failure {
+        use speeddata_api::Error;
         match e {
-            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                Failure::failed(format!(
-                    "the orchestrator is not running at {base} (connection refused; is http.listen right? see --url)"
-                ))
+            Error::Status { status, body } if status == 409 || status == 422 => {
+                match body.problems.as_deref() {
+                    Some(ps) if !ps.is_empty() => Failure {
+                        code: EXIT_CONFIG,
+                        lines: ps.iter().map(format_problem).collect(),
+                    },
+                    _ => Failure::new(EXIT_CONFIG, Error::Status { status, body }.to_string()),
+                }
             }
-            ureq::Error::Timeout(_) => Failure::failed(format!(
-                "the orchestrator at {base} did not answer in time ({e})"
-            )),
-            _ => Failure::failed(format!(
-                "cannot reach the orchestrator at {base}: {e} (is it running? is http.listen right?)"
-            )),
+            e => Failure::failed(e.to_string()),
         }
     }
 }
@@ -167,7 +76,7 @@ impl Client {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upload {
     pub name: String,
-    pub body: Value,
+    pub body: Registration,
 }
 
 /// Reads a channel file and its schema into the `PUT` body: the file's text
@@ -232,7 +141,10 @@ pub fn prepare_add(file: &Path, schema: Option<&Path>) -> Result<Upload, Failure
     }
     Ok(Upload {
         name,
-        body: json!({ "channel": channel, "schema": schema_json }),
+        body: Registration {
+            channel,
+            schema: schema_json,
+        },
     })
 }
 
@@ -268,83 +180,17 @@ fn is_schema_line(t: &str) -> bool {
 
 /// One problem of a 409/422 answer as `orchestrator check` prints it:
 /// `file: key: message` (`file: message` without a key).
-pub fn format_problem(p: &Value) -> String {
-    let field = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("");
-    let (file, key, message) = (field("file"), field("key"), field("message"));
-    let mut parts: Vec<&str> = [file, key].into_iter().filter(|s| !s.is_empty()).collect();
-    parts.push(if message.is_empty() {
+pub fn format_problem(p: &Problem) -> String {
+    let mut parts: Vec<&str> = [p.file.as_str(), p.key.as_str()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect();
+    parts.push(if p.message.is_empty() {
         "(no message)"
     } else {
-        message
+        &p.message
     });
     parts.join(": ")
-}
-
-/// A path segment with everything but unreserved characters
-/// percent-encoded, so that no name can change the request's path.
-fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The failure for an answer that is not a success: 409/422 list their
-/// problems (exit 78), anything else gives the server's `error` with the
-/// HTTP status (exit 1).
-pub(crate) fn answer_failure(code: u16, body: &str) -> Failure {
-    let value: Option<Value> = serde_json::from_str(body).ok();
-    let status = match http_reason(code) {
-        Some(r) => format!("HTTP {code} {r}"),
-        None => format!("HTTP {code}"),
-    };
-    if code == 409 || code == 422 {
-        let problems: Vec<String> = value
-            .as_ref()
-            .and_then(|v| v.get("problems"))
-            .and_then(Value::as_array)
-            .map(|ps| ps.iter().map(format_problem).collect())
-            .unwrap_or_default();
-        if !problems.is_empty() {
-            return Failure {
-                code: EXIT_CONFIG,
-                lines: problems,
-            };
-        }
-        return Failure::new(
-            EXIT_CONFIG,
-            format!("{} ({status})", error_text(value.as_ref(), body)),
-        );
-    }
-    Failure::failed(format!("{} ({status})", error_text(value.as_ref(), body)))
-}
-
-/// The server's `error` text, else the body itself (shortened), else a
-/// placeholder.
-pub(crate) fn error_text(value: Option<&Value>, body: &str) -> String {
-    if let Some(e) = value.and_then(|v| v.get("error")).and_then(Value::as_str) {
-        return e.to_string();
-    }
-    let body = body.trim();
-    if body.is_empty() {
-        return "the orchestrator gave no reason".into();
-    }
-    let mut short: String = body.chars().take(300).collect();
-    if short.len() < body.len() {
-        short.push('…');
-    }
-    short
-}
-
-fn http_reason(code: u16) -> Option<&'static str> {
-    ureq::http::StatusCode::from_u16(code)
-        .ok()
-        .and_then(|s| s.canonical_reason())
 }
 
 /// `orchestrator channel add`: sends the channel file and its schema;
@@ -356,87 +202,71 @@ pub fn add(
     wait: bool,
 ) -> Result<String, Failure> {
     let upload = prepare_add(file, schema)?;
-    let mut path = format!("/api/v1/channels/{}", segment(&upload.name));
-    if wait {
-        path.push_str("?wait=ready");
-    }
-    let timeout = if wait { WAIT_TIMEOUT } else { TIMEOUT };
-    let (code, body) = client.send("PUT", &path, Some(upload.body.to_string()), timeout)?;
-    if !(200..300).contains(&code) {
-        return Err(answer_failure(code, &body));
-    }
-    let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let verb = match code {
-        201 => "added",
-        200 => "replaced",
-        _ => "sent",
-    };
-    let name = status
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or(&upload.name);
-    Ok(format!("{verb} channel {name}: {}", describe(&status)))
+    let r = client.register(&upload.name, &upload.body, wait)?;
+    let verb = if r.created { "added" } else { "replaced" };
+    Ok(format!(
+        "{verb} channel {}: {}",
+        r.status.name,
+        describe(&r.status)
+    ))
 }
 
 /// A channel's status in a few words: `ready (pid 1234)`, `failed: why`.
-fn describe(status: &Value) -> String {
-    let mut out = status
-        .get("state")
-        .and_then(Value::as_str)
-        .unwrap_or("state unknown")
-        .to_string();
-    if let Some(pid) = status.get("pid").and_then(Value::as_u64) {
+fn describe(status: &ChannelStatus) -> String {
+    let mut out = status.state.as_str().to_string();
+    if let Some(pid) = status.pid {
         out.push_str(&format!(" (pid {pid})"));
     }
-    for key in ["reason", "config_error"] {
-        if let Some(why) = status.get(key).and_then(Value::as_str) {
-            out.push_str(": ");
-            out.push_str(&why.replace('\n', "; "));
-        }
+    for why in [&status.reason, &status.config_error].into_iter().flatten() {
+        out.push_str(": ");
+        out.push_str(&why.replace('\n', "; "));
     }
     out
 }
 
 /// `orchestrator channel rm`: the line to print once the channel is gone.
 pub fn remove(client: &Client, name: &str) -> Result<String, Failure> {
-    let path = format!("/api/v1/channels/{}", segment(name));
-    let (code, body) = client.send("DELETE", &path, None, TIMEOUT)?;
-    if !(200..300).contains(&code) {
-        return Err(answer_failure(code, &body));
-    }
+    client.unregister(name)?;
     Ok(format!("removed channel {name} (archive kept)"))
 }
 
 /// `orchestrator channel show`: the channel file's path and text, then the
 /// schema file's path and the schema, pretty. No trailing newline.
 pub fn show(client: &Client, name: &str) -> Result<String, Failure> {
-    let path = format!("/api/v1/channels/{}/config", segment(name));
-    let (code, body) = client.send("GET", &path, None, TIMEOUT)?;
-    if !(200..300).contains(&code) {
-        return Err(answer_failure(code, &body));
-    }
-    let v: Value = serde_json::from_str(&body).map_err(|_| {
-        Failure::failed(format!(
-            "the orchestrator at {} answered something that is not JSON",
-            client.base()
-        ))
-    })?;
-    let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?");
-    let channel = text("channel").trim_end_matches('\n');
-    let schema = match v.get("schema") {
-        Some(s) => serde_json::to_string_pretty(s).unwrap_or_default(),
-        None => "?".into(),
-    };
+    let c = client.channel_config(name)?;
+    let channel = c.channel.trim_end_matches('\n');
+    let schema = serde_json::to_string_pretty(&c.schema).unwrap_or_default();
+    let schema_file = c
+        .schema_file
+        .as_deref()
+        .map_or_else(|| "?".into(), |p| p.display().to_string());
     Ok(format!(
-        "==> {} <==\n{channel}\n\n==> {} <==\n{schema}",
-        text("file"),
-        text("schema_file")
+        "==> {} <==\n{channel}\n\n==> {schema_file} <==\n{schema}",
+        c.file.display()
     ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use speeddata_api::{Error, ErrorBody, State};
+
+    fn problem(file: &str, key: &str, message: &str) -> Problem {
+        Problem {
+            file: file.into(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A status body as the server sends it.
+    fn status_json(state: State, pid: Option<u32>) -> String {
+        let mut s = ChannelStatus::new("east", "/etc/speeddata/channels.d/east.toml".into());
+        s.state = state;
+        s.pid = pid;
+        serde_json::to_string(&s).unwrap()
+    }
 
     #[test]
     fn the_schema_key_goes_and_every_other_byte_stays() {
@@ -487,19 +317,27 @@ mod tests {
 
     #[test]
     fn problems_read_like_check_prints_them() {
-        let p = json!({"file": "/etc/speeddata/channels.d/east.toml", "key": "receive.bind", "message": "expected IP:PORT"});
+        let p = problem(
+            "/etc/speeddata/channels.d/east.toml",
+            "receive.bind",
+            "expected IP:PORT",
+        );
         assert_eq!(
             format_problem(&p),
             "/etc/speeddata/channels.d/east.toml: receive.bind: expected IP:PORT"
         );
-        let p = json!({"file": "east.toml", "key": "", "message": "not valid TOML"});
+        let p = problem("east.toml", "", "not valid TOML");
         assert_eq!(format_problem(&p), "east.toml: not valid TOML");
-        let p = json!({"file": "east.toml", "key": null, "message": "x"});
-        assert_eq!(format_problem(&p), "east.toml: x");
-        let f = answer_failure(
-            409,
-            r#"{"problems": [{"file": "a.toml", "key": "receive.bind", "message": "also used by \"b\""}, {"file": "a.toml", "key": "name", "message": "taken"}]}"#,
-        );
+        let f = Failure::from(Error::Status {
+            status: 409,
+            body: ErrorBody {
+                problems: Some(vec![
+                    problem("a.toml", "receive.bind", "also used by \"b\""),
+                    problem("a.toml", "name", "taken"),
+                ]),
+                ..ErrorBody::new("2 problems with the channel")
+            },
+        });
         assert_eq!(f.code, EXIT_CONFIG);
         assert_eq!(
             f.lines,
@@ -508,20 +346,12 @@ mod tests {
                 "a.toml: name: taken"
             ]
         );
-        let f = answer_failure(404, r#"{"error": "no channel \"x\""}"#);
+        let f = Failure::from(Error::Status {
+            status: 404,
+            body: ErrorBody::new("no channel \"x\""),
+        });
         assert_eq!(f.code, EXIT_FAILED);
         assert_eq!(f.lines, ["no channel \"x\" (HTTP 404 Not Found)"]);
-        let f = answer_failure(502, "");
-        assert_eq!(
-            f.lines,
-            ["the orchestrator gave no reason (HTTP 502 Bad Gateway)"]
-        );
-    }
-
-    #[test]
-    fn names_cannot_leave_their_path_segment() {
-        assert_eq!(segment("east-1_b.c"), "east-1_b.c");
-        assert_eq!(segment("../x y?z"), "..%2Fx%20y%3Fz");
     }
 
     #[test]
@@ -540,14 +370,14 @@ mod tests {
 
         let u = prepare_add(&file, None).unwrap();
         assert_eq!(u.name, "stem");
+        assert_eq!(u.body.channel, "# c\n[receive]\nbind = \"127.0.0.1:1\"\n");
         assert_eq!(
-            u.body,
-            json!({"channel": "# c\n[receive]\nbind = \"127.0.0.1:1\"\n",
-                   "schema": serde_json::from_str::<Value>(schema).unwrap()})
+            u.body.schema,
+            serde_json::from_str::<Value>(schema).unwrap()
         );
         // --schema wins over the file's own key.
         let u = prepare_add(&file, Some(&d.path().join("other.avsc"))).unwrap();
-        assert_eq!(u.body["schema"], json!("int"));
+        assert_eq!(u.body.schema, json!("int"));
 
         std::fs::write(&file, "name = \"east\"\nschema = \"bad.avsc\"\n").unwrap();
         let f = prepare_add(&file, None).unwrap_err();
@@ -596,8 +426,12 @@ mod tests {
     /// A server on 127.0.0.1 that answers each connection with the next
     /// canned `(status line, body)` and reports what it was sent.
     fn fake_server(
-        answers: Vec<(&'static str, &'static str)>,
+        answers: Vec<(&'static str, &str)>,
     ) -> (String, std::thread::JoinHandle<Vec<Seen>>) {
+        let answers: Vec<(&'static str, String)> = answers
+            .into_iter()
+            .map(|(status, body)| (status, body.to_string()))
+            .collect();
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -654,15 +488,13 @@ mod tests {
         let text = "# the east antenna\nname = \"east\"\nschema = \"east.avsc\"\n[receive]\nbind = \"127.0.0.1:7001\"\n";
         std::fs::write(&file, text).unwrap();
 
+        let (ready, starting) = (
+            status_json(State::Ready, Some(1234)),
+            status_json(State::Starting, None),
+        );
         let (base, server) = fake_server(vec![
-            (
-                "201 Created",
-                r#"{"name": "east", "state": "ready", "pid": 1234, "reason": null}"#,
-            ),
-            (
-                "200 OK",
-                r#"{"name": "east", "state": "starting", "pid": null}"#,
-            ),
+            ("201 Created", &ready),
+            ("200 OK", &starting),
             (
                 "422 Unprocessable Entity",
                 r#"{"problems": [{"file": "/etc/speeddata/channels.d/east.toml", "key": "receive.bind", "message": "not an address"}]}"#,

@@ -14,35 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use apache_avro::types::Value;
 use relay_channel::container::{self, BlockEncoder};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
-
-/// What the API says of a hold (`GET /api/v1/holds/{name}`).
-#[derive(Debug, Deserialize)]
-pub struct HoldReport {
-    pub hold: HoldTimes,
-    pub channels: Vec<ChannelReport>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct HoldTimes {
-    pub name: String,
-    pub from: String,
-    pub to: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ChannelReport {
-    pub channel: String,
-    #[serde(default)]
-    pub time_field: Option<String>,
-    pub files: Vec<FileReport>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct FileReport {
-    pub path: PathBuf,
-}
+use speeddata_api::HoldReport;
 
 /// One file of the export, as the manifest lists it.
 #[derive(Debug, Serialize)]
@@ -69,18 +43,16 @@ pub struct ManifestChannel {
 #[derive(Debug, Serialize)]
 pub struct Manifest {
     /// The hold, as the API gave it.
-    pub hold: serde_json::Value,
+    pub hold: HoldReport,
     pub exported_at: String,
     pub channels: Vec<ManifestChannel>,
     pub records: u64,
     pub bytes: u64,
 }
 
-/// Exports `hold` (the API's JSON) into `out`, which must be empty or not
-/// exist; returns the manifest (also written as `out/MANIFEST.json`).
-pub fn export(hold_json: &serde_json::Value, out: &Path, cut: bool) -> Result<Manifest> {
-    let hold: HoldReport =
-        serde_json::from_value(hold_json.clone()).context("the API's hold does not parse")?;
+/// Exports `hold` (as the API gave it) into `out`, which must be empty or
+/// not exist; returns the manifest (also written as `out/MANIFEST.json`).
+pub fn export(hold: &HoldReport, out: &Path, cut: bool) -> Result<Manifest> {
     if out.exists()
         && std::fs::read_dir(out)
             .with_context(|| format!("cannot read {}", out.display()))?
@@ -132,7 +104,7 @@ pub fn export(hold_json: &serde_json::Value, out: &Path, cut: bool) -> Result<Ma
         });
     }
     let manifest = Manifest {
-        hold: hold_json.clone(),
+        hold: hold.clone(),
         exported_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         records: channels.iter().map(|c| c.records).sum(),
         bytes: channels.iter().map(|c| c.bytes).sum(),

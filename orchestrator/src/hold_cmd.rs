@@ -3,13 +3,11 @@
 //! (see [`crate::export`]).
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use serde_json::{json, Value};
+use speeddata_api::{HoldReport, NewHold};
 
-use crate::channel_cmd::{answer_failure, Client, Failure, EXIT_CONFIG};
-
-const TIMEOUT: Duration = Duration::from_secs(30);
+use crate::channel_cmd::{Client, Failure, EXIT_CONFIG};
 
 /// A time on the command line: RFC 3339, `now`, or `-15m` (that long
 /// before `now`); as RFC 3339 in UTC.
@@ -57,37 +55,30 @@ pub fn add(
     let from =
         parse_time(from, now).map_err(|e| Failure::new(EXIT_CONFIG, format!("--from {e}")))?;
     let to = parse_time(to, now).map_err(|e| Failure::new(EXIT_CONFIG, format!("--to {e}")))?;
-    let mut body = json!({ "name": name, "from": from, "to": to });
-    if !channels.is_empty() {
-        body["channels"] = json!(channels);
-    }
-    if let Some(n) = note {
-        body["note"] = json!(n);
-    }
-    let (code, text) = client.send("POST", "/api/v1/holds", Some(body.to_string()), TIMEOUT)?;
-    if code != 201 {
-        return Err(answer_failure(code, &text));
-    }
-    let h: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let scope = match h["channels"].as_array() {
-        Some(cs) => cs
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} ({} files, {})",
-                    c["channel"].as_str().unwrap_or("?"),
-                    c["files"].as_array().map_or(0, Vec::len),
-                    bytes(c["bytes"].as_u64().unwrap_or(0))
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        None => String::new(),
-    };
+    let h = client.create_hold(&NewHold {
+        name: name.to_string(),
+        from,
+        to,
+        channels: (!channels.is_empty()).then(|| channels.to_vec()),
+        note: note.map(String::from),
+    })?;
+    let scope = h
+        .channels
+        .iter()
+        .map(|c| {
+            format!(
+                "{} ({} files, {})",
+                c.channel,
+                c.files.len(),
+                bytes(c.bytes)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(format!(
         "hold {name}: {} to {}; keeps now: {}",
-        h["hold"]["from"].as_str().unwrap_or(&from),
-        h["hold"]["to"].as_str().unwrap_or(&to),
+        h.hold.from,
+        h.hold.to,
         if scope.is_empty() {
             "nothing yet".into()
         } else {
@@ -98,13 +89,7 @@ pub fn add(
 
 /// `hold ls`: a table.
 pub fn list(client: &Client) -> Result<String, Failure> {
-    let (code, text) = client.send("GET", "/api/v1/holds", None, TIMEOUT)?;
-    if code != 200 {
-        return Err(answer_failure(code, &text));
-    }
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| Failure::failed(format!("the answer is not JSON: {e}")))?;
-    let holds = v["holds"].as_array().cloned().unwrap_or_default();
+    let holds = client.holds()?;
     if holds.is_empty() {
         return Ok("no holds".into());
     }
@@ -119,33 +104,21 @@ pub fn list(client: &Client) -> Result<String, Failure> {
         "NOTE".into(),
     ]];
     for h in &holds {
-        let files: usize = h["channels"]
-            .as_array()
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| c["files"].as_array().map_or(0, Vec::len))
-                    .sum()
-            })
-            .unwrap_or(0);
+        let files: usize = h.channels.iter().map(|c| c.files.len()).sum();
+        let names: Vec<&str> = h.channels.iter().map(|c| c.channel.as_str()).collect();
         rows.push(vec![
-            h["hold"]["name"].as_str().unwrap_or("?").into(),
-            h["hold"]["from"].as_str().unwrap_or("?").into(),
-            h["hold"]["to"].as_str().unwrap_or("?").into(),
-            {
-                let names: Vec<&str> = h["channels"]
-                    .as_array()
-                    .map(|cs| cs.iter().filter_map(|c| c["channel"].as_str()).collect())
-                    .unwrap_or_default();
-                if names.is_empty() {
-                    "-".into()
-                } else {
-                    names.join(",")
-                }
+            h.hold.name.clone(),
+            h.hold.from.clone(),
+            h.hold.to.clone(),
+            if names.is_empty() {
+                "-".into()
+            } else {
+                names.join(",")
             },
             files.to_string(),
-            bytes(h["bytes"].as_u64().unwrap_or(0)),
-            h["hold"]["created_by"].as_str().unwrap_or("-").into(),
-            h["hold"]["note"].as_str().unwrap_or("").into(),
+            bytes(h.bytes),
+            h.hold.created_by.clone().unwrap_or_else(|| "-".into()),
+            h.hold.note.clone().unwrap_or_default(),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -168,10 +141,7 @@ pub fn list(client: &Client) -> Result<String, Failure> {
 
 /// `hold rm`.
 pub fn remove(client: &Client, name: &str) -> Result<String, Failure> {
-    let (code, text) = client.send("DELETE", &format!("/api/v1/holds/{name}"), None, TIMEOUT)?;
-    if code != 204 {
-        return Err(answer_failure(code, &text));
-    }
+    client.delete_hold(name)?;
     Ok(format!(
         "removed hold {name} (its files go at the next retention pass that finds them past retention)"
     ))
@@ -179,12 +149,7 @@ pub fn remove(client: &Client, name: &str) -> Result<String, Failure> {
 
 /// `export NAME --out DIR [--cut]`.
 pub fn export(client: &Client, name: &str, out: &Path, cut: bool) -> Result<String, Failure> {
-    let (code, text) = client.send("GET", &format!("/api/v1/holds/{name}"), None, TIMEOUT)?;
-    if code != 200 {
-        return Err(answer_failure(code, &text));
-    }
-    let hold: Value = serde_json::from_str(&text)
-        .map_err(|e| Failure::failed(format!("the answer is not JSON: {e}")))?;
+    let hold: HoldReport = client.hold(name)?;
     let m =
         crate::export::export(&hold, out, cut).map_err(|e| Failure::failed(format!("{e:#}")))?;
     let mut lines = vec![format!(

@@ -1,68 +1,19 @@
 //! `orchestrator status`: asks a running orchestrator's API for its
 //! channels and prints them as a table.
 
-use std::time::Duration;
-
-use anyhow::{anyhow, bail, Context};
-use relay_channel::status::COUNTERS;
-use serde_json::Value;
-
-/// How long `status` waits for the orchestrator.
-const TIMEOUT: Duration = Duration::from_secs(10);
+use relay_channel::status::Counters;
+use speeddata_api::{ChannelList, ChannelStatus, Client, State};
 
 /// Asks a running orchestrator's API at `base` (e.g.
 /// `"http://127.0.0.1:9464"`; a bare `host:port` is taken as http) for
 /// `/api/v1/channels` and returns a table, or the API's JSON (pretty) when
 /// `json`. The text has no trailing newline.
-pub fn status(base: &str, json: bool) -> anyhow::Result<String> {
-    let base = normalize_base(base);
-    let url = format!("{base}/api/v1/channels");
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(TIMEOUT))
-        .build();
-    let agent = ureq::Agent::new_with_config(config);
-    let mut response = agent.get(&url).call().map_err(|e| {
-        anyhow!(
-            "cannot reach the orchestrator at {base}: {e} (is it running? is http.listen right?)"
-        )
-    })?;
-    let code = response.status();
-    let body = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| anyhow!("reading the answer of the orchestrator at {url}: {e}"))?;
-    if !code.is_success() {
-        bail!("the orchestrator at {url} answered {code}: {}", body.trim());
-    }
-    let value: Value = serde_json::from_str(&body).with_context(|| {
-        format!("the orchestrator at {url} answered something that is not JSON")
-    })?;
-    if channel_list(&value).is_none() {
-        bail!("the orchestrator at {url} answered JSON without a channel list");
-    }
+pub fn status(base: &str, json: bool) -> Result<String, speeddata_api::Error> {
+    let channels = Client::new(base, None).channels()?;
     if json {
-        Ok(serde_json::to_string_pretty(&value)?)
+        Ok(serde_json::to_string_pretty(&ChannelList { channels }).expect("statuses serialize"))
     } else {
-        Ok(render_table(&value))
-    }
-}
-
-pub(crate) fn normalize_base(base: &str) -> String {
-    let base = base.trim().trim_end_matches('/');
-    if base.contains("://") {
-        base.to_string()
-    } else {
-        format!("http://{base}")
-    }
-}
-
-/// The channels of an answer: `{"channels": [...]}` or a bare list.
-fn channel_list(v: &Value) -> Option<&Vec<Value>> {
-    match v {
-        Value::Array(a) => Some(a),
-        Value::Object(o) => o.get("channels").and_then(Value::as_array),
-        _ => None,
+        Ok(render_table(&channels))
     }
 }
 
@@ -84,61 +35,51 @@ const RIGHT: [bool; 10] = [
 ];
 
 /// The sum of the counters that [`COUNTERS`] puts in the column `name`;
-/// `None` when the channel has none of them (no stats yet).
-fn column_total(counters: Option<&Value>, name: &str) -> Option<u64> {
-    COUNTERS
-        .iter()
-        .filter(|c| c.column == Some(name))
-        .filter_map(|c| counters?.get(c.key)?.as_u64())
-        .reduce(|a, b| a + b)
+/// `None` when the channel has no stats yet.
+fn column_total(counters: Option<&Counters>, name: &str) -> Option<u64> {
+    let counters = counters?;
+    Some(
+        counters
+            .values()
+            .filter(|(c, _)| c.column == Some(name))
+            .map(|(_, v)| v)
+            .sum(),
+    )
 }
 
-/// The table of an `/api/v1/channels` answer, then one line per failed
-/// channel (its reason) and per channel whose file does not validate.
-/// No trailing newline.
-pub fn render_table(v: &Value) -> String {
-    let empty = Vec::new();
-    let channels = channel_list(v).unwrap_or(&empty);
+/// The table of the channels, then one line per failed channel (its
+/// reason) and per channel whose file does not validate. No trailing
+/// newline.
+pub fn render_table(channels: &[ChannelStatus]) -> String {
     let mut rows: Vec<[String; 10]> = vec![HEADERS.map(String::from)];
     let mut notes = Vec::new();
     for c in channels {
-        let name = cell(c.get("name").and_then(Value::as_str).unwrap_or("?"));
-        let state = c.get("state").and_then(Value::as_str).unwrap_or("?");
-        let column = |name: &str| column_total(c.get("counters"), name);
-        let received_per_s = c
-            .get("rates")
-            .and_then(|m| m.get("received_per_s"))
-            .and_then(Value::as_f64);
+        let name = cell(&c.name);
+        let column = |name: &str| column_total(c.counters.as_ref().map(|s| &s.counters), name);
+        let last_exit = c.last_exit.as_ref().map(|e| e.description.as_str());
         rows.push([
             name.clone(),
-            cell(state),
-            opt(c.get("pid").and_then(Value::as_u64)),
-            c.get("uptime_s")
-                .and_then(Value::as_f64)
-                .map_or_else(|| "-".into(), human_duration),
-            opt(c.get("restarts").and_then(Value::as_u64)),
-            received_per_s.map_or_else(|| "-".into(), format_rate),
+            c.state.as_str().into(),
+            opt(c.pid.map(u64::from)),
+            c.uptime_s.map_or_else(|| "-".into(), human_duration),
+            c.restarts.to_string(),
+            c.rates
+                .as_ref()
+                .map_or_else(|| "-".into(), |r| format_rate(r.received)),
             opt(column("ARCHIVED")),
             opt(column("REJECTED")),
             opt(column("DROPPED")),
-            c.get("last_exit")
-                .and_then(|e| e.get("description"))
-                .and_then(Value::as_str)
-                .map_or_else(|| "-".into(), cell),
+            last_exit.map_or_else(|| "-".into(), cell),
         ]);
-        if state == "failed" {
+        if c.state == State::Failed {
             let reason = c
-                .get("reason")
-                .and_then(Value::as_str)
-                .or_else(|| {
-                    c.get("last_exit")
-                        .and_then(|e| e.get("description"))
-                        .and_then(Value::as_str)
-                })
+                .reason
+                .as_deref()
+                .or(last_exit)
                 .unwrap_or("no reason given");
             notes.push(format!("{name}: failed: {}", cell(reason)));
         }
-        if let Some(err) = c.get("config_error").and_then(Value::as_str) {
+        if let Some(err) = &c.config_error {
             notes.push(format!("{name}: config error: {}", cell(err)));
         }
     }
@@ -229,38 +170,59 @@ pub fn human_duration(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use relay_channel::status::{Rates, Stats, COUNTERS};
+    use speeddata_api::Exit;
 
-    fn sample() -> Value {
-        json!({"channels": [
-            {
-                "name": "east", "file": "channels.d/east.toml", "state": "ready",
-                "pid": 4242, "uptime_s": 192.4, "restarts": 0, "last_exit": null,
-                "reason": null, "last_stderr": [], "config_error": null,
-                "counters": {"received": 120000, "archived": 119990, "rejected": 3,
-                             "archive_dropped": 5, "kernel_drops": 2},
-                "rates": {"received_per_s": 1000.0}
-            },
-            {
-                "name": "north", "file": "channels.d/north.toml", "state": "failed",
-                "pid": null, "uptime_s": null, "restarts": 6,
-                "last_exit": {"code": 1, "signal": null, "at": "2024-01-01T00:00:00Z",
-                              "description": "exited with 1"},
-                "reason": "6 failures within 60s; next try in 5m",
-                "last_stderr": ["error: address in use"], "config_error": null,
-                "counters": null, "rates": null
-            },
-            {
-                "name": "west-long-name", "file": "channels.d/west.toml", "state": "ready",
-                "pid": 17, "uptime_s": 7530.0, "restarts": 12, "last_exit":
-                    {"code": null, "signal": 9, "at": "2024-01-01T00:00:00Z",
-                     "description": "killed by SIGKILL"},
-                "reason": null, "last_stderr": [],
-                "config_error": "west.toml: receive.port: expected an integer\nwest.toml: archive.dir: missing",
-                "counters": {"received": 5, "archived": 5, "rejected": 0},
-                "rates": {"received_per_s": 12.5}
-            }
-        ]})
+    fn stats(received: u64, archived: u64, rejected: u64, dropped: (u64, u64)) -> Stats {
+        let mut s = Stats::default();
+        s.counters.received = received;
+        s.counters.archived = archived;
+        s.counters.rejected = rejected;
+        s.counters.archive_dropped = dropped.0;
+        s.counters.kernel_drops = dropped.1;
+        s
+    }
+
+    fn exit(code: Option<i32>, signal: Option<i32>, description: &str) -> Option<Exit> {
+        Some(Exit {
+            code,
+            signal,
+            at: "2024-01-01T00:00:00Z".into(),
+            description: description.into(),
+        })
+    }
+
+    fn sample() -> Vec<ChannelStatus> {
+        let mut east = ChannelStatus::new("east", "channels.d/east.toml".into());
+        east.state = State::Ready;
+        east.pid = Some(4242);
+        east.uptime_s = Some(192.4);
+        east.counters = Some(stats(120000, 119990, 3, (5, 2)));
+        east.rates = Some(Rates {
+            received: 1000.0,
+            ..Rates::default()
+        });
+        let mut north = ChannelStatus::new("north", "channels.d/north.toml".into());
+        north.state = State::Failed;
+        north.restarts = 6;
+        north.last_exit = exit(Some(1), None, "exited with 1");
+        north.reason = Some("6 failures within 60s; next try in 5m".into());
+        north.last_stderr = vec!["error: address in use".into()];
+        let mut west = ChannelStatus::new("west-long-name", "channels.d/west.toml".into());
+        west.state = State::Ready;
+        west.pid = Some(17);
+        west.uptime_s = Some(7530.0);
+        west.restarts = 12;
+        west.last_exit = exit(None, Some(9), "killed by SIGKILL");
+        west.config_error = Some(
+            "west.toml: receive.port: expected an integer\nwest.toml: archive.dir: missing".into(),
+        );
+        west.counters = Some(stats(5, 5, 0, (0, 0)));
+        west.rates = Some(Rates {
+            received: 12.5,
+            ..Rates::default()
+        });
+        vec![east, north, west]
     }
 
     #[test]
@@ -270,7 +232,7 @@ mod tests {
 NAME            STATE    PID  UPTIME  RESTARTS  RECEIVED/s  ARCHIVED  REJECTED  DROPPED  LAST EXIT
 east            ready   4242   3m12s         0        1000    119990         3        7  -
 north           failed     -       -         6           -         -         -        -  exited with 1
-west-long-name  ready     17   2h05m        12        12.5         5         0        -  killed by SIGKILL
+west-long-name  ready     17   2h05m        12        12.5         5         0        0  killed by SIGKILL
 
 north: failed: 6 failures within 60s; next try in 5m
 west-long-name: config error: west.toml: receive.port: expected an integer; west.toml: archive.dir: missing";
@@ -288,18 +250,17 @@ west-long-name: config error: west.toml: receive.port: expected an integer; west
                 );
             }
         }
+        let east = &sample()[0];
         assert_eq!(
-            column_total(sample()["channels"][0].get("counters"), "DROPPED"),
+            column_total(east.counters.as_ref().map(|s| &s.counters), "DROPPED"),
             Some(7)
         );
         assert_eq!(column_total(None, "ARCHIVED"), None);
     }
 
     #[test]
-    fn a_bare_list_and_an_empty_fleet() {
-        let list = sample()["channels"].clone();
-        assert_eq!(render_table(&list), render_table(&sample()));
-        let text = render_table(&json!({"channels": []}));
+    fn an_empty_fleet() {
+        let text = render_table(&[]);
         assert!(text.starts_with("NAME  STATE  PID"), "{text}");
         assert!(text.ends_with("(no channels)"), "{text}");
     }
@@ -325,19 +286,15 @@ west-long-name: config error: west.toml: receive.port: expected an integer; west
         let msg = err.to_string();
         assert!(
             msg.starts_with(&format!(
-                "cannot reach the orchestrator at http://127.0.0.1:{port}: "
+                "the orchestrator is not running at http://127.0.0.1:{port} (connection refused"
             )),
-            "{msg}"
-        );
-        assert!(
-            msg.ends_with("(is it running? is http.listen right?)"),
             "{msg}"
         );
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn asks_a_running_api() {
-        use crate::state::{Fleet, State};
+        use crate::state::Fleet;
         use std::sync::Arc;
         let fleet = Arc::new(Fleet::new());
         fleet.update("a", "a.toml".as_ref(), |s| {
@@ -367,8 +324,8 @@ west-long-name: config error: west.toml: receive.port: expected an integer; west
         assert!(table.starts_with("NAME  STATE   PID"), "{table}");
         assert!(table.contains("\na     failed    -"), "{table}");
         assert!(table.ends_with("\na: failed: crash loop"), "{table}");
-        let v: Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["channels"][0]["state"], "failed");
+        let v: ChannelList = serde_json::from_str(&json).unwrap();
+        assert_eq!(v.channels[0].state, State::Failed);
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
