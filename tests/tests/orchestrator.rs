@@ -504,7 +504,10 @@ fn status_prints_a_table_of_the_channels() {
     let (code, _, err) =
         run_orchestrator(&["status", "--url", "http://127.0.0.1:1"], fleet.dir.path());
     assert_eq!(code, 1);
-    assert!(err.contains("cannot reach"), "{err}");
+    assert!(
+        err.contains("the orchestrator is not running at http://127.0.0.1:1 (connection refused"),
+        "{err}"
+    );
 }
 
 #[test]
