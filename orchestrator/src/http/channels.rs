@@ -1,0 +1,113 @@
+//! `/api/v1/channels[/{name}[/schema|/restart]]`: status, schema, restart.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use speeddata_api::{ChannelList, ChannelStatus, ErrorBody, Restarting};
+use tokio::sync::oneshot;
+
+use crate::supervisor::Request;
+
+use super::auth::Writer;
+use super::{error, AppState};
+
+/// How long a restart request waits for the supervisor's answer.
+pub(super) const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `GET /api/v1/channels/{name}/schema`: the schema the channel's relay
+/// runs with, as JSON.
+#[utoipa::path(get, path = "/api/v1/channels/{name}/schema", tag = "channels", params(("name" = String, Path, description = "The channel's name")),
+    responses((status = 200, description = "The Avro schema the channel's relay runs with", body = Object),
+        (status = 404, description = "No such channel, or no schema yet", body = ErrorBody),
+        (status = 422, description = "The schema file is not JSON", body = ErrorBody)))]
+pub(super) async fn schema(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    if s.fleet.get(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+    }
+    let Some(spec) = s.fleet.spec(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("channel {name} has no valid configuration yet"),
+        );
+    };
+    let text = match std::fs::read_to_string(&spec.schema_path) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("cannot read {}: {e}", spec.schema_path.display()),
+            )
+        }
+    };
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{} is not JSON: {e}", spec.schema_path.display()),
+        ),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/channels", tag = "channels",
+    responses((status = 200, description = "Every channel's status", body = ChannelList)))]
+pub(super) async fn channels(State(s): State<AppState>) -> Response {
+    Json(ChannelList {
+        channels: s.fleet.list(),
+    })
+    .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/channels/{name}", tag = "channels", params(("name" = String, Path, description = "The channel's name")),
+    responses((status = 200, description = "The channel's status", body = ChannelStatus),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
+pub(super) async fn channel(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    match s.fleet.get(&name) {
+        Some(c) => Json(c).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no channel {name:?}")),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/channels/{name}/restart", tag = "channels", params(("name" = String, Path, description = "The channel's name")),
+    responses((status = 202, description = "Restarting", body = Restarting),
+        (status = 401, description = "The API token is missing or wrong", body = ErrorBody),
+        (status = 403, description = "Writes are refused from here", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody),
+        (status = 503, description = "The supervisor is not running", body = ErrorBody),
+        (status = 504, description = "The supervisor did not answer in time", body = ErrorBody)))]
+pub(super) async fn restart(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    _: Writer,
+) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let ask = async {
+        s.requests
+            .send(Request::Restart {
+                name: name.clone(),
+                reply,
+            })
+            .await
+            .ok()?;
+        answer.await.ok()
+    };
+    match tokio::time::timeout(RESTART_TIMEOUT, ask).await {
+        Ok(Some(Ok(()))) => {
+            (StatusCode::ACCEPTED, Json(Restarting { restarting: name })).into_response()
+        }
+        Ok(Some(Err(message))) => error(StatusCode::NOT_FOUND, message),
+        Ok(None) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is not running",
+        ),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the supervisor did not answer within {}s",
+                RESTART_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}

@@ -1,0 +1,250 @@
+//! The HTTP API: health, readiness, channel status, restarts, Prometheus
+//! metrics and the lifecycle event stream.
+//!
+//! | method | path | answer |
+//! |--------|------|--------|
+//! | GET | `/healthz` | 200 `ok` |
+//! | GET | `/readyz` | 200 `ready`, or 503 listing the others |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/api/v1/info` | 200 `{"version", "writes", "auth", "writes_refused"}` |
+//! | GET | `/api/v1/openapi.json` | 200 this API's OpenAPI 3 document |
+//! | GET | `/api/v1/channels` | 200 `{"channels": [status, ...]}` |
+//! | GET | `/api/v1/channels/{name}` | 200 status, 404 |
+//! | PUT | `/api/v1/channels/{name}` | 201/200 status; 400, 401, 403, 409/422 with `problems` |
+//! | DELETE | `/api/v1/channels/{name}` | 204, 404 |
+//! | POST | `/api/v1/channels/{name}/restart` | 202 `{"restarting": name}`, 404, 503 |
+//! | GET | `/api/v1/channels/{name}/live` | WebSocket of decimated records (see [`crate::live`]) |
+//! | GET | `/api/v1/channels/{name}/schema` | 200 the channel's Avro schema (JSON), 404 |
+//! | GET | `/api/v1/channels/{name}/config` | 200 the channel file's text and schema |
+//! | POST | `/api/v1/channels/{name}/check-schema` | 200 `{"compatible", "problems"}` |
+//! | GET | `/api/v1/ports/free` | 200 `{"ports"}`, 409 too few |
+//! | GET | `/api/v1/events` | server-sent events (`?since=N`) |
+//! | POST | `/api/v1/holds` | 201 the hold and what it covers; 409, 422 with `field` |
+//! | GET | `/api/v1/holds` | 200 every hold and what it covers |
+//! | GET | `/api/v1/holds/{name}` | 200 one hold, 404 |
+//! | DELETE | `/api/v1/holds/{name}` | 204, 404 |
+//! | GET | `/` | the web console (see [`crate::console`]) |
+//! | GET | `/channels/{name}` | the web console's page of a channel |
+//! | GET | `/assets/{file}` | the web console's scripts and styles |
+//!
+//! Every body is a type of `speeddata_api`; every error is its
+//! `ErrorBody`, `{"error", "field"?, "problems"?}`. The OpenAPI document is
+//! generated from those types and the handlers' `#[utoipa::path]`: each
+//! route is registered once, with its documentation ([`routes`]).
+//!
+//! Write requests (restart, registration, check-schema) need the API token
+//! (`Authorization: Bearer`, 401 without it) when `http.token_file` is set.
+//! Without a token they are refused with 403 while `http.listen` is not a
+//! loopback address, from a peer off loopback, from a page of another
+//! origin (`Origin` differs from `Host`), and when `Host` does not name
+//! the loopback (a DNS-rebinding page). The live stream refuses other
+//! origins too.
+//!
+//! Unknown paths answer 404 and a wrong method 405 (with `Allow`), both
+//! with a JSON `{"error": ...}` body.
+//!
+//! Connections are bounded (see [`Limits`]): a client has
+//! [`HEADER_TIMEOUT`] to send a whole request head, a kept-alive
+//! connection may sit idle between requests for [`IDLE_TIMEOUT`], and at
+//! most `http.max_connections` are open at once; a connection beyond that
+//! is answered 503 at once and closed. A response being sent (an event
+//! stream above all) is never cut by these timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use speeddata_api::ErrorBody;
+use tokio::sync::{mpsc, watch};
+
+use crate::state::Fleet;
+use crate::supervisor::Request;
+
+mod auth;
+mod channels;
+mod console;
+mod events;
+mod holds;
+mod live;
+mod registration;
+mod server;
+#[cfg(test)]
+mod tests;
+mod transport;
+
+pub use events::KEEP_ALIVE;
+pub use transport::{bind, serve, serve_with, Limits, HEADER_TIMEOUT, IDLE_TIMEOUT};
+
+/// What the API reads and whom it asks.
+pub struct Api {
+    pub fleet: Arc<Fleet>,
+    pub requests: mpsc::Sender<Request>,
+    /// The orchestrator's configuration, kept current on reload; the
+    /// registration endpoints answer 503 without it.
+    pub config: Option<SharedConfig>,
+    /// The API token (`http.token_file`); write requests must carry it.
+    pub token: Option<String>,
+}
+
+/// The configuration as last loaded, shared with the signal handler that
+/// reloads it.
+pub type SharedConfig = Arc<std::sync::RwLock<Arc<crate::config::Config>>>;
+
+/// The peer of a request's connection.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+#[derive(Clone)]
+struct AppState {
+    fleet: Arc<Fleet>,
+    requests: mpsc::Sender<Request>,
+    /// Becomes `true` when the server shuts down: event streams end then,
+    /// so that the graceful shutdown does not wait for them forever.
+    closing: watch::Receiver<bool>,
+    /// The live streams' hubs.
+    live: Arc<crate::live::Live>,
+    /// The address the API listens on (writes need it to be loopback).
+    listen: SocketAddr,
+    config: Option<SharedConfig>,
+    token: Option<Arc<str>>,
+    /// The OpenAPI document, as served.
+    openapi: Arc<str>,
+}
+
+/// The OpenAPI document's frame: the paths and schemas come from the
+/// handlers' `#[utoipa::path]` and the types of `speeddata_api`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "speeddata-relay orchestrator API",
+        description = "Channel status, lifecycle events, registration, holds and the live stream of a speeddata-relay host. Write requests need `Authorization: Bearer <token>` when http.token_file is set, else come from loopback."
+    ),
+    components(schemas(speeddata_api::EventKind, speeddata_api::Lagged))
+)]
+struct ApiDoc;
+
+/// Every route, each registered once with its documentation: the router
+/// and the OpenAPI document cannot disagree.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(console::fleet_page))
+        .routes(routes!(console::channel_page))
+        .routes(routes!(console::asset))
+        .routes(routes!(server::healthz))
+        .routes(routes!(server::readyz))
+        .routes(routes!(server::metrics))
+        .routes(routes!(server::info))
+        .routes(routes!(server::openapi_json))
+        .routes(routes!(channels::channels))
+        .routes(routes!(
+            channels::channel,
+            registration::register,
+            registration::unregister
+        ))
+        .routes(routes!(channels::schema))
+        .routes(routes!(registration::channel_config))
+        .routes(routes!(registration::check_schema))
+        .routes(routes!(channels::restart))
+        .routes(routes!(live::live))
+        .routes(routes!(registration::free_ports))
+        .routes(routes!(holds::holds_list, holds::hold_create))
+        .routes(routes!(holds::hold_get, holds::hold_delete))
+        .routes(routes!(events::events))
+        .split_for_parts()
+}
+
+/// The API's OpenAPI 3 document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The API's routes; event streams end when `closing` turns true.
+fn build(api: Api, listen: SocketAddr, closing: watch::Receiver<bool>) -> Router {
+    let (router, doc) = routes();
+    let state = AppState {
+        fleet: api.fleet,
+        requests: api.requests,
+        closing,
+        live: Arc::default(),
+        listen,
+        config: api.config,
+        token: api.token.map(Arc::from),
+        openapi: Arc::from(doc.to_json().unwrap_or_default()),
+    };
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Every handler's error: a status and the API's one error body.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody::new(message),
+        }
+    }
+
+    /// A request field at fault.
+    fn field(status: StatusCode, field: Option<String>, message: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(status, message);
+        e.body.field = field;
+        e
+    }
+
+    /// A channel file or schema that does not pass the checks.
+    fn problems(status: StatusCode, list: Vec<speeddata_api::Problem>) -> ApiError {
+        let n = list.len();
+        let mut e = ApiError::new(
+            status,
+            match list.first() {
+                Some(p) if n == 1 => format!("{}: {}", p.key, p.message),
+                _ => format!("{n} problems with the channel"),
+            },
+        );
+        e.body.problems = Some(list);
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"speeddata\""),
+            );
+        }
+        r
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    ApiError::new(status, message).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such resource: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
