@@ -19,6 +19,8 @@
 //! - [`container`]: the Avro object container format, written block by block;
 //! - `quarantine`: rejected datagrams kept for inspection, on a path of their own;
 //! - `ledger`: the counters the threads share, kept balanced;
+//! - `reject`: why a datagram was rejected, the labels the stats line
+//!   counts rejections under;
 //! - [`status`]: the status lines on stdout, and the table of counters;
 //! - [`logs`]: the logging set-up both binaries share;
 //! - [`relay`]: the threads wired together and the control loop.
@@ -47,6 +49,7 @@ pub mod interface {
 }
 pub(crate) mod quarantine;
 pub(crate) mod receive;
+pub(crate) mod reject;
 pub mod relay;
 pub mod schema;
 pub mod status;

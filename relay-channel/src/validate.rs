@@ -121,6 +121,8 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 mod fast;
 
+pub use crate::reject::Reason;
+
 use apache_avro::schema::{
     DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, NamesRef, NamespaceRef,
     RecordSchema, ResolvedSchema, Schema, UuidSchema,
@@ -298,92 +300,6 @@ impl Logical {
 }
 
 impl fmt::Display for Logical {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The kind of defect [`Validator::validate`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Reason {
-    /// The datagram is empty and the schema needs at least one byte.
-    Empty,
-    /// The datagram ends inside the datum, or a length points past its end.
-    Truncated,
-    /// The datum ends before the datagram does.
-    TrailingBytes,
-    /// A varint runs on past its maximum size: 5 bytes for an int (also date,
-    /// time-millis and enum indices), 10 for a long.
-    BadVarint,
-    /// An int (also date, time-millis, enum index) outside the 32-bit range.
-    IntOutOfRange,
-    /// A string is not valid UTF-8.
-    InvalidUtf8,
-    /// A boolean byte other than 0 or 1.
-    BadBoolean,
-    /// An enum index that is negative or not below the number of symbols.
-    EnumIndexOutOfRange,
-    /// A union branch index that is negative or not below the number of branches.
-    UnionIndexOutOfRange,
-    /// A bytes or string length below zero.
-    NegativeLength,
-    /// An array or map block count that cannot fit in the bytes left: its items
-    /// would need more bytes than remain, or (for always-empty items such as
-    /// null) it exceeds the number of bytes left counted from the block start.
-    ImplausibleCount,
-    /// The byte size after a negative block count differs from the bytes its
-    /// items occupy.
-    BlockSizeMismatch,
-    /// Records, arrays and maps nested more than 128 deep.
-    TooDeep,
-    /// A value of a logical type outside what the type can represent: a date
-    /// or timestamp outside years 1 to 9999, a time of day outside one day, a
-    /// decimal with more digits than its precision, a uuid that is not one.
-    LogicalTypeRange,
-}
-
-impl Reason {
-    /// Every reason the validator gives (for tests and documentation).
-    pub const ALL: &'static [Reason] = &[
-        Reason::Empty,
-        Reason::Truncated,
-        Reason::TrailingBytes,
-        Reason::BadVarint,
-        Reason::IntOutOfRange,
-        Reason::InvalidUtf8,
-        Reason::BadBoolean,
-        Reason::EnumIndexOutOfRange,
-        Reason::UnionIndexOutOfRange,
-        Reason::NegativeLength,
-        Reason::ImplausibleCount,
-        Reason::BlockSizeMismatch,
-        Reason::TooDeep,
-        Reason::LogicalTypeRange,
-    ];
-
-    /// Short snake_case label for metrics and logs, e.g. `"trailing_bytes"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Reason::Empty => "empty",
-            Reason::Truncated => "truncated",
-            Reason::TrailingBytes => "trailing_bytes",
-            Reason::BadVarint => "bad_varint",
-            Reason::IntOutOfRange => "int_out_of_range",
-            Reason::InvalidUtf8 => "invalid_utf8",
-            Reason::BadBoolean => "bad_boolean",
-            Reason::EnumIndexOutOfRange => "enum_index_out_of_range",
-            Reason::UnionIndexOutOfRange => "union_index_out_of_range",
-            Reason::NegativeLength => "negative_length",
-            Reason::ImplausibleCount => "implausible_count",
-            Reason::BlockSizeMismatch => "block_size_mismatch",
-            Reason::TooDeep => "too_deep",
-            Reason::LogicalTypeRange => "logical_type_range",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
