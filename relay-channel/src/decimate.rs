@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::config::{Algorithm, DecimationWindow};
+use crate::varint::{put_long, read_long};
 
 use apache_avro::schema::{
     DecimalSchema, FixedSchema, InnerDecimalSchema, Name, NamesRef, NamespaceRef, RecordSchema,
@@ -909,30 +910,6 @@ impl<'s> Compiler<'s> {
         };
         Ok(self.add_skip(s))
     }
-}
-
-/// Reads a zigzag varint.
-#[inline(always)]
-fn read_long(d: &[u8], pos: &mut usize) -> Option<i64> {
-    let mut v: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let b = *d.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some((v >> 1) as i64 ^ -((v & 1) as i64));
-        }
-    }
-    None
-}
-
-fn put_long(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
 }
 
 #[inline(always)]

@@ -17,6 +17,7 @@
 //! - [`holds`]: holds (time ranges kept past retention), and archive file
 //!   names and their time spans;
 //! - [`container`]: the Avro object container format, written block by block;
+//! - `varint`: Avro's zig-zag varints, written and read;
 //! - `quarantine`: rejected datagrams kept for inspection, on a path of their own;
 //! - `ledger`: the counters the threads share, kept balanced;
 //! - `reject`: why a datagram was rejected, the labels the stats line
@@ -54,3 +55,4 @@ pub mod relay;
 pub mod schema;
 pub mod status;
 pub mod validate;
+pub(crate) mod varint;

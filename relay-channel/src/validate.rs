@@ -122,6 +122,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 mod fast;
 
 pub use crate::reject::Reason;
+use crate::varint::{self, Overrun, MAX_INT_LEN, MAX_LONG_LEN};
 
 use apache_avro::schema::{
     DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, NamesRef, NamespaceRef,
@@ -788,38 +789,31 @@ impl<'a> Cursor<'a> {
         Ok(&buf[start..self.pos])
     }
 
-    /// Reads a varint of at most `max_len` bytes. Like apache-avro (and Java),
-    /// bits beyond the 64th in a 10-byte varint are dropped, not rejected.
+    /// Reads a varint of at most `max_len` bytes (see [`varint::read`]).
     #[inline]
     fn varint(&mut self, max_len: usize) -> Result<u64, Fault> {
         let start = self.pos;
-        let mut value = 0u64;
-        let mut shift = 0u32;
-        for i in 0..max_len {
-            let Some(&b) = self.buf.get(start + i) else {
-                return Err(self.invalid(start, Reason::Truncated));
-            };
-            value |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                self.pos = start + i + 1;
-                return Ok(value);
+        match varint::read(self.buf, start, max_len) {
+            Ok((value, end)) => {
+                self.pos = end;
+                Ok(value)
             }
-            shift += 7;
+            Err(Overrun::Truncated) => Err(self.invalid(start, Reason::Truncated)),
+            Err(Overrun::TooLong) => Err(self.invalid(start, Reason::BadVarint)),
         }
-        Err(self.invalid(start, Reason::BadVarint))
     }
 
     #[inline]
     fn long(&mut self) -> Result<i64, Fault> {
-        let z = self.varint(10)?;
-        Ok((z >> 1) as i64 ^ -((z & 1) as i64))
+        let z = self.varint(MAX_LONG_LEN)?;
+        Ok(varint::unzigzag(z))
     }
 
     #[inline]
     fn int(&mut self) -> Result<i32, Fault> {
         let at = self.pos;
-        let z = self.varint(5)?;
-        let v = (z >> 1) as i64 ^ -((z & 1) as i64);
+        let z = self.varint(MAX_INT_LEN)?;
+        let v = varint::unzigzag(z);
         i32::try_from(v).map_err(|_| self.invalid(at, Reason::IntOutOfRange))
     }
 
@@ -1289,6 +1283,7 @@ impl<'s> Compiler<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::varint::zigzag;
     use apache_avro::reader::datum::GenericDatumReader;
     use apache_avro::types::Value;
     use apache_avro::writer::datum::GenericDatumWriter;
@@ -1396,16 +1391,9 @@ mod tests {
 
     /// Zig-zag varint of `v`.
     fn zz(v: i64) -> Vec<u8> {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
         let mut out = Vec::new();
-        loop {
-            if z < 0x80 {
-                out.push(z as u8);
-                return out;
-            }
-            out.push(z as u8 | 0x80);
-            z >>= 7;
-        }
+        varint::put_long(&mut out, v);
+        out
     }
 
     fn reason(v: &Validator, x: &[u8]) -> Option<Reason> {
@@ -2842,22 +2830,13 @@ mod tests {
         {"name":"blob","type":"bytes"},
         {"name":"x","type":"double"}]}"#;
 
-    /// Zig-zag of `v`.
-    fn zigzag(v: i64) -> u64 {
-        ((v << 1) ^ (v >> 63)) as u64
-    }
-
     /// The varint of `z`, as a conforming writer may write it: mostly in its
     /// fewest bytes, sometimes padded with continuation bytes up to `max`
     /// bytes; rarely (ints only) beyond, which apache-avro reads and the spec
     /// does not.
-    fn put_varint(rng: &mut Rng, out: &mut Vec<u8>, mut z: u64, max: usize) {
+    fn put_varint(rng: &mut Rng, out: &mut Vec<u8>, z: u64, max: usize) {
         let start = out.len();
-        while z >= 0x80 {
-            out.push(z as u8 | 0x80);
-            z >>= 7;
-        }
-        out.push(z as u8);
+        varint::put(out, z);
         let len = out.len() - start;
         let pad = match rng.below(16) {
             0 | 1 => rng.below(max - len + 1),
@@ -3273,20 +3252,12 @@ mod speed {
     //! Each `run_*` function validates [`N`] datums; its inclusive count over
     //! `N` is the cost of one (the loop's own few instructions included).
     use super::*;
+    use crate::varint::put_long;
 
     /// Validations per schema.
     const N: usize = 100_000;
     /// Distinct datums per schema, validated in turn `N / POOL` times.
     const POOL: usize = 1_000;
-
-    fn put_long(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            out.push(z as u8 | 0x80);
-            z >>= 7;
-        }
-        out.push(z as u8);
-    }
 
     /// Datums of a bench samples schema as `loadgen` sends them: a current
     /// timestamp, an increasing counter, one block of `values` doubles (16-bit

@@ -798,6 +798,7 @@ mod tests {
     use super::*;
     use crate::holds;
     use crate::ledger::BatchCounts;
+    use crate::varint::read_long_from;
 
     fn spec(dir: &Path) -> ArchiveSpec {
         ArchiveSpec {
@@ -911,8 +912,8 @@ mod tests {
         let mut r = std::io::BufReader::new(std::fs::File::open(path).unwrap());
         container::read_header(&mut r).unwrap();
         let mut counts = Vec::new();
-        while let Ok(n) = container::read_long(&mut r) {
-            let size = container::read_long(&mut r).unwrap();
+        while let Ok(n) = read_long_from(&mut r) {
+            let size = read_long_from(&mut r).unwrap();
             let skipped = std::io::copy(
                 &mut std::io::Read::take(&mut r, size as u64 + 16),
                 &mut std::io::sink(),
