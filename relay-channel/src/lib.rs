@@ -14,8 +14,9 @@
 //!   the archive and quarantine threads, and the archive queue's sizing;
 //! - `archive`: the archive threads (writer, closer, retention, recovery);
 //! - [`decimate`]: the decimated output's windows: downsample, average, minmax, rms;
-//! - [`holds`]: holds (time ranges kept past retention), and archive file
-//!   names and their time spans;
+//! - [`holds`]: holds (time ranges kept past retention), and the time spans
+//!   of archive files;
+//! - `file_names`: archive file names, composed and parsed;
 //! - [`container`]: the Avro object container format, written block by block;
 //! - `varint`: Avro's zig-zag varints, written and read;
 //! - `quarantine`: rejected datagrams kept for inspection, on a path of their own;
@@ -36,6 +37,7 @@ pub(crate) mod archive;
 pub mod config;
 pub mod container;
 pub mod decimate;
+pub(crate) mod file_names;
 pub(crate) mod handover;
 pub mod holds;
 pub(crate) mod ledger;

@@ -24,11 +24,12 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::adaptive::{Adaptive, Signals, Work};
-use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
+use super::closer::{ClosedFile, Closer};
 use super::pool::{self, thread_cpu_time, Pool};
 use super::recovery;
 use crate::config::{ArchiveSpec, Codec, Fsync};
 use crate::container::{self, BlockEncoder};
+use crate::file_names::{self, epoch_ms};
 use crate::handover::{ArchiveInbox, Batch};
 use crate::ledger::Ledger;
 use crate::logs::RateLimit;
@@ -703,10 +704,10 @@ impl Archive {
         // in order even when files rotate faster than that.
         let mut ms = epoch_ms(first).max(self.last_start_ms + 1);
         loop {
-            let stem = format!("{}-{}", self.channel, file_stamp(ms));
-            let part = self.dir.join(format!("{stem}.avro.part"));
+            let stem = file_names::stem(&self.channel, ms);
+            let part = self.dir.join(file_names::part_name(&stem));
             // A file of the same start, named as before spans were.
-            if fs::symlink_metadata(self.dir.join(format!("{stem}.avro"))).is_ok() {
+            if fs::symlink_metadata(self.dir.join(file_names::legacy_closed_name(&stem))).is_ok() {
                 ms += 1;
                 continue;
             }
@@ -1081,11 +1082,5 @@ mod tests {
             "unique, in order"
         );
         assert!(next.path > report.path);
-    }
-
-    #[test]
-    fn file_stamps_sort_as_time() {
-        assert_eq!(file_stamp(1_795_383_000_123), "20261122T213000.123Z");
-        assert!(file_stamp(1_795_383_000_123) < file_stamp(1_795_383_000_124));
     }
 }
