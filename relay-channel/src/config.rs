@@ -570,14 +570,7 @@ impl Checker<'_> {
     }
 
     fn channel(&mut self, raw: RawChannel) -> Option<ChannelSpec> {
-        let name = match raw.name {
-            Some(n) => n,
-            None => self
-                .file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        };
+        let name = raw.name.unwrap_or_else(|| name_from_file(self.file));
         if !valid_name(&name) {
             self.problem(
                 "name",
@@ -1020,6 +1013,20 @@ pub fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// The name of the channel `file` describes: its `name` key if it has one,
+/// else the file's name without `.toml` (its stem; empty for a path without
+/// a file name). Not checked: see [`valid_name`].
+pub fn channel_name(name: Option<&str>, file: &Path) -> String {
+    name.map_or_else(|| name_from_file(file), str::to_string)
+}
+
+/// The name a channel file gives a channel without a `name` key: its stem.
+fn name_from_file(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Channel names: 1 to 64 of `[a-z0-9_-]`.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -1090,6 +1097,15 @@ mod tests {
         for n in ["null", "deflate", "snappy", "zstd", "zstandard"] {
             assert!(e.contains(n), "{e}");
         }
+    }
+
+    #[test]
+    fn the_channel_name_is_the_name_key_else_the_file_stem() {
+        let file = Path::new("/etc/speeddata/channels.d/north.toml");
+        assert_eq!(channel_name(Some("east"), file), "east");
+        assert_eq!(channel_name(None, file), "north");
+        assert_eq!(channel_name(None, Path::new("c/x.y.toml")), "x.y");
+        assert_eq!(channel_name(None, Path::new("/")), "");
     }
 
     #[test]
