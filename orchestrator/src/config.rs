@@ -414,14 +414,9 @@ pub fn load_fleet(cfg: &Config) -> Result<ChannelSet, std::io::Error> {
 
 /// The channel name a file stands for, even when it does not validate.
 pub fn name_of(file: &Path) -> String {
-    rc::read_table(file)
-        .ok()
-        .and_then(|t| t.get("name").and_then(|n| n.as_str()).map(String::from))
-        .unwrap_or_else(|| {
-            file.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
+    let table = rc::read_table(file).ok();
+    let name = table.as_ref().and_then(|t| t.get("name")?.as_str());
+    rc::channel_name(name, file)
 }
 
 /// Validates one channel file exactly as relay-channel will, schema included.

@@ -20,6 +20,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::config::{self, Codec};
+use crate::varint::{put_long, read_long_from};
 
 /// The 4-byte magic that starts every Avro object container file.
 pub const MAGIC: [u8; 4] = *b"Obj\x01";
@@ -535,11 +536,11 @@ fn next_block<R: Read>(
     sync: &[u8; 16],
     ck: &mut BlockChecker,
 ) -> io::Result<Option<u64>> {
-    let count = match soft(read_long(rd))? {
+    let count = match soft(read_long_from(rd))? {
         Some(c) if c > 0 => c as u64,
         _ => return Ok(None),
     };
-    let size = match soft(read_long(rd))? {
+    let size = match soft(read_long_from(rd))? {
         Some(s) if s >= 0 => s as u64,
         _ => return Ok(None),
     };
@@ -652,7 +653,7 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, HeaderError> {
     let mut key = Vec::new();
     let mut value = Vec::new();
     loop {
-        let mut n = read_long(&mut rd).map_err(header_err)?;
+        let mut n = read_long_from(&mut rd).map_err(header_err)?;
         if n == 0 {
             break;
         }
@@ -661,7 +662,7 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, HeaderError> {
             n = n
                 .checked_neg()
                 .ok_or(HeaderError::Malformed("bad map block count"))?;
-            read_long(&mut rd).map_err(header_err)?;
+            read_long_from(&mut rd).map_err(header_err)?;
         }
         for _ in 0..n {
             read_bytes(&mut rd, &mut key)?;
@@ -698,7 +699,7 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, HeaderError> {
 /// Reads an Avro `bytes`/`string` (long length + data) into `buf`, growing it only
 /// as data actually arrives.
 fn read_bytes<R: Read>(rd: &mut CountingReader<R>, buf: &mut Vec<u8>) -> Result<(), HeaderError> {
-    let len = read_long(rd).map_err(header_err)?;
+    let len = read_long_from(rd).map_err(header_err)?;
     let len = u64::try_from(len).map_err(|_| HeaderError::Malformed("negative length"))?;
     buf.clear();
     let got = rd.by_ref().take(len).read_to_end(buf).map_err(header_err)?;
@@ -746,42 +747,10 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// Appends `v` as an Avro long (zigzag varint).
-pub(crate) fn put_long(out: &mut Vec<u8>, v: i64) {
-    let mut n = ((v << 1) ^ (v >> 63)) as u64;
-    while n >= 0x80 {
-        out.push(n as u8 | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
 /// Appends an Avro `bytes` value (length + data).
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_long(out, b.len() as i64);
     out.extend_from_slice(b);
-}
-
-/// Reads an Avro long (zigzag varint, at most 10 bytes). Errors: `UnexpectedEof` if the
-/// input ends inside it, `InvalidData` if it is over-long.
-pub(crate) fn read_long(r: &mut impl Read) -> io::Result<i64> {
-    let mut n: u64 = 0;
-    for i in 0..10 {
-        let mut b = [0u8; 1];
-        r.read_exact(&mut b)?;
-        let b = b[0];
-        if i == 9 && b > 1 {
-            break;
-        }
-        n |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(((n >> 1) as i64) ^ -((n & 1) as i64));
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "varint too long",
-    ))
 }
 
 #[cfg(test)]
@@ -897,8 +866,8 @@ mod tests {
             let n = stored.write_block(count, &data, &sync, &mut block).unwrap();
             assert_eq!(n as usize, block.len(), "{len}");
             let mut r = &block[..];
-            assert_eq!(read_long(&mut r).unwrap(), count as i64);
-            let size = read_long(&mut r).unwrap() as usize;
+            assert_eq!(read_long_from(&mut r).unwrap(), count as i64);
+            let size = read_long_from(&mut r).unwrap() as usize;
             assert_eq!(size + 16, r.len(), "{len}: the size field");
             let frame = &r[..size];
             assert_eq!(zstd::decode_all(frame).unwrap(), data, "{len}");
@@ -1315,24 +1284,7 @@ mod tests {
     }
 
     #[test]
-    fn container_zigzag() {
-        for v in [0i64, -1, 1, -64, 63, 64, -65, 1 << 40, i64::MAX, i64::MIN] {
-            let mut b = Vec::new();
-            put_long(&mut b, v);
-            assert!(b.len() <= 10);
-            assert_eq!(read_long(&mut &b[..]).unwrap(), v);
-        }
-        let mut b = Vec::new();
-        put_long(&mut b, -3);
-        assert_eq!(b, [5]);
-        assert_eq!(
-            read_long(&mut &[0xffu8; 11][..]).unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
-        assert_eq!(
-            read_long(&mut &[0x80u8][..]).unwrap_err().kind(),
-            io::ErrorKind::UnexpectedEof
-        );
+    fn sync_markers_differ() {
         let syncs = (new_sync_marker(), new_sync_marker());
         assert_ne!(syncs.0, syncs.1);
     }

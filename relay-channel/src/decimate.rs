@@ -15,22 +15,22 @@
 //! `keep_last`, takes the window's last value, copied byte for byte; so do
 //! logical types (a display must see real time stamps).
 //!
-//! The schema is compiled once into a flat list of [`Step`]s. Per record,
-//! the numeric leaves are decoded into a scratch list and committed to the
-//! window's accumulators only if the whole datum decoded (with validation
-//! off a datagram may be anything); the last record is kept as bytes. At the
-//! end of a window its records are encoded once, walking the last record's
-//! bytes. Nothing is allocated per record once the buffers have grown.
+//! The schema is compiled once (module `compile`) into a flat list of
+//! [`Step`]s. Per record, the numeric leaves are decoded into a scratch list
+//! and committed to the window's accumulators only if the whole datum
+//! decoded (with validation off a datagram may be anything); the last record
+//! is kept as bytes. At the end of a window its records are encoded once,
+//! walking the last record's bytes. Nothing is allocated per record once the
+//! buffers have grown.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::config::{Algorithm, DecimationWindow};
+use crate::varint::{put_long, read_long};
 
-use apache_avro::schema::{
-    DecimalSchema, FixedSchema, InnerDecimalSchema, Name, NamesRef, NamespaceRef, RecordSchema,
-    ResolvedSchema, Schema, UuidSchema,
-};
+use apache_avro::schema::Schema;
+
+mod compile;
 
 /// Deepest nesting followed when skipping a value.
 const MAX_DEPTH: u32 = 128;
@@ -346,20 +346,7 @@ impl Decimator {
         keep_last: &[String],
         prefix: &[u8],
     ) -> Result<Decimator, String> {
-        let resolved = ResolvedSchema::new(schema).map_err(|e| e.to_string())?;
-        let mut c = Compiler {
-            defs: resolved.get_names(),
-            steps: Vec::new(),
-            skips: Vec::new(),
-            named: HashMap::new(),
-            keep: keep_last.iter().map(|k| (k.as_str(), false)).collect(),
-            accs: 0,
-            arrays: 0,
-        };
-        c.plan(schema, None, "", 0)?;
-        if let Some((k, _)) = c.keep.iter().find(|(_, used)| !used) {
-            return Err(missing_field(schema, &resolved, k));
-        }
+        let c = compile::compile(schema, keep_last)?;
         Ok(Decimator {
             algorithm,
             window,
@@ -676,263 +663,6 @@ impl Decimator {
         }
         self.ends.push(self.out.len());
     }
-}
-
-/// The message for a `keep_last` entry that names no field.
-fn missing_field(schema: &Schema, resolved: &ResolvedSchema<'_>, path: &str) -> String {
-    let mut record = match schema {
-        Schema::Record(r) => r,
-        _ => return format!("\"{path}\": the schema is not a record, it has no fields"),
-    };
-    let names = resolved.get_names();
-    let mut ns = record.name.namespace().map(str::to_owned);
-    let parts: Vec<&str> = path.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        let Some(field) = record.fields.iter().find(|f| f.name == *part) else {
-            return format!(
-                "\"{path}\": record {} has no field \"{part}\"",
-                record.name.name()
-            );
-        };
-        if i + 1 == parts.len() {
-            break;
-        }
-        let mut s = &field.schema;
-        if let Schema::Ref { name } = s {
-            let fq = name.fully_qualified_name(ns.as_deref());
-            if let Some(def) = names.get(fq.as_ref()) {
-                s = def;
-            }
-        }
-        match s {
-            Schema::Record(r) => {
-                ns = r.name.namespace().map(str::to_owned).or(ns);
-                record = r;
-            }
-            _ => {
-                let so_far = parts[..=i].join(".");
-                return format!("\"{path}\": field \"{so_far}\" is not a record");
-            }
-        }
-    }
-    format!("\"{path}\": not a field of its own (it repeats another entry, or lies inside one)")
-}
-
-/// Compiles a schema to steps and skip nodes.
-struct Compiler<'s> {
-    defs: &'s NamesRef<'s>,
-    steps: Vec<Step>,
-    skips: Vec<Skip>,
-    /// Skip nodes of named types, by full name (records while open too).
-    named: HashMap<Name, u32>,
-    /// The `keep_last` paths, and whether a field was found for each.
-    keep: Vec<(&'s str, bool)>,
-    accs: u32,
-    arrays: u32,
-}
-
-impl<'s> Compiler<'s> {
-    /// Adds the steps of a value at `path` (dotted field names).
-    fn plan(
-        &mut self,
-        schema: &'s Schema,
-        ns: NamespaceRef<'_>,
-        path: &str,
-        depth: u32,
-    ) -> Result<(), String> {
-        if let Some(k) = self.keep.iter_mut().find(|(k, used)| *k == path && !*used) {
-            k.1 = true;
-            let skip = self.skip(schema, ns)?;
-            return self.push_last(skip);
-        }
-        let schema = match schema {
-            Schema::Ref { name } => {
-                let fq = name.fully_qualified_name(ns);
-                return match self.defs.get(fq.as_ref()) {
-                    Some(def) if depth < MAX_DEPTH => {
-                        self.plan(def, fq.namespace(), path, depth + 1)
-                    }
-                    _ => {
-                        let skip = self.skip(schema, ns)?;
-                        self.push_last(skip)
-                    }
-                };
-            }
-            s => s,
-        };
-        if let Some(num) = Num::of(schema) {
-            let acc = self.next_acc();
-            self.steps.push(Step::Num { num, acc });
-            return Ok(());
-        }
-        match schema {
-            Schema::Record(r) if depth < MAX_DEPTH => self.record(r, ns, path, depth),
-            Schema::Union(u) => match u.variants() {
-                [Schema::Null, n] | [n, Schema::Null] if Num::of(n).is_some() => {
-                    let number = u8::from(matches!(u.variants()[0], Schema::Null));
-                    let acc = self.next_acc();
-                    let num = Num::of(n).expect("numeric");
-                    self.steps.push(Step::OptNum { num, acc, number });
-                    Ok(())
-                }
-                _ => {
-                    let skip = self.skip(schema, ns)?;
-                    self.push_last(skip)
-                }
-            },
-            Schema::Array(a) if Num::of(&a.items).is_some() => {
-                let array = self.arrays;
-                self.arrays += 1;
-                let num = Num::of(&a.items).expect("numeric");
-                self.steps.push(Step::Array { num, array });
-                Ok(())
-            }
-            _ => {
-                let skip = self.skip(schema, ns)?;
-                self.push_last(skip)
-            }
-        }
-    }
-
-    fn record(
-        &mut self,
-        r: &'s RecordSchema,
-        ns: NamespaceRef<'_>,
-        path: &str,
-        depth: u32,
-    ) -> Result<(), String> {
-        let fq = r.name.fully_qualified_name(ns);
-        for f in &r.fields {
-            let sub = if path.is_empty() {
-                f.name.clone()
-            } else {
-                format!("{path}.{}", f.name)
-            };
-            self.plan(&f.schema, fq.namespace(), &sub, depth + 1)?;
-        }
-        Ok(())
-    }
-
-    fn next_acc(&mut self) -> u32 {
-        self.accs += 1;
-        self.accs - 1
-    }
-
-    /// Adds a last-value step.
-    fn push_last(&mut self, skip: u32) -> Result<(), String> {
-        self.steps.push(Step::Last { skip });
-        Ok(())
-    }
-
-    fn add_skip(&mut self, s: Skip) -> u32 {
-        self.skips.push(s);
-        (self.skips.len() - 1) as u32
-    }
-
-    /// The skip node of a value of `schema`.
-    fn skip(&mut self, schema: &'s Schema, ns: NamespaceRef<'_>) -> Result<u32, String> {
-        let s = match schema {
-            Schema::Null => Skip::Fixed(0),
-            Schema::Boolean => Skip::Fixed(1),
-            Schema::Int
-            | Schema::Long
-            | Schema::Date
-            | Schema::TimeMillis
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => Skip::Varint,
-            Schema::Float => Skip::Fixed(4),
-            Schema::Double => Skip::Fixed(8),
-            Schema::Bytes
-            | Schema::String
-            | Schema::BigDecimal
-            | Schema::Uuid(UuidSchema::Bytes | UuidSchema::String)
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Bytes,
-                ..
-            }) => Skip::Bytes,
-            Schema::Fixed(FixedSchema { size, .. })
-            | Schema::Uuid(UuidSchema::Fixed(FixedSchema { size, .. }))
-            | Schema::Duration(FixedSchema { size, .. })
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Fixed(FixedSchema { size, .. }),
-                ..
-            }) => Skip::Fixed(*size),
-            Schema::Enum(_) => Skip::Varint,
-            Schema::Array(a) => {
-                let items = self.skip(&a.items, ns)?;
-                Skip::Array(items)
-            }
-            Schema::Map(m) => {
-                let values = self.skip(&m.types, ns)?;
-                Skip::Map(values)
-            }
-            Schema::Union(u) => {
-                let branches = u
-                    .variants()
-                    .iter()
-                    .map(|b| self.skip(b, ns))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Skip::Union(branches)
-            }
-            Schema::Record(r) => {
-                let fq = r.name.fully_qualified_name(ns).into_owned();
-                if let Some(&i) = self.named.get(&fq) {
-                    return Ok(i);
-                }
-                // Named before its fields, which may refer back to it.
-                let index = self.add_skip(Skip::Record(Vec::new()));
-                self.named.insert(fq.clone(), index);
-                let fields = r
-                    .fields
-                    .iter()
-                    .map(|f| self.skip(&f.schema, fq.namespace()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.skips[index as usize] = Skip::Record(fields);
-                return Ok(index);
-            }
-            Schema::Ref { name } => {
-                let fq = name.fully_qualified_name(ns);
-                if let Some(&i) = self.named.get(fq.as_ref()) {
-                    return Ok(i);
-                }
-                let def = self
-                    .defs
-                    .get(fq.as_ref())
-                    .ok_or_else(|| format!("unresolved type {fq}"))?;
-                return self.skip(def, fq.namespace());
-            }
-        };
-        Ok(self.add_skip(s))
-    }
-}
-
-/// Reads a zigzag varint.
-#[inline(always)]
-fn read_long(d: &[u8], pos: &mut usize) -> Option<i64> {
-    let mut v: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let b = *d.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some((v >> 1) as i64 ^ -((v & 1) as i64));
-        }
-    }
-    None
-}
-
-fn put_long(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
 }
 
 #[inline(always)]

@@ -1,8 +1,9 @@
 //! The hand-over contract between the receive thread and the threads that
 //! write: the [`Batch`] of valid datagrams and the queue to the archive
 //! ([`archive_queue`]: its sizing and the pool batches are recycled
-//! through), and why a datagram was rejected ([`RejectReason`],
-//! [`Rejection`], [`RejectedDatagram`]) for the counters and the quarantine.
+//! through), and why a datagram was rejected ([`Rejection`],
+//! [`RejectedDatagram`]) for the counters and the quarantine (each counted
+//! under a [`RejectReason`], whose labels `reject` defines).
 //!
 //! Batches circulate: the receive thread fills one, queues it to the archive
 //! thread, which empties it and gives it back, so buffers are allocated once.
@@ -15,7 +16,8 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::config::MAX_DATAGRAM;
-use crate::validate::{Invalid, Reason};
+use crate::reject::RejectReason;
+use crate::validate::Invalid;
 
 /// A batch is handed to the archive once it holds this many bytes (or is
 /// [`HAND_OVER_AFTER`] old); the archive queue is counted in such batches.
@@ -223,34 +225,6 @@ impl ArchiveInbox {
     }
 }
 
-/// What a rejection is counted under: one label each, on the stats line
-/// (`rejected_by_reason`), in logs and in the quarantine file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RejectReason {
-    Oversized,
-    SenderNotAllowed,
-    WrongHeader,
-    /// The validator's reason.
-    Invalid(Reason),
-}
-
-impl RejectReason {
-    /// The labels of the receive path's own checks (the validator's are
-    /// `validate::Reason::ALL`).
-    pub(crate) const OWN_REASONS: &'static [&'static str] =
-        &["oversized", "sender_not_allowed", "wrong_header"];
-
-    /// The label, e.g. `"sender_not_allowed"` or `"trailing_bytes"`.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::Oversized => "oversized",
-            RejectReason::SenderNotAllowed => "sender_not_allowed",
-            RejectReason::WrongHeader => "wrong_header",
-            RejectReason::Invalid(r) => r.as_str(),
-        }
-    }
-}
-
 /// Why one datagram was rejected, with the detail logs and the quarantine
 /// show. Kept as data: no text is built on the receive path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +276,7 @@ pub(crate) struct RejectedDatagram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::Reason;
 
     #[test]
     fn a_batch_keeps_datagrams_in_order_and_is_reusable() {
@@ -371,14 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn reasons_keep_their_labels() {
-        let own = [
-            RejectReason::Oversized,
-            RejectReason::SenderNotAllowed,
-            RejectReason::WrongHeader,
-        ]
-        .map(RejectReason::as_str);
-        assert_eq!(RejectReason::OWN_REASONS, own);
+    fn rejections_are_counted_under_their_reason() {
         let invalid = Invalid {
             offset: 3,
             reason: Reason::TrailingBytes,

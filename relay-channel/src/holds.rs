@@ -10,7 +10,10 @@
 //!
 //! An archive file's time span comes from its name
 //! (`{channel}-{from}--{to}.avro`, [`file_span`]): from its first record's
-//! arrival to its close, in arrival time, UTC, to the millisecond.
+//! arrival to its close, in arrival time, UTC, to the millisecond. Archive
+//! file names are composed and parsed by the crate's `file_names` module;
+//! [`stamp`], [`parse_stamp`], [`file_span`] and [`Span`] are its, here for
+//! those who keep holds.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -21,6 +24,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+
+use crate::file_names;
+pub use crate::file_names::{file_span, parse_stamp, stamp, Span};
 
 /// One hold, as stored in `{dir}/{name}.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -120,99 +126,6 @@ fn two_digits(a: u8, b: u8) -> Option<i64> {
     (a.is_ascii_digit() && b.is_ascii_digit()).then(|| i64::from((a - b'0') * 10 + (b - b'0')))
 }
 
-// ---------------------------------------------------------------------------
-// Archive file names and spans.
-
-/// Length of a stamp, `20261122T213000.123Z`.
-const STAMP_LEN: usize = 20;
-
-/// The stamp of archive file names: `20261122T213000.123Z`, a time to the
-/// millisecond (cut, not rounded), UTC.
-pub fn stamp(t: SystemTime) -> String {
-    let ms = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64);
-    // 2026-11-22T21:30:00.123Z
-    humantime::format_rfc3339_millis(t)
-        .to_string()
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect()
-}
-
-/// Reads a [`stamp`]; `None` for anything else.
-pub fn parse_stamp(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    let shape_ok = b.len() == STAMP_LEN
-        && b[8] == b'T'
-        && b[15] == b'.'
-        && b[19] == b'Z'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| matches!(i, 8 | 15 | 19) || c.is_ascii_digit());
-    if !shape_ok {
-        return None;
-    }
-    let text = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &s[0..4],
-        &s[4..6],
-        &s[6..8],
-        &s[9..11],
-        &s[11..13],
-        &s[13..19]
-    );
-    humantime::parse_rfc3339(&text).ok()
-}
-
-/// A closed archive file's time span: from its first record's arrival to
-/// its close (arrival time, UTC, to the millisecond).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Span {
-    pub from: SystemTime,
-    pub to: SystemTime,
-}
-
-/// The span of a closed archive file, from its name:
-/// `{channel}-{from}--{to}.avro`. A name from before spans were named,
-/// `{channel}-{from}.avro`, ends at the file's modification time (the
-/// file itself is not followed if it is a symlink). `None` for any other
-/// name.
-pub fn file_span(path: &Path) -> Option<Span> {
-    let name = path.file_name()?.to_str()?;
-    let stem = name.strip_suffix(".avro")?;
-    if let Some((from, to)) = split_span(stem) {
-        return Some(Span { from, to });
-    }
-    let from = split_start(stem)?;
-    let modified = fs::symlink_metadata(path).ok()?.modified().ok()?;
-    Some(Span {
-        from,
-        to: modified.max(from),
-    })
-}
-
-/// `{channel}-{from}--{to}`: both times.
-fn split_span(stem: &str) -> Option<(SystemTime, SystemTime)> {
-    let head_len = stem.len().checked_sub(STAMP_LEN + 2)?;
-    let (head, tail) = (stem.get(..head_len)?, stem.get(head_len..)?);
-    let to = parse_stamp(tail.strip_prefix("--")?)?;
-    let from = split_start(head)?;
-    Some((from, to))
-}
-
-/// `{channel}-{from}`: the start (the channel at least one character).
-fn split_start(stem: &str) -> Option<SystemTime> {
-    let head_len = stem.len().checked_sub(STAMP_LEN + 1)?;
-    if head_len == 0 {
-        return None;
-    }
-    let tail = stem.get(head_len..)?;
-    parse_stamp(tail.strip_prefix('-')?)
-}
-
 /// The closed archive files (`*.avro`) of a channel folder, with their
 /// bytes and spans, in no particular order. Only regular files directly in
 /// the folder count (a symlink is neither followed nor listed), as for
@@ -223,7 +136,7 @@ pub fn closed_files(dir: &Path) -> Vec<(PathBuf, u64, Span)> {
         return Vec::new();
     };
     rd.filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".avro"))
+        .filter(|e| file_names::is_closed(&e.file_name().to_string_lossy()))
         .filter_map(|e| {
             // `DirEntry::metadata` does not follow a symlink.
             let m = e.metadata().ok()?;
@@ -511,68 +424,6 @@ mod tests {
         full.created_by = Some("ops".into());
         let text = serde_json::to_string(&full).unwrap();
         assert_eq!(serde_json::from_str::<Hold>(&text).unwrap(), full);
-    }
-
-    #[test]
-    fn stamps_sort_as_time_and_read_back() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_383_000_123);
-        assert_eq!(stamp(t), "20261122T213000.123Z");
-        assert_eq!(
-            stamp(t + Duration::from_micros(999)),
-            "20261122T213000.123Z"
-        );
-        assert!(stamp(t) < stamp(t + Duration::from_millis(1)));
-        assert_eq!(parse_stamp("20261122T213000.123Z"), Some(t));
-        for bad in [
-            "20261122T213000.123",
-            "20261122T213000.12Z",
-            "20261122X213000.123Z",
-            "2026112aT213000.123Z",
-            "20261322T213000.123Z",
-            "20261122T213000.123Z ",
-        ] {
-            assert_eq!(parse_stamp(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn file_spans_come_from_names_or_the_modification_time() {
-        let d = tempfile::tempdir().unwrap();
-        let from = at("2026-11-22T21:30:00.123Z");
-        let to = at("2026-11-22T22:30:00.456Z");
-        for channel in ["ch", "a-b", "x--y", "20261122T213000.123Z"] {
-            let p = d.path().join(format!(
-                "{channel}-20261122T213000.123Z--20261122T223000.456Z.avro"
-            ));
-            assert_eq!(file_span(&p), Some(Span { from, to }), "{channel}");
-        }
-        // An old name: to is the modification time.
-        let old = d.path().join("my-ch-20261122T213000.123Z.avro");
-        fs::write(&old, b"x").unwrap();
-        let modified = at("2026-11-22T21:45:00Z");
-        File::options()
-            .write(true)
-            .open(&old)
-            .unwrap()
-            .set_modified(modified)
-            .unwrap();
-        assert_eq!(file_span(&old), Some(Span { from, to: modified }));
-        // An old name that does not exist has no span.
-        assert_eq!(
-            file_span(&d.path().join("ch-20261122T213000.123Z.avro")),
-            None
-        );
-        for bad in [
-            "20261122T213000.123Z.avro",
-            "-20261122T213000.123Z.avro",
-            "ch-20261122T213000.123Z--20261122T223000.456Z.avro.part",
-            "ch-20261122T213000.123Z-20261122T223000.456Z.avro",
-            "ch-20261122T213000.123Z--.avro",
-            "ch.avro",
-            "notes.txt",
-        ] {
-            assert_eq!(file_span(&d.path().join(bad)), None, "{bad}");
-        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::handover::RejectReason;
+use crate::reject::RejectReason;
 use crate::status::{Counters, Stats, StatusLine};
 
 /// The counters of one channel, and its health flags.

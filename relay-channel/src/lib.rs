@@ -14,11 +14,15 @@
 //!   the archive and quarantine threads, and the archive queue's sizing;
 //! - `archive`: the archive threads (writer, closer, retention, recovery);
 //! - [`decimate`]: the decimated output's windows: downsample, average, minmax, rms;
-//! - [`holds`]: holds (time ranges kept past retention), and archive file
-//!   names and their time spans;
+//! - [`holds`]: holds (time ranges kept past retention), and the time spans
+//!   of archive files;
+//! - `file_names`: archive file names, composed and parsed;
 //! - [`container`]: the Avro object container format, written block by block;
+//! - `varint`: Avro's zig-zag varints, written and read;
 //! - `quarantine`: rejected datagrams kept for inspection, on a path of their own;
 //! - `ledger`: the counters the threads share, kept balanced;
+//! - `reject`: why a datagram was rejected, the labels the stats line
+//!   counts rejections under;
 //! - [`status`]: the status lines on stdout, and the table of counters;
 //! - [`logs`]: the logging set-up both binaries share;
 //! - [`relay`]: the threads wired together and the control loop.
@@ -33,6 +37,7 @@ pub(crate) mod archive;
 pub mod config;
 pub mod container;
 pub mod decimate;
+pub(crate) mod file_names;
 pub(crate) mod handover;
 pub mod holds;
 pub(crate) mod ledger;
@@ -47,7 +52,9 @@ pub mod interface {
 }
 pub(crate) mod quarantine;
 pub(crate) mod receive;
+pub(crate) mod reject;
 pub mod relay;
 pub mod schema;
 pub mod status;
 pub mod validate;
+pub(crate) mod varint;

@@ -18,7 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::retention::Retention;
 use crate::config::{ArchiveSpec, Fsync};
-use crate::holds;
+use crate::file_names;
 use crate::ledger::Ledger;
 use crate::status::FileClosed;
 
@@ -38,25 +38,13 @@ pub(super) struct ClosedFile {
     pub(super) records: u64,
 }
 
-/// `20261122T213000.123Z` for a time in milliseconds since the epoch.
-pub(super) fn file_stamp(ms: u64) -> String {
-    holds::stamp(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-}
-
-/// Milliseconds since the epoch (0 before it).
-pub(super) fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}
-
 /// Where a closed file goes: `{dir}/{stem}--{to}.avro`. Should that name be
 /// taken (a clock set back), `to` moves on a millisecond at a time: a closed
 /// file is never replaced.
 pub(super) fn closed_path(dir: &Path, stem: &str, to_ms: u64) -> PathBuf {
     let mut ms = to_ms;
     loop {
-        let path = dir.join(format!("{stem}--{}.avro", file_stamp(ms)));
+        let path = dir.join(file_names::closed_name(stem, ms));
         if fs::symlink_metadata(&path).is_err() || ms >= to_ms + 60_000 {
             return path;
         }

@@ -15,7 +15,7 @@
 //! known only when it is written: the pool encodes each block with a
 //! placeholder marker, which the archive thread overwrites when it writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread::JoinHandle;
@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::block::BlockMeta;
 use crate::config::Codec;
 use crate::container::BlockEncoder;
 
@@ -224,6 +225,73 @@ impl Drop for Pool {
         self.jobs = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+/// The archive thread's side of the pool: the pool, if the channel has
+/// one, and what the archive knows of each block out with it, in order.
+pub(super) struct PoolQueue {
+    pool: Option<Pool>,
+    in_flight: VecDeque<BlockMeta>,
+}
+
+impl PoolQueue {
+    pub(super) fn new(pool: Option<Pool>) -> PoolQueue {
+        PoolQueue {
+            pool,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    /// Whether blocks are compressed on the pool's threads.
+    #[inline]
+    pub(super) fn enabled(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    /// Whether no block is out with the pool.
+    #[inline]
+    pub(super) fn idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// Whether another block must wait for one to come back.
+    #[inline]
+    pub(super) fn full(&self) -> bool {
+        self.pool.as_ref().is_some_and(|p| !p.has_room())
+    }
+
+    /// The oldest block out with the pool.
+    #[inline]
+    pub(super) fn oldest(&self) -> Option<&BlockMeta> {
+        self.in_flight.front()
+    }
+
+    /// Hands the block `meta` tells of, `data` its records, to the pool to
+    /// be compressed at `level`.
+    pub(super) fn send(&mut self, meta: BlockMeta, data: &[u8], level: Option<i32>) {
+        if let Some(p) = &mut self.pool {
+            p.send(meta.count, data, level);
+            self.in_flight.push_back(meta);
+        }
+    }
+
+    /// The next block compressed, in order, waiting for it if `wait`;
+    /// `None` when there is none (or none back yet).
+    pub(super) fn next(&mut self, wait: bool) -> Option<(BlockMeta, Done)> {
+        let done = self.pool.as_mut().and_then(|p| p.next(wait))?;
+        let meta = self
+            .in_flight
+            .pop_front()
+            .expect("the archive keeps each block out with the pool");
+        Some((meta, done))
+    }
+
+    /// Gives a block written back to the pool, for its buffers.
+    pub(super) fn recycle(&mut self, done: Done) {
+        if let Some(p) = &mut self.pool {
+            p.recycle(done);
         }
     }
 }

@@ -3,9 +3,9 @@
 use std::fs;
 use std::path::Path;
 
-use super::closer::{closed_path, epoch_ms};
+use super::closer::closed_path;
 use crate::container;
-use crate::holds;
+use crate::file_names::{self, epoch_ms};
 
 /// Closes what a crash left open: each `{stem}.avro.part` is cut back to its
 /// last whole block and renamed to `{stem}--{to}.avro`; one whose header is
@@ -18,15 +18,12 @@ pub(super) fn recover_leftovers(dir: &Path) {
         // Only regular files directly in the folder (the entry's own type:
         // a symlink is not followed).
         if !e.file_type().is_ok_and(|t| t.is_file()) {
-            if name.ends_with(".avro.part") {
+            if file_names::part_stem(&name).is_some() {
                 tracing::warn!(file = %e.path().display(), "not a regular file: left alone by recovery");
             }
             continue;
         }
-        let Some(stem) = name.strip_suffix(".part") else {
-            continue;
-        };
-        let Some(stem) = stem.strip_suffix(".avro") else {
+        let Some(stem) = file_names::part_stem(&name) else {
             continue;
         };
         let part = e.path();
@@ -37,10 +34,7 @@ pub(super) fn recover_leftovers(dir: &Path) {
         let modified = e.metadata().ok().and_then(|m| m.modified().ok());
         match container::recover_part(&part) {
             Ok(r) if r.header_ok => {
-                let from_ms = stem
-                    .rsplit_once('-')
-                    .and_then(|(_, s)| holds::parse_stamp(s))
-                    .map_or(0, epoch_ms);
+                let from_ms = file_names::stem_start(stem).map_or(0, epoch_ms);
                 let to_ms = modified
                     .map_or_else(|| epoch_ms(std::time::SystemTime::now()), epoch_ms)
                     .max(from_ms);
@@ -57,7 +51,7 @@ pub(super) fn recover_leftovers(dir: &Path) {
                 }
             }
             Ok(_) => {
-                let aside = dir.join(format!("{name}.damaged"));
+                let aside = dir.join(file_names::damaged_name(&name));
                 let _ = fs::rename(&part, &aside);
                 tracing::error!(
                     file = %aside.display(),

@@ -10,25 +10,29 @@
 //! It takes [`Batch`]es from the receive thread's queue and gives them back
 //! empty ([`crate::handover`]). Disk trouble is counted as `archive_dropped`;
 //! the archive reports itself unhealthy and retries.
+//!
+//! [`Archive`] drives four parts, each with its own state: the open block
+//! ([`super::block`]), the open file ([`super::file`]), the level
+//! controller ([`super::level`]) and the pool's queue ([`super::pool`]).
 
-use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::adaptive::{Adaptive, Signals, Work};
-use super::closer::{epoch_ms, file_stamp, ClosedFile, Closer};
-use super::pool::{self, thread_cpu_time, Pool};
+use super::block::{BlockMeta, OpenBlock};
+use super::closer::{ClosedFile, Closer};
+use super::file::Files;
+use super::level::LevelControl;
+use super::pool::{self, thread_cpu_time, Pool, PoolQueue};
 use super::recovery;
 use crate::config::{ArchiveSpec, Codec, Fsync};
-use crate::container::{self, BlockEncoder};
+use crate::container::BlockEncoder;
 use crate::handover::{ArchiveInbox, Batch};
 use crate::ledger::Ledger;
 use crate::logs::RateLimit;
@@ -39,93 +43,27 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Longest wait for a batch, so timers are looked at often enough.
 const TICK: Duration = Duration::from_millis(100);
 
-/// A file being written.
-struct OpenFile {
-    file: File,
-    part: PathBuf,
-    /// `{channel}-{from}`: its name without `.avro.part`.
-    stem: String,
-    /// The arrival time of its first record, in ms since the epoch.
-    from_ms: u64,
-    sync: [u8; 16],
-    len: u64,
-    records: u64,
-    /// When its first record was taken: it closes `rotate_interval` later.
-    opened: Instant,
-    /// Where the writeback started by [`start_writeback`] has reached.
-    written_back: u64,
-    /// Up to where its pages have been let go of from the page cache.
-    released: u64,
-    /// Up to where space is allocated ahead of the writes
-    /// ([`allocate_ahead`]); `u64::MAX` once the filesystem refused.
-    allocated: u64,
-}
+/// How often the archive looks for blocks the pool has compressed when it
+/// has nothing else to do.
+const POOL_POLL: Duration = Duration::from_millis(1);
 
-impl OpenFile {
-    /// The file, closed now: `to` is the time, not before `from`.
-    fn into_closed(self) -> ClosedFile {
-        ClosedFile {
-            file: self.file,
-            part: self.part,
-            stem: self.stem,
-            to_ms: epoch_ms(SystemTime::now()).max(self.from_ms),
-            len: self.len,
-            records: self.records,
-        }
-    }
-}
-
-/// The archive thread of one channel: the open block and the open file.
+/// The archive thread of one channel.
 pub(crate) struct Archive {
     spec: ArchiveSpec,
     channel: String,
-    dir: PathBuf,
-    schema_json: String,
     ledger: Arc<Ledger>,
     encoder: BlockEncoder,
-    block: Vec<u8>,
-    block_records: u64,
-    block_started: Option<Instant>,
-    /// The arrival time of the open block's first record.
-    block_first_arrival: Option<SystemTime>,
-    file: Option<OpenFile>,
-    retry_at: Option<Instant>,
-    last_start_ms: u64,
-    last_fsync: Instant,
+    block: OpenBlock,
+    files: Files,
+    level: LevelControl,
+    /// With `archive.compress_threads` above 1, the threads that compress
+    /// blocks; otherwise this thread compresses them.
+    pool: PoolQueue,
     error_log: RateLimit,
     /// Where closed files go to be finished; `None` before `run` starts it
     /// (and after `finish`), when files are closed on this thread.
     closer: Option<Sender<ClosedFile>>,
     closer_state: Closer,
-    /// The zstd level under load (`archive.adaptive`); `None` with other
-    /// codecs or when turned off.
-    adaptive: Option<Adaptive>,
-    last_adapt: Option<Instant>,
-    /// The receive thread's `recvmmsg` calls and full batches at the last
-    /// look.
-    last_receive_calls: (u64, u64),
-    /// The blocks compressed and written since the last look: their input
-    /// bytes and the time it took, the cost of the level in use.
-    work: Work,
-    /// With `archive.compress_threads` above 1, the threads that compress
-    /// blocks; `None`: this thread compresses them.
-    pool: Option<Pool>,
-    /// The blocks out with the pool, in order.
-    in_flight: VecDeque<BlockMeta>,
-}
-
-/// What the archive knows of a block besides its records.
-#[derive(Debug, Clone, Copy)]
-struct BlockMeta {
-    count: u64,
-    /// The arrival time of its first record: a file it starts is named
-    /// after it.
-    first_arrival: Option<SystemTime>,
-    /// When its first record was taken: a file it starts closes
-    /// `rotate_interval` later.
-    started: Option<Instant>,
-    /// Its records' bytes.
-    bytes: u64,
 }
 
 /// A block to write: its records, encoded here, or encoded by the pool.
@@ -134,113 +72,6 @@ enum Body<'a> {
     /// The whole block with a placeholder sync marker, and the compress
     /// thread's CPU time for it; or why it could not be encoded.
     Encoded(io::Result<&'a mut [u8]>, Duration),
-}
-
-/// The share of `recvmmsg` calls that filled their batch above which the
-/// receive thread counts as saturated (at least this many calls between
-/// two looks).
-const SATURATED_SHARE: f64 = 0.9;
-const SATURATED_MIN_CALLS: u64 = 4;
-
-/// Bytes written to a file after which the archive thread starts their
-/// writeback itself (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does
-/// not wait for it to finish), as RocksDB's `bytes_per_sync` does. Without
-/// it the kernel lets gigabytes of dirty pages pile up and then writes them
-/// back all at once on its own threads, which take the CPU the receive
-/// thread needs in a burst, unseen by the archive; with it the cost of
-/// writing is steady, and counted in the archive's time, where the adaptive
-/// level weighs it against compressing.
-const WRITEBACK_EVERY: u64 = 8 << 20;
-
-/// How far behind the writeback started the archive lets go of the file's
-/// pages from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`): by
-/// then they are written, clean, and dropped at once; a page still being
-/// written is left alone by the kernel, and goes the usual way.
-///
-/// The archive is written once and read later, if at all: keeping it in
-/// the page cache would only push out what other programs read. And
-/// writing into pages the kernel has just freed costs several times less
-/// than into fresh ones: writing 3 GiB in 256 KiB writes took 0.8 s of
-/// CPU this way against 1.7-5.8 s with writeback alone on the 2-core VM of
-/// benches/RESULTS.md, where a fresh page can cost the host a fault too.
-const RELEASE_BEHIND: u64 = 64 << 20;
-
-/// Starts the writeback of what `f` holds beyond its last start, once
-/// that is [`WRITEBACK_EVERY`] bytes, and lets go of the pages
-/// [`RELEASE_BEHIND`] bytes behind it. Only hints: an error (a filesystem
-/// without them) is ignored, and the kernel writes the pages back anyway.
-fn start_writeback(f: &mut OpenFile) {
-    if f.len - f.written_back < WRITEBACK_EVERY {
-        return;
-    }
-    let (from, len) = (f.written_back, f.len - f.written_back);
-    let fd = f.file.as_raw_fd();
-    // SAFETY: sync_file_range only reads its integer arguments; the fd is
-    // open for as long as `f` lives.
-    unsafe {
-        libc::sync_file_range(
-            fd,
-            from as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-    f.written_back = f.len;
-    let release_to = f.written_back.saturating_sub(RELEASE_BEHIND);
-    if release_to > f.released {
-        // SAFETY: as above, integer arguments only.
-        unsafe {
-            libc::posix_fadvise(
-                fd,
-                f.released as libc::off_t,
-                (release_to - f.released) as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            );
-        }
-        f.released = release_to;
-    }
-}
-
-/// How often the archive looks for blocks the pool has compressed when it
-/// has nothing else to do.
-const POOL_POLL: Duration = Duration::from_millis(1);
-
-/// How often the adaptive level looks at the queue and the kernel's drops.
-const ADAPT_EVERY: Duration = Duration::from_millis(5);
-
-/// How much disk space the archive allocates ahead of its writes, at a
-/// time (`fallocate(FALLOC_FL_KEEP_SIZE)`: the file's length stays what
-/// was written). Writing into allocated space spares ext4 its delayed
-/// allocation, page by page: writing 2 GiB in 256 KiB writes took
-/// 0.42-0.50 s of CPU this way against 0.61-0.72 s without, on the 2-core
-/// VM of benches/RESULTS.md. What is left over is given back when the file
-/// closes (`set_len`), or when a crash's leftover is recovered.
-const ALLOCATE_AHEAD: u64 = 16 << 20;
-
-/// Allocates space up to [`ALLOCATE_AHEAD`] beyond what `f` holds (not
-/// beyond the size at which files rotate), once less than half of that is
-/// left. Only a hint: a filesystem without it, or a full disk, and the
-/// writes go on as before; this file stops asking.
-fn allocate_ahead(f: &mut OpenFile, rotate_size: u64) {
-    if f.allocated == u64::MAX || f.allocated >= f.len + ALLOCATE_AHEAD / 2 {
-        return;
-    }
-    let to = (f.len + ALLOCATE_AHEAD).min(rotate_size.max(f.len));
-    if to <= f.allocated {
-        return;
-    }
-    let from = f.allocated.max(f.len);
-    // SAFETY: fallocate only reads its integer arguments; the fd is open
-    // for as long as `f` lives.
-    let r = unsafe {
-        libc::fallocate(
-            f.file.as_raw_fd(),
-            libc::FALLOC_FL_KEEP_SIZE,
-            from as libc::off_t,
-            (to - from) as libc::off_t,
-        )
-    };
-    f.allocated = if r == 0 { to } else { u64::MAX };
 }
 
 impl Archive {
@@ -261,10 +92,7 @@ impl Archive {
         fs::create_dir_all(&dir)?;
         probe_writable(&dir)?;
         recovery::recover_leftovers(&dir);
-        let adaptive = match spec.codec {
-            Codec::Zstd { level } if spec.adaptive => Some(Adaptive::new(level)),
-            _ => None,
-        };
+        let level = LevelControl::new(&spec.codec, spec.adaptive);
         if let Codec::Zstd { level } = spec.codec {
             ledger.set_archive_level(true, Some(level));
         }
@@ -285,27 +113,15 @@ impl Archive {
         Ok(Archive {
             spec: spec.clone(),
             channel: channel.to_string(),
-            dir,
-            schema_json: schema_json.to_string(),
             ledger: ledger.clone(),
             encoder: BlockEncoder::new(spec.codec),
-            block: Vec::with_capacity(spec.block_size + crate::config::MAX_DATAGRAM),
-            block_records: 0,
-            block_started: None,
-            block_first_arrival: None,
-            file: None,
-            retry_at: None,
-            last_start_ms: 0,
-            last_fsync: Instant::now(),
+            block: OpenBlock::with_capacity(spec.block_size + crate::config::MAX_DATAGRAM),
+            files: Files::new(dir, channel, schema_json, spec.codec),
+            level,
+            pool: PoolQueue::new(pool),
             error_log: RateLimit::new(3, Duration::from_secs(60)),
             closer: None,
             closer_state: Closer::new(spec, channel, holds_dir, ledger, closed),
-            adaptive,
-            last_adapt: None,
-            last_receive_calls: (0, 0),
-            work: Work::default(),
-            pool,
-            in_flight: VecDeque::new(),
         })
     }
 
@@ -337,7 +153,7 @@ impl Archive {
             let mut wait = self.next_deadline().map_or(TICK, |d| {
                 d.saturating_duration_since(Instant::now()).min(TICK)
             });
-            if !self.in_flight.is_empty() {
+            if !self.pool.idle() {
                 wait = wait.min(POOL_POLL);
             }
             match inbox.recv_timeout(wait) {
@@ -357,49 +173,22 @@ impl Archive {
         }
     }
 
-    /// Lets the adaptive level see the archive queue's fill and the
-    /// kernel's drops (at most every [`ADAPT_EVERY`]), and applies a new
-    /// level to the next blocks.
+    /// Lets the level controller see the archive queue's fill, and applies
+    /// a new level to the next blocks.
     fn adapt(&mut self, fill: f64) {
-        let Some(a) = &mut self.adaptive else {
+        let Some((level, degraded)) = self.level.observe(fill, &self.ledger) else {
             return;
         };
-        let now = Instant::now();
-        if self
-            .last_adapt
-            .is_some_and(|t| now.duration_since(t) < ADAPT_EVERY)
-        {
+        if let Err(e) = self.encoder.set_zstd(level) {
+            tracing::warn!(channel = %self.channel, error = %e, "cannot change the zstd level");
             return;
         }
-        self.last_adapt = Some(now);
-        let (calls, full) = self.ledger.receive_calls();
-        let (calls0, full0) = std::mem::replace(&mut self.last_receive_calls, (calls, full));
-        let (calls, full) = (calls.saturating_sub(calls0), full.saturating_sub(full0));
-        let saturated =
-            calls >= SATURATED_MIN_CALLS && full as f64 >= SATURATED_SHARE * calls as f64;
-        let (changed, degraded_for) = a.observe_all(
-            Signals {
-                fill,
-                kernel_drops: self.ledger.kernel_drops(),
-                saturated,
-                work: std::mem::take(&mut self.work),
-            },
-            now,
-        );
-        self.ledger.archive_degraded(degraded_for);
-        if let Some(level) = changed {
-            let degraded = a.degraded();
-            if let Err(e) = self.encoder.set_zstd(level) {
-                tracing::warn!(channel = %self.channel, error = %e, "cannot change the zstd level");
-                return;
-            }
-            self.ledger.set_archive_level(true, level);
-            let shown = level.map_or("stored (no compression)".to_string(), |l| l.to_string());
-            if degraded {
-                tracing::info!(channel = %self.channel, level = %shown, queue_fill = fill, "archive: compressing less to keep up");
-            } else {
-                tracing::info!(channel = %self.channel, level = %shown, "archive: back at the preferred zstd level");
-            }
+        self.ledger.set_archive_level(true, level);
+        let shown = level.map_or("stored (no compression)".to_string(), |l| l.to_string());
+        if degraded {
+            tracing::info!(channel = %self.channel, level = %shown, queue_fill = fill, "archive: compressing less to keep up");
+        } else {
+            tracing::info!(channel = %self.channel, level = %shown, "archive: back at the preferred zstd level");
         }
     }
 
@@ -427,40 +216,27 @@ impl Archive {
             end += r.len();
             records += 1;
             if end - start >= size {
-                self.start_block(records, first);
+                self.block.start(records, first);
                 self.write_records(&data[start..end]);
                 (start, records) = (end, 0);
             }
         }
         if records > 0 {
-            self.start_block(records, first);
-            self.block.extend_from_slice(&data[start..]);
+            self.block.start(records, first);
+            self.block.extend(&data[start..]);
         }
-    }
-
-    /// The open block, empty, now holds `records` records, the first of
-    /// which arrived at `first`.
-    fn start_block(&mut self, records: u64, first: Option<SystemTime>) {
-        self.block_records = records;
-        self.block_first_arrival = Some(first.unwrap_or_else(SystemTime::now));
-        self.block_started = Some(Instant::now());
     }
 
     /// Copies a batch's records into the open block, writing it out each
     /// time the next record would not fit.
     fn copy_in(&mut self, batch: &Batch) {
         for (r, arrived) in batch.records_with_arrival() {
-            if self.block_records > 0 && self.block.len() + r.len() > self.spec.block_size {
+            if self.block.records() > 0 && self.block.bytes() + r.len() > self.spec.block_size {
                 self.write_block();
             }
-            if self.block_records == 0 {
-                self.block_first_arrival = Some(arrived.unwrap_or_else(SystemTime::now));
-            }
-            self.block.extend_from_slice(r);
-            self.block_records += 1;
-            self.block_started.get_or_insert_with(Instant::now);
+            self.block.push(r, arrived);
         }
-        if self.block.len() >= self.spec.block_size {
+        if self.block.bytes() >= self.spec.block_size {
             self.write_block();
         }
     }
@@ -469,17 +245,17 @@ impl Archive {
     /// or the open block's when no file is open yet (the block starts the
     /// next file).
     fn file_started(&self) -> Option<Instant> {
-        match &self.file {
+        match &self.files.open {
             Some(f) => Some(f.opened),
             None => self
-                .in_flight
-                .front()
-                .map_or(self.block_started, |b| b.started),
+                .pool
+                .oldest()
+                .map_or(self.block.started(), |b| b.started),
         }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let flush = self.block_started.map(|s| s + self.spec.flush_interval);
+        let flush = self.block.started().map(|s| s + self.spec.flush_interval);
         let rotate = self.file_started().map(|s| s + self.spec.rotate_interval);
         match (flush, rotate) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -490,7 +266,7 @@ impl Archive {
     /// Time-driven work: close a block at `flush_interval`, a file
     /// `rotate_interval` after its first record.
     fn tick(&mut self, now: Instant) {
-        if let Some(s) = self.block_started {
+        if let Some(s) = self.block.started() {
             if now.duration_since(s) >= self.spec.flush_interval {
                 self.write_block();
             }
@@ -512,24 +288,16 @@ impl Archive {
 
     /// Writes the open block to the file (opening one if needed).
     fn write_block(&mut self) {
-        let block = std::mem::take(&mut self.block);
+        let block = self.block.take_data();
         self.write_records(&block);
-        self.block = block;
-        self.block.clear();
+        self.block.put_back(block);
     }
 
-    /// Writes `data`, the records of the open block (`block_records` of
-    /// them, the first arrived at `block_first_arrival`), as one block to
+    /// Writes `data`, the records the open block counts, as one block to
     /// the file (opening one if needed), or hands it to the pool to be
     /// compressed and written in turn; and empties the open block.
     fn write_records(&mut self, data: &[u8]) {
-        let meta = BlockMeta {
-            count: self.block_records,
-            first_arrival: self.block_first_arrival.take(),
-            started: self.block_started.take(),
-            bytes: data.len() as u64,
-        };
-        self.block_records = 0;
+        let meta = self.block.take_meta(data.len());
         if meta.count == 0 {
             return;
         }
@@ -538,36 +306,27 @@ impl Archive {
         // straight from the records: not worth the pool's copy (and the
         // adaptive level stores exactly when the CPU is short).
         let stored = matches!(self.spec.codec, Codec::Zstd { .. }) && level.is_none();
-        if self.pool.is_none() || stored {
+        if !self.pool.enabled() || stored {
             self.drain_pool();
             self.put_block(meta, Body::Records(data));
             return;
         }
-        while self.pool.as_ref().is_some_and(|p| !p.has_room()) {
+        while self.pool.full() {
             self.write_pooled(true);
         }
-        if let Some(p) = &mut self.pool {
-            p.send(meta.count, data, level);
-            self.in_flight.push_back(meta);
-        }
+        self.pool.send(meta, data, level);
     }
 
     /// Writes the next block the pool has compressed, waiting for it if
     /// `wait`; false when there is none (or none back yet).
     fn write_pooled(&mut self, wait: bool) -> bool {
-        let Some(mut done) = self.pool.as_mut().and_then(|p| p.next(wait)) else {
+        let Some((meta, mut done)) = self.pool.next(wait) else {
             return false;
         };
-        let meta = self
-            .in_flight
-            .pop_front()
-            .expect("the archive keeps each block out with the pool");
         let result = std::mem::replace(&mut done.result, Ok(()));
         let body = result.map(|()| &mut done.block[..]);
         self.put_block(meta, Body::Encoded(body, done.cpu));
-        if let Some(p) = &mut self.pool {
-            p.recycle(done);
-        }
+        self.pool.recycle(done);
         true
     }
 
@@ -580,13 +339,13 @@ impl Archive {
     /// records archived, or dropped if it cannot be written.
     fn put_block(&mut self, meta: BlockMeta, body: Body<'_>) {
         let count = meta.count;
-        if self.file.is_none() && self.retry_at.is_some_and(|t| Instant::now() < t) {
+        if self.files.waiting_to_retry() {
             // Still waiting to retry after disk trouble: already reported.
             self.ledger.archive_dropped(count);
             return;
         }
         let result = self.ensure_file(&meta).and_then(|()| {
-            let f = self.file.as_mut().expect("ensure_file opened a file");
+            let f = self.files.open.as_mut().expect("ensure_file opened a file");
             // A file whose folder was removed under us still takes writes,
             // into an inode nobody can reach: catch it before writing more.
             if std::os::unix::fs::MetadataExt::nlink(&f.file.metadata()?) == 0 {
@@ -602,7 +361,7 @@ impl Archive {
                 Body::Records(data) => {
                     // Only the adaptive level needs the cost (two system
                     // calls a block).
-                    let c0 = self.adaptive.is_some().then(thread_cpu_time);
+                    let c0 = self.level.adapts().then(thread_cpu_time);
                     let encoded = self.encoder.encode(count, data, &f.sync)?;
                     let t1 = Instant::now();
                     let cpu = c0.map_or(Duration::ZERO, |c0| thread_cpu_time().saturating_sub(c0));
@@ -619,28 +378,21 @@ impl Archive {
                 }
             };
             f.len += len;
-            start_writeback(f);
-            allocate_ahead(f, self.spec.rotate_size);
-            self.work.bytes += meta.bytes;
-            self.work.busy += cpu + t1.elapsed();
+            f.start_writeback();
+            f.allocate_ahead(self.spec.rotate_size);
+            self.level.add_work(meta.bytes, cpu + t1.elapsed());
             f.records += count;
             Ok(())
         });
         match result {
             Ok(()) => {
                 self.ledger.archived(count);
-                if self.spec.fsync == Fsync::Interval
-                    && self.last_fsync.elapsed() >= self.spec.flush_interval
-                {
-                    if let Some(f) = &self.file {
-                        if let Err(e) = f.file.sync_data() {
-                            tracing::warn!(file = %f.part.display(), error = %e, "fsync failed");
-                        }
-                    }
-                    self.last_fsync = Instant::now();
+                if self.spec.fsync == Fsync::Interval {
+                    self.files.sync_every(self.spec.flush_interval);
                 }
                 if self
-                    .file
+                    .files
+                    .open
                     .as_ref()
                     .is_some_and(|f| f.len >= self.spec.rotate_size)
                 {
@@ -660,95 +412,33 @@ impl Archive {
         self.ledger.archive_error();
         if self.ledger.set_archive_healthy(false) {
             tracing::error!(
-                channel = %self.channel, dir = %self.dir.display(), error = %e, lost,
+                channel = %self.channel, dir = %self.files.dir().display(), error = %e, lost,
                 "archive {what} failed; the live outputs go on, the archive retries every {}s",
                 RETRY_AFTER.as_secs()
             );
         } else if let Some(suppressed) = self.error_log.allow(Instant::now()) {
             tracing::warn!(channel = %self.channel, error = %e, lost, suppressed, "archive {what} still failing");
         }
-        if let Some(f) = self.file.take() {
-            let good = f.len;
-            let _ = f.file.set_len(good);
-            self.file = Some(f);
-            self.close_file();
+        if let Some(f) = &self.files.open {
+            let _ = f.file.set_len(f.len);
         }
-        self.retry_at = Some(Instant::now() + RETRY_AFTER);
+        self.close_file();
+        self.files.retry_after(RETRY_AFTER);
     }
 
     fn ensure_file(&mut self, block: &BlockMeta) -> io::Result<()> {
-        if self.file.is_some() {
-            return Ok(());
+        if self.files.ensure(block)? && !self.ledger.set_archive_healthy(true) {
+            tracing::info!(channel = %self.channel, "archive writing again");
         }
-        match self.open_file(block) {
-            Ok(f) => {
-                self.file = Some(f);
-                self.retry_at = None;
-                if !self.ledger.set_archive_healthy(true) {
-                    tracing::info!(channel = %self.channel, "archive writing again");
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Opens the file `block` starts: named after the arrival time of the
-    /// block's first record.
-    fn open_file(&mut self, block: &BlockMeta) -> io::Result<OpenFile> {
-        fs::create_dir_all(&self.dir)?;
-        refuse_symlinked_folder(&self.dir)?;
-        let first = block.first_arrival.unwrap_or_else(SystemTime::now);
-        // Names carry the start time to the millisecond; keep them unique and
-        // in order even when files rotate faster than that.
-        let mut ms = epoch_ms(first).max(self.last_start_ms + 1);
-        loop {
-            let stem = format!("{}-{}", self.channel, file_stamp(ms));
-            let part = self.dir.join(format!("{stem}.avro.part"));
-            // A file of the same start, named as before spans were.
-            if fs::symlink_metadata(self.dir.join(format!("{stem}.avro"))).is_ok() {
-                ms += 1;
-                continue;
-            }
-            let mut file = match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&part)
-            {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    ms += 1;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            self.last_start_ms = ms;
-            let sync = container::new_sync_marker();
-            let mut header = Vec::new();
-            container::encode_header(&self.schema_json, &self.spec.codec, &sync, &mut header);
-            file.write_all(&header)?;
-            tracing::debug!(file = %part.display(), "archive file opened");
-            return Ok(OpenFile {
-                file,
-                part,
-                stem,
-                from_ms: ms,
-                sync,
-                len: header.len() as u64,
-                records: 0,
-                opened: block.started.unwrap_or_else(Instant::now),
-                written_back: 0,
-                released: 0,
-                allocated: 0,
-            });
-        }
+        Ok(())
     }
 
     /// Hands the open file to the closer thread, which finishes it (fsync,
     /// rename) without holding up the writing of the next one.
     fn close_file(&mut self) {
-        let Some(f) = self.file.take() else { return };
+        let Some(f) = self.files.open.take() else {
+            return;
+        };
         match &self.closer {
             Some(tx) => {
                 if let Err(e) = tx.send(f.into_closed()) {
@@ -781,23 +471,15 @@ fn probe_writable(dir: &Path) -> io::Result<()> {
     fs::remove_file(&probe)
 }
 
-/// A channel folder must be a real folder: one replaced by a symlink would
-/// send the archive elsewhere.
-pub(crate) fn refuse_symlinked_folder(dir: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is a symlink, not a folder", dir.display()),
-        )),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container;
+    use crate::file_names::epoch_ms;
     use crate::holds;
     use crate::ledger::BatchCounts;
+    use crate::varint::read_long_from;
+    use std::time::SystemTime;
 
     fn spec(dir: &Path) -> ArchiveSpec {
         ArchiveSpec {
@@ -875,7 +557,7 @@ mod tests {
             "{name}"
         );
         assert_eq!(report.records, 3);
-        assert!(a.dir.read_dir().unwrap().all(|e| !e
+        assert!(a.files.dir().read_dir().unwrap().all(|e| !e
             .unwrap()
             .file_name()
             .to_string_lossy()
@@ -889,7 +571,7 @@ mod tests {
         let (mut a, mut closed, ledger) = archive(root.path());
         a.take(&batch(&ledger, 3, SystemTime::now()));
         a.write_block();
-        let f = a.file.as_ref().unwrap();
+        let f = a.files.open.as_ref().unwrap();
         let on_disk = |m: std::fs::Metadata| m.blocks() * 512;
         if f.allocated != u64::MAX {
             // Up to the rotation size (1 MiB here), not beyond.
@@ -911,8 +593,8 @@ mod tests {
         let mut r = std::io::BufReader::new(std::fs::File::open(path).unwrap());
         container::read_header(&mut r).unwrap();
         let mut counts = Vec::new();
-        while let Ok(n) = container::read_long(&mut r) {
-            let size = container::read_long(&mut r).unwrap();
+        while let Ok(n) = read_long_from(&mut r) {
+            let size = read_long_from(&mut r).unwrap();
             let skipped = std::io::copy(
                 &mut std::io::Read::take(&mut r, size as u64 + 16),
                 &mut std::io::sink(),
@@ -945,17 +627,17 @@ mod tests {
             // Three records wait in the block; then a batch of the block
             // size, and one just over it, go out as blocks of their own.
             a.take(&ints(0, 3));
-            assert_eq!(a.block_records, 3);
+            assert_eq!(a.block.records(), 3);
             a.take(&ints(3, 1024));
-            assert_eq!(a.block_records, 0, "written, nothing waits");
+            assert_eq!(a.block.records(), 0, "written, nothing waits");
             a.take(&ints(1027, 1025));
-            assert_eq!(a.block_records, 1, "the record past the block waits");
+            assert_eq!(a.block.records(), 1, "the record past the block waits");
             a.take(&ints(2052, 5));
-            assert_eq!(a.block_records, 6, "a small batch is copied in");
+            assert_eq!(a.block.records(), 6, "a small batch is copied in");
             // Two and a half blocks: what waits, two blocks straight from
             // the batch, and the half waits for the next batch.
             a.take(&ints(2057, 2560));
-            assert_eq!(a.block_records, 512);
+            assert_eq!(a.block.records(), 512);
             a.finish();
             let report = closed.try_recv().unwrap();
             assert_eq!(report.records, 4617);
@@ -992,7 +674,7 @@ mod tests {
         spec.compress_threads = Some(3);
         spec.rotate_size = 8 << 10;
         let mut a = Archive::open(&spec, "ch", r#""int""#, None, ledger.clone(), tx).unwrap();
-        assert!(a.pool.is_some());
+        assert!(a.pool.enabled());
         let mut sent = 0usize;
         for round in 0..200 {
             // Batches of 1 to 2,000 records: blocks of every size, some
@@ -1019,7 +701,7 @@ mod tests {
             }
         }
         a.finish();
-        assert!(a.in_flight.is_empty());
+        assert!(a.pool.idle());
         let mut files = Vec::new();
         while let Ok(r) = closed.try_recv() {
             files.push(r);
@@ -1057,10 +739,10 @@ mod tests {
         let taken = Instant::now();
         // No block written yet (flush_interval is an hour): no file yet.
         a.tick(taken + Duration::from_secs(59));
-        assert!(a.file.is_none() && closed.try_recv().is_err());
+        assert!(a.files.open.is_none() && closed.try_recv().is_err());
         assert_eq!(
             a.next_deadline(),
-            a.block_started.map(|s| s + Duration::from_secs(60))
+            a.block.started().map(|s| s + Duration::from_secs(60))
         );
         a.tick(taken + Duration::from_secs(61));
         let report = closed.try_recv().unwrap();
@@ -1080,11 +762,5 @@ mod tests {
             "unique, in order"
         );
         assert!(next.path > report.path);
-    }
-
-    #[test]
-    fn file_stamps_sort_as_time() {
-        assert_eq!(file_stamp(1_795_383_000_123), "20261122T213000.123Z");
-        assert!(file_stamp(1_795_383_000_123) < file_stamp(1_795_383_000_124));
     }
 }

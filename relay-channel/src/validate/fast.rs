@@ -27,6 +27,7 @@
 //! [`Fault`]: super::Fault
 
 use super::{CheckKind, Cursor, Node, Validator, MAX_DEPTH};
+use crate::varint::unzigzag;
 
 /// Most ops a fast path may have (a record with more flattened fields than
 /// this takes the general walker only). It bounds the compile time of
@@ -104,7 +105,7 @@ impl FastPath {
                     _ => return false,
                 },
                 Op::Int { lo, hi } => match varint(datum, pos, 5) {
-                    Some((z, end)) if (i64::from(lo)..=i64::from(hi)).contains(&zigzag(z)) => end,
+                    Some((z, end)) if (i64::from(lo)..=i64::from(hi)).contains(&unzigzag(z)) => end,
                     _ => return false,
                 },
                 Op::Long => match varint(datum, pos, 10) {
@@ -112,7 +113,7 @@ impl FastPath {
                     None => return false,
                 },
                 Op::LongIn { lo, hi } => match varint(datum, pos, 10) {
-                    Some((z, end)) if (lo..=hi).contains(&zigzag(z)) => end,
+                    Some((z, end)) if (lo..=hi).contains(&unzigzag(z)) => end,
                     _ => return false,
                 },
                 Op::Array { size } => match array(datum, pos, size) {
@@ -217,20 +218,18 @@ fn clamp_i32(v: i64) -> i32 {
     v.clamp(i32::MIN.into(), i32::MAX.into()) as i32
 }
 
-#[inline(always)]
-fn zigzag(z: u64) -> i64 {
-    (z >> 1) as i64 ^ -((z & 1) as i64)
-}
-
 /// Reads the varint at `pos` of at most `max_len` (5 or 10) bytes: its value
 /// and the position after it, or `None` where [`Cursor::varint`] fails
 /// (truncated, or too long). Bits beyond the 64th of a 10-byte varint are
 /// dropped, as there.
 ///
-/// One byte is one comparison. With 8 bytes left, a varint of up to 8 bytes
-/// is read at once: the first byte without its continuation bit ends it, and
-/// the 7-bit groups are packed together in three steps. Otherwise (near the
-/// end of the datagram, or 9 and 10 bytes) byte by byte.
+/// A reader of its own, not [`crate::varint::read`], because it reads
+/// differently: one byte is one comparison, and with 8 bytes left a varint
+/// of up to 8 bytes is read at once (the first byte without its
+/// continuation bit ends it, and the 7-bit groups are packed together in
+/// three steps), where the shared reader takes a byte a step. Near the end
+/// of the datagram, and for 9 and 10 bytes, it falls back on the shared
+/// reader.
 #[inline(always)]
 fn varint(buf: &[u8], pos: usize, max_len: usize) -> Option<(u64, usize)> {
     let &first = buf.get(pos)?;
@@ -259,15 +258,7 @@ fn varint(buf: &[u8], pos: usize, max_len: usize) -> Option<(u64, usize)> {
             return None;
         }
     }
-    let mut value = 0u64;
-    for i in 0..max_len {
-        let &b = buf.get(pos + i)?;
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return Some((value, pos + i + 1));
-        }
-    }
-    None
+    crate::varint::read(buf, pos, max_len).ok()
 }
 
 /// Checks the blocks of an array of items of `size` bytes at `pos`, as
@@ -278,14 +269,14 @@ fn array(buf: &[u8], mut pos: usize, size: usize) -> Option<usize> {
     loop {
         let (z, end) = varint(buf, pos, 10)?;
         pos = end;
-        let count = zigzag(z);
+        let count = unzigzag(z);
         if count == 0 {
             return Some(pos);
         }
         let declared = if count < 0 {
             let (z, end) = varint(buf, pos, 10)?;
             pos = end;
-            Some(zigzag(z))
+            Some(unzigzag(z))
         } else {
             None
         };
@@ -327,12 +318,7 @@ mod tests {
             let r = next(&mut state);
             let value = r >> (r % 64);
             let mut x = Vec::new();
-            let mut z = value;
-            while z >= 0x80 {
-                x.push(z as u8 | 0x80);
-                z >>= 7;
-            }
-            x.push(z as u8);
+            crate::varint::put(&mut x, value);
             // Padding: the last byte gets a continuation bit and zero groups
             // follow (the same value, more bytes); sometimes no end at all.
             let pad = (next(&mut state) % 4) as usize;
