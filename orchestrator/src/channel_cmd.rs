@@ -90,11 +90,8 @@ pub fn prepare_add(file: &Path, schema: Option<&Path>) -> Result<Upload, Failure
     let table: toml::Table = toml::from_str(&text)
         .map_err(|e| Failure::config(file, "", format!("not valid TOML: {e}")))?;
     let name = match table.get("name") {
-        None => file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        Some(toml::Value::String(n)) => n.clone(),
+        None => relay_channel::config::channel_name(None, file),
+        Some(toml::Value::String(n)) => relay_channel::config::channel_name(Some(n), file),
         Some(_) => return Err(Failure::config(file, "name", "must be a string")),
     };
     if name.is_empty() {
