@@ -21,9 +21,9 @@ pub const MAX_DATAGRAM: usize = 65_507;
 /// Default deflate level (zlib's default).
 pub const DEFAULT_DEFLATE_LEVEL: u32 = 6;
 /// Default zstd level. Level 1, not zstd's own default of 3: on sampled
-/// telemetry (blocks of doubles) it compresses about 1.4 times as fast and
-/// as small or smaller (benches/RESULTS.md), and compression is what limits
-/// an archiving relay on a small machine.
+/// telemetry (blocks of doubles) it compresses faster and as small or
+/// smaller (benches/RESULTS.md), and compression is what limits an
+/// archiving relay on a small machine.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// Names accepted by [`Codec::parse`].
