@@ -397,7 +397,7 @@ pub struct DecimatedSpec {
     pub keep_last: Vec<String>,
 }
 
-// Defaults, named so the README and the code agree.
+// Defaults, named so docs/channel-file.md and the code agree.
 pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
 pub const DEFAULT_BATCH: usize = 64;
 pub const DEFAULT_BLOCK_SIZE: usize = 256 << 10;
@@ -1042,6 +1042,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map(|b| b.as_u64())
         .map_err(|_| format!("{s:?} is not a size; write e.g. \"8MiB\", \"256KiB\", \"1GB\""))
 }
+
+#[cfg(test)]
+mod doc_keys;
 
 #[cfg(test)]
 mod tests {
