@@ -1043,6 +1043,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a size; write e.g. \"8MiB\", \"256KiB\", \"1GB\""))
 }
 
+pub mod keys;
+
 #[cfg(test)]
 mod doc_keys;
 
