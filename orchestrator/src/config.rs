@@ -581,6 +581,9 @@ impl fmt::Display for InvalidChannels<'_> {
 }
 
 #[cfg(test)]
+mod doc_keys;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

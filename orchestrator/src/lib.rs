@@ -9,6 +9,8 @@
 //! - `reconcile`: running vs wanted channels as a pure diff;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
 //! - [`holds`]: holds, an incident's data kept past retention;
+//! - [`hold_cmd`]: `orchestrator hold add|ls|rm` and `export`, through the API;
+//! - [`export`]: a hold's archive files copied (or cut) out for an analyst;
 //! - [`http`]: the HTTP API;
 //! - [`registry`]: channel files written through the API;
 //! - `console`: the web console's embedded pages;

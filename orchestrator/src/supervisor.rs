@@ -106,13 +106,13 @@ impl Supervisor {
         }
     }
 
-    /// Re-reads orchestrator.toml (keeping the old one if the new one is
-    /// wrong) and then reconciles the channels.
     /// The orchestrator's configuration, as last (re)loaded.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
 
+    /// Re-reads orchestrator.toml (keeping the old one if the new one is
+    /// wrong) and then reconciles the channels.
     pub fn reload(&mut self, why: &str) {
         match Config::load(&self.cfg.file, Some(&self.cfg.channels_dir)) {
             Ok(new) => {

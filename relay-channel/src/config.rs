@@ -22,9 +22,9 @@ pub const MAX_DATAGRAM: usize = 65_507;
 /// Default deflate level (zlib's default).
 pub const DEFAULT_DEFLATE_LEVEL: u32 = 6;
 /// Default zstd level. Level 1, not zstd's own default of 3: on sampled
-/// telemetry (blocks of doubles) it compresses about 1.4 times as fast and
-/// as small or smaller (benches/RESULTS.md), and compression is what limits
-/// an archiving relay on a small machine.
+/// telemetry (blocks of doubles) it compresses faster and as small or
+/// smaller (benches/RESULTS.md), and compression is what limits an
+/// archiving relay on a small machine.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// Names accepted by [`Codec::parse`].
@@ -313,7 +313,7 @@ pub struct DecimatedSpec {
     pub keep_last: Vec<String>,
 }
 
-// Defaults, named so the README and the code agree.
+// Defaults, named so docs/channel-file.md and the code agree.
 pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
 pub const DEFAULT_BATCH: usize = 64;
 pub const DEFAULT_BLOCK_SIZE: usize = 256 << 10;
@@ -505,6 +505,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map(|b| b.as_u64())
         .map_err(|_| format!("{s:?} is not a size; write e.g. \"8MiB\", \"256KiB\", \"1GB\""))
 }
+
+pub mod keys;
+
+#[cfg(test)]
+mod doc_keys;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-// Takes the README's screenshots (docs/console-*.png) of a running fleet:
+// Takes the documentation's screenshots (docs/console-*.png) of a running fleet:
 // start `scripts/run-example 40`, then, while it sends:
 //
 //   node tests/console/readme-screenshots.mjs http://127.0.0.1:9464 example docs

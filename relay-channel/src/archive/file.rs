@@ -37,17 +37,15 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 /// The archive is written once and read later, if at all: keeping it in
 /// the page cache would only push out what other programs read. And
 /// writing into pages the kernel has just freed costs several times less
-/// than into fresh ones: writing 3 GiB in 256 KiB writes took 0.8 s of
-/// CPU this way against 1.7-5.8 s with writeback alone on the 2-core VM of
-/// benches/RESULTS.md, where a fresh page can cost the host a fault too.
+/// CPU than into fresh ones, where a fresh page can cost the host a fault
+/// too (measured in benches/RESULTS.md).
 const RELEASE_BEHIND: u64 = 64 << 20;
 
 /// How much disk space the archive allocates ahead of its writes, at a
 /// time (`fallocate(FALLOC_FL_KEEP_SIZE)`: the file's length stays what
 /// was written). Writing into allocated space spares ext4 its delayed
-/// allocation, page by page: writing 2 GiB in 256 KiB writes took
-/// 0.42-0.50 s of CPU this way against 0.61-0.72 s without, on the 2-core
-/// VM of benches/RESULTS.md. What is left over is given back when the file
+/// allocation, page by page, and the CPU it costs (measured in
+/// benches/RESULTS.md). What is left over is given back when the file
 /// closes (`set_len`), or when a crash's leftover is recovered.
 const ALLOCATE_AHEAD: u64 = 16 << 20;
 

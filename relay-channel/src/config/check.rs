@@ -58,7 +58,7 @@ enum RawSize {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawChannel {
+pub(super) struct RawChannel {
     name: Option<String>,
     schema: Option<PathBuf>,
     receive: Option<RawReceive>,

@@ -1,0 +1,92 @@
+//! The channel-file reference (`docs/channel-file.md`) and the parser agree:
+//! every key the raw structs accept is documented, and every documented key
+//! is one the parser accepts (see [`super::keys`]). Every key of both lists
+//! is also put, alone, in a channel file, which the parser must not call
+//! unknown.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::keys::{accepted, documented};
+use super::check::RawChannel;
+use super::ChannelSpec;
+
+const REFERENCE: &str = include_str!("../../../docs/channel-file.md");
+
+fn accepted_keys() -> BTreeSet<String> {
+    accepted::<RawChannel>()
+}
+
+/// The problems the parser finds in a channel file holding only `key`.
+fn problems_with_only(key: &str) -> Vec<String> {
+    let mut table = toml::Table::new();
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let leaf = parts.pop().expect("a key");
+    let mut t = &mut table;
+    for p in parts {
+        t = t
+            .entry(p)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("a section");
+    }
+    t.insert(leaf.to_string(), toml::Value::String("x".into()));
+    match ChannelSpec::from_table(table, Path::new("c/ch.toml"), None) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn the_walk_finds_the_raw_structs_keys() {
+    let keys = accepted_keys();
+    for k in [
+        "name",
+        "schema",
+        "receive.bind",
+        "archive.codec",
+        "decimated.keep_last",
+    ] {
+        assert!(keys.contains(k), "{k} not in {keys:?}");
+    }
+    for section in ["receive", "archive", "full", "decimated"] {
+        assert!(!keys.contains(section), "{section} is a section, not a key");
+    }
+    // The parser itself says a key is unknown the way the check below
+    // looks for.
+    let problems = problems_with_only("receive.no_such_key");
+    assert!(
+        problems.iter().any(|p| p.contains("unknown field")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn every_channel_key_is_documented_and_every_documented_key_is_accepted() {
+    let accepted = accepted_keys();
+    let documented = documented(REFERENCE);
+    let mut seen = BTreeSet::new();
+    let twice: Vec<&String> = documented.iter().filter(|k| !seen.insert(*k)).collect();
+    assert!(
+        twice.is_empty(),
+        "docs/channel-file.md documents these keys twice: {twice:?}"
+    );
+    let documented: BTreeSet<String> = documented.into_iter().collect();
+    let undocumented: Vec<&String> = accepted.difference(&documented).collect();
+    let unknown: Vec<&String> = documented.difference(&accepted).collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "docs/channel-file.md and the parser disagree:\n  accepted, not documented: {undocumented:?}\n  documented, not accepted: {unknown:?}"
+    );
+    for key in accepted.union(&documented) {
+        let problems = problems_with_only(key);
+        assert!(
+            !problems.iter().any(|p| p.contains("unknown field")),
+            "{key}: the parser calls it unknown: {problems:?}"
+        );
+    }
+}
