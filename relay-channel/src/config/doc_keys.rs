@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::keys::{accepted, documented};
 use super::check::RawChannel;
+use super::keys::{accepted, documented};
 use super::ChannelSpec;
 
 const REFERENCE: &str = include_str!("../../../docs/channel-file.md");
