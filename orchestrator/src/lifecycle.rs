@@ -123,20 +123,36 @@ impl Why {
     }
 }
 
-/// A command from the supervisor (the new configuration of `Reconfigure`
-/// is the task's to keep).
+/// A command from the supervisor to a channel. `Reconfigure` carries the
+/// new configuration `C` on its way to the channel task, which keeps it
+/// and hands the lifecycle the command without it (`C = ()`): see
+/// [`Command::split`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub enum Command<C = ()> {
     /// Stop the child gracefully and end.
     Stop,
     /// Stop the child and start a new one now.
     Restart,
     /// The file changed: stop the child and start one with the new file.
-    Reconfigure,
+    Reconfigure(C),
     /// The file changed and no longer validates: show it, keep running.
     ConfigError(String),
     /// The file validates again as it was.
     ConfigOk,
+}
+
+impl<C> Command<C> {
+    /// The command as the lifecycle takes it, and the new configuration a
+    /// `Reconfigure` carried.
+    pub fn split(self) -> (Command, Option<C>) {
+        match self {
+            Command::Stop => (Command::Stop, None),
+            Command::Restart => (Command::Restart, None),
+            Command::Reconfigure(c) => (Command::Reconfigure(()), Some(c)),
+            Command::ConfigError(e) => (Command::ConfigError(e), None),
+            Command::ConfigOk => (Command::ConfigOk, None),
+        }
+    }
 }
 
 /// What happened.
@@ -226,6 +242,8 @@ pub enum Show {
 pub enum ChannelEvent {
     /// `started`.
     Started { pid: u32 },
+    /// `ready`.
+    Ready { pid: u32 },
     /// `hung`: silent for `silent_for`.
     Hung { pid: u32, silent_for: Duration },
     /// `exited` by itself, or ended for a failure.
@@ -331,7 +349,7 @@ impl Lifecycle {
             (P::Idle, I::Begin) => self.begin(),
             (P::Spawning, I::Spawned { pid }) => self.spawned(pid, now),
             (P::Spawning, I::SpawnFailed(failure)) => self.spawn_failed(failure, now),
-            (P::Starting { run, .. }, I::Stdout { ready: true }) => self.heard(run, now),
+            (P::Starting { run, .. }, I::Stdout { ready: true }) => self.ready(run, now),
             (P::Ready { run, .. }, I::Stdout { .. }) => self.heard(run, now),
             (P::Starting { run, .. } | P::Ready { run, .. }, I::Exited(exit)) => {
                 self.exited(run, exit, now)
@@ -347,7 +365,7 @@ impl Lifecycle {
             (P::Starting { run, .. } | P::Ready { run, .. }, I::Command(C::Restart)) => {
                 self.restart_running(run, Why::Requested, now)
             }
-            (P::Starting { run, .. } | P::Ready { run, .. }, I::Command(C::Reconfigure)) => {
+            (P::Starting { run, .. } | P::Ready { run, .. }, I::Command(C::Reconfigure(()))) => {
                 self.restart_running(run, Why::Reconfigured, now)
             }
             (P::Starting { .. } | P::Ready { .. }, I::Command(C::ConfigError(e))) => {
@@ -371,7 +389,7 @@ impl Lifecycle {
                 self.tracker.reset();
                 self.spawn()
             }
-            (P::Backoff { .. } | P::Cooling { .. } | P::Parked, I::Command(C::Reconfigure)) => {
+            (P::Backoff { .. } | P::Cooling { .. } | P::Parked, I::Command(C::Reconfigure(()))) => {
                 self.tracker.reset();
                 let mut fx = vec![Effect::Show(Show::ConfigError(None))];
                 fx.extend(self.spawn());
@@ -504,6 +522,20 @@ impl Lifecycle {
         let mut fx = self.count_start();
         fx.extend(self.failure(exit, Duration::ZERO, now));
         fx
+    }
+
+    /// The `ready` line of a starting child (not of one being stopped:
+    /// that one is not shown ready).
+    fn ready(&mut self, run: Run, now: Instant) -> Vec<Effect> {
+        self.heard(run, now);
+        vec![
+            Effect::Log(Level::INFO, "ready".into()),
+            Effect::Show(Show::State {
+                state: State::Ready,
+                reason: None,
+            }),
+            Effect::Emit(ChannelEvent::Ready { pid: run.pid }),
+        ]
     }
 
     /// A stdout line: the child is (still) ready, and not silent.
@@ -942,7 +974,14 @@ mod tests {
             Some(t0 + secs(10)),
             "a stats line is not ready"
         );
-        assert_eq!(l.step(Input::Stdout { ready: true }, t0 + secs(2)), []);
+        assert_eq!(
+            l.step(Input::Stdout { ready: true }, t0 + secs(2)),
+            [
+                log(Level::INFO, "ready"),
+                show_state(State::Ready, None),
+                Emit(ChannelEvent::Ready { pid: 7 })
+            ]
+        );
         assert_eq!(l.deadline(), Some(t0 + secs(7)));
         // Every line afterwards pushes the deadline back.
         l.step(Input::Stdout { ready: false }, t0 + secs(4));
@@ -1026,7 +1065,7 @@ mod tests {
         );
         assert_eq!(l.phase(), Phase::Parked);
         assert_eq!(
-            l.step(cmd(Command::Reconfigure), t0 + secs(3)),
+            l.step(cmd(Command::Reconfigure(())), t0 + secs(3)),
             [Effect::Show(Show::ConfigError(None)), Spawn]
         );
     }
@@ -1224,7 +1263,7 @@ mod tests {
     fn reconfigure_restarts_the_child_and_clears_the_config_error() {
         let t0 = Instant::now();
         let mut l = ready(policy(), t0);
-        let fx = l.step(cmd(Command::Reconfigure), t0 + secs(1));
+        let fx = l.step(cmd(Command::Reconfigure(())), t0 + secs(1));
         assert_eq!(
             fx,
             [
@@ -1508,6 +1547,15 @@ mod tests {
         let stopping = l.phase();
         assert_eq!(l.step(tick(), t0 + secs(19)), []);
         assert_eq!(l.phase(), stopping);
+    }
+
+    #[test]
+    fn a_ready_line_while_the_child_is_stopped_is_not_shown() {
+        let t0 = Instant::now();
+        let mut l = starting(policy(), t0);
+        l.step(cmd(Command::Stop), t0 + secs(1));
+        assert_eq!(l.step(Input::Stdout { ready: true }, t0 + secs(1)), []);
+        assert!(matches!(l.phase(), Phase::Stopping { .. }));
     }
 
     #[test]

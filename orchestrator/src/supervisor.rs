@@ -42,20 +42,9 @@ pub enum Request {
     },
 }
 
-/// Commands to one channel task.
-#[derive(Debug)]
-enum Cmd {
-    /// Stop the child gracefully and end the task.
-    Stop,
-    /// Stop the child and start a new one now.
-    Restart,
-    /// The file changed: stop the child, start one with this.
-    Reconfigure(Box<Channel>, String),
-    /// The file changed and no longer validates: note it, keep running.
-    ConfigError(String),
-    /// The file validates again as it was.
-    ConfigOk,
-}
+/// A command to one channel task; `Reconfigure` carries the channel's new
+/// configuration and the defaults it starts with.
+type Cmd = Command<(Box<Channel>, String)>;
 
 /// A running channel task.
 struct Task {
@@ -228,7 +217,10 @@ impl Supervisor {
                     self.running
                         .tasks
                         .insert(name.clone(), version(&ch, defaults));
-                    self.send(&name, Cmd::Reconfigure(Box::new(ch), defaults.to_string()));
+                    self.send(
+                        &name,
+                        Cmd::Reconfigure((Box::new(ch), defaults.to_string())),
+                    );
                     n.restarted += 1;
                 }
                 Action::Unchanged(name) => self.send(&name, Cmd::ConfigOk),
@@ -484,10 +476,9 @@ impl ChannelTask {
     }
 
     fn on_output(&mut self, out: std::io::Result<Output>) -> Input {
-        let pid = self.child.as_ref().map_or(0, |c| c.pid);
         match out {
             Ok(Output::Stdout(line)) => Input::Stdout {
-                ready: self.on_status_line(&line, pid),
+                ready: self.on_status_line(&line),
             },
             Ok(Output::Stderr(line)) => {
                 self.on_log_line(line.clone());
@@ -509,19 +500,15 @@ impl ChannelTask {
     }
 
     fn on_command(&mut self, cmd: Option<Cmd>) -> Input {
-        Input::Command(match cmd {
-            None | Some(Cmd::Stop) => Command::Stop,
-            Some(Cmd::Restart) => Command::Restart,
-            Some(Cmd::Reconfigure(ch, defaults)) => {
-                // The running child has its configuration; the next one
-                // starts with this.
-                self.ch = *ch;
-                self.defaults = defaults;
-                Command::Reconfigure
-            }
-            Some(Cmd::ConfigError(e)) => Command::ConfigError(e),
-            Some(Cmd::ConfigOk) => Command::ConfigOk,
-        })
+        // The supervisor gone: stop.
+        let (cmd, next) = cmd.unwrap_or(Command::Stop).split();
+        if let Some((ch, defaults)) = next {
+            // The running child has its configuration; the next one
+            // starts with this.
+            self.ch = *ch;
+            self.defaults = defaults;
+        }
+        Input::Command(cmd)
     }
 
     /// Carries out one effect; a spawn answers with its outcome.
@@ -618,6 +605,7 @@ impl ChannelTask {
                 pid,
                 file: self.ch.file().to_path_buf(),
             },
+            ChannelEvent::Ready { pid } => EventKind::Ready { pid },
             ChannelEvent::Hung { pid, silent_for } => EventKind::Hung {
                 pid,
                 silent_for: fmt_duration(silent_for),
@@ -657,21 +645,14 @@ impl ChannelTask {
     }
 
     /// Handles one stdout line; true if it was `ready`.
-    fn on_status_line(&self, line: &str, pid: u32) -> bool {
+    fn on_status_line(&self, line: &str) -> bool {
         let Some(status) = StatusLine::parse(line) else {
             tracing::warn!(channel = %self.name(), line, "unexpected line on the relay's stdout");
             return false;
         };
         match status {
-            StatusLine::Ready(_) => {
-                tracing::info!(channel = %self.name(), pid, "ready");
-                self.set(|s| {
-                    s.state = State::Ready;
-                    s.reason = None;
-                });
-                self.emit(EventKind::Ready { pid });
-                true
-            }
+            // Shown, said and logged as the lifecycle decides.
+            StatusLine::Ready(_) => true,
             StatusLine::Stats(stats) => {
                 self.fleet.record_stats(self.name(), stats);
                 false
