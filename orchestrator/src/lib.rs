@@ -1,41 +1,45 @@
 //! The speeddata-relay supervisor.
 //!
 //! - [`config`]: `orchestrator.toml` and the fleet of channel files;
-//! - [`policy`]: backoff and crash-loop decisions, pure;
-//! - [`child`]: one `relay-channel` process: spawn, status lines, stop;
+//! - `policy`: backoff and crash-loop decisions, pure;
+//! - `child`: one `relay-channel` process: spawn, status lines, stop;
+//! - [`daemon`]: `orchestrator run`: the API, the channels, signals, reload;
 //! - [`supervisor`]: one task per channel, reload and reconcile;
 //! - `stall`: the orchestrator's own pauses, which the watchdog discounts;
 //! - `lifecycle`: one channel's lifecycle as a pure transition table;
 //! - `reconcile`: running vs wanted channels as a pure diff;
 //! - [`state`]: channel status, lifecycle events, Prometheus metrics;
-//! - [`holds`]: holds, an incident's data kept past retention;
+//! - `holds`: holds, an incident's data kept past retention;
 //! - [`hold_cmd`]: `orchestrator hold add|ls|rm` and `export`, through the API;
-//! - [`export`]: a hold's archive files copied (or cut) out for an analyst;
-//! - [`http`]: the HTTP API;
-//! - [`registry`]: channel files written through the API;
+//! - `export`: a hold's archive files copied (or cut) out for an analyst;
+//! - `http`: the HTTP API;
+//! - `registry`: channel files written through the API;
 //! - `console`: the web console's embedded pages;
-//! - [`live`]: the live stream of a channel's decimated records (WebSocket);
-//! - [`fdlimit`]: the descriptor limit, and the share HTTP connections get;
+//! - `live`: the live stream of a channel's decimated records (WebSocket);
+//! - `fdlimit`: the descriptor limit, and the share HTTP connections get;
 //! - [`status_cmd`]: `orchestrator status`, a table from a running API;
 //! - [`channel_cmd`]: `orchestrator channel add|rm|show`, through the API;
-//! - [`systemd`]: readiness, watchdog and status notifications.
+//! - `systemd`: readiness, watchdog and status notifications.
 
 pub mod channel_cmd;
-pub mod child;
+pub(crate) mod child;
 pub mod config;
-mod console;
-pub mod export;
-pub mod fdlimit;
+pub(crate) mod console;
+pub mod daemon;
+pub(crate) mod export;
+pub(crate) mod fdlimit;
 pub mod hold_cmd;
-pub mod holds;
-pub mod http;
-mod lifecycle;
-pub mod live;
-pub mod policy;
-mod reconcile;
-pub mod registry;
-mod stall;
+pub(crate) mod holds;
+pub(crate) mod http;
+pub(crate) mod lifecycle;
+pub(crate) mod live;
+pub(crate) mod policy;
+pub(crate) mod reconcile;
+pub(crate) mod registry;
+pub(crate) mod stall;
 pub mod state;
 pub mod status_cmd;
 pub mod supervisor;
-pub mod systemd;
+pub(crate) mod systemd;
+
+pub use http::openapi;

@@ -54,6 +54,7 @@ const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// two's-complement bytes (see [`Mapping`] for their decimal value), big
 /// decimals and UUIDs as strings, durations as
 /// `{"months", "days", "millis"}`.
+#[cfg(test)]
 pub fn to_json(v: &Value) -> Json {
     map(v, None, &BTreeMap::new())
 }

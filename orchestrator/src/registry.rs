@@ -72,7 +72,6 @@ pub fn check_name(name: &str) -> Result<(), Refused> {
 /// A registration that passed every check, ready to be written.
 #[derive(Debug)]
 pub struct Prepared {
-    pub name: String,
     pub channel_file: PathBuf,
     pub schema_file: PathBuf,
     /// The channel file's text as it will be written (`schema` key set).
@@ -182,7 +181,6 @@ pub fn prepare(
         && std::fs::read(&channel_file).ok().as_deref() == Some(text.as_bytes())
         && std::fs::read(&schema_file).ok().as_deref() == Some(schema_text.as_bytes());
     Ok(Prepared {
-        name: name.to_string(),
         channel_file,
         schema_file,
         channel_text: text,

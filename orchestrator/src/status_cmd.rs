@@ -313,9 +313,14 @@ west-long-name: config error: west.toml: receive.port: expected an integer; west
             config: None,
             token: None,
         };
-        let server = tokio::spawn(crate::http::serve(listener, api, async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(crate::http::serve_with(
+            listener,
+            api,
+            crate::http::Limits::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         let (table, json) = tokio::task::spawn_blocking(move || {
             (status(&base, false).unwrap(), status(&base, true).unwrap())
         })

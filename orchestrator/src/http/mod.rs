@@ -74,8 +74,7 @@ mod server;
 mod tests;
 mod transport;
 
-pub use events::KEEP_ALIVE;
-pub use transport::{bind, serve, serve_with, Limits, HEADER_TIMEOUT, IDLE_TIMEOUT};
+pub use transport::{bind, serve_with, Limits};
 
 /// What the API reads and whom it asks.
 pub struct Api {

@@ -58,16 +58,6 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))
 }
 
-/// Serves the API on `listener` with the default [`Limits`]; see
-/// [`serve_with`].
-pub async fn serve(
-    listener: TcpListener,
-    api: Api,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    serve_with(listener, api, Limits::default(), shutdown).await
-}
-
 /// Serves the API on `listener` until `shutdown` resolves, then stops
 /// accepting, closes the connections that are not serving a request, ends
 /// the open event streams and returns once every connection is closed.
