@@ -106,6 +106,15 @@ pub fn channel_page(known: bool) -> Response {
 }
 
 /// `GET /assets/{file}`; `None` for a file that is not embedded.
+/// The console's scripts: name and text.
+#[cfg(test)]
+pub(crate) fn scripts() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ASSETS
+        .iter()
+        .filter(|a| a.name.ends_with(".js"))
+        .map(|a| (a.name, a.body))
+}
+
 pub fn asset(name: &str) -> Option<Response> {
     ASSETS
         .iter()

@@ -141,7 +141,7 @@ pub struct CounterInfo {
 }
 
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $key:ident: $kind:ident, $metric:literal, $column:expr $(, $rate:literal)?;)*) => {
+    ($($(#[doc = $doc:literal])* $key:ident: $kind:ident, $metric:literal, $column:expr $(, $rate:tt)?;)*) => {
         /// Every counter of one channel, in the order of [`COUNTERS`].
         #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

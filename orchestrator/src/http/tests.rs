@@ -284,6 +284,77 @@ fn the_openapi_document_lists_exactly_the_routes_documented_here() {
     );
 }
 
+/// Every property name of the document's schemas, and every parameter
+/// name, at any depth.
+fn documented_fields() -> std::collections::BTreeSet<String> {
+    fn walk(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Object(props)) = m.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                if let Some(Value::Array(params)) = m.get("parameters") {
+                    out.extend(
+                        params
+                            .iter()
+                            .filter_map(|p| p["name"].as_str().map(String::from)),
+                    );
+                }
+                m.values().for_each(|v| walk(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(&serde_json::to_value(openapi()).unwrap(), &mut out);
+    out
+}
+
+/// The API field names a script reads: `snake_case` words after a `.` or
+/// in quotes (the console's own names are camelCase), other than
+/// configuration keys it names in its text (`http.token_file`).
+fn fields_read_by(script: &str) -> Vec<String> {
+    let b = script.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let word = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_';
+        if i > 0 && (b[i - 1] == b'.' || b[i - 1] == b'\'' || b[i - 1] == b'"') && word(b[i]) {
+            let start = i;
+            while i < b.len() && word(b[i]) {
+                i += 1;
+            }
+            let w = &script[start..i];
+            let config_key = script[..start].ends_with("http.");
+            if w.contains('_') && b[start].is_ascii_lowercase() && !config_key {
+                out.push(w.to_string());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_console_reads_only_fields_the_document_names() {
+    let documented = documented_fields();
+    let mut checked = 0;
+    for (name, script) in crate::console::scripts() {
+        for field in fields_read_by(script) {
+            assert!(
+                documented.contains(&field),
+                "{name} reads {field:?}, which the OpenAPI document does not name"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} field reads found");
+    assert_eq!(fields_read_by("c.rates.receved_per_s"), ["receved_per_s"]);
+    assert!(!documented.contains("receved_per_s"));
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn every_documented_route_is_served_and_the_document_too() {
     // No supervisor: a restart is answered 503 at once.
