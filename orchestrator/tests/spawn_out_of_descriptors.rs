@@ -3,14 +3,13 @@
 //! neither as a failure (which would park the channel as `failed`) nor as a
 //! restart. Its own test binary: it lowers the process's descriptor limit.
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orchestrator::config::Config;
 use orchestrator::state::{Fleet, State};
 use orchestrator::supervisor::{self, Supervisor};
-use relay_channel::status::{Ready, StatusLine};
 
 fn set_soft_limit(soft: u64) -> u64 {
     let mut r = libc::rlimit {
@@ -29,49 +28,12 @@ fn set_soft_limit(soft: u64) -> u64 {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_spawn_out_of_descriptors_is_retried_and_not_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../channels.d/example.avsc");
-    std::fs::create_dir(d.join("channels.d")).unwrap();
-    std::fs::write(
-        d.join("channels.d/a.toml"),
-        format!(
-            "name = \"a\"\nschema = {:?}\n[receive]\nbind = \"127.0.0.1:1\"\n[archive]\ndir = {:?}\n",
-            schema.display().to_string(),
-            d.join("archive").display().to_string()
-        ),
-    )
-    .unwrap();
-    // A stand-in relay: ready at once (the line the relay writes, from the
-    // protocol's own type), then waits to be stopped.
-    let relay = d.join("relay");
-    let ready = StatusLine::Ready(Ready {
-        channel: "a".into(),
-        pid: 0,
-        bind: "127.0.0.1:9".into(),
-        group: None,
-        recv_buffer_granted: 0,
-        archive_dir: d.join("archive/a"),
-        full: None,
-        decimated: None,
-        gso: false,
-    });
-    std::fs::write(
-        &relay,
-        format!("#!/bin/sh\necho '{}'\nexec sleep 60\n", ready.to_json()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&relay, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    // One failure would park the channel for an hour.
-    std::fs::write(
-        d.join("orchestrator.toml"),
-        format!(
-            "relay_binary = {:?}\n[supervisor]\nmax_restarts = 0\ncooldown = \"1h\"\n",
-            relay.display().to_string()
-        ),
-    )
-    .unwrap();
-    let cfg = Config::load(&d.join("orchestrator.toml"), None).unwrap();
+    // A stand-in relay: ready at once, then waits to be stopped. One
+    // failure would park the channel for an hour.
+    let (_dir, cfg) = common::fleet_dir(
+        "echo ready\nexec sleep 60",
+        "max_restarts = 0\ncooldown = \"1h\"",
+    );
     let binary = supervisor::relay_binary(&cfg).unwrap();
     let fleet = Arc::new(Fleet::new());
     let mut sup = Supervisor::new(cfg, binary, fleet.clone());

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use relay_channel::config::keys::{accepted, documented};
+use relay_channel::config::keys::{accepted, documented, table_with_only};
 
 use super::{Config, RawConfig};
 
@@ -16,18 +16,7 @@ const REFERENCE: &str = include_str!("../../../docs/orchestrator-file.md");
 /// The problems the parser finds in an orchestrator.toml holding only
 /// `key` (a string, or an empty table for `defaults`).
 fn problems_with_only(key: &str) -> Vec<String> {
-    let mut table = toml::Table::new();
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let leaf = parts.pop().expect("a key");
-    let mut t = &mut table;
-    for p in parts {
-        t = t
-            .entry(p)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("a section");
-    }
-    t.insert(leaf.to_string(), toml::Value::String("x".into()));
+    let table = table_with_only(key);
     match Config::from_table(table, Path::new("/nonexistent/orchestrator.toml"), None) {
         Ok(_) => Vec::new(),
         Err(e) => e

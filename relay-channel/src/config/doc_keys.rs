@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::check::RawChannel;
-use super::keys::{accepted, documented};
+use super::keys::{accepted, documented, table_with_only};
 use super::ChannelSpec;
 
 const REFERENCE: &str = include_str!("../../../docs/channel-file.md");
@@ -19,18 +19,7 @@ fn accepted_keys() -> BTreeSet<String> {
 
 /// The problems the parser finds in a channel file holding only `key`.
 fn problems_with_only(key: &str) -> Vec<String> {
-    let mut table = toml::Table::new();
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let leaf = parts.pop().expect("a key");
-    let mut t = &mut table;
-    for p in parts {
-        t = t
-            .entry(p)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("a section");
-    }
-    t.insert(leaf.to_string(), toml::Value::String("x".into()));
+    let table = table_with_only(key);
     match ChannelSpec::from_table(table, Path::new("c/ch.toml"), None) {
         Ok(_) => Vec::new(),
         Err(e) => e

@@ -208,3 +208,21 @@ pub fn documented(reference: &str) -> Vec<String> {
     }
     keys
 }
+
+/// A TOML table holding only `key` (dotted: its sections as tables), with
+/// the string `"x"`: to ask a parser whether it knows the key.
+pub fn table_with_only(key: &str) -> toml::Table {
+    let mut table = toml::Table::new();
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let leaf = parts.pop().expect("a key");
+    let mut t = &mut table;
+    for p in parts {
+        t = t
+            .entry(p)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("a section");
+    }
+    t.insert(leaf.to_string(), toml::Value::String("x".into()));
+    table
+}
