@@ -539,10 +539,7 @@ impl Relay {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        kill(self.child.id(), sig);
     }
 
     /// SIGTERM, wait for exit; returns the exit code and the final stats.
@@ -602,6 +599,16 @@ impl Drop for Relay {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Sends signal `sig` to process `pid`: one the test started, or a child
+/// of one (a relay of its orchestrator).
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects; the tests signal only their
+    // own processes.
+    unsafe {
+        libc::kill(pid as i32, sig);
     }
 }
 

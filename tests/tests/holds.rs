@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value as Json};
-use speeddata_tests::fleet::{run_orchestrator, FleetDir, Orchestrator};
-use speeddata_tests::{bin, ChannelOpts};
+use serde_json::Value as Json;
+use speeddata_api::{client::TIMEOUT, ErrorBody, HoldReport, NewHold, State};
+use speeddata_tests::fleet::{counters, pid_of, run_orchestrator, FleetDir, Orchestrator};
+use speeddata_tests::{bin, kill, ChannelOpts};
 
 /// Milliseconds since the epoch.
 fn now_ms() -> i64 {
@@ -117,12 +118,28 @@ fn send(opts: &ChannelOpts, rate: u32, seconds: u32) -> std::process::Child {
         .expect("loadgen")
 }
 
-fn post_hold(o: &Orchestrator, body: Json) -> (u16, Json) {
-    let r = o.send("POST", "/api/v1/holds", Some(&body), &[]);
-    (
-        r.status,
-        serde_json::from_str(&r.body).unwrap_or(Json::Null),
-    )
+/// A hold of every channel, without a note.
+fn new_hold(name: &str, from: &str, to: &str) -> NewHold {
+    NewHold {
+        name: name.into(),
+        from: from.into(),
+        to: to.into(),
+        channels: None,
+        note: None,
+    }
+}
+
+/// `POST /api/v1/holds`: the status and the hold made, or the status and
+/// what is wrong.
+fn post_hold(o: &Orchestrator, hold: &NewHold) -> Result<(u16, HoldReport), (u16, ErrorBody)> {
+    o.call("POST", "/api/v1/holds", Some(hold), TIMEOUT)
+}
+
+/// The status of a `POST /api/v1/holds`, whatever its body.
+fn post_status(o: &Orchestrator, hold: &NewHold) -> u16 {
+    match post_hold(o, hold) {
+        Ok((status, _)) | Err((status, _)) => status,
+    }
 }
 
 /// Polls `dir` until `limit`, collecting every closed file seen.
@@ -149,12 +166,16 @@ fn a_hold_keeps_exactly_the_files_that_overlap_it_and_its_removal_lets_them_go()
     let from = to - 800;
     let (status, body) = post_hold(
         &o,
-        json!({"name": "incident", "from": rfc3339(from), "to": rfc3339(to), "note": "odd spike"}),
-    );
-    assert_eq!(status, 201, "{body}");
-    assert_eq!(body["hold"]["name"], "incident");
-    assert_eq!(body["hold"]["created_by"], "local");
-    assert_eq!(body["channels"][0]["channel"], "h");
+        &NewHold {
+            note: Some("odd spike".into()),
+            ..new_hold("incident", &rfc3339(from), &rfc3339(to))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(status, 201, "{body:?}");
+    assert_eq!(body.hold.name, "incident");
+    assert_eq!(body.hold.created_by.as_deref(), Some("local"));
+    assert_eq!(body.channels[0].channel, "h");
     watch(&dir, Duration::from_secs(6), &mut seen);
     sender.wait().unwrap();
     watch(&dir, Duration::from_secs(4), &mut seen);
@@ -175,21 +196,16 @@ fn a_hold_keeps_exactly_the_files_that_overlap_it_and_its_removal_lets_them_go()
     assert!(seen.len() >= held.len() + 4, "the others went: {seen:?}");
 
     // The hold and its bytes, in the API and the stats line.
-    let h = o.get("/api/v1/holds/incident").json();
-    let files: Vec<&str> = h["channels"][0]["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(files.len(), held.len(), "{h}");
+    let h = o.client().hold("incident").unwrap();
+    let files = &h.channels[0].files;
+    assert_eq!(files.len(), held.len(), "{h:?}");
     let bytes: u64 = held
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
-    assert_eq!(h["bytes"], bytes);
+    assert_eq!(h.bytes, bytes);
     o.wait_channel("h", Duration::from_secs(5), |c| {
-        c["counters"]["held_bytes"] == bytes
+        counters(c).is_some_and(|n| n.held_bytes == bytes)
     });
 
     // Removed: the files go at the next pass.
@@ -213,7 +229,7 @@ fn a_hold_keeps_exactly_the_files_that_overlap_it_and_its_removal_lets_them_go()
 fn a_hold_made_before_its_range_keeps_later_files_across_restarts_of_everything() {
     let (fleet, opts) = fleet(&[]);
     let mut o = fleet.start();
-    let first_pid = o.wait_ready("h")["pid"].as_u64().unwrap();
+    let first_pid = pid_of(&o.wait_ready("h"));
     let dir = fleet.archive_dir("h");
     // Made from the command line, its range still to come.
     let config = fleet.config();
@@ -250,12 +266,9 @@ fn a_hold_made_before_its_range_keeps_later_files_across_restarts_of_everything(
         fleet.dir.path(),
     );
     assert_eq!(code, 0, "{out}{err}");
-    let recent = o.get("/api/v1/holds/recent").json();
-    let (f, t) = (
-        recent["hold"]["from"].as_str().unwrap(),
-        recent["hold"]["to"].as_str().unwrap(),
-    );
-    assert!(f < t && t.ends_with('Z'), "{recent}");
+    let recent = o.client().hold("recent").unwrap();
+    let (f, t) = (&recent.hold.from, &recent.hold.to);
+    assert!(f < t && t.ends_with('Z'), "{recent:?}");
     let (code, out, _) = run_orchestrator(
         &["hold", "rm", "recent", "--config", config],
         fleet.dir.path(),
@@ -270,9 +283,9 @@ fn a_hold_made_before_its_range_keeps_later_files_across_restarts_of_everything(
     let mut seen = BTreeSet::new();
     watch(&dir, Duration::from_secs(5), &mut seen);
     // The relay killed, then the orchestrator stopped and started again.
-    unsafe { libc::kill(first_pid as i32, libc::SIGKILL) };
+    kill(first_pid, libc::SIGKILL);
     o.wait_channel("h", Duration::from_secs(10), |c| {
-        c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p != first_pid)
+        c.state == State::Ready && c.pid.is_some_and(|p| p != first_pid)
     });
     watch(&dir, Duration::from_secs(1), &mut seen);
     o.signal(libc::SIGTERM);
@@ -314,11 +327,9 @@ fn export_copies_or_cuts_the_held_records_with_a_manifest() {
     std::thread::sleep(Duration::from_millis(2500));
     let to = now_ms() - 300;
     let from = to - 1000;
-    let (status, body) = post_hold(
-        &o,
-        json!({"name": "cut", "from": rfc3339(from), "to": rfc3339(to)}),
-    );
-    assert_eq!(status, 201, "{body}");
+    let (status, _) = post_hold(&o, &new_hold("cut", &rfc3339(from), &rfc3339(to)))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(status, 201);
     sender.wait().unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let held: Vec<PathBuf> = closed(&dir).into_iter().collect();
@@ -432,35 +443,26 @@ fn refusals_name_the_field() {
     let o = fleet.start();
     o.wait_ready("h");
     let t = now_ms();
-    let ok = json!({"name": "one", "from": rfc3339(t - 1000), "to": rfc3339(t)});
-    assert_eq!(post_hold(&o, ok.clone()).0, 201);
-    let (s, b) = post_hold(&o, ok);
-    assert_eq!(s, 409, "{b}");
-    for (body, field) in [
+    let ok = new_hold("one", &rfc3339(t - 1000), &rfc3339(t));
+    assert_eq!(post_status(&o, &ok), 201);
+    let again = post_hold(&o, &ok);
+    assert!(matches!(again, Err((409, _))), "{again:?}");
+    for (hold, field) in [
+        (new_hold("two", &rfc3339(t), &rfc3339(t - 1000)), "to"),
+        (new_hold("two", "yesterday", &rfc3339(t)), "from"),
+        (new_hold("two", &rfc3339(t), "2026-13-40T00:00:00Z"), "to"),
         (
-            json!({"name": "two", "from": rfc3339(t), "to": rfc3339(t - 1000)}),
-            "to",
-        ),
-        (
-            json!({"name": "two", "from": "yesterday", "to": rfc3339(t)}),
-            "from",
-        ),
-        (
-            json!({"name": "two", "from": rfc3339(t), "to": "2026-13-40T00:00:00Z"}),
-            "to",
-        ),
-        (
-            json!({"name": "two", "from": rfc3339(t - 1), "to": rfc3339(t), "channels": ["nope"]}),
+            NewHold {
+                channels: Some(vec!["nope".into()]),
+                ..new_hold("two", &rfc3339(t - 1), &rfc3339(t))
+            },
             "channels",
         ),
-        (
-            json!({"name": "Two/..", "from": rfc3339(t - 1), "to": rfc3339(t)}),
-            "name",
-        ),
+        (new_hold("Two/..", &rfc3339(t - 1), &rfc3339(t)), "name"),
     ] {
-        let (s, b) = post_hold(&o, body.clone());
-        assert_eq!(s, 422, "{body}: {b}");
-        assert_eq!(b["field"], field, "{body}: {b}");
+        let (s, b) = post_hold(&o, &hold).expect_err("refused");
+        assert_eq!(s, 422, "{hold:?}: {b:?}");
+        assert_eq!(b.field.as_deref(), Some(field), "{hold:?}: {b:?}");
     }
     // With a token file, no token: 401.
     let fleet2 = FleetDir::new(&[]);
@@ -478,8 +480,8 @@ fn refusals_name_the_field() {
     fleet2.add(&ChannelOpts::unicast("x"));
     let o2 = fleet2.start();
     o2.wait_ready("x");
-    let body = json!({"name": "one", "from": rfc3339(t - 1000), "to": rfc3339(t)});
-    assert_eq!(post_hold(&o2, body.clone()).0, 401);
+    let hold = new_hold("one", &rfc3339(t - 1000), &rfc3339(t));
+    assert_eq!(post_status(&o2, &hold), 401);
     assert_eq!(
         o2.send("DELETE", "/api/v1/holds/one", None, &[]).status,
         401
@@ -487,9 +489,12 @@ fn refusals_name_the_field() {
     let r = o2.send(
         "POST",
         "/api/v1/holds",
-        Some(&body),
+        Some(&serde_json::to_value(&hold).unwrap()),
         &[("Authorization", "Bearer 0123456789abcdef0123456789abcdef")],
     );
     assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(r.json()["hold"]["created_by"], "token");
+    assert_eq!(
+        r.parse::<HoldReport>().hold.created_by.as_deref(),
+        Some("token")
+    );
 }

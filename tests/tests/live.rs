@@ -62,7 +62,10 @@ fn connect(o: &Orchestrator, path: &str) -> Ws {
         .unwrap_or_else(|(status, body)| panic!("{path}: answered {status}: {body}"))
 }
 
-/// What a client has read: records, and the drops it was told of.
+/// What a client has read: records, and the drops it was told of. The
+/// stream's messages are read as JSON on purpose: records by the field
+/// names of the channel's schema, `{"dropped": n}` and `{"error": ...}` are
+/// the stream's wire format, which these tests check, not API types.
 #[derive(Default)]
 struct Got {
     records: Vec<Json>,
