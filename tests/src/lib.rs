@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
+use relay_channel::status::{Ready, Stats, StatusLine};
 use serde_json::Value as Json;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -347,12 +348,13 @@ impl ChannelOpts {
     }
 }
 
-/// A running `relay-channel`, its folder and its stdout events.
+/// A running `relay-channel`, its folder and its stdout lines, read as the
+/// relay's own [`StatusLine`] type.
 pub struct Relay {
     pub dir: PathBuf,
     pub name: String,
     child: Child,
-    events: Arc<Mutex<Vec<Json>>>,
+    events: Arc<Mutex<Vec<StatusLine>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -375,7 +377,7 @@ impl Relay {
     pub fn start(dir: &Path, opts: &ChannelOpts) -> Relay {
         let config = write_channel(dir, opts);
         let mut r = Relay::spawn(dir, &config, &opts.name);
-        r.wait_event("ready", Duration::from_secs(20));
+        r.wait_ready(Duration::from_secs(20));
         r
     }
 
@@ -384,7 +386,7 @@ impl Relay {
     pub fn start_with_schema(dir: &Path, opts: &ChannelOpts, schema: &str) -> Relay {
         let config = write_channel_with_schema(dir, opts, schema);
         let mut r = Relay::spawn(dir, &config, &opts.name);
-        r.wait_event("ready", Duration::from_secs(20));
+        r.wait_ready(Duration::from_secs(20));
         r
     }
 
@@ -403,7 +405,7 @@ impl Relay {
         cmd.args(["run", "--config"]).arg(&config);
         more(&mut cmd);
         let mut r = Relay::spawn_command(dir, cmd, &opts.name);
-        r.wait_event("ready", Duration::from_secs(20));
+        r.wait_ready(Duration::from_secs(20));
         r
     }
 
@@ -460,8 +462,9 @@ impl Relay {
             let events = events.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let v: Json = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                    let v: StatusLine = serde_json::from_str(&line).unwrap_or_else(|e| {
+                        panic!("stdout line is not a status line ({e}): {line}")
+                    });
                     events.lock().unwrap().push(v);
                 }
             })
@@ -480,7 +483,7 @@ impl Relay {
         self.child.id()
     }
 
-    pub fn events(&self) -> Vec<Json> {
+    pub fn events(&self) -> Vec<StatusLine> {
         self.events.lock().unwrap().clone()
     }
 
@@ -488,22 +491,26 @@ impl Relay {
         self.stderr.lock().unwrap().join("\n")
     }
 
-    /// Waits for an event of the given kind; panics with stderr after `limit`.
-    pub fn wait_event(&mut self, kind: &str, limit: Duration) -> Json {
+    /// Waits for the `ready` line; panics with stderr after `limit`.
+    pub fn wait_ready(&mut self, limit: Duration) -> Ready {
         let end = Instant::now() + limit;
         loop {
-            if let Some(e) = self.events().into_iter().find(|e| e["event"] == kind) {
-                return e;
+            let ready = self.events().into_iter().find_map(|e| match e {
+                StatusLine::Ready(r) => Some(r),
+                _ => None,
+            });
+            if let Some(r) = ready {
+                return r;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "relay-channel exited ({status}) before {kind:?}; stderr:\n{}",
+                    "relay-channel exited ({status}) before \"ready\"; stderr:\n{}",
                     self.stderr()
                 );
             }
             assert!(
                 Instant::now() < end,
-                "no {kind:?} event within {limit:?}; stderr:\n{}",
+                "no \"ready\" event within {limit:?}; stderr:\n{}",
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -511,11 +518,8 @@ impl Relay {
     }
 
     /// The latest stats line.
-    pub fn last_stats(&self) -> Option<Json> {
-        self.events()
-            .into_iter()
-            .rev()
-            .find(|e| e["event"] == "stats")
+    pub fn last_stats(&self) -> Option<Stats> {
+        last_stats(&self.events()).cloned()
     }
 
     /// Waits until a stats line shows `received >= n` (the relay has read
@@ -523,10 +527,7 @@ impl Relay {
     pub fn wait_received(&self, n: u64, limit: Duration) {
         let end = Instant::now() + limit;
         while Instant::now() < end {
-            if self
-                .last_stats()
-                .is_some_and(|s| s["received"].as_u64().unwrap() >= n)
-            {
+            if self.last_stats().is_some_and(|s| s.counters.received >= n) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -543,33 +544,30 @@ impl Relay {
     }
 
     /// SIGTERM, wait for exit; returns the exit code and the final stats.
-    pub fn stop(mut self) -> (i32, Json) {
+    pub fn stop(mut self) -> (i32, Stats) {
         self.signal(libc::SIGTERM);
         let code = self.wait_exit(Duration::from_secs(30));
         let last = self
             .last_stats()
             .unwrap_or_else(|| panic!("no stats line; stderr:\n{}", self.stderr()));
-        assert_eq!(last["final"], true, "the last stats line is the final one");
+        assert!(last.last, "the last stats line is the final one");
         (code, last)
     }
 
     /// Sends `datagrams` to the relay's unicast address at most `per_ms` a
     /// millisecond and waits until its stats show them received.
     pub fn feed(&self, to: SocketAddrV4, datagrams: &[Vec<u8>], per_ms: usize) {
-        let before = self
-            .last_stats()
-            .and_then(|s| s["received"].as_u64())
-            .unwrap_or(0);
+        let before = self.last_stats().map(|s| s.counters.received).unwrap_or(0);
         Sender::new(to).send_paced(datagrams, per_ms);
         self.wait_received(before + datagrams.len() as u64, Duration::from_secs(30));
     }
 
     /// SIGTERM; asserts a clean exit (0) and returns the channel's archive
     /// folder and the final stats line.
-    pub fn stop_ok(self) -> (PathBuf, Json) {
+    pub fn stop_ok(self) -> (PathBuf, Stats) {
         let archive = self.archive_dir();
         let (code, last) = self.stop();
-        assert_eq!(code, 0, "relay-channel did not exit cleanly: {last}");
+        assert_eq!(code, 0, "relay-channel did not exit cleanly: {last:?}");
         (archive, last)
     }
 
@@ -600,6 +598,36 @@ impl Drop for Relay {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The latest stats line of a relay's stdout lines.
+pub fn last_stats(lines: &[StatusLine]) -> Option<&Stats> {
+    lines.iter().rev().find_map(|e| match e {
+        StatusLine::Stats(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// The paths of the `file_closed` lines.
+pub fn closed_paths(lines: &[StatusLine]) -> Vec<PathBuf> {
+    lines
+        .iter()
+        .filter_map(|e| match e {
+            StatusLine::FileClosed(f) => Some(f.path.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts the relay's accounting identity on a stats line:
+/// `received = archived + rejected + archive_dropped + in_flight`.
+pub fn assert_balanced(s: &Stats) {
+    let n = &s.counters;
+    assert_eq!(
+        n.received,
+        n.archived + n.rejected + n.archive_dropped + n.in_flight,
+        "received = archived + rejected + archive_dropped + in_flight fails: {s:?}"
+    );
 }
 
 /// Sends signal `sig` to process `pid`: one the test started, or a child

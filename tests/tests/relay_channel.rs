@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use relay_channel::status::StatusLine;
 use speeddata_tests::*;
 
 fn example_records(n: usize, message: &str) -> Vec<Vec<u8>> {
@@ -40,18 +41,6 @@ fn read_archive(dir: &std::path::Path) -> Vec<Vec<u8>> {
         );
     }
     fast.records
-}
-
-fn assert_balanced(s: &serde_json::Value) {
-    let n = |k: &str| {
-        s[k].as_u64()
-            .unwrap_or_else(|| panic!("{k} missing in {s}"))
-    };
-    assert_eq!(
-        n("received"),
-        n("archived") + n("rejected") + n("archive_dropped") + n("in_flight"),
-        "received = archived + rejected + archive_dropped + in_flight fails: {s}"
-    );
 }
 
 #[test]
@@ -114,19 +103,15 @@ fn valid_datagrams_are_archived_forwarded_and_decimated_exactly() {
 
     // The final stats line agrees with all of it.
     assert_balanced(&last);
-    assert_eq!(last["received"], 10_100);
-    assert_eq!(last["archived"], 10_000);
-    assert_eq!(last["rejected"], 100);
-    assert_eq!(last["in_flight"], 0);
-    assert_eq!(last["archive_dropped"], 0);
-    assert_eq!(last["forwarded_full"], 10_000);
-    assert_eq!(last["forwarded_decimated"], 2_000);
-    assert_eq!(last["kernel_drops"], 0);
-    let reasons = last["rejected_by_reason"].as_object().unwrap();
-    assert_eq!(
-        reasons.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
-        100
-    );
+    assert_eq!(last.counters.received, 10_100);
+    assert_eq!(last.counters.archived, 10_000);
+    assert_eq!(last.counters.rejected, 100);
+    assert_eq!(last.counters.in_flight, 0);
+    assert_eq!(last.counters.archive_dropped, 0);
+    assert_eq!(last.counters.forwarded_full, 10_000);
+    assert_eq!(last.counters.forwarded_decimated, 2_000);
+    assert_eq!(last.counters.kernel_drops, 0);
+    assert_eq!(last.rejected_by_reason.values().sum::<u64>(), 100);
 
     // Quarantine: the rejected datagrams, kept for inspection.
     let q = std::fs::read_to_string(archive.join("quarantine.jsonl")).unwrap();
@@ -134,9 +119,9 @@ fn valid_datagrams_are_archived_forwarded_and_decimated_exactly() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len() as u64, last["quarantined"].as_u64().unwrap());
+    assert_eq!(lines.len() as u64, last.counters.quarantined);
     assert_eq!(
-        last["quarantined"].as_u64().unwrap() + last["quarantine_dropped"].as_u64().unwrap(),
+        last.counters.quarantined + last.counters.quarantine_dropped,
         100
     );
     assert!(lines
@@ -158,7 +143,7 @@ fn every_codec_round_trips() {
         let relay = Relay::start(dir.path(), &opts);
         relay.feed(opts.bind, &records, 20);
         let (archive, last) = relay.stop_ok();
-        assert_eq!(last["archived"], 3_000, "{codec}");
+        assert_eq!(last.counters.archived, 3_000, "{codec}");
         let got = read_archive(&archive);
         assert!(got == records, "codec {codec}: records differ");
         let codec_name = std::process::Command::new("python3")
@@ -206,7 +191,7 @@ fn rotation_by_size_gives_whole_files_in_order() {
             f.display()
         );
     }
-    assert_eq!(last["files_closed"].as_u64().unwrap() as usize, files.len());
+    assert_eq!(last.counters.files_closed as usize, files.len());
     let got = read_archive(&archive);
     assert!(
         got == records,
@@ -281,14 +266,14 @@ fn sigterm_mid_stream_loses_nothing_received() {
     assert_eq!(code, 0);
     assert!(part_files(&archive).is_empty(), "a .part file is left");
     assert_balanced(&last);
-    assert_eq!(last["in_flight"], 0);
-    assert_eq!(last["kernel_drops"], 0);
-    let received = last["received"].as_u64().unwrap() as usize;
+    assert_eq!(last.counters.in_flight, 0);
+    assert_eq!(last.counters.kernel_drops, 0);
+    let received = last.counters.received as usize;
     assert!(
         received >= 5_000 && received < records.len(),
         "stopped mid-stream: {received}"
     );
-    assert_eq!(last["archived"].as_u64().unwrap() as usize, received);
+    assert_eq!(last.counters.archived as usize, received);
     let got = read_archive(&archive);
     assert!(
         got[..] == records[..received],
@@ -307,7 +292,7 @@ fn a_killed_relay_leaves_a_part_file_that_the_next_start_recovers() {
     relay.wait_received(2_000, Duration::from_secs(30));
     // Wait for a stats line showing everything written as blocks.
     let end = std::time::Instant::now() + Duration::from_secs(10);
-    while relay.last_stats().map(|s| s["archived"].clone()) != Some(2_000.into()) {
+    while relay.last_stats().map(|s| s.counters.archived) != Some(2_000) {
         assert!(std::time::Instant::now() < end, "blocks were not written");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -384,8 +369,8 @@ fn two_channels_on_one_port_each_hear_only_their_group() {
     let (ca, la) = ra.stop();
     let (cb, lb) = rb.stop();
     assert_eq!((ca, cb), (0, 0));
-    assert_eq!(la["received"], 300, "channel a heard another group");
-    assert_eq!(lb["received"], 200, "channel b heard another group");
+    assert_eq!(la.counters.received, 300, "channel a heard another group");
+    assert_eq!(lb.counters.received, 200, "channel b heard another group");
     assert!(read_archive(&arch_a) == recs_a);
     assert!(read_archive(&arch_b) == recs_b);
 }
@@ -532,11 +517,11 @@ fn a_removed_archive_folder_never_stops_the_live_output() {
         "the full-rate output lost datagrams while the archive had trouble"
     );
     assert_balanced(&last);
-    assert!(last["archive_errors"].as_u64().unwrap() >= 1, "{last}");
-    assert!(last["archive_dropped"].as_u64().unwrap() >= 1, "{last}");
-    assert_eq!(
-        last["archive_healthy"], true,
-        "the archive did not recover: {last}"
+    assert!(last.counters.archive_errors >= 1, "{last:?}");
+    assert!(last.counters.archive_dropped >= 1, "{last:?}");
+    assert!(
+        last.archive_healthy,
+        "the archive did not recover: {last:?}"
     );
     // After the retry the archive writes again: a contiguous run of the
     // later records, up to the last one, in a readable file.
@@ -574,24 +559,24 @@ fn kernel_drops_are_reported_so_every_datagram_sent_is_accounted_for() {
     let end = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let s = relay.last_stats().unwrap_or_default();
-        let seen = s["received"].as_u64().unwrap_or(0) + s["kernel_drops"].as_u64().unwrap_or(0);
+        let seen = s.counters.received + s.counters.kernel_drops;
         if seen >= 3_000 {
             break;
         }
         assert!(
             std::time::Instant::now() < end,
-            "not every datagram accounted for: {s}"
+            "not every datagram accounted for: {s:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (archive, last) = relay.stop_ok();
-    let received = last["received"].as_u64().unwrap();
-    let drops = last["kernel_drops"].as_u64().unwrap();
+    let received = last.counters.received;
+    let drops = last.counters.kernel_drops;
     assert!(
         drops > 0,
         "the kernel dropped nothing: the test did not overflow the socket"
     );
-    assert_eq!(received + drops, 3_000, "{last}");
+    assert_eq!(received + drops, 3_000, "{last:?}");
     assert_balanced(&last);
     // What was received is archived, in order, as a subsequence of what was sent.
     let got = read_archive(&archive);
@@ -620,13 +605,10 @@ fn a_join_whose_interface_is_missing_is_retried_until_it_appears() {
         .replace("interface = \"127.0.0.1\"", "interface = \"192.0.2.1\"");
     std::fs::write(&config, text).unwrap();
     let mut relay = Relay::spawn_in_netns(dir.path(), &config, "late-join");
-    relay.wait_event("ready", Duration::from_secs(20));
+    relay.wait_ready(Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(1_200));
     let s = relay.last_stats().expect("a stats line");
-    assert_eq!(
-        s["joined"], false,
-        "joined an interface that does not exist: {s}"
-    );
+    assert!(!s.joined, "joined an interface that does not exist: {s:?}");
     assert!(relay
         .stderr()
         .contains("cannot join the multicast group yet"));
@@ -639,7 +621,7 @@ fn a_join_whose_interface_is_missing_is_retried_until_it_appears() {
         .unwrap();
     assert!(ok.success());
     let end = std::time::Instant::now() + Duration::from_secs(10);
-    while relay.last_stats().unwrap()["joined"] != true {
+    while !relay.last_stats().unwrap().joined {
         assert!(std::time::Instant::now() < end, "the join was not retried");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -663,7 +645,7 @@ fn a_join_whose_interface_is_missing_is_retried_until_it_appears() {
     );
     relay.wait_received(200, Duration::from_secs(20));
     let (archive, last) = relay.stop_ok();
-    assert_eq!(last["received"], 200);
+    assert_eq!(last.counters.received, 200);
     assert_eq!(read_archive(&archive).len(), 200);
 }
 
@@ -684,7 +666,7 @@ fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
         .replace("interface = \"127.0.0.1\"", "interface = \"v0\"");
     std::fs::write(&config, text).unwrap();
     let mut relay = Relay::spawn_in_netns(dir.path(), &config, "rejoin");
-    relay.wait_event("ready", Duration::from_secs(20));
+    relay.wait_ready(Duration::from_secs(20));
     let sh = |relay: &Relay, script: &str| {
         let ok = relay.in_netns("sh").args(["-c", script]).status().unwrap();
         assert!(ok.success(), "{script}");
@@ -693,7 +675,7 @@ fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
               && ip link set v1 up && ip link set v0 up";
     let joined_is = |relay: &Relay, want: bool| {
         let end = std::time::Instant::now() + Duration::from_secs(15);
-        while relay.last_stats().map(|s| s["joined"].clone()) != Some(want.into()) {
+        while relay.last_stats().map(|s| s.joined) != Some(want) {
             assert!(
                 std::time::Instant::now() < end,
                 "joined never became {want}: {:?}",
@@ -748,7 +730,7 @@ fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
     send(&relay, 100);
     relay.wait_received(200, Duration::from_secs(20));
     let (archive, last) = relay.stop_ok();
-    assert_eq!(last["received"], 200);
+    assert_eq!(last.counters.received, 200);
     assert_eq!(read_archive(&archive).len(), 200);
 }
 
@@ -767,10 +749,11 @@ fn senders_outside_allow_from_are_rejected_with_their_reason() {
     Sender::from_addr(opts.bind, Ipv4Addr::LOCALHOST).send_paced(&stranger, 10);
     relay.wait_received(500, Duration::from_secs(20));
     let (archive, last) = relay.stop_ok();
-    assert_eq!(last["rejected"], 200, "{last}");
+    assert_eq!(last.counters.rejected, 200, "{last:?}");
     assert_eq!(
-        last["rejected_by_reason"]["sender_not_allowed"], 200,
-        "{last}"
+        last.rejected_by_reason.get("sender_not_allowed"),
+        Some(&200),
+        "{last:?}"
     );
     assert_balanced(&last);
     std::thread::sleep(Duration::from_millis(200));
@@ -807,8 +790,12 @@ fn single_object_encoding_is_checked_archived_as_datums_and_forwarded_whole() {
     stream.push(other);
     relay.feed(opts.bind, &stream, 10);
     let (archive, last) = relay.stop_ok();
-    assert_eq!(last["archived"], 500, "{last}");
-    assert_eq!(last["rejected_by_reason"]["wrong_header"], 21, "{last}");
+    assert_eq!(last.counters.archived, 500, "{last:?}");
+    assert_eq!(
+        last.rejected_by_reason.get("wrong_header"),
+        Some(&21),
+        "{last:?}"
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         full_rx.finish() == objects,
@@ -850,22 +837,22 @@ fn flood_next_to_valid_stream(name: &str, quarantine: &str) {
     relay.wait_received(stream.len() as u64, Duration::from_secs(60));
     let (archive, last) = relay.stop_ok();
     assert_eq!(
-        last["kernel_drops"], 0,
-        "the flood was too fast to judge: {last}"
+        last.counters.kernel_drops, 0,
+        "the flood was too fast to judge: {last:?}"
     );
     assert_balanced(&last);
-    assert_eq!(last["rejected"], 60_000, "{last}");
+    assert_eq!(last.counters.rejected, 60_000, "{last:?}");
     assert_eq!(
-        last["archive_dropped"], 0,
-        "valid records lost to the flood: {last}"
+        last.counters.archive_dropped, 0,
+        "valid records lost to the flood: {last:?}"
     );
-    assert_eq!(last["archived"], 3_000, "{last}");
+    assert_eq!(last.counters.archived, 3_000, "{last:?}");
     assert!(read_archive(&archive) == valid, "archive differs");
     // Every reject is kept or counted as not kept.
     assert_eq!(
-        last["quarantined"].as_u64().unwrap() + last["quarantine_dropped"].as_u64().unwrap(),
+        last.counters.quarantined + last.counters.quarantine_dropped,
         60_000,
-        "{last}"
+        "{last:?}"
     );
 }
 
@@ -916,9 +903,9 @@ fn symlinks_in_the_channel_folder_are_never_followed() {
         .unwrap()
         .file_type()
         .is_symlink());
-    assert_eq!(last["rejected"], 20, "{last}");
-    assert_eq!(last["quarantined"], 0, "{last}");
-    assert_eq!(last["quarantine_dropped"], 20, "{last}");
+    assert_eq!(last.counters.rejected, 20, "{last:?}");
+    assert_eq!(last.counters.quarantined, 0, "{last:?}");
+    assert_eq!(last.counters.quarantine_dropped, 20, "{last:?}");
     assert!(read_archive(&archive) == valid);
 }
 
@@ -978,8 +965,8 @@ fn a_receive_buffer_smaller_than_asked_is_reported() {
             "-net_admin",
         ],
     );
-    let ready = relay.wait_event("ready", Duration::from_secs(20));
-    assert_eq!(ready["recv_buffer_granted"], rmem_max, "{ready}");
+    let ready = relay.wait_ready(Duration::from_secs(20));
+    assert_eq!(ready.recv_buffer_granted, rmem_max, "{ready:?}");
     // Logged before `ready`; the stderr reader may lag a little behind.
     let end = std::time::Instant::now() + Duration::from_secs(5);
     while !relay
@@ -1021,7 +1008,7 @@ fn retention_by_size_deletes_the_oldest_files_and_keeps_the_folder_bounded() {
         .iter()
         .map(|f| std::fs::metadata(f).unwrap().len())
         .sum();
-    let closed = last["files_closed"].as_u64().unwrap() as usize;
+    let closed = last.counters.files_closed as usize;
     assert!(closed >= 6, "expected many files closed, got {closed}");
     assert!(
         files.len() < closed,
@@ -1040,7 +1027,7 @@ fn retention_by_size_deletes_the_oldest_files_and_keeps_the_folder_bounded() {
         "the kept records are not the newest ones"
     );
     // Files other than closed archives are never touched by retention.
-    assert!(archive.join("quarantine.jsonl").exists() || last["rejected"] == 0);
+    assert!(archive.join("quarantine.jsonl").exists() || last.counters.rejected == 0);
 }
 
 #[test]
@@ -1060,7 +1047,7 @@ fn retention_by_age_deletes_files_older_than_it() {
     let (archive, last) = relay.stop_ok();
     let stopped = SystemTime::now();
     let files = avro_files(&archive);
-    let closed = last["files_closed"].as_u64().unwrap() as usize;
+    let closed = last.counters.files_closed as usize;
     assert!(closed >= 6, "expected many files closed, got {closed}");
     assert!(
         !files.is_empty() && files.len() <= closed / 2,
@@ -1239,18 +1226,15 @@ fn out_of_range_logical_values_are_rejected_so_fastavro_reads_the_whole_archive(
 
     // Exactly the out-of-range ones are rejected, under their own reason.
     assert_balanced(&last);
-    assert_eq!(last["received"], 2_040, "{last}");
-    assert_eq!(last["archived"], 2_000, "{last}");
-    assert_eq!(last["rejected"], 40, "{last}");
+    assert_eq!(last.counters.received, 2_040, "{last:?}");
+    assert_eq!(last.counters.archived, 2_000, "{last:?}");
+    assert_eq!(last.counters.rejected, 40, "{last:?}");
     assert_eq!(
-        last["rejected_by_reason"]["logical_type_range"], 40,
-        "{last}"
+        last.rejected_by_reason.get("logical_type_range"),
+        Some(&40),
+        "{last:?}"
     );
-    assert_eq!(
-        last["rejected_by_reason"].as_object().unwrap().len(),
-        1,
-        "{last}"
-    );
+    assert_eq!(last.rejected_by_reason.len(), 1, "{last:?}");
 
     // Quarantine: each entry says why and names the field.
     let q = std::fs::read_to_string(archive.join("quarantine.jsonl")).unwrap();
@@ -1298,7 +1282,7 @@ fn out_of_range_logical_values_are_rejected_so_fastavro_reads_the_whole_archive(
 // File names carry each file's span; holds keep files past retention.
 
 /// SIGTERM, a clean exit; the events the relay wrote, and its stderr.
-fn stop_with_events(mut relay: Relay) -> (Vec<serde_json::Value>, String) {
+fn stop_with_events(mut relay: Relay) -> (Vec<StatusLine>, String) {
     relay.signal(libc::SIGTERM);
     assert_eq!(
         relay.wait_exit(Duration::from_secs(30)),
@@ -1307,15 +1291,6 @@ fn stop_with_events(mut relay: Relay) -> (Vec<serde_json::Value>, String) {
         relay.stderr()
     );
     (relay.events(), relay.stderr())
-}
-
-/// The paths of the `file_closed` events.
-fn closed_paths(events: &[serde_json::Value]) -> Vec<PathBuf> {
-    events
-        .iter()
-        .filter(|e| e["event"] == "file_closed")
-        .map(|e| PathBuf::from(e["path"].as_str().unwrap()))
-        .collect()
 }
 
 #[test]
@@ -1476,7 +1451,7 @@ fn hold_against_age(
         || {
             relay
                 .last_stats()
-                .is_some_and(|s| s["held_bytes"] == held_bytes)
+                .is_some_and(|s| s.counters.held_bytes == held_bytes)
         },
         || format!("held_bytes is not {held_bytes}: {:?}", relay.last_stats()),
     );
@@ -1533,8 +1508,8 @@ fn a_hold_keeps_exactly_the_files_it_overlaps_until_it_is_removed() {
     );
     assert!(kept.iter().all(|f| !f.exists()));
     let (events, stderr) = stop_with_events(relay);
-    let last = events.iter().rev().find(|e| e["event"] == "stats").unwrap();
-    assert_eq!(last["held_bytes"], 0, "{last}");
+    let last = last_stats(&events).unwrap();
+    assert_eq!(last.counters.held_bytes, 0, "{last:?}");
     assert!(
         stderr.contains("retention: keeping files past the retention limits for holds"),
         "{stderr}"
@@ -1646,9 +1621,9 @@ fn held_files_count_toward_retention_size_but_are_never_deleted() {
         closed.len(),
         files.len()
     );
-    let last = events.iter().rev().find(|e| e["event"] == "stats").unwrap();
-    assert_eq!(last["final"], true);
-    assert_eq!(last["held_bytes"], sizes, "{last}");
+    let last = last_stats(&events).unwrap();
+    assert!(last.last);
+    assert_eq!(last.counters.held_bytes, sizes, "{last:?}");
     // Kept: the first half, then what went on into the file open when the
     // hold was made.
     let got = read_archive(&archive);
@@ -1710,14 +1685,14 @@ fn an_archive_that_cannot_keep_up_compresses_less_and_stays_readable() {
         let (archive, last) = relay.stop_ok();
         assert_balanced(&last);
         let got = read_archive(&archive);
-        assert_eq!(got.len() as u64, last["archived"].as_u64().unwrap());
-        let degraded = last["archive_degraded_ms"].as_u64().unwrap();
+        assert_eq!(got.len() as u64, last.counters.archived);
+        let degraded = last.counters.archive_degraded_ms;
         if adaptive {
-            assert!(degraded > 0, "the level went down under load: {last}");
+            assert!(degraded > 0, "the level went down under load: {last:?}");
         } else {
-            assert_eq!(degraded, 0, "{last}");
-            assert_eq!(last["archive_level"], 19, "{last}");
-            assert_eq!(last["archive_stored"], false);
+            assert_eq!(degraded, 0, "{last:?}");
+            assert_eq!(last.archive_level, Some(19), "{last:?}");
+            assert!(!last.archive_stored);
         }
     }
 }
@@ -1754,8 +1729,8 @@ fn blocks_compressed_on_several_threads_are_archived_whole_and_in_order() {
         "expected several files, got {}",
         files.len()
     );
-    assert_eq!(last["files_closed"].as_u64().unwrap() as usize, files.len());
-    assert_eq!(last["archived"].as_u64().unwrap(), records.len() as u64);
+    assert_eq!(last.counters.files_closed as usize, files.len());
+    assert_eq!(last.counters.archived, records.len() as u64);
     let got = read_archive(&archive);
     assert!(
         got == records,
