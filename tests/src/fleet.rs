@@ -91,6 +91,18 @@ impl FleetDir {
         std::fs::write(self.config(), format!("{line}\n{text}")).unwrap();
     }
 
+    /// Writes `token` to the file `api-token` and names it as
+    /// `http.token_file`: writes through the API need it from now on.
+    pub fn set_token(&self, token: &str) {
+        std::fs::write(self.dir.path().join("api-token"), format!("{token}\n")).unwrap();
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(
+            self.config(),
+            text.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
+        )
+        .unwrap();
+    }
+
     /// Starts `orchestrator run` on this folder.
     pub fn start(&self) -> Orchestrator {
         self.start_with_env(&[])
@@ -264,15 +276,17 @@ impl Orchestrator {
 
     /// One request through the typed client: a success's status and body
     /// as `T`, or an error's status and [`ErrorBody`]. No answer within
-    /// `timeout`, or a success whose body is not a `T`, fails the test.
+    /// 30 s, or a success whose body is not a `T`, fails the test.
     pub fn call<T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
         body: Option<&impl Serialize>,
-        timeout: Duration,
     ) -> Result<(u16, T), (u16, ErrorBody)> {
-        match self.client().call(method, path, body, timeout) {
+        match self
+            .client()
+            .call(method, path, body, Duration::from_secs(30))
+        {
             Ok(answer) => Ok(answer),
             Err(speeddata_api::Error::Status { status, body }) => Err((status, body)),
             Err(e) => panic!("{method} {path}: {e}; log:\n{}", self.log()),
@@ -547,19 +561,12 @@ pub fn channel_with_output(name: &str) -> (ChannelOpts, SocketAddrV4) {
     (o, full)
 }
 
-/// Runs `orchestrator` with arguments to completion: (code, stdout, stderr).
+/// Runs `orchestrator` with arguments to completion in `cwd`: (code,
+/// stdout, stderr).
 pub fn run_orchestrator(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    let out = Command::new(bin("orchestrator"))
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut cmd = Command::new(bin("orchestrator"));
+    cmd.current_dir(cwd);
+    crate::run_to_end(cmd, args)
 }
 
 #[cfg(test)]

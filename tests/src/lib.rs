@@ -137,6 +137,20 @@ pub fn example_schema() -> Schema {
     Schema::parse_str(EXAMPLE_SCHEMA).unwrap()
 }
 
+/// `n` example records, counters 0 to `n - 1`, encoded by apache-avro.
+pub fn example_records(n: usize, message: &str) -> Vec<Vec<u8>> {
+    example_records_from(0, n, message)
+}
+
+/// `n` example records, counters from `first` on, encoded by apache-avro.
+pub fn example_records_from(first: i32, n: usize, message: &str) -> Vec<Vec<u8>> {
+    let schema = example_schema();
+    (first..)
+        .take(n)
+        .map(|i| example_datum(&schema, i, message))
+        .collect()
+}
+
 /// Malformed datagrams of every kind the relay must reject, built from a
 /// valid one.
 pub fn malformed(valid: &[u8], i: usize) -> Vec<u8> {
@@ -751,6 +765,14 @@ pub fn name_span(path: &Path) -> Option<(String, SystemTime, SystemTime)> {
     Some((channel.to_string(), parse_stamp(from)?, parse_stamp(to)?))
 }
 
+/// Whether a closed archive file's name span overlaps `[from, to]` (ends
+/// inclusive); panics for a name without a span.
+pub fn overlaps(file: &Path, from: SystemTime, to: SystemTime) -> bool {
+    let (_, f, t) =
+        name_span(file).unwrap_or_else(|| panic!("{} has no span in its name", file.display()));
+    f <= to && t >= from
+}
+
 /// Writes a hold file, `{dir}/{name}.json`, as the orchestrator would
 /// (atomically: a temporary name, then a rename).
 pub fn write_hold(dir: &Path, name: &str, from: &str, to: &str, channels: Option<&[&str]>) {
@@ -872,13 +894,16 @@ pub fn group_addr(g: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(g, port)
 }
 
-/// Runs `relay-channel` with arguments to completion: (exit code, stderr).
+/// Runs `relay-channel` with arguments to completion: (exit code, stdout,
+/// stderr).
 pub fn run_relay(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("relay-channel"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    run_to_end(Command::new(bin("relay-channel")), args)
+}
+
+/// Runs `cmd` with `args` and no stdin to completion: (exit code, stdout,
+/// stderr).
+pub fn run_to_end(mut cmd: Command, args: &[&str]) -> (i32, String, String) {
+    let out = cmd.args(args).stdin(Stdio::null()).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -7,13 +7,6 @@ use speeddata_api::{Event, EventKind, State};
 use speeddata_tests::fleet::*;
 use speeddata_tests::*;
 
-fn example_records(n: usize, message: &str) -> Vec<Vec<u8>> {
-    let schema = example_schema();
-    (0..n)
-        .map(|i| example_datum(&schema, i as i32, message))
-        .collect()
-}
-
 /// Whether an event is one of `channel`'s.
 fn of(e: &Event, channel: &str) -> bool {
     e.channel.as_deref() == Some(channel)

@@ -8,12 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
-use speeddata_api::client::{TIMEOUT, WAIT_TIMEOUT};
 use speeddata_api::{ChannelStatus, Checked, ErrorBody, Ports, Registration, SchemaCheck, State};
 use speeddata_tests::fleet::{counters, pid_of, FleetDir, Orchestrator};
 use speeddata_tests::{
-    avro_files, example_datum, example_schema, free_port, group_addr, read_with_apache_avro,
-    unique_group, ChannelOpts, Sender, EXAMPLE_SCHEMA,
+    avro_files, example_records, free_port, group_addr, read_with_apache_avro, unique_group,
+    ChannelOpts, Sender, EXAMPLE_SCHEMA,
 };
 
 /// A channel file's text for the API: no `schema` key (the API sets it),
@@ -47,7 +46,6 @@ fn put(
         "PUT",
         &format!("/api/v1/channels/{name}?wait=ready"),
         Some(&registration(channel, schema)),
-        WAIT_TIMEOUT,
     )
 }
 
@@ -106,10 +104,9 @@ fn a_channel_registered_through_the_api_runs_is_replaced_alone_and_is_removed_wi
     assert_eq!(c.schema, schema());
 
     // Records sent to it are archived.
-    let s = example_schema();
     let sender = Sender::new(opts.bind);
-    for i in 0..100 {
-        sender.send(&example_datum(&s, i, "registered"));
+    for d in example_records(100, "registered") {
+        sender.send(&d);
     }
     o.wait_channel("reg", Duration::from_secs(20), |c| {
         counters(c).is_some_and(|n| n.archived == 100)
@@ -265,7 +262,6 @@ fn every_refusal_leaves_channels_d_byte_for_byte_as_it_was() {
         "PUT",
         "/api/v1/channels/neo?dry_run=true",
         Some(&registration(&good, &schema())),
-        TIMEOUT,
     );
     assert_eq!(checked, Ok((200, Checked { problems: vec![] })));
     assert_eq!(snapshot(&dir), before);
@@ -276,13 +272,7 @@ fn every_refusal_leaves_channels_d_byte_for_byte_as_it_was() {
 fn writes_need_the_token_when_one_is_set() {
     let fleet = FleetDir::new(&[]);
     let token = "0123456789abcdef0123456789abcdef";
-    std::fs::write(fleet.dir.path().join("api-token"), format!("{token}\n")).unwrap();
-    let cfg = std::fs::read_to_string(fleet.config()).unwrap();
-    std::fs::write(
-        fleet.config(),
-        cfg.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
-    )
-    .unwrap();
+    fleet.set_token(token);
     fleet.add(&ChannelOpts::unicast("other"));
     let o = fleet.start();
     o.wait_ready("other");
@@ -344,7 +334,7 @@ fn check_schema_and_free_ports() {
     let check = |s: &Json| o.client().check_schema("chk", s).unwrap();
 
     assert_eq!(
-        o.call::<SchemaCheck>("POST", path, Some(&schema()), TIMEOUT),
+        o.call::<SchemaCheck>("POST", path, Some(&schema())),
         Ok((
             200,
             SchemaCheck {
@@ -389,7 +379,6 @@ fn check_schema_and_free_ports() {
                 used.saturating_add(50)
             ),
             None::<&()>,
-            TIMEOUT,
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(status, 200);
@@ -446,17 +435,7 @@ fn a_crash_between_the_two_writes_leaves_nothing_that_starts() {
 fn the_channel_commands_add_show_and_remove_through_the_api() {
     use speeddata_tests::fleet::run_orchestrator;
     let fleet = FleetDir::new(&[]);
-    std::fs::write(
-        fleet.dir.path().join("api-token"),
-        "fedcba9876543210fedcba9876543210\n",
-    )
-    .unwrap();
-    let cfg = std::fs::read_to_string(fleet.config()).unwrap();
-    std::fs::write(
-        fleet.config(),
-        cfg.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
-    )
-    .unwrap();
+    fleet.set_token("fedcba9876543210fedcba9876543210");
     let other = ChannelOpts::unicast("other");
     fleet.add(&other);
     let o = fleet.start();

@@ -9,13 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 use relay_channel::status::StatusLine;
 use speeddata_tests::*;
 
-fn example_records(n: usize, message: &str) -> Vec<Vec<u8>> {
-    let schema = example_schema();
-    (0..n)
-        .map(|i| example_datum(&schema, i as i32, message))
-        .collect()
-}
-
 /// Reads a channel's archive with both readers, checks they agree and that
 /// every file's header carries the schema as written; returns the records.
 fn read_archive(dir: &std::path::Path) -> Vec<Vec<u8>> {
@@ -1360,12 +1353,6 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool, what: impl Fn() -> 
         assert!(Instant::now() < end, "{}", what());
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Whether a file's name span overlaps `[from, to]` (ends inclusive).
-fn overlaps(file: &Path, from: SystemTime, to: SystemTime) -> bool {
-    let (_, f, t) = name_span(file).unwrap();
-    f <= to && t >= from
 }
 
 fn set(paths: impl IntoIterator<Item = PathBuf>) -> BTreeSet<PathBuf> {
