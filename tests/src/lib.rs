@@ -882,6 +882,33 @@ pub fn read_with_fastavro(files: &[PathBuf]) -> FastavroRead {
     r
 }
 
+/// Reads a channel's archive with both readers, checks they agree and that
+/// every file's header carries the schema as written; returns the records.
+pub fn read_archive(dir: &Path) -> Vec<Vec<u8>> {
+    let files = avro_files(dir);
+    assert!(!files.is_empty(), "no archive file in {}", dir.display());
+    let fast = read_with_fastavro(&files);
+    let apache = read_with_apache_avro(&files);
+    assert_eq!(
+        fast.records.len(),
+        apache.len(),
+        "fastavro and apache-avro disagree on the count"
+    );
+    assert!(
+        fast.records == apache,
+        "fastavro and apache-avro disagree on the records"
+    );
+    for (path, schema, _) in &fast.files {
+        assert_eq!(
+            schema.trim(),
+            EXAMPLE_SCHEMA.trim(),
+            "{} does not carry the schema as written",
+            path.display()
+        );
+    }
+    fast.records
+}
+
 fn from_hex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
