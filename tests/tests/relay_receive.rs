@@ -5,6 +5,7 @@
 //! and receive buffers reported.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
 use std::time::Duration;
 
 use speeddata_tests::*;
@@ -178,24 +179,65 @@ fn kernel_drops_are_reported_so_every_datagram_sent_is_accounted_for() {
     );
 }
 
+/// A channel on `0.0.0.0:PORT` that joins a group on `interface` (an
+/// address or an interface name), started alone in a network namespace of
+/// its own and ready; the relay and the group's address.
+fn start_in_netns(dir: &Path, name: &str, interface: &str) -> (Relay, SocketAddrV4) {
+    let port = free_port();
+    let group = unique_group();
+    let mut opts = ChannelOpts::unicast(name);
+    opts.bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    opts.group = Some(group);
+    let config = write_channel(dir, &opts);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "interface = \"127.0.0.1\"",
+        &format!("interface = \"{interface}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut relay = Relay::spawn_in_netns(dir, &config, name);
+    relay.wait_ready(Duration::from_secs(20));
+    (relay, SocketAddrV4::new(group, port))
+}
+
+/// loadgen inside the relay's network namespace: `count` example records,
+/// counters from `first` on, to the group `to`, leaving by 192.0.2.1 with
+/// TTL 0.
+fn send_in_netns(relay: &Relay, to: SocketAddrV4, first: u32, count: u32) {
+    let out = relay
+        .in_netns(bin("loadgen"))
+        .args([
+            "--to",
+            &to.to_string(),
+            "--interface",
+            "192.0.2.1",
+            "--ttl",
+            "0",
+        ])
+        .args([
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "2000",
+            "--quiet",
+            "--start-counter",
+            &first.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_join_whose_interface_is_missing_is_retried_until_it_appears() {
     // In a network namespace of its own, so the test can add the interface
     // address the channel waits for without touching the host's network.
     let dir = tempdir();
-    let port = free_port();
-    let group = unique_group();
-    let mut opts = ChannelOpts::unicast("late-join");
-    opts.bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-    opts.group = Some(group);
-    let config = write_channel(dir.path(), &opts);
     // The join interface: an address (TEST-NET-1) no interface has yet.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("interface = \"127.0.0.1\"", "interface = \"192.0.2.1\"");
-    std::fs::write(&config, text).unwrap();
-    let mut relay = Relay::spawn_in_netns(dir.path(), &config, "late-join");
-    relay.wait_ready(Duration::from_secs(20));
+    let (relay, to) = start_in_netns(dir.path(), "late-join", "192.0.2.1");
     std::thread::sleep(Duration::from_millis(1_200));
     let s = relay.last_stats().expect("a stats line");
     assert!(!s.joined, "joined an interface that does not exist: {s:?}");
@@ -215,24 +257,7 @@ fn a_join_whose_interface_is_missing_is_retried_until_it_appears() {
         assert!(std::time::Instant::now() < end, "the join was not retried");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = relay
-        .in_netns(bin("loadgen"))
-        .args([
-            "--to",
-            &format!("{group}:{port}"),
-            "--interface",
-            "192.0.2.1",
-            "--ttl",
-            "0",
-        ])
-        .args(["--count", "200", "--rate", "2000", "--quiet"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_in_netns(&relay, to, 0, 200);
     relay.wait_received(200, Duration::from_secs(20));
     let (archive, last) = relay.stop_ok();
     assert_eq!(last.counters.received, 200);
@@ -245,18 +270,7 @@ fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
     // re-creates the interface (a veth pair) the channel joins on, named
     // in the channel file by its name, v0.
     let dir = tempdir();
-    let port = free_port();
-    let group = unique_group();
-    let mut opts = ChannelOpts::unicast("rejoin");
-    opts.bind = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-    opts.group = Some(group);
-    let config = write_channel(dir.path(), &opts);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("interface = \"127.0.0.1\"", "interface = \"v0\"");
-    std::fs::write(&config, text).unwrap();
-    let mut relay = Relay::spawn_in_netns(dir.path(), &config, "rejoin");
-    relay.wait_ready(Duration::from_secs(20));
+    let (relay, to) = start_in_netns(dir.path(), "rejoin", "v0");
     let sh = |relay: &Relay, script: &str| {
         let ok = relay.in_netns("sh").args(["-c", script]).status().unwrap();
         assert!(ok.success(), "{script}");
@@ -274,37 +288,9 @@ fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let send = |relay: &Relay, first: u32| {
-        let out = relay
-            .in_netns(bin("loadgen"))
-            .args([
-                "--to",
-                &format!("{group}:{port}"),
-                "--interface",
-                "192.0.2.1",
-                "--ttl",
-                "0",
-            ])
-            .args([
-                "--count",
-                "100",
-                "--rate",
-                "2000",
-                "--quiet",
-                "--start-counter",
-                &first.to_string(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     sh(&relay, up);
     joined_is(&relay, true);
-    send(&relay, 0);
+    send_in_netns(&relay, to, 0, 100);
     relay.wait_received(100, Duration::from_secs(20));
 
     // The interface goes away (its memberships with it), then comes back.
@@ -317,7 +303,7 @@ fn a_membership_lost_with_its_interface_is_joined_again_when_it_returns() {
         "{}",
         relay.stderr()
     );
-    send(&relay, 100);
+    send_in_netns(&relay, to, 100, 100);
     relay.wait_received(200, Duration::from_secs(20));
     let (archive, last) = relay.stop_ok();
     assert_eq!(last.counters.received, 200);

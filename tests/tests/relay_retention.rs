@@ -183,6 +183,19 @@ fn set(paths: impl IntoIterator<Item = PathBuf>) -> BTreeSet<PathBuf> {
     paths.into_iter().collect()
 }
 
+/// A channel whose archive rotates every second and keeps files 2 s
+/// (`retention_age`), for [`hold_against_age`].
+fn rotating_every_second(name: &str) -> ChannelOpts {
+    let mut opts = ChannelOpts::unicast(name);
+    opts.archive = vec![
+        "codec = \"null\"".into(),
+        "flush_interval = \"200ms\"".into(),
+        "rotate_interval = \"1s\"".into(),
+        "retention_age = \"2s\"".into(),
+    ];
+    opts
+}
+
 /// A channel with `retention_age = "2s"` and `rotate_interval = "1s"`, a few
 /// records every 100 ms for `stream`; a hold of `range` (from the start of
 /// the stream) for this channel is written `hold_at` into it. Returns the
@@ -281,13 +294,7 @@ fn hold_against_age(
 fn a_hold_keeps_exactly_the_files_it_overlaps_until_it_is_removed() {
     let dir = tempdir();
     let holds = dir.path().join("holds");
-    let mut opts = ChannelOpts::unicast("hold-age");
-    opts.archive = vec![
-        "codec = \"null\"".into(),
-        "flush_interval = \"200ms\"".into(),
-        "rotate_interval = \"1s\"".into(),
-        "retention_age = \"2s\"".into(),
-    ];
+    let opts = rotating_every_second("hold-age");
     let relay = Relay::start_with(dir.path(), &opts, |c| {
         c.arg("--holds-dir").arg(&holds);
     });
@@ -331,13 +338,7 @@ fn a_hold_keeps_exactly_the_files_it_overlaps_until_it_is_removed() {
 fn a_hold_made_before_its_range_keeps_the_files_written_in_it() {
     let dir = tempdir();
     let holds = dir.path().join("holds");
-    let mut opts = ChannelOpts::unicast("hold-ahead");
-    opts.archive = vec![
-        "codec = \"null\"".into(),
-        "flush_interval = \"200ms\"".into(),
-        "rotate_interval = \"1s\"".into(),
-        "retention_age = \"2s\"".into(),
-    ];
+    let opts = rotating_every_second("hold-ahead");
     // The holds folder from the environment this time.
     let relay = Relay::start_with(dir.path(), &opts, |c| {
         c.env("SPEEDDATA_HOLDS_DIR", &holds);
