@@ -1,6 +1,7 @@
 //! Helpers for the orchestrator tests: a folder with orchestrator.toml and
 //! channels.d/, the real `orchestrator` binary running it, and its HTTP API
-//! read over loopback with ureq (its event stream through [`SseEvents`]).
+//! over loopback, read through the API's own types and typed client
+//! (`speeddata_api`); its event stream through [`SseEvents`].
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddrV4, TcpStream};
@@ -9,7 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use relay_channel::status::Counters;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value as Json;
+use speeddata_api::{ChannelStatus, Client, ErrorBody, Event, Lagged, State};
 
 use crate::{bin, free_port, ChannelOpts, EXAMPLE_SCHEMA};
 
@@ -84,6 +89,18 @@ impl FleetDir {
     pub fn set_top(&self, line: &str) {
         let text = std::fs::read_to_string(self.config()).unwrap();
         std::fs::write(self.config(), format!("{line}\n{text}")).unwrap();
+    }
+
+    /// Writes `token` to the file `api-token` and names it as
+    /// `http.token_file`: writes through the API need it from now on.
+    pub fn set_token(&self, token: &str) {
+        std::fs::write(self.dir.path().join("api-token"), format!("{token}\n")).unwrap();
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(
+            self.config(),
+            text.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
+        )
+        .unwrap();
     }
 
     /// Starts `orchestrator run` on this folder.
@@ -166,8 +183,15 @@ pub struct Http {
 }
 
 impl Http {
+    /// The body as JSON, for a test of the wire format itself.
     pub fn json(&self) -> Json {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The body as the API type it must be.
+    pub fn parse<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not a {} ({e}): {}", std::any::type_name::<T>(), self.body))
     }
 }
 
@@ -197,27 +221,20 @@ impl Orchestrator {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The API's typed client (without a token: reads need none).
+    pub fn client(&self) -> Client {
+        Client::new(&self.url(""), None)
+    }
+
     /// A request without a body to the API. Every status is returned (a
     /// 4xx or 5xx is an answer to assert on, not an error); a connection
     /// that fails, or an answer not complete within 10 s, fails the test.
     pub fn request(&self, method: &str, path: &str) -> Http {
-        let request = ureq::http::Request::builder()
-            .method(method)
-            .uri(self.url(path))
-            .body(())
-            .unwrap();
-        let mut response = agent(Duration::from_secs(10))
-            .run(request)
+        let (status, body) = self
+            .client()
+            .send(method, path, None, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{method} {path}: {e}; log:\n{}", self.log()));
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .read_to_vec()
-            .unwrap_or_else(|e| panic!("{method} {path}: reading the body: {e}"));
-        Http {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        Http { status, body }
     }
 
     pub fn get(&self, path: &str) -> Http {
@@ -257,21 +274,48 @@ impl Orchestrator {
         }
     }
 
-    /// The channel list, by name.
-    pub fn channels(&self) -> Vec<Json> {
-        let v = self.get("/api/v1/channels").json();
-        match v {
-            Json::Array(a) => a,
-            other => other["channels"].as_array().cloned().unwrap_or_default(),
+    /// One request through the typed client: a success's status and body
+    /// as `T`, or an error's status and [`ErrorBody`]. No answer within
+    /// 30 s, or a success whose body is not a `T`, fails the test.
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(u16, T), (u16, ErrorBody)> {
+        match self
+            .client()
+            .call(method, path, body, Duration::from_secs(30))
+        {
+            Ok(answer) => Ok(answer),
+            Err(speeddata_api::Error::Status { status, body }) => Err((status, body)),
+            Err(e) => panic!("{method} {path}: {e}; log:\n{}", self.log()),
         }
     }
 
-    pub fn channel(&self, name: &str) -> Option<Json> {
-        self.channels().into_iter().find(|c| c["name"] == name)
+    /// Every channel's status.
+    pub fn channels(&self) -> Vec<ChannelStatus> {
+        self.client()
+            .channels()
+            .unwrap_or_else(|e| panic!("the channel list: {e}; log:\n{}", self.log()))
+    }
+
+    /// A channel's status; `None` if there is no such channel.
+    pub fn channel(&self, name: &str) -> Option<ChannelStatus> {
+        match self.client().channel(name) {
+            Ok(c) => Some(c),
+            Err(e) if e.status() == Some(404) => None,
+            Err(e) => panic!("channel {name}: {e}; log:\n{}", self.log()),
+        }
     }
 
     /// Waits until `cond` holds for the channel; returns its status.
-    pub fn wait_channel(&self, name: &str, limit: Duration, cond: impl Fn(&Json) -> bool) -> Json {
+    pub fn wait_channel(
+        &self,
+        name: &str,
+        limit: Duration,
+        cond: impl Fn(&ChannelStatus) -> bool,
+    ) -> ChannelStatus {
         let end = Instant::now() + limit;
         loop {
             if let Some(c) = self.channel(name) {
@@ -290,15 +334,12 @@ impl Orchestrator {
         }
     }
 
-    pub fn wait_ready(&self, name: &str) -> Json {
-        self.wait_channel(name, Duration::from_secs(30), |c| c["state"] == "ready")
+    pub fn wait_ready(&self, name: &str) -> ChannelStatus {
+        self.wait_channel(name, Duration::from_secs(30), |c| c.state == State::Ready)
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        crate::kill(self.child.id(), sig);
     }
 
     /// Waits for exit; returns the exit code (128+signal if killed).
@@ -312,8 +353,10 @@ impl Orchestrator {
     }
 
     /// Lifecycle events from the SSE stream (replayed from the start), until
-    /// `enough` says so or `limit` passes. Each event's data is one JSON value.
-    pub fn events(&self, limit: Duration, enough: impl Fn(&[Json]) -> bool) -> Vec<Json> {
+    /// `enough` says so or `limit` passes. Each event's data is an [`Event`];
+    /// a `lagged` notice (events that could not be delivered) is not one and
+    /// is left out, which leaves a gap in the events' `seq`.
+    pub fn events(&self, limit: Duration, enough: impl Fn(&[Event]) -> bool) -> Vec<Event> {
         let path = "/api/v1/events?since=0";
         // The stream does not end: the time limit ends it (a read past it
         // fails, which ends the events below).
@@ -325,11 +368,15 @@ impl Orchestrator {
         assert_eq!(response.status(), 200, "GET {path}");
         let mut events = Vec::new();
         for data in SseEvents::new(BufReader::new(response.into_body().into_reader())) {
-            if let Ok(v) = serde_json::from_str::<Json>(&data) {
-                events.push(v);
-                if enough(&events) {
-                    break;
+            match serde_json::from_str::<Event>(&data) {
+                Ok(e) => events.push(e),
+                Err(e) if serde_json::from_str::<Lagged>(&data).is_err() => {
+                    panic!("GET {path}: not an event ({e}): {data}")
                 }
+                Err(_) => continue,
+            }
+            if enough(&events) {
+                break;
             }
         }
         events
@@ -358,6 +405,17 @@ impl Drop for Orchestrator {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A running channel's relay pid.
+pub fn pid_of(c: &ChannelStatus) -> u32 {
+    c.pid.expect("a running channel has a pid")
+}
+
+/// The counters of a channel's latest stats line; `None` before its relay
+/// reported any.
+pub fn counters(c: &ChannelStatus) -> Option<&Counters> {
+    c.counters.as_ref().map(|s| &s.counters)
 }
 
 /// An HTTP client for one exchange, all of it within `timeout`: every
@@ -503,19 +561,12 @@ pub fn channel_with_output(name: &str) -> (ChannelOpts, SocketAddrV4) {
     (o, full)
 }
 
-/// Runs `orchestrator` with arguments to completion: (code, stdout, stderr).
+/// Runs `orchestrator` with arguments to completion in `cwd`: (code,
+/// stdout, stderr).
 pub fn run_orchestrator(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    let out = Command::new(bin("orchestrator"))
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut cmd = Command::new(bin("orchestrator"));
+    cmd.current_dir(cwd);
+    crate::run_to_end(cmd, args)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
+use relay_channel::status::{Ready, Stats, StatusLine};
 use serde_json::Value as Json;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -134,6 +135,20 @@ pub fn example_single_object(schema: &Schema, counter: i32, message: &str) -> Ve
 
 pub fn example_schema() -> Schema {
     Schema::parse_str(EXAMPLE_SCHEMA).unwrap()
+}
+
+/// `n` example records, counters 0 to `n - 1`, encoded by apache-avro.
+pub fn example_records(n: usize, message: &str) -> Vec<Vec<u8>> {
+    example_records_from(0, n, message)
+}
+
+/// `n` example records, counters from `first` on, encoded by apache-avro.
+pub fn example_records_from(first: i32, n: usize, message: &str) -> Vec<Vec<u8>> {
+    let schema = example_schema();
+    (first..)
+        .take(n)
+        .map(|i| example_datum(&schema, i, message))
+        .collect()
 }
 
 /// Malformed datagrams of every kind the relay must reject, built from a
@@ -347,12 +362,13 @@ impl ChannelOpts {
     }
 }
 
-/// A running `relay-channel`, its folder and its stdout events.
+/// A running `relay-channel`, its folder and its stdout lines, read as the
+/// relay's own [`StatusLine`] type.
 pub struct Relay {
     pub dir: PathBuf,
     pub name: String,
     child: Child,
-    events: Arc<Mutex<Vec<Json>>>,
+    events: Arc<Mutex<Vec<StatusLine>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -375,7 +391,7 @@ impl Relay {
     pub fn start(dir: &Path, opts: &ChannelOpts) -> Relay {
         let config = write_channel(dir, opts);
         let mut r = Relay::spawn(dir, &config, &opts.name);
-        r.wait_event("ready", Duration::from_secs(20));
+        r.wait_ready(Duration::from_secs(20));
         r
     }
 
@@ -384,7 +400,7 @@ impl Relay {
     pub fn start_with_schema(dir: &Path, opts: &ChannelOpts, schema: &str) -> Relay {
         let config = write_channel_with_schema(dir, opts, schema);
         let mut r = Relay::spawn(dir, &config, &opts.name);
-        r.wait_event("ready", Duration::from_secs(20));
+        r.wait_ready(Duration::from_secs(20));
         r
     }
 
@@ -403,7 +419,7 @@ impl Relay {
         cmd.args(["run", "--config"]).arg(&config);
         more(&mut cmd);
         let mut r = Relay::spawn_command(dir, cmd, &opts.name);
-        r.wait_event("ready", Duration::from_secs(20));
+        r.wait_ready(Duration::from_secs(20));
         r
     }
 
@@ -460,8 +476,9 @@ impl Relay {
             let events = events.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let v: Json = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                    let v: StatusLine = serde_json::from_str(&line).unwrap_or_else(|e| {
+                        panic!("stdout line is not a status line ({e}): {line}")
+                    });
                     events.lock().unwrap().push(v);
                 }
             })
@@ -480,7 +497,7 @@ impl Relay {
         self.child.id()
     }
 
-    pub fn events(&self) -> Vec<Json> {
+    pub fn events(&self) -> Vec<StatusLine> {
         self.events.lock().unwrap().clone()
     }
 
@@ -488,22 +505,26 @@ impl Relay {
         self.stderr.lock().unwrap().join("\n")
     }
 
-    /// Waits for an event of the given kind; panics with stderr after `limit`.
-    pub fn wait_event(&mut self, kind: &str, limit: Duration) -> Json {
+    /// Waits for the `ready` line; panics with stderr after `limit`.
+    pub fn wait_ready(&mut self, limit: Duration) -> Ready {
         let end = Instant::now() + limit;
         loop {
-            if let Some(e) = self.events().into_iter().find(|e| e["event"] == kind) {
-                return e;
+            let ready = self.events().into_iter().find_map(|e| match e {
+                StatusLine::Ready(r) => Some(r),
+                _ => None,
+            });
+            if let Some(r) = ready {
+                return r;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "relay-channel exited ({status}) before {kind:?}; stderr:\n{}",
+                    "relay-channel exited ({status}) before \"ready\"; stderr:\n{}",
                     self.stderr()
                 );
             }
             assert!(
                 Instant::now() < end,
-                "no {kind:?} event within {limit:?}; stderr:\n{}",
+                "no \"ready\" event within {limit:?}; stderr:\n{}",
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -511,11 +532,8 @@ impl Relay {
     }
 
     /// The latest stats line.
-    pub fn last_stats(&self) -> Option<Json> {
-        self.events()
-            .into_iter()
-            .rev()
-            .find(|e| e["event"] == "stats")
+    pub fn last_stats(&self) -> Option<Stats> {
+        last_stats(&self.events()).cloned()
     }
 
     /// Waits until a stats line shows `received >= n` (the relay has read
@@ -523,10 +541,7 @@ impl Relay {
     pub fn wait_received(&self, n: u64, limit: Duration) {
         let end = Instant::now() + limit;
         while Instant::now() < end {
-            if self
-                .last_stats()
-                .is_some_and(|s| s["received"].as_u64().unwrap() >= n)
-            {
+            if self.last_stats().is_some_and(|s| s.counters.received >= n) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -539,40 +554,34 @@ impl Relay {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        kill(self.child.id(), sig);
     }
 
     /// SIGTERM, wait for exit; returns the exit code and the final stats.
-    pub fn stop(mut self) -> (i32, Json) {
+    pub fn stop(mut self) -> (i32, Stats) {
         self.signal(libc::SIGTERM);
         let code = self.wait_exit(Duration::from_secs(30));
         let last = self
             .last_stats()
             .unwrap_or_else(|| panic!("no stats line; stderr:\n{}", self.stderr()));
-        assert_eq!(last["final"], true, "the last stats line is the final one");
+        assert!(last.last, "the last stats line is the final one");
         (code, last)
     }
 
     /// Sends `datagrams` to the relay's unicast address at most `per_ms` a
     /// millisecond and waits until its stats show them received.
     pub fn feed(&self, to: SocketAddrV4, datagrams: &[Vec<u8>], per_ms: usize) {
-        let before = self
-            .last_stats()
-            .and_then(|s| s["received"].as_u64())
-            .unwrap_or(0);
+        let before = self.last_stats().map(|s| s.counters.received).unwrap_or(0);
         Sender::new(to).send_paced(datagrams, per_ms);
         self.wait_received(before + datagrams.len() as u64, Duration::from_secs(30));
     }
 
     /// SIGTERM; asserts a clean exit (0) and returns the channel's archive
     /// folder and the final stats line.
-    pub fn stop_ok(self) -> (PathBuf, Json) {
+    pub fn stop_ok(self) -> (PathBuf, Stats) {
         let archive = self.archive_dir();
         let (code, last) = self.stop();
-        assert_eq!(code, 0, "relay-channel did not exit cleanly: {last}");
+        assert_eq!(code, 0, "relay-channel did not exit cleanly: {last:?}");
         (archive, last)
     }
 
@@ -602,6 +611,46 @@ impl Drop for Relay {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The latest stats line of a relay's stdout lines.
+pub fn last_stats(lines: &[StatusLine]) -> Option<&Stats> {
+    lines.iter().rev().find_map(|e| match e {
+        StatusLine::Stats(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// The paths of the `file_closed` lines.
+pub fn closed_paths(lines: &[StatusLine]) -> Vec<PathBuf> {
+    lines
+        .iter()
+        .filter_map(|e| match e {
+            StatusLine::FileClosed(f) => Some(f.path.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts the relay's accounting identity on a stats line:
+/// `received = archived + rejected + archive_dropped + in_flight`.
+pub fn assert_balanced(s: &Stats) {
+    let n = &s.counters;
+    assert_eq!(
+        n.received,
+        n.archived + n.rejected + n.archive_dropped + n.in_flight,
+        "received = archived + rejected + archive_dropped + in_flight fails: {s:?}"
+    );
+}
+
+/// Sends signal `sig` to process `pid`: one the test started, or a child
+/// of one (a relay of its orchestrator).
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects; the tests signal only their
+    // own processes.
+    unsafe {
+        libc::kill(pid as i32, sig);
     }
 }
 
@@ -716,6 +765,14 @@ pub fn name_span(path: &Path) -> Option<(String, SystemTime, SystemTime)> {
     Some((channel.to_string(), parse_stamp(from)?, parse_stamp(to)?))
 }
 
+/// Whether a closed archive file's name span overlaps `[from, to]` (ends
+/// inclusive); panics for a name without a span.
+pub fn overlaps(file: &Path, from: SystemTime, to: SystemTime) -> bool {
+    let (_, f, t) =
+        name_span(file).unwrap_or_else(|| panic!("{} has no span in its name", file.display()));
+    f <= to && t >= from
+}
+
 /// Writes a hold file, `{dir}/{name}.json`, as the orchestrator would
 /// (atomically: a temporary name, then a rename).
 pub fn write_hold(dir: &Path, name: &str, from: &str, to: &str, channels: Option<&[&str]>) {
@@ -825,6 +882,33 @@ pub fn read_with_fastavro(files: &[PathBuf]) -> FastavroRead {
     r
 }
 
+/// Reads a channel's archive with both readers, checks they agree and that
+/// every file's header carries the schema as written; returns the records.
+pub fn read_archive(dir: &Path) -> Vec<Vec<u8>> {
+    let files = avro_files(dir);
+    assert!(!files.is_empty(), "no archive file in {}", dir.display());
+    let fast = read_with_fastavro(&files);
+    let apache = read_with_apache_avro(&files);
+    assert_eq!(
+        fast.records.len(),
+        apache.len(),
+        "fastavro and apache-avro disagree on the count"
+    );
+    assert!(
+        fast.records == apache,
+        "fastavro and apache-avro disagree on the records"
+    );
+    for (path, schema, _) in &fast.files {
+        assert_eq!(
+            schema.trim(),
+            EXAMPLE_SCHEMA.trim(),
+            "{} does not carry the schema as written",
+            path.display()
+        );
+    }
+    fast.records
+}
+
 fn from_hex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
@@ -837,13 +921,16 @@ pub fn group_addr(g: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(g, port)
 }
 
-/// Runs `relay-channel` with arguments to completion: (exit code, stderr).
+/// Runs `relay-channel` with arguments to completion: (exit code, stdout,
+/// stderr).
 pub fn run_relay(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("relay-channel"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    run_to_end(Command::new(bin("relay-channel")), args)
+}
+
+/// Runs `cmd` with `args` and no stdin to completion: (exit code, stdout,
+/// stderr).
+pub fn run_to_end(mut cmd: Command, args: &[&str]) -> (i32, String, String) {
+    let out = cmd.args(args).stdin(Stdio::null()).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

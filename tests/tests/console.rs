@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use speeddata_api::State;
 use speeddata_tests::fleet::FleetDir;
 use speeddata_tests::{
     bin, free_port, group_addr, root, unique_group, ChannelOpts, EXAMPLE_SCHEMA,
@@ -141,7 +142,8 @@ fn pages_and_assets_are_served_with_a_policy_that_allows_only_this_origin() {
     assert_eq!(raw_get(o.port, "/assets/nope.js", &[]).status, 404);
     assert_eq!(raw_get(o.port, "/assets/..%2fconsole.rs", &[]).status, 404);
 
-    // The schema, as JSON, for the channel page.
+    // The schema, as JSON, for the channel page: an Avro schema document,
+    // compared as JSON on purpose.
     let s = o.get("/api/v1/channels/web/schema");
     assert_eq!(s.status, 200);
     assert_eq!(
@@ -152,18 +154,16 @@ fn pages_and_assets_are_served_with_a_policy_that_allows_only_this_origin() {
 
     // The channel's status names its decimation.
     let c = o.channel("web").unwrap();
-    assert_eq!(c["decimation"]["algorithm"], "downsample");
-    assert_eq!(c["decimation"]["factor"], 10);
-    assert_eq!(
-        c["decimation"]["group"],
-        opts.decimated.unwrap().0.to_string()
-    );
+    let decimation = c.decimation.as_ref().unwrap();
+    assert_eq!(decimation.algorithm, "downsample");
+    assert_eq!(decimation.factor, Some(10));
+    assert_eq!(decimation.group, opts.decimated.unwrap().0.to_string());
 
     // On loopback, writes are allowed: from a client that is not a
     // browser, and from this server's own pages; not from another site's
     // page, nor through a name that is not the loopback's.
-    let info = o.get("/api/v1/info").json();
-    assert_eq!(info["writes"], true, "{info}");
+    let info = o.client().info().unwrap();
+    assert!(info.writes, "{info:?}");
     let port = o.port;
     let host = format!("127.0.0.1:{port}");
     let own = format!("http://127.0.0.1:{port}");
@@ -207,11 +207,11 @@ fn pages_and_assets_are_served_with_a_policy_that_allows_only_this_origin() {
     );
     assert_eq!(r.status, 403, "{}", r.body);
     o.wait_channel("web", Duration::from_secs(20), |c| {
-        c["restarts"] == 1 && c["state"] == "ready"
+        c.restarts == 1 && c.state == State::Ready
     });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        o.channel("web").unwrap()["restarts"],
+        o.channel("web").unwrap().restarts,
         1,
         "only the allowed restart happened"
     );

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
+use relay_channel::status::Stats;
 use serde_json::{json, Value as Json};
 use speeddata_tests::*;
 
@@ -104,7 +105,7 @@ fn decimate(
     keys: &str,
     data: &[Vec<u8>],
     send: impl FnOnce(&Sender, &[Vec<u8>]),
-) -> (Vec<Vec<u8>>, Json) {
+) -> (Vec<Vec<u8>>, Stats) {
     // One relay at a time: time windows follow arrival times, and a sender
     // starved of CPU by the other tests would leave gaps no relay can fill.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -123,12 +124,12 @@ fn decimate(
     let (_, last) = relay.stop_ok();
     std::thread::sleep(Duration::from_millis(100));
     let got = rx.finish();
-    assert_eq!(last["received"], data.len() as u64, "{last}");
-    assert_eq!(last["archived"], data.len() as u64, "{last}");
+    assert_eq!(last.counters.received, data.len() as u64, "{last:?}");
+    assert_eq!(last.counters.archived, data.len() as u64, "{last:?}");
     assert_eq!(
-        last["forwarded_decimated"],
+        last.counters.forwarded_decimated,
         got.len() as u64,
-        "forwarded_decimated counts the datagrams sent on the group: {last}"
+        "forwarded_decimated counts the datagrams sent on the group: {last:?}"
     );
     (got, last)
 }

@@ -8,83 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value as Json};
-use speeddata_tests::fleet::{run_orchestrator, FleetDir, Orchestrator};
-use speeddata_tests::{bin, ChannelOpts};
+use serde_json::Value as Json;
+use speeddata_api::{ErrorBody, HoldReport, NewHold, State};
+use speeddata_tests::fleet::{counters, pid_of, run_orchestrator, FleetDir, Orchestrator};
+use speeddata_tests::{bin, kill, overlaps, rfc3339, ChannelOpts};
 
 /// Milliseconds since the epoch.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-/// Days since 1970-01-01 of a civil date, and back (Howard Hinnant's
-/// algorithms).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719468;
-    let era = if z >= 0 { z } else { z - 146096 } / 146097;
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// RFC 3339 (UTC, milliseconds) of a time in ms since the epoch.
-fn rfc3339(ms: i64) -> String {
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
-}
-
-/// `20261123T155121.827Z` in ms since the epoch.
-fn stamp_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 20 || b[8] != b'T' || b[15] != b'.' || b[19] != b'Z' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().ok();
-    let days = days_from_civil(n(0..4)?, n(4..6)?, n(6..8)?);
-    Some(
-        days * 86_400_000
-            + n(9..11)? * 3_600_000
-            + n(11..13)? * 60_000
-            + n(13..15)? * 1000
-            + n(16..19)?,
-    )
-}
-
-/// A closed archive file's span from its name `{channel}-{from}--{to}.avro`.
-fn span(path: &Path) -> (i64, i64) {
-    let name = path.file_name().unwrap().to_str().unwrap();
-    let stem = name.strip_suffix(".avro").unwrap();
-    let (head, to) = stem
-        .rsplit_once("--")
-        .unwrap_or_else(|| panic!("{name}: no --to"));
-    let from = &head[head.len() - 20..];
-    (
-        stamp_ms(from).unwrap_or_else(|| panic!("{name}: from")),
-        stamp_ms(to).unwrap_or_else(|| panic!("{name}: to")),
-    )
+/// Now, in whole milliseconds: the times of holds go to the millisecond,
+/// so the ranges compared here are exactly the ones sent.
+fn now() -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis(SystemTime::now()))
 }
 
 fn closed(dir: &Path) -> BTreeSet<PathBuf> {
@@ -117,12 +54,28 @@ fn send(opts: &ChannelOpts, rate: u32, seconds: u32) -> std::process::Child {
         .expect("loadgen")
 }
 
-fn post_hold(o: &Orchestrator, body: Json) -> (u16, Json) {
-    let r = o.send("POST", "/api/v1/holds", Some(&body), &[]);
-    (
-        r.status,
-        serde_json::from_str(&r.body).unwrap_or(Json::Null),
-    )
+/// A hold of every channel, without a note.
+fn new_hold(name: &str, from: &str, to: &str) -> NewHold {
+    NewHold {
+        name: name.into(),
+        from: from.into(),
+        to: to.into(),
+        channels: None,
+        note: None,
+    }
+}
+
+/// `POST /api/v1/holds`: the status and the hold made, or the status and
+/// what is wrong.
+fn post_hold(o: &Orchestrator, hold: &NewHold) -> Result<(u16, HoldReport), (u16, ErrorBody)> {
+    o.call("POST", "/api/v1/holds", Some(hold))
+}
+
+/// The status of a `POST /api/v1/holds`, whatever its body.
+fn post_status(o: &Orchestrator, hold: &NewHold) -> u16 {
+    match post_hold(o, hold) {
+        Ok((status, _)) | Err((status, _)) => status,
+    }
 }
 
 /// Polls `dir` until `limit`, collecting every closed file seen.
@@ -145,26 +98,30 @@ fn a_hold_keeps_exactly_the_files_that_overlap_it_and_its_removal_lets_them_go()
     watch(&dir, Duration::from_secs(3), &mut seen);
     // A hold over the last second (the files that overlap it are at most
     // about 1 s old, retention takes them at 2 s).
-    let to = now_ms() - 200;
-    let from = to - 800;
+    let to = now() - Duration::from_millis(200);
+    let from = to - Duration::from_millis(800);
     let (status, body) = post_hold(
         &o,
-        json!({"name": "incident", "from": rfc3339(from), "to": rfc3339(to), "note": "odd spike"}),
-    );
-    assert_eq!(status, 201, "{body}");
-    assert_eq!(body["hold"]["name"], "incident");
-    assert_eq!(body["hold"]["created_by"], "local");
-    assert_eq!(body["channels"][0]["channel"], "h");
+        &NewHold {
+            note: Some("odd spike".into()),
+            ..new_hold("incident", &rfc3339(from, 0), &rfc3339(to, 0))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(status, 201, "{body:?}");
+    assert_eq!(body.hold.name, "incident");
+    assert_eq!(body.hold.created_by.as_deref(), Some("local"));
+    assert_eq!(body.channels[0].channel, "h");
     watch(&dir, Duration::from_secs(6), &mut seen);
     sender.wait().unwrap();
     watch(&dir, Duration::from_secs(4), &mut seen);
 
-    let overlaps = |p: &PathBuf| {
-        let (a, b) = span(p);
-        a <= to && b >= from
-    };
     let left = closed(&dir);
-    let held: BTreeSet<PathBuf> = seen.iter().filter(|p| overlaps(p)).cloned().collect();
+    let held: BTreeSet<PathBuf> = seen
+        .iter()
+        .filter(|p| overlaps(p, from, to))
+        .cloned()
+        .collect();
     assert!(!held.is_empty(), "some file overlaps the hold: {seen:?}");
     assert_eq!(
         left,
@@ -175,21 +132,16 @@ fn a_hold_keeps_exactly_the_files_that_overlap_it_and_its_removal_lets_them_go()
     assert!(seen.len() >= held.len() + 4, "the others went: {seen:?}");
 
     // The hold and its bytes, in the API and the stats line.
-    let h = o.get("/api/v1/holds/incident").json();
-    let files: Vec<&str> = h["channels"][0]["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(files.len(), held.len(), "{h}");
+    let h = o.client().hold("incident").unwrap();
+    let files = &h.channels[0].files;
+    assert_eq!(files.len(), held.len(), "{h:?}");
     let bytes: u64 = held
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
-    assert_eq!(h["bytes"], bytes);
+    assert_eq!(h.bytes, bytes);
     o.wait_channel("h", Duration::from_secs(5), |c| {
-        c["counters"]["held_bytes"] == bytes
+        counters(c).is_some_and(|n| n.held_bytes == bytes)
     });
 
     // Removed: the files go at the next pass.
@@ -213,22 +165,22 @@ fn a_hold_keeps_exactly_the_files_that_overlap_it_and_its_removal_lets_them_go()
 fn a_hold_made_before_its_range_keeps_later_files_across_restarts_of_everything() {
     let (fleet, opts) = fleet(&[]);
     let mut o = fleet.start();
-    let first_pid = o.wait_ready("h")["pid"].as_u64().unwrap();
+    let first_pid = pid_of(&o.wait_ready("h"));
     let dir = fleet.archive_dir("h");
     // Made from the command line, its range still to come.
     let config = fleet.config();
     let config = config.to_str().unwrap();
-    let from = now_ms() + 1500;
-    let to = from + 1000;
+    let from = now() + Duration::from_millis(1500);
+    let to = from + Duration::from_millis(1000);
     let (code, out, err) = run_orchestrator(
         &[
             "hold",
             "add",
             "ahead",
             "--from",
-            &rfc3339(from),
+            &rfc3339(from, 0),
             "--to",
-            &rfc3339(to),
+            &rfc3339(to, 0),
             "--channel",
             "h",
             "--config",
@@ -250,12 +202,9 @@ fn a_hold_made_before_its_range_keeps_later_files_across_restarts_of_everything(
         fleet.dir.path(),
     );
     assert_eq!(code, 0, "{out}{err}");
-    let recent = o.get("/api/v1/holds/recent").json();
-    let (f, t) = (
-        recent["hold"]["from"].as_str().unwrap(),
-        recent["hold"]["to"].as_str().unwrap(),
-    );
-    assert!(f < t && t.ends_with('Z'), "{recent}");
+    let recent = o.client().hold("recent").unwrap();
+    let (f, t) = (&recent.hold.from, &recent.hold.to);
+    assert!(f < t && t.ends_with('Z'), "{recent:?}");
     let (code, out, _) = run_orchestrator(
         &["hold", "rm", "recent", "--config", config],
         fleet.dir.path(),
@@ -270,9 +219,9 @@ fn a_hold_made_before_its_range_keeps_later_files_across_restarts_of_everything(
     let mut seen = BTreeSet::new();
     watch(&dir, Duration::from_secs(5), &mut seen);
     // The relay killed, then the orchestrator stopped and started again.
-    unsafe { libc::kill(first_pid as i32, libc::SIGKILL) };
+    kill(first_pid, libc::SIGKILL);
     o.wait_channel("h", Duration::from_secs(10), |c| {
-        c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p != first_pid)
+        c.state == State::Ready && c.pid.is_some_and(|p| p != first_pid)
     });
     watch(&dir, Duration::from_secs(1), &mut seen);
     o.signal(libc::SIGTERM);
@@ -288,10 +237,7 @@ fn a_hold_made_before_its_range_keeps_later_files_across_restarts_of_everything(
     let left = closed(&dir);
     let held: BTreeSet<PathBuf> = seen
         .iter()
-        .filter(|p| {
-            let (a, b) = span(p);
-            a <= to && b >= from
-        })
+        .filter(|p| overlaps(p, from, to))
         .cloned()
         .collect();
     assert!(
@@ -312,13 +258,11 @@ fn export_copies_or_cuts_the_held_records_with_a_manifest() {
     let dir = fleet.archive_dir("h");
     let mut sender = send(&opts, 50, 6);
     std::thread::sleep(Duration::from_millis(2500));
-    let to = now_ms() - 300;
-    let from = to - 1000;
-    let (status, body) = post_hold(
-        &o,
-        json!({"name": "cut", "from": rfc3339(from), "to": rfc3339(to)}),
-    );
-    assert_eq!(status, 201, "{body}");
+    let to = now() - Duration::from_millis(300);
+    let from = to - Duration::from_millis(1000);
+    let (status, _) = post_hold(&o, &new_hold("cut", &rfc3339(from, 0), &rfc3339(to, 0)))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(status, 201);
     sender.wait().unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let held: Vec<PathBuf> = closed(&dir).into_iter().collect();
@@ -410,8 +354,8 @@ print(json.dumps({"whole": len(records), "cut": len(got), "codec": codec}))
             script,
             whole.to_str().unwrap(),
             cut.to_str().unwrap(),
-            &from.to_string(),
-            &to.to_string(),
+            &millis(from).to_string(),
+            &millis(to).to_string(),
         ])
         .output()
         .unwrap();
@@ -431,55 +375,38 @@ fn refusals_name_the_field() {
     let (fleet, _) = fleet(&[]);
     let o = fleet.start();
     o.wait_ready("h");
-    let t = now_ms();
-    let ok = json!({"name": "one", "from": rfc3339(t - 1000), "to": rfc3339(t)});
-    assert_eq!(post_hold(&o, ok.clone()).0, 201);
-    let (s, b) = post_hold(&o, ok);
-    assert_eq!(s, 409, "{b}");
-    for (body, field) in [
+    let t = now();
+    let ms = Duration::from_millis;
+    let utc = |t: SystemTime| rfc3339(t, 0);
+    let ok = new_hold("one", &utc(t - ms(1000)), &utc(t));
+    assert_eq!(post_status(&o, &ok), 201);
+    let again = post_hold(&o, &ok);
+    assert!(matches!(again, Err((409, _))), "{again:?}");
+    for (hold, field) in [
+        (new_hold("two", &utc(t), &utc(t - ms(1000))), "to"),
+        (new_hold("two", "yesterday", &utc(t)), "from"),
+        (new_hold("two", &utc(t), "2026-13-40T00:00:00Z"), "to"),
         (
-            json!({"name": "two", "from": rfc3339(t), "to": rfc3339(t - 1000)}),
-            "to",
-        ),
-        (
-            json!({"name": "two", "from": "yesterday", "to": rfc3339(t)}),
-            "from",
-        ),
-        (
-            json!({"name": "two", "from": rfc3339(t), "to": "2026-13-40T00:00:00Z"}),
-            "to",
-        ),
-        (
-            json!({"name": "two", "from": rfc3339(t - 1), "to": rfc3339(t), "channels": ["nope"]}),
+            NewHold {
+                channels: Some(vec!["nope".into()]),
+                ..new_hold("two", &utc(t - ms(1)), &utc(t))
+            },
             "channels",
         ),
-        (
-            json!({"name": "Two/..", "from": rfc3339(t - 1), "to": rfc3339(t)}),
-            "name",
-        ),
+        (new_hold("Two/..", &utc(t - ms(1)), &utc(t)), "name"),
     ] {
-        let (s, b) = post_hold(&o, body.clone());
-        assert_eq!(s, 422, "{body}: {b}");
-        assert_eq!(b["field"], field, "{body}: {b}");
+        let (s, b) = post_hold(&o, &hold).expect_err("refused");
+        assert_eq!(s, 422, "{hold:?}: {b:?}");
+        assert_eq!(b.field.as_deref(), Some(field), "{hold:?}: {b:?}");
     }
     // With a token file, no token: 401.
     let fleet2 = FleetDir::new(&[]);
-    std::fs::write(
-        fleet2.dir.path().join("api-token"),
-        "0123456789abcdef0123456789abcdef\n",
-    )
-    .unwrap();
-    let cfg = std::fs::read_to_string(fleet2.config()).unwrap();
-    std::fs::write(
-        fleet2.config(),
-        cfg.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
-    )
-    .unwrap();
+    fleet2.set_token("0123456789abcdef0123456789abcdef");
     fleet2.add(&ChannelOpts::unicast("x"));
     let o2 = fleet2.start();
     o2.wait_ready("x");
-    let body = json!({"name": "one", "from": rfc3339(t - 1000), "to": rfc3339(t)});
-    assert_eq!(post_hold(&o2, body.clone()).0, 401);
+    let hold = new_hold("one", &utc(t - ms(1000)), &utc(t));
+    assert_eq!(post_status(&o2, &hold), 401);
     assert_eq!(
         o2.send("DELETE", "/api/v1/holds/one", None, &[]).status,
         401
@@ -487,9 +414,12 @@ fn refusals_name_the_field() {
     let r = o2.send(
         "POST",
         "/api/v1/holds",
-        Some(&body),
+        Some(&serde_json::to_value(&hold).unwrap()),
         &[("Authorization", "Bearer 0123456789abcdef0123456789abcdef")],
     );
     assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(r.json()["hold"]["created_by"], "token");
+    assert_eq!(
+        r.parse::<HoldReport>().hold.created_by.as_deref(),
+        Some("token")
+    );
 }

@@ -11,8 +11,8 @@ use serde_json::Value as Json;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use speeddata_tests::fleet::{FleetDir, Orchestrator};
 use speeddata_tests::{
-    example_datum, example_schema, free_port, group_addr, unique_group, ChannelOpts, GroupReceiver,
-    Sender,
+    example_records, example_records_from, example_schema, free_port, group_addr, unique_group,
+    ChannelOpts, GroupReceiver, Sender,
 };
 use tungstenite::{HandshakeError, Message, WebSocket};
 
@@ -62,7 +62,10 @@ fn connect(o: &Orchestrator, path: &str) -> Ws {
         .unwrap_or_else(|(status, body)| panic!("{path}: answered {status}: {body}"))
 }
 
-/// What a client has read: records, and the drops it was told of.
+/// What a client has read: records, and the drops it was told of. The
+/// stream's messages are read as JSON on purpose: records by the field
+/// names of the channel's schema, `{"dropped": n}` and `{"error": ...}` are
+/// the stream's wire format, which these tests check, not API types.
 #[derive(Default)]
 struct Got {
     records: Vec<Json>,
@@ -123,13 +126,6 @@ impl Got {
     }
 }
 
-fn records(from: i32, n: i32, message: &str) -> Vec<Vec<u8>> {
-    let schema = example_schema();
-    (from..from + n)
-        .map(|i| example_datum(&schema, i, message))
-        .collect()
-}
-
 /// Each datagram decoded by apache-avro.
 fn decode(datagrams: &[Vec<u8>]) -> Vec<Vec<(String, Value)>> {
     let schema = example_schema();
@@ -169,7 +165,7 @@ fn a_client_gets_exactly_the_records_of_the_decimated_group() {
     let (_fleet, o, opts, group) = fleet_with_decimated(5);
     let mut ws = connect(&o, "/api/v1/channels/live/live?max_rate=100000");
     let rx = GroupReceiver::join(group);
-    Sender::new(opts.bind).send_paced(&records(0, 2_000, "live"), 1);
+    Sender::new(opts.bind).send_paced(&example_records(2_000, "live"), 1);
     let mut got = Got::default();
     got.read_until(&mut ws, 400, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
@@ -250,7 +246,7 @@ fn fields_limit_what_is_sent_and_max_rate_keeps_the_newest() {
     let rx = GroupReceiver::join(group);
     // 1,000 records a second for 2 s: 500 a second on the group.
     let start = Instant::now();
-    Sender::new(opts.bind).send_paced(&records(0, 2_000, "rate"), 1);
+    Sender::new(opts.bind).send_paced(&example_records(2_000, "rate"), 1);
     let sending = start.elapsed();
     let (mut a, mut b) = (Got::default(), Got::default());
     a.read_until(&mut picked, 1_000, Duration::from_secs(20));
@@ -313,7 +309,7 @@ fn a_client_that_never_reads_does_not_delay_another() {
     // 2 KB records, 1,000 a second on the group for 4 s: 8 MB of JSON,
     // far more than the stalled client's socket buffers hold.
     let message = "x".repeat(2_000);
-    let data = records(0, 8_000, &message);
+    let data = example_records(8_000, &message);
     let start = Instant::now();
     Sender::new(opts.bind).send_paced(&data, 2);
     let sent_at = Instant::now();
@@ -377,7 +373,7 @@ fn sixty_four_clients_and_the_sixty_fifth_is_refused() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("64"), "{body}");
     // Every client is served.
-    Sender::new(opts.bind).send_paced(&records(0, 10, "all"), 1);
+    Sender::new(opts.bind).send_paced(&example_records(10, "all"), 1);
     for (i, ws) in clients.iter_mut().enumerate() {
         let mut g = Got::default();
         g.read_until(ws, 10, Duration::from_secs(10));
@@ -393,7 +389,7 @@ fn sixty_four_clients_and_the_sixty_fifth_is_refused() {
             Err((status, body)) => panic!("{status}: {body}"),
         }
     };
-    Sender::new(opts.bind).send_paced(&records(10, 1, "again"), 1);
+    Sender::new(opts.bind).send_paced(&example_records_from(10, 1, "again"), 1);
     let mut g = Got::default();
     g.read_until(&mut again, 1, Duration::from_secs(10));
     assert_eq!(g.records[0]["counter"], 10);

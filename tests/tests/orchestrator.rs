@@ -3,26 +3,22 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value as Json;
+use speeddata_api::{Event, EventKind, State};
 use speeddata_tests::fleet::*;
 use speeddata_tests::*;
 
-fn example_records(n: usize, message: &str) -> Vec<Vec<u8>> {
-    let schema = example_schema();
-    (0..n)
-        .map(|i| example_datum(&schema, i as i32, message))
+/// Whether an event is one of `channel`'s.
+fn of(e: &Event, channel: &str) -> bool {
+    e.channel.as_deref() == Some(channel)
+}
+
+/// The names of `channel`'s events, in order.
+fn story_of<'a>(events: &'a [Event], channel: &str) -> Vec<&'a str> {
+    events
+        .iter()
+        .filter(|e| of(e, channel))
+        .map(|e| e.kind.name())
         .collect()
-}
-
-fn pid_of(c: &Json) -> u32 {
-    c["pid"].as_u64().expect("a running channel has a pid") as u32
-}
-
-fn kill(pid: u32, sig: i32) {
-    // SAFETY: signalling a process this test started (a child of its orchestrator).
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
 }
 
 #[test]
@@ -61,10 +57,10 @@ fn a_killed_channel_comes_back_and_the_others_lose_nothing() {
         let t0 = Instant::now();
         kill(old, libc::SIGKILL);
         let back = orch.wait_channel("victim", Duration::from_secs(20), |c| {
-            c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p as u32 != old)
+            c.state == State::Ready && c.pid.is_some_and(|p| p != old)
         });
         kill_to_ready.push(t0.elapsed());
-        assert_eq!(back["restarts"], round + 1, "{back}");
+        assert_eq!(back.restarts, round as u64 + 1, "{back:?}");
     }
     assert!(
         kill_to_ready[0] < Duration::from_secs(1),
@@ -76,25 +72,26 @@ fn a_killed_channel_comes_back_and_the_others_lose_nothing() {
     }
     for o in &opts[1..] {
         orch.wait_channel(&o.name, Duration::from_secs(30), |c| {
-            c["counters"]["received"].as_u64() == Some(4_000)
-                && c["counters"]["archived"].as_u64() == Some(4_000)
+            counters(c).map(|n| n.received) == Some(4_000)
+                && counters(c).map(|n| n.archived) == Some(4_000)
         });
     }
     let victim = orch.channel("victim").unwrap();
-    assert_eq!(victim["last_exit"]["signal"], libc::SIGKILL, "{victim}");
+    assert_eq!(
+        victim.last_exit.as_ref().and_then(|e| e.signal),
+        Some(libc::SIGKILL),
+        "{victim:?}"
+    );
 
     // The event stream tells the story of the victim, in order.
     let events = orch.events(Duration::from_secs(5), |ev| {
-        ev.iter()
-            .filter(|e| e["channel"] == "victim" && e["event"] == "ready")
+        story_of(ev, "victim")
+            .iter()
+            .filter(|e| **e == "ready")
             .count()
             >= 5
     });
-    let story: Vec<&str> = events
-        .iter()
-        .filter(|e| e["channel"] == "victim")
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let story = story_of(&events, "victim");
     let expected_round = ["exited", "restarting", "started", "ready"];
     assert_eq!(&story[..2], ["started", "ready"], "{story:?}");
     for round in 0..4 {
@@ -104,14 +101,14 @@ fn a_killed_channel_comes_back_and_the_others_lose_nothing() {
             "{story:?}"
         );
     }
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "events out of order: {seqs:?}"
     );
-    let untouched: Vec<&Json> = events
+    let untouched: Vec<&Event> = events
         .iter()
-        .filter(|e| e["channel"] == "steady-a" || e["channel"] == "steady-b")
+        .filter(|e| of(e, "steady-a") || of(e, "steady-b"))
         .collect();
     assert_eq!(
         untouched.len(),
@@ -164,20 +161,20 @@ fn a_channel_that_cannot_start_is_parked_as_failed_without_spinning() {
     let orch = fleet.start();
     orch.wait_ready("good");
     let failed = orch.wait_channel("port-taken", Duration::from_secs(20), |c| {
-        c["state"] == "failed"
+        c.state == State::Failed
     });
-    assert_eq!(failed["restarts"], 3, "{failed}");
+    assert_eq!(failed.restarts, 3, "{failed:?}");
     assert!(
-        failed["reason"].as_str().unwrap().contains("4 failures"),
-        "{failed}"
+        failed.reason.as_deref().unwrap().contains("4 failures"),
+        "{failed:?}"
     );
-    let stderr = failed["last_stderr"].to_string();
+    let stderr = failed.last_stderr.join("\n");
     assert!(
         stderr.contains("receive.bind") && stderr.to_lowercase().contains("in use"),
         "{stderr}"
     );
-    assert_eq!(failed["last_exit"]["code"], 1);
-    assert!(failed["pid"].is_null());
+    assert_eq!(failed.last_exit.as_ref().and_then(|e| e.code), Some(1));
+    assert!(failed.pid.is_none());
 
     // Parked: no more attempts, and the orchestrator sleeps.
     let ticks = cpu_ticks(orch.pid());
@@ -187,15 +184,15 @@ fn a_channel_that_cannot_start_is_parked_as_failed_without_spinning() {
         spent <= 10,
         "the orchestrator used {spent} ticks of CPU in 2 s while the channel was parked"
     );
-    assert_eq!(orch.channel("port-taken").unwrap()["restarts"], 3);
+    assert_eq!(orch.channel("port-taken").unwrap().restarts, 3);
 
     // The good channel runs on and moves data.
     let records = example_records(500, "good");
     Sender::new(good.bind).send_paced(&records, 5);
     orch.wait_channel("good", Duration::from_secs(20), |c| {
-        c["counters"]["received"] == 500
+        counters(c).is_some_and(|n| n.received == 500)
     });
-    assert_eq!(orch.channel("good").unwrap()["restarts"], 0);
+    assert_eq!(orch.channel("good").unwrap().restarts, 0);
 
     // /readyz says not everything is ready; an operator restart tries again.
     let r = orch.get("/readyz");
@@ -225,7 +222,7 @@ fn channels_d_changes_start_stop_and_restart_exactly_the_channels_concerned() {
     let pid_b = pid_of(&orch.wait_ready("beta"));
     Sender::new(b.bind).send_paced(&example_records(100, "beta"), 5);
     orch.wait_channel("beta", Duration::from_secs(20), |c| {
-        c["counters"]["received"] == 100
+        counters(c).is_some_and(|n| n.received == 100)
     });
 
     // Added file: a new channel starts; the others keep their pids.
@@ -252,25 +249,26 @@ fn channels_d_changes_start_stop_and_restart_exactly_the_channels_concerned() {
     a2.archive = vec!["codec = \"deflate\"".into()];
     fleet.add(&a2);
     let a_now = orch.wait_channel("alpha", Duration::from_secs(20), |c| {
-        c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p as u32 != pid_a)
+        c.state == State::Ready && c.pid.is_some_and(|p| p != pid_a)
     });
-    assert_eq!(a_now["restarts"], 1);
+    assert_eq!(a_now.restarts, 1);
     assert_eq!(pid_of(&orch.channel("gamma").unwrap()), pid_c);
 
     // Broken file: reported, and the running instance is left alone.
     fleet.write("gamma.toml", "this is not = [valid toml");
     let broken = orch.wait_channel("gamma", Duration::from_secs(20), |c| {
-        !c["config_error"].is_null()
+        c.config_error.is_some()
     });
     assert!(
-        broken["config_error"]
-            .as_str()
+        broken
+            .config_error
+            .as_deref()
             .unwrap()
             .contains("gamma.toml"),
-        "{broken}"
+        "{broken:?}"
     );
     assert_eq!(pid_of(&broken), pid_c);
-    assert_eq!(broken["state"], "ready");
+    assert_eq!(broken.state, State::Ready);
     assert!(orch
         .metrics()
         .contains("speeddata_channel_config_error{channel=\"gamma\"} 1"));
@@ -279,36 +277,38 @@ fn channels_d_changes_start_stop_and_restart_exactly_the_channels_concerned() {
 
     // A broken new file: reported as a failed channel, nothing started.
     fleet.write("delta.toml", "[receive]\nbind = \"nowhere\"\n");
-    let delta = orch.wait_channel("delta", Duration::from_secs(20), |c| c["state"] == "failed");
+    let delta = orch.wait_channel("delta", Duration::from_secs(20), |c| {
+        c.state == State::Failed
+    });
     assert!(
-        delta["config_error"]
-            .as_str()
+        delta
+            .config_error
+            .as_deref()
             .unwrap()
             .contains("receive.bind"),
-        "{delta}"
+        "{delta:?}"
     );
-    assert!(delta["pid"].is_null());
+    assert!(delta.pid.is_none());
 
     // Fixed file, same as before: the error clears, no restart.
     fleet.add(&c);
     orch.wait_channel("gamma", Duration::from_secs(20), |c| {
-        c["config_error"].is_null()
+        c.config_error.is_none()
     });
     assert_eq!(pid_of(&orch.channel("gamma").unwrap()), pid_c);
-    assert_eq!(orch.channel("gamma").unwrap()["restarts"], 0);
+    assert_eq!(orch.channel("gamma").unwrap().restarts, 0);
 
     // SIGHUP reloads too: nothing changed, nothing restarts.
     orch.signal(libc::SIGHUP);
+    let reloaded_on_sighup =
+        |e: &Event| matches!(&e.kind, EventKind::Reloaded { reason, .. } if reason == "SIGHUP");
     let events = orch.events(Duration::from_secs(10), |ev| {
-        ev.iter()
-            .any(|e| e["event"] == "reloaded" && e["reason"] == "SIGHUP")
+        ev.iter().any(reloaded_on_sighup)
     });
+    assert!(events.iter().any(reloaded_on_sighup));
     assert!(events
         .iter()
-        .any(|e| e["event"] == "reloaded" && e["reason"] == "SIGHUP"));
-    assert!(events
-        .iter()
-        .any(|e| e["event"] == "config_error" && e["channel"] == "gamma"));
+        .any(|e| matches!(e.kind, EventKind::ConfigError { .. }) && of(e, "gamma")));
     assert_eq!(pid_of(&orch.channel("gamma").unwrap()), pid_c);
     assert_eq!(pid_of(&orch.channel("alpha").unwrap()), pid_of(&a_now));
 }
@@ -328,7 +328,7 @@ fn sigterm_finalizes_every_archive_and_kill_9_leaves_no_child() {
     Sender::new(b.bind).send_paced(&records, 5);
     for n in ["one", "two"] {
         orch.wait_channel(n, Duration::from_secs(20), |c| {
-            c["counters"]["received"] == 1_000
+            counters(c).is_some_and(|s| s.received == 1_000)
         });
     }
     let pids: Vec<u32> = ["one", "two"]
@@ -356,7 +356,7 @@ fn sigterm_finalizes_every_archive_and_kill_9_leaves_no_child() {
     orch.wait_ready("two");
     Sender::new(a.bind).send_paced(&records, 5);
     orch.wait_channel("one", Duration::from_secs(20), |c| {
-        c["counters"]["received"] == 1_000
+        counters(c).is_some_and(|n| n.received == 1_000)
     });
     let pids: Vec<u32> = ["one", "two"]
         .iter()
@@ -389,9 +389,9 @@ fn metrics_parse_as_prometheus_text_and_match_the_api() {
     stream.push(b"junk".to_vec());
     Sender::new(a.bind).send_paced(&stream, 5);
     let status = orch.wait_channel("metered", Duration::from_secs(20), |c| {
-        c["counters"]["received"] == 701 && c["counters"]["archived"] == 700
+        counters(c).is_some_and(|n| n.received == 701 && n.archived == 700)
     });
-    assert_eq!(status["counters"]["rejected"], 1);
+    assert_eq!(counters(&status).map(|n| n.rejected), Some(1));
     let text = orch.metrics();
     let script = r#"
 import sys
@@ -535,32 +535,33 @@ fn a_child_never_ready_is_stopped_term_then_kill_and_restarted_with_backoff() {
     fleet.add(&ChannelOpts::unicast("hangs"));
     let orch = fleet.start();
     let first = orch.wait_channel("hangs", Duration::from_secs(10), |c| {
-        c["state"] == "backoff"
+        c.state == State::Backoff
     });
     assert!(
-        first["reason"]
-            .as_str()
+        first
+            .reason
+            .as_deref()
             .unwrap()
             .contains("not ready within 500ms"),
-        "{first}"
+        "{first:?}"
     );
     assert_eq!(
-        first["last_exit"]["signal"],
-        libc::SIGKILL,
-        "SIGTERM was ignored, so SIGKILL: {first}"
+        first.last_exit.as_ref().and_then(|e| e.signal),
+        Some(libc::SIGKILL),
+        "SIGTERM was ignored, so SIGKILL: {first:?}"
     );
     assert!(
         orch.log().contains("did not stop within 300ms; killing it"),
         "{}",
         orch.log()
     );
-    let failed = orch.wait_channel("hangs", Duration::from_secs(20), |c| c["state"] == "failed");
-    assert_eq!(failed["restarts"], 2, "{failed}");
+    let failed = orch.wait_channel("hangs", Duration::from_secs(20), |c| {
+        c.state == State::Failed
+    });
+    assert_eq!(failed.restarts, 2, "{failed:?}");
     assert!(
-        failed["last_stderr"]
-            .to_string()
-            .contains("starting, slowly"),
-        "{failed}"
+        failed.last_stderr.join("\n").contains("starting, slowly"),
+        "{failed:?}"
     );
 }
 
@@ -629,7 +630,7 @@ fn a_hung_relay_is_killed_and_replaced_and_the_others_lose_nothing() {
     let t0 = Instant::now();
     kill(old, libc::SIGSTOP);
     let back = orch.wait_channel("frozen", Duration::from_secs(20), |c| {
-        c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p as u32 != old)
+        c.state == State::Ready && c.pid.is_some_and(|p| p != old)
     });
     let took = t0.elapsed();
     // liveness_timeout (3 s) + backoff (100 ms ± 20%) + a start, with room
@@ -643,22 +644,20 @@ fn a_hung_relay_is_killed_and_replaced_and_the_others_lose_nothing() {
         "replaced after {took:?}, before liveness_timeout could pass"
     );
     assert!(!running(old), "the hung relay {old} is still there");
-    assert_eq!(back["restarts"], 1, "{back}");
-    assert_eq!(back["last_exit"]["signal"], libc::SIGKILL, "{back}");
-    let description = back["last_exit"]["description"].as_str().unwrap();
+    assert_eq!(back.restarts, 1, "{back:?}");
+    let last_exit = back.last_exit.as_ref().unwrap();
+    assert_eq!(last_exit.signal, Some(libc::SIGKILL), "{back:?}");
+    let description = &last_exit.description;
     assert!(description.contains("stopped reporting"), "{description}");
 
     let events = orch.events(Duration::from_secs(5), |ev| {
-        ev.iter()
-            .filter(|e| e["channel"] == "frozen" && e["event"] == "ready")
+        story_of(ev, "frozen")
+            .iter()
+            .filter(|e| **e == "ready")
             .count()
             >= 2
     });
-    let story: Vec<&str> = events
-        .iter()
-        .filter(|e| e["channel"] == "frozen")
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let story = story_of(&events, "frozen");
     assert_eq!(
         story,
         [
@@ -672,18 +671,24 @@ fn a_hung_relay_is_killed_and_replaced_and_the_others_lose_nothing() {
         ],
         "{events:?}"
     );
-    let hung = events.iter().find(|e| e["event"] == "hung").unwrap();
-    assert_eq!(hung["pid"], old, "{hung}");
+    let hung = events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::Hung { pid, .. } => Some(pid),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(hung, old, "{events:?}");
 
     // The other channel lost nothing and was not touched.
     for s in senders {
         s.join().unwrap();
     }
     let st = orch.wait_channel("steady", Duration::from_secs(30), |c| {
-        c["counters"]["received"] == 6_000 && c["counters"]["archived"] == 6_000
+        counters(c).is_some_and(|n| n.received == 6_000 && n.archived == 6_000)
     });
-    assert_eq!(st["restarts"], 0);
-    assert_eq!(st["counters"]["kernel_drops"], 0, "{st}");
+    assert_eq!(st.restarts, 0);
+    assert_eq!(counters(&st).map(|n| n.kernel_drops), Some(0), "{st:?}");
     let mut orch = orch;
     orch.signal(libc::SIGTERM);
     assert_eq!(orch.wait_exit(Duration::from_secs(30)), 0);
@@ -738,7 +743,7 @@ fn a_paused_orchestrator_kills_no_healthy_relay_and_still_replaces_a_stopped_one
     orch.signal(libc::SIGCONT);
 
     let back = orch.wait_channel("frozen", Duration::from_secs(20), |c| {
-        c["state"] == "ready" && c["pid"].as_u64().is_some_and(|p| p as u32 != old)
+        c.state == State::Ready && c.pid.is_some_and(|p| p != old)
     });
     let took = resumed.elapsed();
     // Watched for liveness_timeout (3 s) after the orchestrator continued,
@@ -753,7 +758,7 @@ fn a_paused_orchestrator_kills_no_healthy_relay_and_still_replaces_a_stopped_one
         "the stopped relay took {took:?} to be replaced after the orchestrator continued"
     );
     assert!(!running(old), "the stopped relay {old} is still there");
-    assert_eq!(back["restarts"], 1, "{back}");
+    assert_eq!(back.restarts, 1, "{back:?}");
     assert!(
         orch.log()
             .contains("the orchestrator itself did not run for"),
@@ -766,23 +771,20 @@ fn a_paused_orchestrator_kills_no_healthy_relay_and_still_replaces_a_stopped_one
     }
     for o in &steady {
         let st = orch.wait_channel(&o.name, Duration::from_secs(30), |c| {
-            c["counters"]["received"] == 26_000 && c["counters"]["archived"] == 26_000
+            counters(c).is_some_and(|n| n.received == 26_000 && n.archived == 26_000)
         });
-        assert_eq!(st["restarts"], 0, "{}: restarted: {st}", o.name);
-        assert_eq!(st["counters"]["kernel_drops"], 0, "{st}");
+        assert_eq!(st.restarts, 0, "{}: restarted: {st:?}", o.name);
+        assert_eq!(counters(&st).map(|n| n.kernel_drops), Some(0), "{st:?}");
     }
     let events = orch.events(Duration::from_secs(5), |ev| {
-        ev.iter()
-            .filter(|e| e["channel"] == "frozen" && e["event"] == "ready")
+        story_of(ev, "frozen")
+            .iter()
+            .filter(|e| **e == "ready")
             .count()
             >= 2
     });
     for o in &steady {
-        let story: Vec<&str> = events
-            .iter()
-            .filter(|e| e["channel"] == o.name.as_str())
-            .map(|e| e["event"].as_str().unwrap())
-            .collect();
+        let story = story_of(&events, &o.name);
         assert_eq!(story, ["started", "ready"], "{}: {events:?}", o.name);
     }
 
@@ -809,36 +811,31 @@ fn a_silent_relay_shows_zero_rates_and_liveness_off_leaves_it_running() {
     let records = example_records(4_000, "rates");
     let sender = std::thread::spawn(move || Sender::new(quiet.bind).send_paced(&records, 1));
     let moving = orch.wait_channel("quiet", Duration::from_secs(20), |c| {
-        c["rates"]["received_per_s"]
-            .as_f64()
-            .is_some_and(|r| r > 100.0)
+        c.rates.as_ref().is_some_and(|r| r.received > 100.0)
     });
-    let last_report = moving["last_report_at"].as_str().unwrap().to_string();
+    let last_report = moving.last_report_at.clone().unwrap();
 
     kill(pid, libc::SIGSTOP);
     // Past the default liveness_timeout (5 s): with it off, nothing is killed.
     std::thread::sleep(Duration::from_secs(6));
     let silent = orch.channel("quiet").unwrap();
     assert_eq!(pid_of(&silent), pid);
-    assert_eq!(silent["state"], "ready");
+    assert_eq!(silent.state, State::Ready);
     assert!(running(pid));
-    let stale = silent["last_report_at"].as_str().unwrap();
-    assert!(stale >= last_report.as_str(), "{silent}");
-    let rates = silent["rates"].as_object().unwrap();
-    assert!(!rates.is_empty());
-    for (k, v) in rates {
-        assert_eq!(v.as_f64(), Some(0.0), "{k} of a silent relay: {silent}");
+    let stale = silent.last_report_at.clone().unwrap();
+    assert!(stale >= last_report, "{silent:?}");
+    let rates = silent.rates.as_ref().unwrap();
+    assert!(rates.values().count() > 0);
+    for (k, v) in rates.values() {
+        assert_eq!(v, 0.0, "{k} of a silent relay: {silent:?}");
     }
 
     kill(pid, libc::SIGCONT);
-    let stale = stale.to_string();
     orch.wait_channel("quiet", Duration::from_secs(10), |c| {
-        c["last_report_at"]
-            .as_str()
-            .is_some_and(|t| t > stale.as_str())
+        c.last_report_at.as_ref().is_some_and(|t| *t > stale)
     });
     sender.join().unwrap();
-    assert_eq!(orch.channel("quiet").unwrap()["restarts"], 0);
+    assert_eq!(orch.channel("quiet").unwrap().restarts, 0);
 }
 
 #[test]
@@ -951,9 +948,11 @@ fn half_open_connections_neither_starve_the_relays_nor_lock_out_the_api() {
         "/healthz took {:?}",
         t.elapsed()
     );
-    let back = orch.wait_channel("victim", Duration::from_secs(5), |c| c["state"] == "ready");
-    assert_eq!(pid_of(&back), new, "{back}");
-    assert_eq!(back["restarts"], 1, "{back}");
+    let back = orch.wait_channel("victim", Duration::from_secs(5), |c| {
+        c.state == State::Ready
+    });
+    assert_eq!(pid_of(&back), new, "{back:?}");
+    assert_eq!(back.restarts, 1, "{back:?}");
     assert_eq!(pid_of(&orch.channel("bystander").unwrap()), bystander);
     assert!(
         !orch.log().contains("Too many open files"),
@@ -986,7 +985,8 @@ fn a_broken_file_is_counted_and_announced_once_per_change() {
     let fleet = FleetDir::new(&[]);
     fleet.write("broken.toml", "[receive]\nbind = \"nowhere\"\n");
     let orch = fleet.start();
-    let count = |kind: &str, events: &[Json]| events.iter().filter(|e| e["event"] == kind).count();
+    let count =
+        |kind: &str, events: &[Event]| events.iter().filter(|e| e.kind.name() == kind).count();
     let errors_total = || {
         orch.metrics()
             .lines()
@@ -995,7 +995,7 @@ fn a_broken_file_is_counted_and_announced_once_per_change() {
             .unwrap()
     };
     orch.wait_channel("broken", Duration::from_secs(20), |c| {
-        c["state"] == "failed"
+        c.state == State::Failed
     });
 
     // Reloads that find the file as it was say nothing new.

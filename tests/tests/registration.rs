@@ -8,10 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
-use speeddata_tests::fleet::{FleetDir, Orchestrator};
+use speeddata_api::{ChannelStatus, Checked, ErrorBody, Ports, Registration, SchemaCheck, State};
+use speeddata_tests::fleet::{counters, pid_of, FleetDir, Orchestrator};
 use speeddata_tests::{
-    avro_files, example_datum, example_schema, free_port, group_addr, read_with_apache_avro,
-    unique_group, ChannelOpts, Sender, EXAMPLE_SCHEMA,
+    avro_files, example_records, free_port, group_addr, read_with_apache_avro, unique_group,
+    ChannelOpts, Sender, EXAMPLE_SCHEMA,
 };
 
 /// A channel file's text for the API: no `schema` key (the API sets it),
@@ -26,15 +27,31 @@ fn schema() -> Json {
     serde_json::from_str(EXAMPLE_SCHEMA).unwrap()
 }
 
-fn put(o: &Orchestrator, name: &str, channel: &str, schema: &Json) -> (u16, Json) {
-    let r = o.send(
+fn registration(channel: &str, schema: &Json) -> Registration {
+    Registration {
+        channel: channel.into(),
+        schema: schema.clone(),
+    }
+}
+
+/// `PUT /api/v1/channels/{name}?wait=ready`: the status and the channel's
+/// status, or the status and what is wrong.
+fn put(
+    o: &Orchestrator,
+    name: &str,
+    channel: &str,
+    schema: &Json,
+) -> Result<(u16, ChannelStatus), (u16, ErrorBody)> {
+    o.call(
         "PUT",
         &format!("/api/v1/channels/{name}?wait=ready"),
-        Some(&json!({"channel": channel, "schema": schema})),
-        &[],
-    );
-    let body = serde_json::from_str(&r.body).unwrap_or(Json::Null);
-    (r.status, body)
+        Some(&registration(channel, schema)),
+    )
+}
+
+/// A registration's request body, as sent over the wire.
+fn registration_json(channel: &str, schema: &Json) -> Json {
+    serde_json::to_value(registration(channel, schema)).unwrap()
 }
 
 /// Every file of a folder and its bytes.
@@ -57,16 +74,18 @@ fn a_channel_registered_through_the_api_runs_is_replaced_alone_and_is_removed_wi
     let fleet = FleetDir::new(&[]);
     fleet.add(&ChannelOpts::unicast("other"));
     let o = fleet.start();
-    let other_pid = o.wait_ready("other")["pid"].clone();
+    let other_pid = pid_of(&o.wait_ready("other"));
 
     let mut opts = ChannelOpts::unicast("reg");
     opts.archive.push("flush_interval = \"200ms\"".into());
-    let (status, body) = put(&o, "reg", &channel_text(&opts), &schema());
-    assert_eq!(status, 201, "{body}");
-    assert_eq!(body["name"], "reg");
+    let (status, body) =
+        put(&o, "reg", &channel_text(&opts), &schema()).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(status, 201, "{body:?}");
+    assert_eq!(body.name, "reg");
     assert_eq!(
-        body["state"], "ready",
-        "?wait=ready answers once it is ready: {body}"
+        body.state,
+        State::Ready,
+        "?wait=ready answers once it is ready: {body:?}"
     );
     let dir = fleet.channels_dir();
     let written = std::fs::read_to_string(dir.join("reg.toml")).unwrap();
@@ -80,38 +99,39 @@ fn a_channel_registered_through_the_api_runs_is_replaced_alone_and_is_removed_wi
     assert_eq!(avsc, schema());
 
     // Its config, as written.
-    let c = o.get("/api/v1/channels/reg/config").json();
-    assert_eq!(c["channel"], written.as_str());
-    assert_eq!(c["schema"], schema());
+    let c = o.client().channel_config("reg").unwrap();
+    assert_eq!(c.channel, written);
+    assert_eq!(c.schema, schema());
 
     // Records sent to it are archived.
-    let s = example_schema();
     let sender = Sender::new(opts.bind);
-    for i in 0..100 {
-        sender.send(&example_datum(&s, i, "registered"));
+    for d in example_records(100, "registered") {
+        sender.send(&d);
     }
     o.wait_channel("reg", Duration::from_secs(20), |c| {
-        c["counters"]["archived"] == 100
+        counters(c).is_some_and(|n| n.archived == 100)
     });
 
     // Replaced with a changed file: 200, only it restarts.
-    let first_pid = o.channel("reg").unwrap()["pid"].clone();
+    let first_pid = o.channel("reg").unwrap().pid;
     opts.recv_buffer = "16MiB".into();
-    let (status, body) = put(&o, "reg", &channel_text(&opts), &schema());
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["state"], "ready");
-    assert_ne!(body["pid"], first_pid, "the replaced channel restarted");
+    let (status, body) =
+        put(&o, "reg", &channel_text(&opts), &schema()).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(body.state, State::Ready);
+    assert_ne!(body.pid, first_pid, "the replaced channel restarted");
     assert_eq!(
-        o.channel("other").unwrap()["pid"],
-        other_pid,
+        o.channel("other").unwrap().pid,
+        Some(other_pid),
         "the other channel did not"
     );
-    assert_eq!(o.channel("other").unwrap()["restarts"], 0);
+    assert_eq!(o.channel("other").unwrap().restarts, 0);
 
     // The same files again: nothing changes, nothing restarts.
-    let (status, body) = put(&o, "reg", &channel_text(&opts), &schema());
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["pid"], o.channel("reg").unwrap()["pid"]);
+    let (status, body) =
+        put(&o, "reg", &channel_text(&opts), &schema()).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(body.pid, o.channel("reg").unwrap().pid);
 
     // Removed: 204 once it stopped; both files gone; the archive is kept,
     // finalized, with every record.
@@ -130,7 +150,7 @@ fn a_channel_registered_through_the_api_runs_is_replaced_alone_and_is_removed_wi
         404
     );
     assert_eq!(o.get("/api/v1/channels/reg/config").status, 404);
-    assert_eq!(o.channel("other").unwrap()["pid"], other_pid);
+    assert_eq!(o.channel("other").unwrap().pid, Some(other_pid));
 }
 
 #[test]
@@ -183,23 +203,19 @@ fn every_refusal_leaves_channels_d_byte_for_byte_as_it_was() {
         ),
     ];
     for (name, text, schema, status, key) in &cases {
-        let (got, body) = put(&o, name, text, schema);
-        assert_eq!(got, *status, "{name}: {body}");
-        let problems = body["problems"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{body}"));
-        assert!(!problems.is_empty(), "{body}");
+        let (got, body) = put(&o, name, text, schema).expect_err("a refusal");
+        assert_eq!(got, *status, "{name}: {body:?}");
+        let problems = body.problems.as_ref().unwrap_or_else(|| panic!("{body:?}"));
+        assert!(!problems.is_empty(), "{body:?}");
         if !key.is_empty() {
             assert!(
-                problems.iter().any(|p| p["key"] == *key),
-                "key {key}: {body}"
+                problems.iter().any(|p| p.key == *key),
+                "key {key}: {body:?}"
             );
         }
         assert!(
-            problems
-                .iter()
-                .all(|p| p["file"].as_str().unwrap().ends_with("neo.toml")),
-            "{body}"
+            problems.iter().all(|p| p.file.ends_with("neo.toml")),
+            "{body:?}"
         );
         assert_eq!(snapshot(&dir), before, "after {key}: channels.d changed");
     }
@@ -211,14 +227,11 @@ fn every_refusal_leaves_channels_d_byte_for_byte_as_it_was() {
     let mut same_group = ChannelOpts::unicast("neo");
     same_group.full = other.full;
     for (opts, key) in [(same_port, "receive.bind"), (same_group, "full.group")] {
-        let (got, body) = put(&o, "neo", &channel_text(&opts), &schema());
-        assert_eq!(got, 409, "{body}");
-        let p = &body["problems"][0];
-        assert_eq!(p["key"], key, "{body}");
-        assert!(
-            p["message"].as_str().unwrap().contains("other.toml"),
-            "{body}"
-        );
+        let (got, body) = put(&o, "neo", &channel_text(&opts), &schema()).expect_err("a refusal");
+        assert_eq!(got, 409, "{body:?}");
+        let p = &body.problems.as_ref().unwrap_or_else(|| panic!("{body:?}"))[0];
+        assert_eq!(p.key, key, "{body:?}");
+        assert!(p.message.contains("other.toml"), "{body:?}");
         assert_eq!(snapshot(&dir), before);
     }
 
@@ -227,13 +240,14 @@ fn every_refusal_leaves_channels_d_byte_for_byte_as_it_was() {
         let r = o.send(
             "PUT",
             &format!("/api/v1/channels/{path}"),
-            Some(&json!({"channel": good, "schema": schema()})),
+            Some(&registration_json(&good, &schema())),
             &[],
         );
         assert_eq!(r.status, 400, "{path}: {}", r.body);
         assert_eq!(snapshot(&dir), before);
     }
-    // Not JSON, or not the registration's shape.
+    // Not JSON, or not the registration's shape: a body the type cannot
+    // make, so written as JSON.
     let r = o.send(
         "PUT",
         "/api/v1/channels/neo",
@@ -244,13 +258,12 @@ fn every_refusal_leaves_channels_d_byte_for_byte_as_it_was() {
     assert_eq!(snapshot(&dir), before);
 
     // A dry run checks and writes nothing.
-    let r = o.send(
+    let checked = o.call::<Checked>(
         "PUT",
         "/api/v1/channels/neo?dry_run=true",
-        Some(&json!({"channel": good, "schema": schema()})),
-        &[],
+        Some(&registration(&good, &schema())),
     );
-    assert_eq!((r.status, r.json()), (200, json!({"problems": []})));
+    assert_eq!(checked, Ok((200, Checked { problems: vec![] })));
     assert_eq!(snapshot(&dir), before);
 }
 
@@ -259,19 +272,13 @@ fn every_refusal_leaves_channels_d_byte_for_byte_as_it_was() {
 fn writes_need_the_token_when_one_is_set() {
     let fleet = FleetDir::new(&[]);
     let token = "0123456789abcdef0123456789abcdef";
-    std::fs::write(fleet.dir.path().join("api-token"), format!("{token}\n")).unwrap();
-    let cfg = std::fs::read_to_string(fleet.config()).unwrap();
-    std::fs::write(
-        fleet.config(),
-        cfg.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
-    )
-    .unwrap();
+    fleet.set_token(token);
     fleet.add(&ChannelOpts::unicast("other"));
     let o = fleet.start();
     o.wait_ready("other");
     let dir = fleet.channels_dir();
     let before = snapshot(&dir);
-    let body = json!({"channel": channel_text(&ChannelOpts::unicast("neo")), "schema": schema()});
+    let body = registration_json(&channel_text(&ChannelOpts::unicast("neo")), &schema());
     for headers in [
         vec![],
         vec![("Authorization", "Bearer nope")],
@@ -304,7 +311,7 @@ fn writes_need_the_token_when_one_is_set() {
     assert!(!o.log().contains(token), "the token is never logged");
     // Reads stay open.
     assert_eq!(o.get("/api/v1/channels/other").status, 200);
-    assert_eq!(o.get("/api/v1/info").json()["auth"], "token");
+    assert_eq!(o.client().info().unwrap().auth, "token");
     let bearer = format!("Bearer {token}");
     let r = o.send(
         "PUT",
@@ -313,7 +320,7 @@ fn writes_need_the_token_when_one_is_set() {
         &[("Authorization", &bearer)],
     );
     assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(r.json()["state"], "ready");
+    assert_eq!(r.parse::<ChannelStatus>().state, State::Ready);
 }
 
 #[test]
@@ -323,12 +330,18 @@ fn check_schema_and_free_ports() {
     fleet.add(&opts);
     let o = fleet.start();
     o.wait_ready("chk");
-    let check = |s: &Json| o.send("POST", "/api/v1/channels/chk/check-schema", Some(s), &[]);
+    let path = "/api/v1/channels/chk/check-schema";
+    let check = |s: &Json| o.client().check_schema("chk", s).unwrap();
 
-    let r = check(&schema());
     assert_eq!(
-        (r.status, r.json()),
-        (200, json!({"compatible": true, "problems": []}))
+        o.call::<SchemaCheck>("POST", path, Some(&schema())),
+        Ok((
+            200,
+            SchemaCheck {
+                compatible: true,
+                problems: vec![]
+            }
+        ))
     );
     // A writer with a field the reader lacks resolves (it is skipped); one
     // whose field changed type does not.
@@ -337,14 +350,14 @@ fn check_schema_and_free_ports() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "extra", "type": "int"}));
-    assert_eq!(check(&extra).json()["compatible"], true);
+    assert!(check(&extra).compatible);
     let mut changed = schema();
     changed["fields"][2]["type"] = json!("string");
-    let v = check(&changed).json();
-    assert_eq!(v["compatible"], false, "{v}");
-    assert!(!v["problems"].as_array().unwrap().is_empty());
-    let v = check(&json!({"type": "nope"})).json();
-    assert_eq!(v["compatible"], false);
+    let v = check(&changed);
+    assert!(!v.compatible, "{v:?}");
+    assert!(!v.problems.is_empty());
+    let v = check(&json!({"type": "nope"}));
+    assert!(!v.compatible);
     assert_eq!(
         o.send(
             "POST",
@@ -358,12 +371,17 @@ fn check_schema_and_free_ports() {
 
     // Free ports: never the channel's, never one bound on this host.
     let used = opts.bind.port();
-    let r = o.get(&format!(
-        "/api/v1/ports/free?from={used}&to={}&count=2",
-        used.saturating_add(50)
-    ));
-    assert_eq!(r.status, 200, "{}", r.body);
-    let ports: Vec<u16> = serde_json::from_value(r.json()["ports"].clone()).unwrap();
+    let (status, Ports { ports }) = o
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/ports/free?from={used}&to={}&count=2",
+                used.saturating_add(50)
+            ),
+            None::<&()>,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(status, 200);
     assert_eq!(ports.len(), 2);
     assert!(!ports.contains(&used), "{ports:?}");
     let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -381,7 +399,7 @@ fn a_crash_between_the_two_writes_leaves_nothing_that_starts() {
     fleet.add(&ChannelOpts::unicast("other"));
     let mut o = fleet.start_with_env(&[("SPEEDDATA_FAILPOINT", "after-schema-write")]);
     o.wait_ready("other");
-    let body = json!({"channel": channel_text(&ChannelOpts::unicast("neo")), "schema": schema()});
+    let body = registration_json(&channel_text(&ChannelOpts::unicast("neo")), &schema());
     let url = format!("http://127.0.0.1:{}/api/v1/channels/neo", o.port);
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
@@ -407,8 +425,8 @@ fn a_crash_between_the_two_writes_leaves_nothing_that_starts() {
     let o = fleet.start();
     o.wait_ready("other");
     std::thread::sleep(Duration::from_millis(800));
-    let names: Vec<Json> = o.channels().iter().map(|c| c["name"].clone()).collect();
-    assert_eq!(names, vec![json!("other")]);
+    let names: Vec<String> = o.channels().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["other"]);
 }
 
 /// `orchestrator channel add/show/rm`, the command line over the API,
@@ -417,17 +435,7 @@ fn a_crash_between_the_two_writes_leaves_nothing_that_starts() {
 fn the_channel_commands_add_show_and_remove_through_the_api() {
     use speeddata_tests::fleet::run_orchestrator;
     let fleet = FleetDir::new(&[]);
-    std::fs::write(
-        fleet.dir.path().join("api-token"),
-        "fedcba9876543210fedcba9876543210\n",
-    )
-    .unwrap();
-    let cfg = std::fs::read_to_string(fleet.config()).unwrap();
-    std::fs::write(
-        fleet.config(),
-        cfg.replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n"),
-    )
-    .unwrap();
+    fleet.set_token("fedcba9876543210fedcba9876543210");
     let other = ChannelOpts::unicast("other");
     fleet.add(&other);
     let o = fleet.start();
@@ -452,7 +460,7 @@ fn the_channel_commands_add_show_and_remove_through_the_api() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("added channel mine: ready"), "{out}");
-    assert_eq!(o.channel("mine").unwrap()["state"], "ready");
+    assert_eq!(o.channel("mine").unwrap().state, State::Ready);
     let written = std::fs::read_to_string(fleet.channels_dir().join("mine.toml")).unwrap();
     assert!(
         written.contains("# kept as written") && written.starts_with("schema = \"mine.avsc\""),
