@@ -700,7 +700,7 @@ fn a_hung_relay_is_killed_and_replaced_and_the_others_lose_nothing() {
     assert!(read_with_apache_avro(&avro_files(&fleet.archive_dir("steady"))) == records);
 }
 
-/// Issue 26, point 1: the orchestrator stopped (SIGSTOP, as Ctrl-Z or a
+/// The orchestrator stopped (SIGSTOP, as Ctrl-Z or a
 /// debugger would) for longer than `liveness_timeout` while its relays run
 /// on. Its own pause must not count against them: once it continues, no
 /// healthy relay is killed and every record sent meanwhile is archived. A
