@@ -296,6 +296,21 @@ impl Sender {
     }
 }
 
+/// Sends `records` to each address from a thread of its own, paced as
+/// [`Sender::send_paced`]; join the threads to wait for the end.
+pub fn send_paced_to_each(
+    to: impl IntoIterator<Item = SocketAddrV4>,
+    records: &[Vec<u8>],
+    per_ms: usize,
+) -> Vec<std::thread::JoinHandle<()>> {
+    to.into_iter()
+        .map(|bind| {
+            let recs = records.to_vec();
+            std::thread::spawn(move || Sender::new(bind).send_paced(&recs, per_ms))
+        })
+        .collect()
+}
+
 /// Options for a test channel file.
 #[derive(Clone, Debug)]
 pub struct ChannelOpts {

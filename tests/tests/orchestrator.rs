@@ -40,13 +40,7 @@ fn a_killed_channel_comes_back_and_the_others_lose_nothing() {
 
     // Steady traffic to every channel for about 4 s.
     let records = example_records(4_000, "steady");
-    let senders: Vec<_> = opts
-        .iter()
-        .map(|o| {
-            let (bind, recs) = (o.bind, records.clone());
-            std::thread::spawn(move || Sender::new(bind).send_paced(&recs, 1))
-        })
-        .collect();
+    let senders = send_paced_to_each(opts.iter().map(|o| o.bind), &records, 1);
 
     // Kill the victim's relay again and again.
     let mut kill_to_ready = Vec::new();
@@ -617,13 +611,7 @@ fn a_hung_relay_is_killed_and_replaced_and_the_others_lose_nothing() {
 
     // Steady traffic to both channels for about 6 s.
     let records = example_records(6_000, "steady");
-    let senders: Vec<_> = [frozen.bind, steady.bind]
-        .into_iter()
-        .map(|bind| {
-            let recs = records.clone();
-            std::thread::spawn(move || Sender::new(bind).send_paced(&recs, 1))
-        })
-        .collect();
+    let senders = send_paced_to_each([frozen.bind, steady.bind], &records, 1);
     std::thread::sleep(Duration::from_millis(1_500));
 
     // Freeze the relay: it stays alive but says nothing.
@@ -725,13 +713,7 @@ fn a_paused_orchestrator_kills_no_healthy_relay_and_still_replaces_a_stopped_one
 
     // 2,000 records/s to each steady channel for about 13 s.
     let records = example_records(26_000, "paused");
-    let senders: Vec<_> = steady
-        .iter()
-        .map(|o| {
-            let (bind, recs) = (o.bind, records.clone());
-            std::thread::spawn(move || Sender::new(bind).send_paced(&recs, 2))
-        })
-        .collect();
+    let senders = send_paced_to_each(steady.iter().map(|o| o.bind), &records, 2);
     std::thread::sleep(Duration::from_millis(1_500));
 
     // The orchestrator stops for 10 s (over three liveness timeouts); one

@@ -4,10 +4,9 @@
 //! [`relay_channel::config::keys`]). Every key of both lists is also put,
 //! alone, in an orchestrator.toml, which the parser must not call unknown.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
-use relay_channel::config::keys::{accepted, documented, table_with_only};
+use relay_channel::config::keys::{accepted, check_reference, table_with_only};
 
 use super::{Config, RawConfig};
 
@@ -43,25 +42,10 @@ fn every_orchestrator_key_is_documented_and_every_documented_key_is_accepted() {
         problems.iter().any(|p| p.contains("unknown field")),
         "{problems:?}"
     );
-    let documented = documented(REFERENCE);
-    let mut seen = BTreeSet::new();
-    let twice: Vec<&String> = documented.iter().filter(|k| !seen.insert(*k)).collect();
-    assert!(
-        twice.is_empty(),
-        "docs/orchestrator-file.md documents these keys twice: {twice:?}"
+    check_reference(
+        "docs/orchestrator-file.md",
+        REFERENCE,
+        &accepted,
+        problems_with_only,
     );
-    let documented: BTreeSet<String> = documented.into_iter().collect();
-    let undocumented: Vec<&String> = accepted.difference(&documented).collect();
-    let unknown: Vec<&String> = documented.difference(&accepted).collect();
-    assert!(
-        undocumented.is_empty() && unknown.is_empty(),
-        "docs/orchestrator-file.md and the parser disagree:\n  accepted, not documented: {undocumented:?}\n  documented, not accepted: {unknown:?}"
-    );
-    for key in accepted.union(&documented) {
-        let problems = problems_with_only(key);
-        assert!(
-            !problems.iter().any(|p| p.contains("unknown field")),
-            "{key}: the parser calls it unknown: {problems:?}"
-        );
-    }
 }

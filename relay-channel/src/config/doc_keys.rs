@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::check::RawChannel;
-use super::keys::{accepted, documented, table_with_only};
+use super::keys::{accepted, check_reference, table_with_only};
 use super::ChannelSpec;
 
 const REFERENCE: &str = include_str!("../../../docs/channel-file.md");
@@ -56,26 +56,10 @@ fn the_walk_finds_the_raw_structs_keys() {
 
 #[test]
 fn every_channel_key_is_documented_and_every_documented_key_is_accepted() {
-    let accepted = accepted_keys();
-    let documented = documented(REFERENCE);
-    let mut seen = BTreeSet::new();
-    let twice: Vec<&String> = documented.iter().filter(|k| !seen.insert(*k)).collect();
-    assert!(
-        twice.is_empty(),
-        "docs/channel-file.md documents these keys twice: {twice:?}"
+    check_reference(
+        "docs/channel-file.md",
+        REFERENCE,
+        &accepted_keys(),
+        problems_with_only,
     );
-    let documented: BTreeSet<String> = documented.into_iter().collect();
-    let undocumented: Vec<&String> = accepted.difference(&documented).collect();
-    let unknown: Vec<&String> = documented.difference(&accepted).collect();
-    assert!(
-        undocumented.is_empty() && unknown.is_empty(),
-        "docs/channel-file.md and the parser disagree:\n  accepted, not documented: {undocumented:?}\n  documented, not accepted: {unknown:?}"
-    );
-    for key in accepted.union(&documented) {
-        let problems = problems_with_only(key);
-        assert!(
-            !problems.iter().any(|p| p.contains("unknown field")),
-            "{key}: the parser calls it unknown: {problems:?}"
-        );
-    }
 }

@@ -226,3 +226,37 @@ pub fn table_with_only(key: &str) -> toml::Table {
     t.insert(leaf.to_string(), toml::Value::String("x".into()));
     table
 }
+
+/// Holds a reference document to a parser, for its test: every key of
+/// `accepted` is documented once in `reference` (named `doc` in the
+/// failures), every documented key is accepted, and the parser
+/// (`problems_with_only`: its problems with a file holding only that key)
+/// calls none of them unknown. Panics with what disagrees.
+pub fn check_reference(
+    doc: &str,
+    reference: &str,
+    accepted: &BTreeSet<String>,
+    problems_with_only: impl Fn(&str) -> Vec<String>,
+) {
+    let documented = documented(reference);
+    let mut seen = BTreeSet::new();
+    let twice: Vec<&String> = documented.iter().filter(|k| !seen.insert(*k)).collect();
+    assert!(
+        twice.is_empty(),
+        "{doc} documents these keys twice: {twice:?}"
+    );
+    let documented: BTreeSet<String> = documented.into_iter().collect();
+    let undocumented: Vec<&String> = accepted.difference(&documented).collect();
+    let unknown: Vec<&String> = documented.difference(accepted).collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "{doc} and the parser disagree:\n  accepted, not documented: {undocumented:?}\n  documented, not accepted: {unknown:?}"
+    );
+    for key in accepted.union(&documented) {
+        let problems = problems_with_only(key);
+        assert!(
+            !problems.iter().any(|p| p.contains("unknown field")),
+            "{key}: the parser calls it unknown: {problems:?}"
+        );
+    }
+}
