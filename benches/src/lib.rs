@@ -24,9 +24,11 @@
 //! The modules hold the benchmark machinery: [`sockets`] (the loopback and
 //! local-group sockets of `ceiling` and the harness's receiver, read and
 //! written through `relay_channel::mmsg`, the batch layer the relay runs)
-//! and [`harness`] (the `throughput` benchmark itself).
+//! and [`harness`] (the `throughput` benchmark itself); [`lines`] types what
+//! `ceiling` and `loadgen` print.
 
 pub mod harness;
+pub mod lines;
 pub mod sockets;
 
 use std::f64::consts::TAU;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use relay_channel::mmsg::{RecvBatch, SendBatch};
+use speeddata_benches::lines::{self, CeilingLine};
 use speeddata_benches::sockets::{enable_drop_counter, open_sender, open_unicast_receiver};
 
 /// Space for one datagram: the IPv4 UDP maximum, rounded up.
@@ -114,15 +115,14 @@ fn run(args: &Args) -> Result<()> {
     let batch = args.batch as usize;
     let mut recv = RecvBatch::new(rx.as_raw_fd(), batch, SLOT);
     let mut send = SendBatch::new(tx.as_raw_fd(), batch);
-    println!(
-        "{{\"event\":\"ready\",\"pid\":{},\"listen\":\"{}\",\"to\":\"{}\",\"recv_buffer_granted\":{},\"drop_counter\":{},\"gso\":{}}}",
-        std::process::id(),
-        listen,
-        args.to,
-        granted,
+    lines::print(&CeilingLine::Ready {
+        pid: std::process::id(),
+        listen: listen.to_string(),
+        to: args.to.to_string(),
+        recv_buffer_granted: granted,
         drop_counter,
-        send.gso()
-    );
+        gso: send.gso(),
+    });
     let mut c = ForwardCounts::default();
     let start = Instant::now();
     let end = start + args.max_duration;
@@ -165,15 +165,14 @@ fn run(args: &Args) -> Result<()> {
             },
         }
     }
-    println!(
-        "{{\"event\":\"final\",\"received\":{},\"bytes_received\":{},\"forwarded\":{},\"send_errors\":{},\"kernel_drops\":{},\"elapsed_s\":{:.6},\"gso\":{}}}",
-        c.received,
-        c.bytes_received,
-        c.forwarded,
-        c.send_errors,
-        recv.kernel_drops,
-        start.elapsed().as_secs_f64(),
-        send.gso()
-    );
+    lines::print(&CeilingLine::Final {
+        received: c.received,
+        bytes_received: c.bytes_received,
+        forwarded: c.forwarded,
+        send_errors: c.send_errors,
+        kernel_drops: u64::from(recv.kernel_drops),
+        elapsed_s: start.elapsed().as_secs_f64(),
+        gso: send.gso(),
+    });
     Ok(())
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use speeddata_benches::lines::LoadgenSummary;
 use speeddata_benches::{
     encode_example, now_micros, ExampleSource, SamplesSource, Size, XorShift64,
     EXAMPLE_OVERHEAD_MAX, MAX_UDP_PAYLOAD,
@@ -285,16 +286,21 @@ fn run(args: &Args) -> Result<()> {
     } else {
         0.0
     };
-    let (first, last) = if summary.sent == 0 {
-        ("null".to_string(), "null".to_string())
+    let (first_counter, last_counter) = if summary.sent == 0 {
+        (None, None)
     } else {
         let last = (args.start_counter as u32).wrapping_add((summary.sent - 1) as u32) as i32;
-        (args.start_counter.to_string(), last.to_string())
+        (Some(args.start_counter), Some(last))
     };
-    println!(
-        "{{\"sent\":{},\"elapsed_s\":{:.6},\"rate\":{:.3},\"retries\":{},\"first_counter\":{},\"last_counter\":{},\"bytes\":{}}}",
-        summary.sent, secs, rate, summary.retries, first, last, summary.bytes
-    );
+    speeddata_benches::lines::print(&LoadgenSummary {
+        sent: summary.sent,
+        elapsed_s: (secs * 1e6).round() / 1e6,
+        rate: (rate * 1e3).round() / 1e3,
+        retries: summary.retries,
+        first_counter,
+        last_counter,
+        bytes: summary.bytes,
+    });
     match summary.failure {
         Some(err) => Err(err),
         None => Ok(()),

@@ -37,11 +37,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::lines::{CeilingLine, LoadgenSummary};
 use crate::sockets::{enable_timestamps, open_group_receiver, realtime_ns};
 use crate::{samples_header, Size};
 use relay_channel::mmsg::RecvBatch;
+use relay_channel::status::StatusLine;
 
 mod machine;
 mod options;
@@ -527,11 +528,15 @@ impl Bench {
                     .arg("--max-duration")
                     .arg(format!("{}s", (len.as_secs_f64() * 4.0) as u64 + 60));
                 let mut p = Proc::spawn(cmd, "ceiling", &trial_dir)?;
-                let ready = p.wait_line(READY_TIMEOUT, |v| v["event"] == "ready")?;
-                let listen: SocketAddrV4 = ready["listen"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| anyhow!("ceiling ready line without listen: {ready}"))?;
+                let ready = p.wait_line(READY_TIMEOUT, |l: &CeilingLine| {
+                    matches!(l, CeilingLine::Ready { .. })
+                })?;
+                let CeilingLine::Ready { listen, .. } = &ready else {
+                    unreachable!("waited for ready")
+                };
+                let listen: SocketAddrV4 = listen
+                    .parse()
+                    .map_err(|_| anyhow!("ceiling ready line with a bad listen: {ready:?}"))?;
                 (p, listen)
             }
             Forwarder::Relay {
@@ -558,7 +563,9 @@ impl Bench {
                     cmd.arg("--defaults").arg(d);
                 }
                 let mut p = Proc::spawn(cmd, "relay-channel", &trial_dir)?;
-                p.wait_line(READY_TIMEOUT, |v| v["event"] == "ready")?;
+                p.wait_line(READY_TIMEOUT, |l: &StatusLine| {
+                    matches!(l, StatusLine::Ready(_))
+                })?;
                 (p, listen)
             }
         };
@@ -584,35 +591,55 @@ impl Bench {
         let cpu1 = cpu_ticks(proc.pid);
         let peak_rss_kib = vm_hwm_kib(proc.pid);
 
-        let final_line = proc.stop(STOP_TIMEOUT, |v| match fwd {
-            Forwarder::Ceiling => v["event"] == "final",
-            Forwarder::Relay { .. } => v["event"] == "stats" && v["final"] == true,
-        })?;
+        let counters = match fwd {
+            Forwarder::Ceiling => {
+                let last = proc.stop(STOP_TIMEOUT, |l: &CeilingLine| {
+                    matches!(l, CeilingLine::Final { .. })
+                })?;
+                let CeilingLine::Final {
+                    received,
+                    forwarded,
+                    kernel_drops,
+                    send_errors,
+                    ..
+                } = last
+                else {
+                    unreachable!("waited for final")
+                };
+                ForwarderCounters {
+                    received,
+                    forwarded,
+                    kernel_drops,
+                    send_errors,
+                    ..Default::default()
+                }
+            }
+            Forwarder::Relay { .. } => {
+                let last = proc.stop(
+                    STOP_TIMEOUT,
+                    |l: &StatusLine| matches!(l, StatusLine::Stats(s) if s.last),
+                )?;
+                let StatusLine::Stats(s) = last else {
+                    unreachable!("waited for the final stats")
+                };
+                let c = &s.counters;
+                ForwarderCounters {
+                    received: c.received,
+                    forwarded: c.forwarded_full,
+                    kernel_drops: c.kernel_drops,
+                    send_errors: c.send_errors_full,
+                    archived: Some(c.archived),
+                    archive_dropped: Some(c.archive_dropped),
+                    rejected: Some(c.rejected),
+                    in_flight: Some(c.in_flight),
+                    archive_degraded_ms: Some(c.archive_degraded_ms),
+                    archive_level: s.archive_level.map(i64::from),
+                    archive_stored: Some(s.archive_stored),
+                }
+            }
+        };
         let rx = receiver.finish();
         let archive_bytes = fwd.is_relay().then(|| dir_bytes(&trial_dir.join("data")));
-        let u = |k: &str| final_line[k].as_u64().unwrap_or(0);
-        let counters = match fwd {
-            Forwarder::Ceiling => ForwarderCounters {
-                received: u("received"),
-                forwarded: u("forwarded"),
-                kernel_drops: u("kernel_drops"),
-                send_errors: u("send_errors"),
-                ..Default::default()
-            },
-            Forwarder::Relay { .. } => ForwarderCounters {
-                received: u("received"),
-                forwarded: u("forwarded_full"),
-                kernel_drops: u("kernel_drops"),
-                send_errors: u("send_errors_full"),
-                archived: Some(u("archived")),
-                archive_dropped: Some(u("archive_dropped")),
-                rejected: Some(u("rejected")),
-                in_flight: Some(u("in_flight")),
-                archive_degraded_ms: Some(u("archive_degraded_ms")),
-                archive_level: final_line["archive_level"].as_i64(),
-                archive_stored: final_line["archive_stored"].as_bool(),
-            },
-        };
         let lost_at_receiver = send.sent.saturating_sub(rx.received);
         let lost_in_archive = counters.archived.map(|a| send.sent.saturating_sub(a));
         let within = |lost: u64| (lost as f64) < LOSS_LIMIT * send.sent as f64;
@@ -711,7 +738,7 @@ impl Bench {
         if let Some(mut s) = child.stdout.take() {
             s.read_to_string(&mut out)?;
         }
-        let v: Value = out
+        let v: LoadgenSummary = out
             .lines()
             .find_map(|l| serde_json::from_str(l).ok())
             .ok_or_else(|| {
@@ -721,10 +748,10 @@ impl Bench {
                 )
             })?;
         Ok(SendSummary {
-            sent: v["sent"].as_u64().unwrap_or(0),
-            bytes: v["bytes"].as_u64().unwrap_or(0),
-            rate: v["rate"].as_f64().unwrap_or(0.0),
-            retries: v["retries"].as_u64().unwrap_or(0),
+            sent: v.sent,
+            bytes: v.bytes,
+            rate: v.rate,
+            retries: v.retries,
         })
     }
 }

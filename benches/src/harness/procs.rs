@@ -110,17 +110,18 @@ impl Proc {
     }
 
     /// Waits at most `limit` for a stdout JSON line that `want` accepts.
-    pub(super) fn wait_line(
+    /// Waits for a stdout line that parses as a `T` that `want` takes.
+    pub(super) fn wait_line<T: serde::de::DeserializeOwned>(
         &mut self,
         limit: Duration,
-        want: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
+        want: impl Fn(&T) -> bool,
+    ) -> Result<T> {
         let until = Instant::now() + limit;
         loop {
             let left = until.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if let Ok(v) = serde_json::from_str::<T>(&line) {
                         if want(&v) {
                             return Ok(v);
                         }
@@ -152,7 +153,13 @@ impl Proc {
     }
 
     /// SIGTERM, then the final line, then the exit (SIGKILL past `limit`).
-    pub(super) fn stop(&mut self, limit: Duration, want: impl Fn(&Value) -> bool) -> Result<Value> {
+    /// SIGTERM, then the stdout line `want` takes (see
+    /// [`wait_line`](Self::wait_line)) and a successful exit.
+    pub(super) fn stop<T: serde::de::DeserializeOwned>(
+        &mut self,
+        limit: Duration,
+        want: impl Fn(&T) -> bool,
+    ) -> Result<T> {
         // SAFETY: kill on the PID of a child we started and have not reaped.
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
         let line = self.wait_line(limit, want);
