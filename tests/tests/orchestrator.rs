@@ -21,6 +21,18 @@ fn story_of<'a>(events: &'a [Event], channel: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The event stream, replayed from the start, until `channel` has said
+/// `ready` `times` times (or 5 s passed).
+fn events_until_ready(orch: &Orchestrator, channel: &str, times: usize) -> Vec<Event> {
+    orch.events(Duration::from_secs(5), |ev| {
+        story_of(ev, channel)
+            .iter()
+            .filter(|e| **e == "ready")
+            .count()
+            >= times
+    })
+}
+
 #[test]
 fn a_killed_channel_comes_back_and_the_others_lose_nothing() {
     let fleet = FleetDir::new(&["backoff_initial = \"100ms\"", "max_restarts = 100"]);
@@ -78,13 +90,7 @@ fn a_killed_channel_comes_back_and_the_others_lose_nothing() {
     );
 
     // The event stream tells the story of the victim, in order.
-    let events = orch.events(Duration::from_secs(5), |ev| {
-        story_of(ev, "victim")
-            .iter()
-            .filter(|e| **e == "ready")
-            .count()
-            >= 5
-    });
+    let events = events_until_ready(&orch, "victim", 5);
     let story = story_of(&events, "victim");
     let expected_round = ["exited", "restarting", "started", "ready"];
     assert_eq!(&story[..2], ["started", "ready"], "{story:?}");
@@ -638,13 +644,7 @@ fn a_hung_relay_is_killed_and_replaced_and_the_others_lose_nothing() {
     let description = &last_exit.description;
     assert!(description.contains("stopped reporting"), "{description}");
 
-    let events = orch.events(Duration::from_secs(5), |ev| {
-        story_of(ev, "frozen")
-            .iter()
-            .filter(|e| **e == "ready")
-            .count()
-            >= 2
-    });
+    let events = events_until_ready(&orch, "frozen", 2);
     let story = story_of(&events, "frozen");
     assert_eq!(
         story,
@@ -758,13 +758,7 @@ fn a_paused_orchestrator_kills_no_healthy_relay_and_still_replaces_a_stopped_one
         assert_eq!(st.restarts, 0, "{}: restarted: {st:?}", o.name);
         assert_eq!(counters(&st).map(|n| n.kernel_drops), Some(0), "{st:?}");
     }
-    let events = orch.events(Duration::from_secs(5), |ev| {
-        story_of(ev, "frozen")
-            .iter()
-            .filter(|e| **e == "ready")
-            .count()
-            >= 2
-    });
+    let events = events_until_ready(&orch, "frozen", 2);
     for o in &steady {
         let story = story_of(&events, &o.name);
         assert_eq!(story, ["started", "ready"], "{}: {events:?}", o.name);

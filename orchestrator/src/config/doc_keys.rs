@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use relay_channel::config::keys::{accepted, check_reference, table_with_only};
+use relay_channel::config::keys::{accepted, check_reference, problem_lines, table_with_only};
 
 use super::{Config, RawConfig};
 
@@ -15,15 +15,11 @@ const REFERENCE: &str = include_str!("../../../docs/orchestrator-file.md");
 /// The problems the parser finds in an orchestrator.toml holding only
 /// `key` (a string, or an empty table for `defaults`).
 fn problems_with_only(key: &str) -> Vec<String> {
-    let table = table_with_only(key);
-    match Config::from_table(table, Path::new("/nonexistent/orchestrator.toml"), None) {
-        Ok(_) => Vec::new(),
-        Err(e) => e
-            .problems
-            .into_iter()
-            .map(|p| format!("{}: {}", p.key, p.message))
-            .collect(),
-    }
+    problem_lines(Config::from_table(
+        table_with_only(key),
+        Path::new("/nonexistent/orchestrator.toml"),
+        None,
+    ))
 }
 
 #[test]

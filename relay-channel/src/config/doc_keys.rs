@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::check::RawChannel;
-use super::keys::{accepted, check_reference, table_with_only};
+use super::keys::{accepted, check_reference, problem_lines, table_with_only};
 use super::ChannelSpec;
 
 const REFERENCE: &str = include_str!("../../../docs/channel-file.md");
@@ -19,15 +19,11 @@ fn accepted_keys() -> BTreeSet<String> {
 
 /// The problems the parser finds in a channel file holding only `key`.
 fn problems_with_only(key: &str) -> Vec<String> {
-    let table = table_with_only(key);
-    match ChannelSpec::from_table(table, Path::new("c/ch.toml"), None) {
-        Ok(_) => Vec::new(),
-        Err(e) => e
-            .problems
-            .into_iter()
-            .map(|p| format!("{}: {}", p.key, p.message))
-            .collect(),
-    }
+    problem_lines(ChannelSpec::from_table(
+        table_with_only(key),
+        Path::new("c/ch.toml"),
+        None,
+    ))
 }
 
 #[test]

@@ -260,3 +260,16 @@ pub fn check_reference(
         );
     }
 }
+
+/// A parser's answer as the doc-key tests read it: one `key: message` line
+/// a problem, none for a file it takes.
+pub fn problem_lines<T>(parsed: Result<T, super::ConfigError>) -> Vec<String> {
+    match parsed {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect(),
+    }
+}

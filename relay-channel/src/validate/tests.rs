@@ -1764,23 +1764,10 @@ fn fast_path_agrees_with_the_walker_and_apache_avro() {
         fast_agrees(&v, &x);
         cross_check(&v, &all, &x, &mut tally);
     }
-    // Every reason the fast path can meet was met.
-    for r in [
-        Reason::Empty,
-        Reason::Truncated,
-        Reason::TrailingBytes,
-        Reason::BadVarint,
-        Reason::IntOutOfRange,
-        Reason::InvalidUtf8,
-        Reason::BadBoolean,
-        Reason::EnumIndexOutOfRange,
-        Reason::UnionIndexOutOfRange,
-        Reason::NegativeLength,
-        Reason::ImplausibleCount,
-        Reason::BlockSizeMismatch,
-        Reason::LogicalTypeRange,
-    ] {
-        assert!(reasons.contains(&r), "{r:?} never met: {reasons:?}");
+    // Every reason the fast path can meet was met (all but nesting too
+    // deep, which these schemas do not reach).
+    for r in Reason::ALL.iter().filter(|r| **r != Reason::TooDeep) {
+        assert!(reasons.contains(r), "{r:?} never met: {reasons:?}");
     }
     assert!(
         tally.both_accept > 2000 && tally.both_reject > 2000,
