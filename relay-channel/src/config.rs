@@ -224,8 +224,9 @@ pub struct ArchiveSpec {
     pub retention_size: Option<u64>,
     /// `archive.time_field`: a (dotted) field of the schema holding each
     /// record's own time (`long`, `timestamp-*` or `local-timestamp-*`),
-    /// checked when the schema is loaded. The relay does nothing else with
-    /// it; exports of the archive use it.
+    /// checked when the schema is loaded. The archive keeps each block's
+    /// least and greatest record time in its block index
+    /// ([`crate::index`]); exports select records by it.
     pub time_field: Option<String>,
     /// `archive.adaptive` (zstd only; default on): under load the zstd
     /// level goes down, to storing blocks if it must, so that the archive

@@ -557,6 +557,41 @@ fn next_block<R: Read>(
     Ok(check_data(codec, &ck.data, &mut ck.out).then_some(count))
 }
 
+/// Decompresses a block's data, written under `codec`, into `out` (which
+/// is cleared first).
+pub fn decompress(codec: Codec, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    out.clear();
+    match codec {
+        Codec::Null => out.extend_from_slice(data),
+        Codec::Deflate { .. } => {
+            flate2::read::DeflateDecoder::new(data).read_to_end(out)?;
+        }
+        Codec::Snappy => {
+            let split = data
+                .len()
+                .checked_sub(4)
+                .ok_or_else(|| bad("snappy block too short"))?;
+            let (body, crc) = data.split_at(split);
+            let len = snap::raw::decompress_len(body).map_err(|e| bad(&e.to_string()))?;
+            out.resize(len, 0);
+            let n = snap::raw::Decoder::new()
+                .decompress(body, out)
+                .map_err(|e| bad(&e.to_string()))?;
+            out.truncate(n);
+            if crc32fast::hash(out).to_be_bytes() != [crc[0], crc[1], crc[2], crc[3]] {
+                return Err(bad("snappy block CRC mismatch"));
+            }
+        }
+        Codec::Zstd { .. } => {
+            zstd::stream::read::Decoder::with_buffer(data)?
+                .single_frame()
+                .read_to_end(out)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a block's data decodes under `codec`.
 fn check_data(codec: Codec, data: &[u8], out: &mut Vec<u8>) -> bool {
     match codec {

@@ -151,6 +151,12 @@ pub fn file_span(path: &Path) -> Option<Span> {
     })
 }
 
+/// `{stem}--{to}`: the stem; `None` for a name without a span.
+pub(crate) fn span_head(base: &str) -> Option<&str> {
+    split_span(base)?;
+    base.get(..base.len() - STAMP_LEN - 2)
+}
+
 /// `{channel}-{from}--{to}`: both times.
 fn split_span(stem: &str) -> Option<(SystemTime, SystemTime)> {
     let head_len = stem.len().checked_sub(STAMP_LEN + 2)?;

@@ -40,6 +40,7 @@ pub mod decimate;
 pub(crate) mod file_names;
 pub(crate) mod handover;
 pub mod holds;
+pub mod index;
 pub(crate) mod ledger;
 pub mod logs;
 pub mod mmsg;
@@ -52,6 +53,7 @@ pub mod interface {
 }
 pub(crate) mod quarantine;
 pub(crate) mod receive;
+pub mod record_time;
 pub(crate) mod reject;
 pub mod relay;
 pub mod schema;

@@ -10,12 +10,21 @@ pub(super) struct BlockMeta {
     /// The arrival time of its first record: a file it starts is named
     /// after it.
     pub(super) first_arrival: Option<SystemTime>,
+    /// The arrival time of its last record.
+    pub(super) last_arrival: Option<SystemTime>,
+    /// The least and greatest record time (`archive.time_field`) in it:
+    /// `(i64::MAX, i64::MIN)` without one.
+    pub(super) times: (i64, i64),
     /// When its first record was taken: a file it starts closes
     /// `rotate_interval` later.
     pub(super) started: Option<Instant>,
     /// Its records' bytes.
     pub(super) bytes: u64,
 }
+
+/// No record time yet: any time is less than the first and greater than
+/// the second.
+pub(super) const NO_TIMES: (i64, i64) = (i64::MAX, i64::MIN);
 
 /// The records gathered for the next block.
 pub(super) struct OpenBlock {
@@ -27,6 +36,10 @@ pub(super) struct OpenBlock {
     started: Option<Instant>,
     /// The arrival time of its first record.
     first_arrival: Option<SystemTime>,
+    /// The arrival time of its last record.
+    last_arrival: Option<SystemTime>,
+    /// The least and greatest record time in it.
+    times: (i64, i64),
 }
 
 impl OpenBlock {
@@ -36,6 +49,8 @@ impl OpenBlock {
             records: 0,
             started: None,
             first_arrival: None,
+            last_arrival: None,
+            times: NO_TIMES,
         }
     }
 
@@ -58,11 +73,19 @@ impl OpenBlock {
     }
 
     /// The block, empty, now holds `records` records, the first of which
-    /// arrived at `first`: records written from elsewhere, or added with
+    /// arrived at `first` and the last at `last`, with record times within
+    /// `times`: records written from elsewhere, or added with
     /// [`extend`](Self::extend).
-    pub(super) fn start(&mut self, records: u64, first: Option<SystemTime>) {
+    pub(super) fn start(
+        &mut self,
+        records: u64,
+        (first, last): (Option<SystemTime>, Option<SystemTime>),
+        times: (i64, i64),
+    ) {
         self.records = records;
         self.first_arrival = Some(first.unwrap_or_else(SystemTime::now));
+        self.last_arrival = last.or(self.first_arrival);
+        self.times = times;
         self.started = Some(Instant::now());
     }
 
@@ -71,11 +94,18 @@ impl OpenBlock {
         self.data.extend_from_slice(records);
     }
 
-    /// Adds one record, which arrived at `arrived`.
+    /// Adds one record, which arrived at `arrived`, of record time `time`.
     #[inline]
-    pub(super) fn push(&mut self, record: &[u8], arrived: Option<SystemTime>) {
+    pub(super) fn push(&mut self, record: &[u8], arrived: Option<SystemTime>, time: Option<i64>) {
         if self.records == 0 {
             self.first_arrival = Some(arrived.unwrap_or_else(SystemTime::now));
+            self.times = NO_TIMES;
+        }
+        if arrived.is_some() {
+            self.last_arrival = arrived;
+        }
+        if let Some(t) = time {
+            self.times = (self.times.0.min(t), self.times.1.max(t));
         }
         self.data.extend_from_slice(record);
         self.records += 1;
@@ -90,6 +120,8 @@ impl OpenBlock {
         let meta = BlockMeta {
             count: self.records,
             first_arrival: self.first_arrival.take(),
+            last_arrival: self.last_arrival.take(),
+            times: std::mem::replace(&mut self.times, NO_TIMES),
             started: self.started.take(),
             bytes: bytes as u64,
         };

@@ -18,6 +18,7 @@ use super::closer::ClosedFile;
 use crate::config::Codec;
 use crate::container;
 use crate::file_names::{self, epoch_ms};
+use crate::index::{self, IndexWriter};
 
 /// Bytes written to a file after which the archive thread starts their
 /// writeback itself (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does
@@ -71,9 +72,25 @@ pub(super) struct OpenFile {
     /// ([`allocate_ahead`](Self::allocate_ahead)); `u64::MAX` once the
     /// filesystem refused.
     pub(super) allocated: u64,
+    /// The file's block index.
+    index: IndexWriter,
 }
 
 impl OpenFile {
+    /// Adds the block just written at `offset` (up to `len`) to the index.
+    pub(super) fn index_block(&mut self, offset: u64, block: &BlockMeta) {
+        let us = |t: Option<SystemTime>| t.map_or(0, index::epoch_us);
+        self.index.append(&index::Entry {
+            offset,
+            end: self.len,
+            count: block.count,
+            first_arrival_us: us(block.first_arrival),
+            last_arrival_us: us(block.last_arrival.or(block.first_arrival)),
+            min_time: block.times.0,
+            max_time: block.times.1,
+        });
+    }
+
     /// The file, closed now: `to` is the time, not before `from`.
     pub(super) fn into_closed(self) -> ClosedFile {
         ClosedFile {
@@ -262,6 +279,7 @@ impl Files {
             let mut header = Vec::new();
             container::encode_header(&self.schema_json, &self.codec, &sync, &mut header);
             file.write_all(&header)?;
+            let index = IndexWriter::create(self.dir.join(index::index_name(&stem)));
             tracing::debug!(file = %part.display(), "archive file opened");
             return Ok(OpenFile {
                 file,
@@ -275,6 +293,7 @@ impl Files {
                 written_back: 0,
                 released: 0,
                 allocated: 0,
+                index,
             });
         }
     }

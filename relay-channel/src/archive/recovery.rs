@@ -6,12 +6,18 @@ use std::path::Path;
 use super::closer::closed_path;
 use crate::container;
 use crate::file_names::{self, epoch_ms};
+use crate::index;
+use crate::record_time::RecordTime;
 
 /// Closes what a crash left open: each `{stem}.avro.part` is cut back to its
 /// last whole block and renamed to `{stem}--{to}.avro`; one whose header is
 /// damaged is renamed to `.avro.part.damaged` and left for a person to look
 /// at.
-pub(super) fn recover_leftovers(dir: &Path) {
+///
+/// The file's block index is made whole again: blocks it lacks are added,
+/// their arrival the file's span, their record times (with `time`) read
+/// from their records.
+pub(super) fn recover_leftovers(dir: &Path, time: Option<&RecordTime>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -38,6 +44,16 @@ pub(super) fn recover_leftovers(dir: &Path) {
                 let to_ms = modified
                     .map_or_else(|| epoch_ms(std::time::SystemTime::now()), epoch_ms)
                     .max(from_ms);
+                let span = (from_ms as i64 * 1000, to_ms as i64 * 1000);
+                match index::rebuild(&part, span, time) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(file = %part.display(), blocks = n, "block index rebuilt")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %part.display(), error = %e, "cannot rebuild the block index; exports will read the file's block headers")
+                    }
+                }
                 let done = closed_path(dir, stem, to_ms);
                 match fs::rename(&part, &done) {
                     Ok(()) => tracing::warn!(
@@ -108,7 +124,7 @@ mod tests {
         fs::write(&outside, &bytes).unwrap();
         std::os::unix::fs::symlink(&outside, d.path().join("ch-3.avro.part")).unwrap();
 
-        recover_leftovers(d.path());
+        recover_leftovers(d.path(), None);
 
         let done = d
             .path()

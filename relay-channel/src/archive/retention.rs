@@ -90,6 +90,9 @@ impl Retention {
             match fs::remove_file(&path) {
                 Ok(()) => {
                     total -= size;
+                    if let Some(idx) = crate::index::index_path(&path) {
+                        let _ = fs::remove_file(idx);
+                    }
                     tracing::info!(file = %path.display(), bytes = size, "retention: deleted archive file");
                 }
                 Err(e) => {

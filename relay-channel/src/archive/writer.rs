@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::block::{BlockMeta, OpenBlock};
+use super::block::{BlockMeta, OpenBlock, NO_TIMES};
 use super::closer::{ClosedFile, Closer};
 use super::file::Files;
 use super::level::LevelControl;
@@ -36,6 +36,7 @@ use crate::container::BlockEncoder;
 use crate::handover::{ArchiveInbox, Batch};
 use crate::ledger::Ledger;
 use crate::logs::RateLimit;
+use crate::record_time::RecordTime;
 use crate::status::FileClosed;
 
 /// How long the archive waits after disk trouble before it tries again.
@@ -53,6 +54,8 @@ pub(crate) struct Archive {
     channel: String,
     ledger: Arc<Ledger>,
     encoder: BlockEncoder,
+    /// Reads each record's `archive.time_field`, for the block index.
+    time: Option<RecordTime>,
     block: OpenBlock,
     files: Files,
     level: LevelControl,
@@ -91,7 +94,8 @@ impl Archive {
         let dir = spec.channel_dir(channel);
         fs::create_dir_all(&dir)?;
         probe_writable(&dir)?;
-        recovery::recover_leftovers(&dir);
+        let time = record_time(spec, schema_json);
+        recovery::recover_leftovers(&dir, time.as_ref());
         let level = LevelControl::new(&spec.codec, spec.adaptive);
         if let Codec::Zstd { level } = spec.codec {
             ledger.set_archive_level(true, Some(level));
@@ -115,6 +119,7 @@ impl Archive {
             channel: channel.to_string(),
             ledger: ledger.clone(),
             encoder: BlockEncoder::new(spec.codec),
+            time,
             block: OpenBlock::with_capacity(spec.block_size + crate::config::MAX_DATAGRAM),
             files: Files::new(dir, channel, schema_json, spec.codec),
             level,
@@ -208,21 +213,25 @@ impl Archive {
         self.write_block();
         let data = batch.data();
         let (mut start, mut end, mut records) = (0, 0, 0);
-        let mut first = None;
+        let (mut first, mut last, mut times) = (None, None, NO_TIMES);
         for (r, arrived) in batch.records_with_arrival() {
             if records == 0 {
-                first = arrived;
+                (first, times) = (arrived, NO_TIMES);
+            }
+            last = arrived;
+            if let Some(t) = self.time.as_ref().and_then(|rt| rt.read(r)) {
+                times = (times.0.min(t), times.1.max(t));
             }
             end += r.len();
             records += 1;
             if end - start >= size {
-                self.block.start(records, first);
+                self.block.start(records, (first, last), times);
                 self.write_records(&data[start..end]);
                 (start, records) = (end, 0);
             }
         }
         if records > 0 {
-            self.block.start(records, first);
+            self.block.start(records, (first, last), times);
             self.block.extend(&data[start..]);
         }
     }
@@ -234,7 +243,8 @@ impl Archive {
             if self.block.records() > 0 && self.block.bytes() + r.len() > self.spec.block_size {
                 self.write_block();
             }
-            self.block.push(r, arrived);
+            let time = self.time.as_ref().and_then(|rt| rt.read(r));
+            self.block.push(r, arrived, time);
         }
         if self.block.bytes() >= self.spec.block_size {
             self.write_block();
@@ -357,6 +367,7 @@ impl Archive {
             // Compressing is counted in CPU time (time preempted is not
             // its cost), writing in wall time (a write that waits on the
             // disk is).
+            let offset = f.len;
             let (len, cpu, t1) = match body {
                 Body::Records(data) => {
                     // Only the adaptive level needs the cost (two system
@@ -378,6 +389,7 @@ impl Archive {
                 }
             };
             f.len += len;
+            f.index_block(offset, &meta);
             f.start_writeback();
             f.allocate_ahead(self.spec.rotate_size);
             self.level.add_work(meta.bytes, cpu + t1.elapsed());
@@ -447,6 +459,23 @@ impl Archive {
                 }
             }
             None => self.closer_state.close(f.into_closed()),
+        }
+    }
+}
+
+/// The reader of the channel's `archive.time_field`, if it has one (the
+/// schema was checked when the configuration was read: one that does not
+/// compile here leaves the index without record times, and says so).
+fn record_time(spec: &ArchiveSpec, schema_json: &str) -> Option<RecordTime> {
+    let field = spec.time_field.as_deref()?;
+    let read = apache_avro::Schema::parse_str(schema_json)
+        .map_err(|e| e.to_string())
+        .and_then(|s| RecordTime::new(&s, field));
+    match read {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::warn!(field, error = %e, "archive.time_field cannot be read; the block index will hold arrival times only");
+            None
         }
     }
 }
@@ -586,6 +615,86 @@ mod tests {
         assert_eq!(m.len(), report.bytes);
         assert!(on_disk(m) < 64 << 10, "given back");
         assert_eq!(block_counts(&report.path), [3]);
+    }
+
+    #[test]
+    fn each_block_is_indexed_with_its_arrivals_and_record_times_and_recovery_rebuilds_the_index() {
+        let root = tempfile::tempdir().unwrap();
+        let schema = r#"{"type": "record", "name": "R", "fields": [
+            {"name": "t", "type": {"type": "long", "logicalType": "timestamp-micros"}}]}"#;
+        let mut spec = spec(root.path());
+        spec.time_field = Some("t".into());
+        spec.block_size = 40;
+        let ledger = Arc::new(Ledger::new());
+        let (tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        let mut a = Archive::open(&spec, "ch", schema, None, ledger.clone(), tx.clone()).unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(60);
+        // Record times run backwards, so a block's least is its last.
+        for round in 0..10u64 {
+            let mut c = BatchCounts::new();
+            c.datagrams = 10;
+            c.to_archive = 10;
+            ledger.received(&c);
+            let mut b = Batch::with_capacity(10);
+            b.mark_arrival(t0 + Duration::from_millis(round * 100));
+            for i in 0..10u64 {
+                let mut r = Vec::new();
+                crate::varint::put_long(&mut r, 1_000_000 - (round * 10 + i) as i64);
+                b.push(&r);
+            }
+            a.take(&b);
+        }
+        a.finish();
+        let path = closed.try_recv().unwrap().path;
+        let span = (0, i64::MAX);
+        let blocks = crate::index::load(&path, span).unwrap();
+        assert!(blocks.blocks.len() > 3, "{:?}", blocks.blocks);
+        assert!(
+            blocks.blocks.iter().all(|b| b.indexed),
+            "{:?}",
+            blocks.blocks
+        );
+        assert_eq!(blocks.blocks.iter().map(|b| b.count).sum::<u64>(), 100);
+        let (mut next, mut raw, mut out) = (1_000_000, Vec::new(), Vec::new());
+        let file = fs::File::open(&path).unwrap();
+        for b in &blocks.blocks {
+            let (lo, hi) = b.time.unwrap();
+            assert_eq!(hi, next, "{b:?}");
+            assert_eq!(lo, next - b.count as i64 + 1, "{b:?}");
+            next = lo - 1;
+            assert!(b.arrival_us.0 <= b.arrival_us.1);
+            assert!(b.arrival_us.0 >= crate::index::epoch_us(t0));
+            crate::index::read_block(&file, &blocks, b, &mut raw, &mut out).unwrap();
+            assert_eq!(out.len() as u64, b.count * 3);
+        }
+        // A crash that lost the index's last two entries: recovery adds
+        // them back, times read from the records, arrival the file's span.
+        let stem = crate::index::stem_of(path.file_name().unwrap().to_str().unwrap())
+            .unwrap()
+            .to_string();
+        let idx = root.path().join("ch").join(crate::index::index_name(&stem));
+        let bytes = fs::read(&idx).unwrap();
+        fs::write(&idx, &bytes[..bytes.len() - 56 - 20]).unwrap();
+        let part = root
+            .path()
+            .join("ch")
+            .join(crate::file_names::part_name(&stem));
+        fs::rename(&path, &part).unwrap();
+        drop(a);
+        let _a = Archive::open(&spec, "ch", schema, None, ledger, tx).unwrap();
+        let rebuilt = fs::read_dir(root.path().join("ch"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "avro"))
+            .unwrap();
+        let again = crate::index::load(&rebuilt, span).unwrap();
+        assert!(again.blocks.iter().all(|b| b.indexed));
+        let times =
+            |f: &crate::index::FileBlocks| f.blocks.iter().map(|b| b.time).collect::<Vec<_>>();
+        assert_eq!(times(&again), times(&blocks));
+        let n = blocks.blocks.len();
+        assert_eq!(again.blocks[..n - 2], blocks.blocks[..n - 2]);
+        assert_eq!(fs::read(&idx).unwrap().len(), bytes.len());
     }
 
     /// The record count of each block of an archive file.
