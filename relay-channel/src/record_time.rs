@@ -402,6 +402,7 @@ mod tests {
         {"name": "tail", "type": "string"}
     ]}"#;
 
+    #[allow(deprecated)] // to_avro_datum: the plain way to encode one datum
     fn encode(at: i64, label: &str) -> Vec<u8> {
         let schema = Schema::parse_str(SCHEMA).unwrap();
         let inner = |t: i64| {
