@@ -254,6 +254,64 @@ impl Client {
             })
     }
 
+    /// `GET /api/v1/pivot/export` with `query`, the body written to `out`
+    /// as it arrives: the bytes written and the channels the answer says
+    /// had no data in the range. No time limit on the whole (an export of
+    /// a day takes a while); 60 s at most without a byte.
+    pub fn pivot(
+        &self,
+        query: &crate::pivot::PivotQuery,
+        out: &mut impl std::io::Write,
+    ) -> Result<(u64, Vec<String>), Error> {
+        let pairs = query.to_pairs();
+        let qs: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", segment(v)))
+            .collect();
+        let url = format!("{}/api/v1/pivot/export?{}", self.base, qs.join("&"));
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_recv_body(None)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .max_idle_connections(0)
+            .build();
+        let agent = ureq::Agent::new_with_config(config);
+        let mut request = ureq::http::Request::builder().method("GET").uri(&url);
+        if let Some(t) = &self.token {
+            request = request.header("Authorization", format!("Bearer {t}"));
+        }
+        let request = request
+            .body(())
+            .map_err(|e| self.unreachable_msg(e.to_string()))?;
+        let mut response = agent.run(request).map_err(|e| self.unreachable(&e))?;
+        let code = response.status().as_u16();
+        if !(200..300).contains(&code) {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            return Err(Error::Status {
+                status: code,
+                body: error_body(&text),
+            });
+        }
+        let empty = response
+            .headers()
+            .get("x-export-empty-channels")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut body = response.body_mut().with_config().limit(u64::MAX).reader();
+        let n = std::io::copy(&mut body, out).map_err(|e| Error::Body {
+            url: url.clone(),
+            message: format!("the export broke off: {e}"),
+        })?;
+        Ok((n, empty))
+    }
+
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
         self.call("GET", path, None::<&()>, TIMEOUT).map(|(_, v)| v)
     }

@@ -191,7 +191,7 @@ pub fn parse_iso_duration(s: &str) -> Result<Duration, String> {
 /// `PT30S`, `PT1.5S`, `PT3600S`.
 pub fn format_iso_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("PT{}S", ms / 1000)
     } else {
         let s = format!("PT{}.{:03}", ms / 1000, ms % 1000);

@@ -24,6 +24,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// The highest `http.max_connections` accepted.
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+/// `http.export_max_duration` when not set: the longest range one export
+/// may ask for.
+pub const DEFAULT_EXPORT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// `http.export_max_channels` when not set.
+pub const DEFAULT_EXPORT_MAX_CHANNELS: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +47,8 @@ struct RawHttp {
     listen: Option<String>,
     max_connections: Option<i64>,
     token_file: Option<PathBuf>,
+    export_max_duration: Option<String>,
+    export_max_channels: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +131,12 @@ pub struct Config {
     /// token that write requests must carry. Read when the orchestrator
     /// starts (and by the `channel` commands), see [`read_token`].
     pub token_file: Option<PathBuf>,
+    /// `http.export_max_duration`: the longest range an export may ask
+    /// for (413 beyond).
+    pub export_max_duration: Duration,
+    /// `http.export_max_channels`: the most channels an export may ask
+    /// for (413 beyond).
+    pub export_max_channels: usize,
     pub policy: Policy,
     /// Merged under every channel file; relative paths already resolved
     /// against this file's folder.
@@ -159,9 +172,41 @@ impl Config {
         };
         let relay_binary = raw.relay_binary.map(|p| base.join(p));
         let state_dir = base.join(raw.state_dir.unwrap_or_else(|| "state".into()));
-        let (listen_text, max_connections, token_file) = match raw.http {
-            Some(h) => (h.listen, h.max_connections, h.token_file),
-            None => (None, None, None),
+        let (listen_text, max_connections, token_file, export_duration, export_channels) =
+            match raw.http {
+                Some(h) => (
+                    h.listen,
+                    h.max_connections,
+                    h.token_file,
+                    h.export_max_duration,
+                    h.export_max_channels,
+                ),
+                None => (None, None, None, None, None),
+            };
+        let export_max_duration = match export_duration {
+            None => DEFAULT_EXPORT_MAX_DURATION,
+            Some(v) => match rc::parse_duration(&v, "write e.g. \"1h\", \"24h\", \"7d\"") {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    problem("http.export_max_duration", "must be longer than 0s".into());
+                    DEFAULT_EXPORT_MAX_DURATION
+                }
+                Err(e) => {
+                    problem("http.export_max_duration", e);
+                    DEFAULT_EXPORT_MAX_DURATION
+                }
+            },
+        };
+        let export_max_channels = match export_channels {
+            None => DEFAULT_EXPORT_MAX_CHANNELS,
+            Some(n) if (1..=100_000).contains(&n) => n as usize,
+            Some(n) => {
+                problem(
+                    "http.export_max_channels",
+                    format!("{n} is out of range (1 to 100000)"),
+                );
+                DEFAULT_EXPORT_MAX_CHANNELS
+            }
         };
         let token_file = token_file.map(|p| base.join(p));
         let listen_text = listen_text.unwrap_or_else(|| DEFAULT_LISTEN.into());
@@ -271,6 +316,8 @@ impl Config {
                 listen,
                 max_connections,
                 token_file,
+                export_max_duration,
+                export_max_channels,
                 policy,
                 defaults,
             })

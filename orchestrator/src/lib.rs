@@ -33,6 +33,8 @@ pub(crate) mod holds;
 pub(crate) mod http;
 pub(crate) mod lifecycle;
 pub(crate) mod live;
+pub mod pivot;
+pub mod pivot_cmd;
 pub(crate) mod policy;
 pub(crate) mod reconcile;
 pub(crate) mod registry;

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use orchestrator::config::{self, Config, InvalidChannels, DEFAULT_CONFIG};
 use orchestrator::supervisor::{self};
-use orchestrator::{channel_cmd, daemon, hold_cmd, status_cmd};
+use orchestrator::{channel_cmd, daemon, hold_cmd, pivot_cmd, status_cmd};
 
 /// The speeddata-relay supervisor: reads one TOML file per channel from
 /// channels.d/, runs one isolated `relay-channel` process per channel,
@@ -112,6 +112,88 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Export channels over a time range as columns, to a file: what
+    /// GET /api/v1/pivot/export answers (SpeedData's Pivot API call).
+    ///
+    /// Through a running orchestrator's API by default (with the API token
+    /// of the configuration, if it has one); with --offline, straight from
+    /// the channels' archive folders, read from the configuration (the
+    /// same code, no orchestrator needed).
+    ///
+    /// Examples:
+    ///   orchestrator pivot --channels a,b --last PT30S --format parquet --out last.zip
+    ///   orchestrator pivot --channels a --start 2026-12-07T12:00:00Z --duration PT1H --out a.h5
+    ///
+    /// Exit codes: 0 written; 2 a parameter is wrong (the message names
+    /// it); 78 the configuration is wrong; 1 anything else (no such
+    /// channel, the orchestrator not running, a limit). Nothing is left at
+    /// --out unless the export is whole.
+    #[command(verbatim_doc_comment)]
+    Pivot {
+        #[command(flatten)]
+        query: PivotArgs,
+        /// The file to write.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Read the archive folders directly, without the orchestrator.
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `orchestrator pivot`'s query: the endpoint's parameters as flags.
+#[derive(Debug, clap::Args)]
+struct PivotArgs {
+    /// Comma list of channel names.
+    #[arg(long, value_name = "A,B")]
+    channels: String,
+    /// Start of the range, inclusive (RFC 3339: 2026-12-07T12:00:00Z).
+    #[arg(long, value_name = "TIME", conflicts_with = "last")]
+    start: Option<String>,
+    /// End of the range, exclusive (RFC 3339).
+    #[arg(long, value_name = "TIME", conflicts_with = "duration")]
+    end: Option<String>,
+    /// Length of the range from --start (ISO 8601: PT30S, PT5M, PT1H, P1D).
+    #[arg(long, value_name = "DURATION")]
+    duration: Option<String>,
+    /// The range ending now, instead of --start (ISO 8601: PT30S).
+    #[arg(long, value_name = "DURATION")]
+    last: Option<String>,
+    /// Comma list of fields, dotted through nested records (pos.x);
+    /// default every field. The time field always comes.
+    #[arg(long, value_name = "X,Y")]
+    signals: Option<String>,
+    /// hdf5 (SpeedData's layout), parquet, arrow (IPC file) or csv;
+    /// several channels in the last three make a zip of one file each.
+    #[arg(long, value_name = "FORMAT", default_value = "hdf5")]
+    format: String,
+    /// Select records by their own time (record: archive.time_field, the
+    /// default where set) or by arrival.
+    #[arg(long, value_name = "record|arrival")]
+    time: Option<String>,
+}
+
+impl PivotArgs {
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut p = vec![("channels".to_string(), self.channels.clone())];
+        let opt = [
+            ("start", &self.start),
+            ("end", &self.end),
+            ("duration", &self.duration),
+            ("last", &self.last),
+            ("signals", &self.signals),
+            ("time", &self.time),
+        ];
+        for (k, v) in opt {
+            if let Some(v) = v {
+                p.push((k.to_string(), v.clone()));
+            }
+        }
+        p.push(("format".into(), self.format.clone()));
+        p
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,6 +351,43 @@ fn main() -> ExitCode {
             cut,
             remote,
         } => remote_command(&remote, false, |c| hold_cmd::export(c, &name, &out, cut)),
+        Command::Pivot {
+            query,
+            out,
+            offline,
+            remote,
+        } => pivot(&query, &out, offline, &remote),
+    }
+}
+
+fn pivot(args: &PivotArgs, out: &std::path::Path, offline: bool, remote: &Remote) -> ExitCode {
+    let q = match pivot_cmd::query(&args.pairs()) {
+        Ok(q) => q,
+        Err(f) => return report(Err(f)),
+    };
+    if !offline {
+        return remote_command(remote, true, |c| pivot_cmd::through_api(c, &q, out));
+    }
+    let cfg = match load(&remote.files) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    report(pivot_cmd::offline(&cfg, &q, out))
+}
+
+/// Prints a command's outcome; its exit code.
+fn report(r: Result<String, channel_cmd::Failure>) -> ExitCode {
+    match r {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            for line in f.lines.iter().flat_map(|l| l.lines()) {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(f.code)
+        }
     }
 }
 
@@ -365,18 +484,7 @@ fn remote_command(
         None => None,
     };
     let client = channel_cmd::Client::new(&api_url(remote.url.clone(), cfg.as_ref()), token);
-    match f(&client) {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(f) => {
-            for line in f.lines.iter().flat_map(|l| l.lines()) {
-                eprintln!("error: {line}");
-            }
-            ExitCode::from(f.code)
-        }
-    }
+    report(f(&client))
 }
 
 fn load(files: &Files) -> Result<Config, ExitCode> {

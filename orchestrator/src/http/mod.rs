@@ -23,6 +23,7 @@
 //! | GET | `/api/v1/holds` | 200 every hold and what it covers |
 //! | GET | `/api/v1/holds/{name}` | 200 one hold, 404 |
 //! | DELETE | `/api/v1/holds/{name}` | 204, 404 |
+//! | GET | `/api/v1/pivot/export` | 200 channels over a range as columns (HDF5, Parquet, Arrow, CSV); 400, 401, 404, 413 |
 //! | GET | `/` | the web console (see [`crate::console`]) |
 //! | GET | `/channels/{name}` | the web console's page of a channel |
 //! | GET | `/assets/{file}` | the web console's scripts and styles |
@@ -68,6 +69,7 @@ mod console;
 mod events;
 mod holds;
 mod live;
+mod pivot;
 mod registration;
 mod server;
 #[cfg(test)]
@@ -153,6 +155,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(holds::holds_list, holds::hold_create))
         .routes(routes!(holds::hold_get, holds::hold_delete))
         .routes(routes!(events::events))
+        .routes(routes!(pivot::export))
         .split_for_parts()
 }
 

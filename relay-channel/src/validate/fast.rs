@@ -325,11 +325,11 @@ mod tests {
             if pad > 0 {
                 *x.last_mut().unwrap() |= 0x80;
                 x.extend(std::iter::repeat_n(0x80, pad - 1));
-                if next(&mut state) % 8 != 0 {
+                if !next(&mut state).is_multiple_of(8) {
                     x.push(0x00);
                 }
             }
-            let cut = next(&mut state) % 6 == 0;
+            let cut = next(&mut state).is_multiple_of(6);
             if cut {
                 x.truncate((next(&mut state) % (x.len() as u64 + 1)) as usize);
             }
