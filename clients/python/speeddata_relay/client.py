@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
-from datetime import datetime
+import zipfile
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 from urllib.parse import quote, urlencode
 
 import requests
@@ -13,8 +15,12 @@ import websocket
 
 __all__ = ["ApiError", "Client", "LiveStream"]
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 Json = Dict[str, Any]
 Time = Union[datetime, str]
+Duration = Union[timedelta, str]
 
 
 class ApiError(Exception):
@@ -69,6 +75,18 @@ def _rfc3339(t: Time, what: str) -> str:
             raise ValueError(f"{what}: a datetime with a time zone is needed (naive datetimes are ambiguous)")
         return t.isoformat()
     raise TypeError(f"{what}: a datetime or an RFC 3339 string, not {type(t).__name__}")
+
+
+def _iso_duration(d: Duration, what: str) -> str:
+    if isinstance(d, str):
+        return d
+    if isinstance(d, timedelta):
+        us = d.days * 86_400_000_000 + d.seconds * 1_000_000 + d.microseconds
+        if us <= 0:
+            raise ValueError(f"{what}: must be longer than zero")
+        secs, frac = divmod(us, 1_000_000)
+        return f"PT{secs}S" if frac == 0 else f"PT{secs}.{frac:06d}".rstrip("0") + "S"
+    raise TypeError(f"{what}: a timedelta or an ISO 8601 duration (\"PT30S\"), not {type(d).__name__}")
 
 
 class Client:
@@ -195,6 +213,118 @@ class Client:
 
     def remove_hold(self, name: str) -> None:
         self._request("DELETE", f"/api/v1/holds/{_segment(name)}")
+
+    # Exports
+
+    def _export_query(
+        self,
+        channels: Union[str, Sequence[str]],
+        start: Optional[Time],
+        end: Optional[Time],
+        duration: Optional[Duration],
+        last: Optional[Duration],
+        signals: Optional[Sequence[str]],
+        time: Optional[str],
+        format: str,
+    ) -> Dict[str, str]:
+        q: Dict[str, str] = {
+            "channels": channels if isinstance(channels, str) else ",".join(channels),
+            "format": format,
+        }
+        if start is not None:
+            q["start"] = _rfc3339(start, "start")
+        if end is not None:
+            q["end"] = _rfc3339(end, "end")
+        if duration is not None:
+            q["duration"] = _iso_duration(duration, "duration")
+        if last is not None:
+            q["last"] = _iso_duration(last, "last")
+        if signals is not None:
+            q["signals"] = ",".join(signals)
+        if time is not None:
+            q["time"] = time
+        return q
+
+    def _export(self, query: Dict[str, str], out: IO[bytes]) -> Dict[str, str]:
+        url = self.url + "/api/v1/pivot/export"
+        try:
+            with self._session.get(url, params=query, headers=self._headers(), stream=True, timeout=(10, 300)) as r:
+                if r.status_code != 200:
+                    raise ApiError._from_answer(r.status_code, r.text)
+                for chunk in r.iter_content(1 << 20):
+                    out.write(chunk)
+                return dict(r.headers)
+        except requests.RequestException as e:
+            raise ApiError(None, f"GET {url}: {type(e).__name__}: {e}") from None
+
+    def pivot(
+        self,
+        channels: Union[str, Sequence[str]],
+        start: Optional[Time] = None,
+        end: Optional[Time] = None,
+        duration: Optional[Duration] = None,
+        last: Optional[Duration] = None,
+        signals: Optional[Sequence[str]] = None,
+        time: Optional[str] = None,
+    ) -> Dict[str, "pd.DataFrame"]:
+        """Channels over a time range, as one pandas DataFrame each.
+
+        The range: ``start`` (a datetime with a zone, or RFC 3339) and
+        ``end`` or ``duration``; or ``last`` (ending now). Durations are
+        ``timedelta`` or ISO 8601 (``"PT30S"``). The range is
+        ``[start, end)``. ``signals``: the fields wanted (dotted through
+        nested records, ``"pos.x"``), the time field always among them.
+        ``time``: ``"record"`` (each record's own time, the default where the
+        channel has ``archive.time_field``) or ``"arrival"``.
+
+        Nested records are dotted columns (``pos.x``), as
+        ``pandas.json_normalize`` names them; times are pandas datetimes in
+        UTC; enums are categoricals; nulls are ``None``/``NaN``. A channel
+        without data in the range has an empty frame with its columns.
+        Read through Parquet and pyarrow.
+        """
+        import pyarrow.parquet as pq
+
+        q = self._export_query(channels, start, end, duration, last, signals, time, "parquet")
+        buf = io.BytesIO()
+        self._export(q, buf)
+        buf.seek(0)
+        names = q["channels"].split(",")
+        if len(names) == 1:
+            return {names[0]: pq.read_table(buf).to_pandas()}
+        out: Dict[str, pd.DataFrame] = {}
+        with zipfile.ZipFile(buf) as z:
+            for name in names:
+                with z.open(f"{name}.parquet") as f:
+                    out[name] = pq.read_table(io.BytesIO(f.read())).to_pandas()
+        return out
+
+    def export(
+        self,
+        channels: Union[str, Sequence[str]],
+        path: Union[str, Path],
+        format: str = "hdf5",
+        start: Optional[Time] = None,
+        end: Optional[Time] = None,
+        duration: Optional[Duration] = None,
+        last: Optional[Duration] = None,
+        signals: Optional[Sequence[str]] = None,
+        time: Optional[str] = None,
+    ) -> Path:
+        """The same export as :meth:`pivot`, written to ``path`` as it comes:
+        ``format`` is ``hdf5`` (SpeedData's layout), ``parquet``, ``arrow``
+        or ``csv`` (several channels in the last three: a zip). Returns the
+        path; nothing is left there if the export fails."""
+        q = self._export_query(channels, start, end, duration, last, signals, time, format)
+        path = Path(path)
+        tmp = path.with_name(path.name + ".part")
+        try:
+            with open(tmp, "wb") as f:
+                self._export(q, f)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
     # Live stream
 

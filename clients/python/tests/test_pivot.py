@@ -369,3 +369,74 @@ def test_the_command_line_through_the_api_and_offline_write_the_same(pf: Fleet, 
     p = subprocess.run([orch, "pivot", "--config", cfg, "--channels", "every", "--start", "garbage", "--duration", "PT1S", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert p.returncode == 2 and "--start" in p.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_client_pivot_gives_a_frame_a_channel(pf: Fleet, tmp_path: Path) -> None:
+    c = Client(pf.url)
+    frames = c.pivot(["every", "timed", "example"], start=T0, duration=timedelta(seconds=2))
+    assert sorted(frames) == ["every", "example", "timed"]
+    every, timed = frames["every"], frames["timed"]
+    assert len(every) == 200 and len(timed) == 200
+    assert len(frames["example"]) == 0 and "arrival" in frames["example"].columns
+    # Nested fields are dotted, as pandas.json_normalize names them.
+    want = pd.json_normalize([every_record(k) for k in range(200)])
+    assert {"pos.at", "pos.x", "pos.y"} <= set(every.columns) and {"pos.x", "pos.y"} <= set(want.columns)
+    assert every["pos.x"].tolist() == want["pos.x"].tolist()
+    assert str(every["pos.at"].dtype).startswith("datetime64") and str(every["pos.at"].dt.tz) == "UTC"
+    assert every["pos.at"].iloc[0] == pd.Timestamp(T0)
+    one = c.pivot("timed", start=iso(T0), end=iso(T0 + timedelta(seconds=1)), signals=["counter"])
+    assert list(one["timed"].columns) == ["time", "counter"] and len(one["timed"]) == 100
+    last = c.pivot("example", last="PT10M")["example"]
+    assert last["counter"].tolist() == list(range(200))
+    with pytest.raises(ApiError) as e:
+        c.pivot("timed", start="garbage", duration="PT1S")
+    assert e.value.status == 400 and e.value.field == "start"
+    with pytest.raises(ApiError) as e:
+        c.pivot("nope", last="PT1S")
+    assert e.value.status == 404
+    path = c.export("timed", tmp_path / "t.h5", start=T0, duration="PT1S")
+    with h5py.File(path, "r") as h:
+        assert len(h["timed"]["counter"]) == 100
+    with pytest.raises(ApiError):
+        c.export("timed", tmp_path / "bad.h5", start="garbage", duration="PT1S")
+    assert not (tmp_path / "bad.h5").exists() and not (tmp_path / "bad.h5.part").exists()
+
+
+def test_exports_need_the_token_when_one_is_set(token_fleet: Fleet) -> None:
+    r = requests.get(token_fleet.url + "/api/v1/pivot/export", params={"channels": "example", "last": "PT1S"}, timeout=10)
+    assert r.status_code == 401 and "token" in r.json()["error"]
+    ok = Client(token_fleet.url, token=token_fleet.token).pivot("example", last="PT1S")
+    assert list(ok) == ["example"]
+
+
+def test_the_part_being_written_and_a_file_recovered_after_kill_9(pf: Fleet) -> None:
+    folder = pf.archive_dir("timed")
+    parts = list(folder.glob("timed-*.avro.part"))
+    assert len(parts) == 1, sorted(p.name for p in folder.iterdir())
+    # Read while being written: every record so far, up to the last block.
+    r = get(pf, start=iso(T0), duration="PT1H", channels="timed", format="parquet")
+    assert pq.read_table(io.BytesIO(r.content)).num_rows == N
+    # A crash that tore the index: recovery rebuilds it when the relay
+    # comes back (its arrival times then the file's span).
+    idx = folder / (parts[0].name[: -len(".avro.part")] + ".avro.idx")
+    whole = idx.stat().st_size
+    assert whole > 8 + 56
+    with open(idx, "r+b") as f:
+        f.truncate(whole - 56 - 17)
+    pid = Client(pf.url).channel("timed")["pid"]
+    import os
+    import signal as sig
+
+    os.kill(pid, sig.SIGKILL)
+    deadline = time.monotonic() + 20
+    while not list(folder.glob("timed-*--*.avro")):
+        assert time.monotonic() < deadline, (pf.dir / "orchestrator.log").read_text()[-3000:]
+        time.sleep(0.1)
+    deadline = time.monotonic() + 20
+    while "block index rebuilt" not in (pf.dir / "orchestrator.log").read_text():
+        assert time.monotonic() < deadline, (pf.dir / "orchestrator.log").read_text()[-3000:]
+        time.sleep(0.1)
+    assert idx.stat().st_size == whole
+    r = get(pf, start=iso(T0 + timedelta(seconds=1)), end=iso(T0 + timedelta(seconds=2)), channels="timed", format="parquet")
+    t = pq.read_table(io.BytesIO(r.content))
+    assert t.column("counter").to_pylist() == list(range(100, 200))
