@@ -141,13 +141,15 @@ pub fn plan(req: &Request) -> Result<Plan, ExportError> {
         let schema = apache_avro::Schema::parse_str(&ch.schema_json)
             .map_err(|e| ExportError::of("channels", format!("channel {}: {e}", ch.name)))?;
         let basis = match (req.time, &ch.time_field) {
-            (Some(TimeBasis::Record), None) => return Err(ExportError::of(
-                "time",
-                format!(
+            (Some(TimeBasis::Record), None) => {
+                return Err(ExportError::of(
+                    "time",
+                    format!(
                     "channel {} has no archive.time_field: only time=arrival selects its records",
                     ch.name
                 ),
-            )),
+                ))
+            }
             (Some(b), _) => b,
             (None, Some(_)) => TimeBasis::Record,
             (None, None) => TimeBasis::Arrival,
