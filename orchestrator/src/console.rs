@@ -51,6 +51,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../web/holds.js"),
     },
     Asset {
+        name: "export.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/export.js"),
+    },
+    Asset {
         name: "register.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../web/register.js"),

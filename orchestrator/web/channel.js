@@ -1,11 +1,13 @@
 // A channel's page: status and counters (refreshed every second and on
-// each lifecycle event), its last closed archive files, its schema, and
-// strip charts of its numeric fields from the live WebSocket.
+// each lifecycle event), its last closed archive files, its schema, strip
+// charts of its numeric fields from the live WebSocket, and an export of
+// its archive.
 import {
   el, getJSON, post, count, rate, bytes, duration, clock, badge, archiveHealth, serverInfo, keepFresh, tokenControl,
 } from '/assets/common.js';
 import { registrationForm, removeChannel } from '/assets/register.js';
 import { holdsSection } from '/assets/holds.js';
+import { channelExport } from '/assets/export.js';
 import { Series, StripChart } from '/assets/stripchart.js';
 
 const name = decodeURIComponent(location.pathname.split('/')[2] || '');
@@ -22,6 +24,8 @@ const NUMERIC = ['int', 'long', 'float', 'double'];
 
 let status = null;
 let writes = false;
+const exporter = channelExport(name);
+$('export-here').replaceChildren(exporter.node);
 
 // ---- status, counters, files ------------------------------------------
 
@@ -157,6 +161,7 @@ async function loadSchema() {
     return;
   }
   $('schema').textContent = JSON.stringify(schema, null, 2);
+  exporter.setSchema(schema);
   numericFields = numericPaths(schema);
   if (!selected.length) {
     selected = numericFields.filter((f) => !f.logical).slice(0, 4).map((f) => f.path);

@@ -1,14 +1,17 @@
 // The fleet page: one row per channel, refreshed every second and at once
-// on each lifecycle event.
+// on each lifecycle event; an export of several channels.
 import {
   el, getJSON, post, count, rate, duration, clock, badge, severity, archiveHealth, serverInfo, keepFresh, tokenControl,
 } from '/assets/common.js';
 import { registrationForm } from '/assets/register.js';
 import { holdsSection } from '/assets/holds.js';
+import { fleetExport } from '/assets/export.js';
 
 const tbody = document.querySelector('#channels tbody');
 const errorBox = document.getElementById('error');
 let writes = false;
+const exporter = fleetExport();
+document.getElementById('export-here').replaceChildren(exporter.node);
 
 async function refresh() {
   let list;
@@ -21,6 +24,7 @@ async function refresh() {
     return;
   }
   document.getElementById('empty').classList.toggle('hidden', list.length > 0);
+  exporter.setChannels(list.map((c) => c.name));
   const byState = {};
   for (const c of list) byState[c.state] = (byState[c.state] || 0) + 1;
   document.getElementById('summary').textContent = `${list.length} channel${list.length === 1 ? '' : 's'}: ` +

@@ -13,13 +13,15 @@
 //   CONSOLE_MARKER       text of the live channel's schema doc that holds HTML
 //   CONSOLE_BROKEN       a channel whose file does not validate (optional)
 //
+// The exports downloaded from the pages are saved beside the screenshots.
+//
 // Network safety: the browser opens only the orchestrator on 127.0.0.1 (any
 // other request fails the test and is refused); loadgen sends to a
 // 127.0.0.1 address, bounded in count and time.
 
 import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 const env = (k) => {
@@ -236,6 +238,69 @@ try {
   await page.waitForFunction(() => !document.querySelector('#holds tr[data-hold^="keep-"]'), null, { timeout: 10000 });
   check((await (await fetch(`${BASE}/api/v1/holds`)).json()).holds.length === 0, 'the hold is deleted');
 
+  // ---- an export from the channel page ------------------------------------
+  // Two signals of the last hour as Parquet: the browser downloads the file
+  // the API wrote.
+  await page.waitForSelector('#export-signals input[data-signal="ramp"]');
+  check(await page.$$eval('#export-signals input[data-signal]', (b) => b.length > 0 && b.every((x) => x.checked)),
+    'the export form offers the schema\'s signals, all chosen at first');
+  await page.uncheck('#export-signals input[data-all]');
+  await page.check('#export-signals input[data-signal="ramp"]');
+  await page.check('#export-signals input[data-signal="counter"]');
+  check(await page.$eval('#export-signals input[data-all]', (a) => !a.checked && a.indeterminate), 'with two signals chosen, "all" reads as partly chosen');
+  await page.click('#export-section button.preset[data-last="PT1H"]');
+  await page.selectOption('#export-format', 'parquet');
+  const [download] = await Promise.all([
+    page.waitForEvent('download', { timeout: 30000 }),
+    page.click('#export-download'),
+  ]);
+  const parquetPath = `${SHOTS}/export-channel.parquet`;
+  await download.saveAs(parquetPath);
+  const parquet = readFileSync(parquetPath);
+  check(parquet.length > 0 && parquet.subarray(0, 4).toString() === 'PAR1' && parquet.subarray(-4).toString() === 'PAR1',
+    `the download is a Parquet file (${download.suggestedFilename()}, ${parquet.length} bytes)`);
+  check(new RegExp(`^${LIVE}-.*\\.parquet$`).test(download.suggestedFilename()), 'it has the name the API gave it');
+  // The column names are in the file's footer; without archive.time_field
+  // the time column is the arrival's.
+  const cols = ['ramp', 'counter', 'arrival'].filter((c) => parquet.includes(c));
+  const others = ['noise', 'sine_wave', 'square_wave', 'message'].filter((c) => parquet.includes(c));
+  check(cols.length === 3 && others.length === 0, `it holds the two signals and the time column, no other (${cols}; none of ${others})`);
+  await page.waitForFunction(() => /^downloaded /.test(document.getElementById('export-status').textContent));
+  const exported = await page.$eval('#export-status', (s) => ({ text: s.textContent, bytes: Number(s.dataset.bytes) }));
+  check(exported.bytes === parquet.length && exported.text.includes(download.suggestedFilename()) && !/no data/.test(exported.text),
+    `the form says what was downloaded (${exported.text})`);
+  await (await page.$('#export-section')).screenshot({ path: `${SHOTS}/export-channel.png` });
+
+  // A range that ends before it starts: the API's own error, beside the
+  // form, naming the field.
+  const local = (d) => new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+  const now = new Date();
+  await page.fill('#export-from', local(now));
+  await page.fill('#export-to', local(new Date(now.getTime() - 3600000)));
+  await page.click('#export-download');
+  await page.waitForSelector('#export-error:not(.hidden)', { timeout: 10000 });
+  const apiError = await (await fetch(`${BASE}/api/v1/pivot/export?channels=${LIVE}&start=${now.toISOString()}&end=${new Date(now.getTime() - 3600000).toISOString()}`)).json();
+  const shown = await page.$eval('#export-error', (e) => ({ text: e.textContent, field: e.dataset.field }));
+  check(shown.text.includes(apiError.error) && shown.field === apiError.field && apiError.field === 'end',
+    `a range ending before its start shows the API's error (${shown.text})`);
+  check(await page.$eval('#export-status', (s) => s.textContent === ''), 'and no longer the last download');
+  await (await page.$('#export-section')).screenshot({ path: `${SHOTS}/export-channel-error.png` });
+
+  // Nested records: their dotted sub-fields are signals (export.js's own
+  // reading of a schema, in the page).
+  const nested = await page.evaluate(async () => {
+    const { signalPaths } = await import('/assets/export.js');
+    return signalPaths({
+      type: 'record', name: 'R', namespace: 'rig', fields: [
+        { name: 't', type: 'long' },
+        { name: 'pos', type: { type: 'record', name: 'Vec', fields: [{ name: 'x', type: 'double' }, { name: 'y', type: 'double' }] } },
+        { name: 'vel', type: 'Vec' },
+        { name: 'maybe', type: ['null', 'Vec'] },
+      ],
+    }).map((s) => s.path).join(' ');
+  });
+  check(nested === 't pos.x pos.y vel.x vel.y maybe', `nested records give dotted signals (${nested})`);
+
   // The data stops: the page says so.
   loadgen.kill('SIGTERM');
   await sent;
@@ -281,6 +346,27 @@ try {
   check(/Remove channel formed/.test(asked), `removing asks first (${asked})`);
   await page.waitForFunction(() => document.querySelectorAll('#channels tbody tr').length > 0 && !document.querySelector('#channels tbody tr[data-channel="formed"]'), null, { timeout: 10000 });
   check((await fetch(`${BASE}/api/v1/channels/formed/config`)).status === 404, 'the removed channel\'s file is gone');
+
+  // ---- an export of two channels from the fleet page ----------------------
+  await page.waitForSelector(`#fleet-export-channels input[data-channel="${KILL}"]`);
+  await page.check(`#fleet-export-channels input[data-channel="${LIVE}"]`);
+  await page.check(`#fleet-export-channels input[data-channel="${KILL}"]`);
+  await page.click('#fleet-export-section button.preset[data-last="PT1H"]');
+  await page.selectOption('#fleet-export-format', 'csv');
+  const [zipped] = await Promise.all([
+    page.waitForEvent('download', { timeout: 30000 }),
+    page.click('#fleet-export-download'),
+  ]);
+  const zipPath = `${SHOTS}/export-fleet.zip`;
+  await zipped.saveAs(zipPath);
+  const zip = readFileSync(zipPath);
+  check(zip.length > 0 && zip.subarray(0, 2).toString() === 'PK', `two channels as CSV come as a zip (${zipped.suggestedFilename()}, ${zip.length} bytes)`);
+  check(/\.csv\.zip$/.test(zipped.suggestedFilename()) && zip.includes(`${LIVE}.csv`) && zip.includes(`${KILL}.csv`),
+    'it holds one CSV file a channel');
+  await page.waitForFunction(() => /^downloaded /.test(document.getElementById('fleet-export-status').textContent));
+  const fleetExported = await page.textContent('#fleet-export-status');
+  check(fleetExported.includes(zipped.suggestedFilename()), `the form says what was downloaded (${fleetExported})`);
+  await (await page.$('#fleet-export-section')).screenshot({ path: `${SHOTS}/export-fleet.png` });
 
   // ---- dark mode ----------------------------------------------------------
   const dark = await newContext('dark');

@@ -1,7 +1,8 @@
 //! The web console, end to end: the real orchestrator and relays, and
 //! Debian's chromium driven by playwright-core (`tests/console/`), which
 //! `scripts/test` installs. The browser script checks the pages as a user
-//! would see them and writes screenshots to `target/console-screenshots/`.
+//! would see them, downloads exports from their forms, and writes
+//! screenshots (and the exports) to `target/console-screenshots/`.
 //!
 //! Also here: the pages' HTTP answers (content types, the Content-Security
 //! Policy, escaping left to the browser's text nodes), and write requests:
@@ -91,6 +92,8 @@ fn the_console_shows_the_fleet_and_live_charts_in_a_real_browser() {
         "channel-stopped.png",
         "fleet-dark.png",
         "channel-dark.png",
+        "export-channel.png",
+        "export-fleet.png",
     ] {
         let meta = std::fs::metadata(shots.join(shot)).unwrap_or_else(|e| panic!("{shot}: {e}"));
         assert!(meta.len() > 10_000, "{shot} is only {} bytes", meta.len());
@@ -119,6 +122,7 @@ fn pages_and_assets_are_served_with_a_policy_that_allows_only_this_origin() {
             200,
             "text/javascript; charset=utf-8",
         ),
+        ("/assets/export.js", 200, "text/javascript; charset=utf-8"),
     ] {
         let r = raw_get(o.port, path, &[]);
         assert_eq!(r.status, status, "{path}");
