@@ -27,6 +27,7 @@ pub fn request(
                     "channel {name}: cannot read its schema {}: {e}",
                     spec.schema_path.display()
                 ),
+                archive: true,
             })
         })?;
         channels.push(Channel {
@@ -53,7 +54,7 @@ pub enum Refused {
     NotFound(String),
     /// 413: over a limit; the message names it.
     TooLarge(String),
-    /// 400: a parameter is wrong.
+    /// 400: a parameter is wrong; 409 when the archive is at fault.
     Bad(ExportError),
 }
 

@@ -921,3 +921,93 @@ impl Col {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(s: &str) -> Schema {
+        Schema::parse_str(s).unwrap()
+    }
+
+    const NESTED: &str = r#"{"type": "record", "name": "R", "fields": [
+        {"name": "pos", "type": {"type": "record", "name": "P", "fields": [
+            {"name": "x", "type": "double"}, {"name": "y", "type": "double"}]}},
+        {"name": "label", "type": "string"},
+        {"name": "opt", "type": ["null", "long"]}
+    ]}"#;
+
+    fn names(c: &Columns) -> Vec<String> {
+        c.fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    #[test]
+    fn nested_records_are_dotted_columns_and_signals_pick_them() {
+        let s = schema(NESTED);
+        assert_eq!(
+            names(&Columns::new(&s, None, None).unwrap()),
+            ["pos.x", "pos.y", "label", "opt"]
+        );
+        let some = Columns::new(&s, Some(&["pos.y".into()]), Some("label")).unwrap();
+        assert_eq!(names(&some), ["pos.y", "label"]);
+        let whole = Columns::new(&s, Some(&["pos".into()]), None).unwrap();
+        assert_eq!(names(&whole), ["pos.x", "pos.y"]);
+        for bad in ["nope", "pos.z", "label.x", "pos."] {
+            assert_eq!(
+                Columns::new(&s, Some(&[bad.into()]), None).err(),
+                Some(PlanError::NoSignal(bad.into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_decode_into_columns_and_unexported_fields_are_walked_over() {
+        let s = schema(NESTED);
+        let mut data = Vec::new();
+        for (x, label, opt) in [(1.5f64, "a", Some(7i64)), (-2.0, "bcd", None)] {
+            data.extend_from_slice(&x.to_le_bytes());
+            data.extend_from_slice(&0.25f64.to_le_bytes());
+            data.push((label.len() * 2) as u8);
+            data.extend_from_slice(label.as_bytes());
+            match opt {
+                Some(v) => data.extend_from_slice(&[2, (v * 2) as u8]),
+                None => data.push(0),
+            }
+        }
+        let mut c = Columns::new(&s, Some(&["pos.x".into(), "opt".into()]), None).unwrap();
+        let mut pos = 0;
+        c.decode(&data, &mut pos).unwrap();
+        c.decode(&data, &mut pos).unwrap();
+        assert_eq!(pos, data.len());
+        assert_eq!(c.rows(), 2);
+        let cols = c.finish();
+        let x = cols[0]
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap();
+        assert_eq!(x.values().to_vec(), [1.5, -2.0]);
+        let opt = cols[1]
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!((opt.value(0), opt.is_null(1)), (7, true));
+        assert_eq!(c.rows(), 0, "the builders start again");
+        // A record cut short does not decode.
+        let mut pos = 0;
+        assert!(c.decode(&data[..19], &mut pos).is_err());
+    }
+
+    #[test]
+    fn a_recursive_schema_is_refused() {
+        let s = schema(
+            r#"{"type": "record", "name": "Node", "fields": [
+                {"name": "v", "type": "int"},
+                {"name": "next", "type": ["null", "Node"]}]}"#,
+        );
+        assert_eq!(
+            Columns::new(&s, None, None).err(),
+            Some(PlanError::Recursive("Node".into()))
+        );
+    }
+}

@@ -77,6 +77,9 @@ pub struct Request {
 pub struct ExportError {
     pub field: Option<&'static str>,
     pub message: String,
+    /// The archive, not the query, is at fault: a file written under
+    /// another schema, a folder that cannot be read.
+    pub archive: bool,
 }
 
 impl ExportError {
@@ -84,6 +87,7 @@ impl ExportError {
         ExportError {
             field: Some(field),
             message: message.into(),
+            archive: false,
         }
     }
 }
@@ -201,12 +205,11 @@ pub fn plan(req: &Request) -> Result<Plan, ExportError> {
             (Some(a), _, _) => (a.clone(), FieldUnit::Micros),
             _ => unreachable!("a basis of record time has a time field"),
         };
-        let files =
-            source::select(ch, req.start, req.end, basis, record_time.as_ref()).map_err(|e| {
-                ExportError {
-                    field: None,
-                    message: format!("channel {}: {e}", ch.name),
-                }
+        let files = source::select(ch, &schema, req.start, req.end, basis, record_time.as_ref())
+            .map_err(|e| ExportError {
+                field: None,
+                message: format!("channel {}: {e}", ch.name),
+                archive: true,
             })?;
         let blocks = files.iter().map(|f| f.blocks.len()).sum();
         let block_records = files.iter().flat_map(|f| &f.blocks).map(|b| b.count).sum();
@@ -425,4 +428,34 @@ fn flush(
         .map_err(|e| io::Error::other(e.to_string()))?;
     sink.batch(ch, &batch)?;
     Ok(rows as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_s_arrival_lies_between_its_block_s_first_and_last() {
+        let b = Block {
+            offset: 0,
+            end: 1,
+            count: 5,
+            arrival_us: (1_000, 1_400),
+            time: None,
+            indexed: true,
+        };
+        let at: Vec<i64> = (0..5).map(|i| arrival_of(&b, i)).collect();
+        assert_eq!(at, [1_000, 1_100, 1_200, 1_300, 1_400]);
+        let one = Block { count: 1, ..b };
+        assert_eq!(arrival_of(&one, 0), 1_000);
+        let backwards = Block {
+            arrival_us: (5, 3),
+            ..b
+        };
+        assert_eq!(
+            arrival_of(&backwards, 4),
+            5,
+            "a clock stepped back: the first"
+        );
+    }
 }

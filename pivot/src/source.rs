@@ -29,6 +29,8 @@ const SLACK: Duration = Duration::from_secs(2);
 pub enum SourceError {
     #[error("cannot list the archive folder {0}: {1}")]
     List(PathBuf, std::io::Error),
+    #[error("{0} was written under another schema than the channel's current one; exports read a range under one schema: export the range before or after the change, or read the file with an Avro reader")]
+    OtherSchema(PathBuf),
 }
 
 /// A file to read, open (retention may delete it meanwhile), and the
@@ -44,6 +46,7 @@ pub(crate) struct FileRead {
 /// first.
 pub(crate) fn select(
     ch: &Channel,
+    schema: &apache_avro::Schema,
     start: SystemTime,
     end: SystemTime,
     basis: TimeBasis,
@@ -101,6 +104,9 @@ pub(crate) fn select(
                 continue;
             }
         };
+        let same = blocks_of.header.schema_json == ch.schema_json
+            || apache_avro::Schema::parse_str(&blocks_of.header.schema_json)
+                .is_ok_and(|s| s.canonical_form() == schema.canonical_form());
         let blocks: Vec<Block> = blocks_of
             .blocks
             .iter()
@@ -117,6 +123,9 @@ pub(crate) fn select(
             })
             .copied()
             .collect();
+        if !blocks.is_empty() && !same {
+            return Err(SourceError::OtherSchema(path));
+        }
         if !blocks.is_empty() {
             out.push(FileRead {
                 path,

@@ -440,3 +440,46 @@ def test_the_part_being_written_and_a_file_recovered_after_kill_9(pf: Fleet) -> 
     r = get(pf, start=iso(T0 + timedelta(seconds=1)), end=iso(T0 + timedelta(seconds=2)), channels="timed", format="parquet")
     t = pq.read_table(io.BytesIO(r.content))
     assert t.column("counter").to_pylist() == list(range(100, 200))
+    # More records, in the file the restarted relay writes: a range that
+    # straddles the two files takes the end of one and the start of the
+    # other.
+    from conftest import datum as example_datum, record
+
+    deadline = time.monotonic() + 20
+    while not (lambda st: st["pid"] not in (None, pid) and st["state"] == "ready")(Client(pf.url).channel("timed")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    more = []
+    for k in range(N, N + 100):
+        rec = record(k)
+        rec["time"] = T0_US + k * 10_000
+        more.append(example_datum(rec))
+    send(pf.ports["timed"], more)
+    assert len(wait_archived(pf, "timed", N + 100)) == N + 100
+    r = get(pf, start=iso(T0 + timedelta(seconds=5.9)), end=iso(T0 + timedelta(seconds=6.1)), channels="timed", format="csv")
+    df = pd.read_csv(io.StringIO(r.text))
+    assert df["counter"].tolist() == list(range(590, 610))
+    assert len([p for p in folder.iterdir() if p.name.endswith((".avro", ".avro.part"))]) == 2
+
+
+def test_a_range_across_a_schema_change_is_refused_naming_the_file(pf: Fleet) -> None:
+    c = Client(pf.url)
+    port = free_udp_port()
+    v1 = {"type": "record", "name": "R", "fields": [{"name": "t", "type": {"type": "long", "logicalType": "timestamp-micros"}}, {"name": "a", "type": "int"}]}
+    v2 = {**v1, "fields": v1["fields"] + [{"name": "b", "type": ["null", "int"], "default": None}]}
+    toml = channel_toml("changing", port).replace("[archive]\n", '[archive]\ntime_field = "t"\n')
+    c.add_channel("changing", toml, v1)
+    p1 = fastavro.parse_schema(v1)
+
+    def enc(schema: Any, rec: Dict[str, Any]) -> bytes:
+        b = io.BytesIO()
+        fastavro.schemaless_writer(b, schema, rec)
+        return b.getvalue()
+
+    send(port, [enc(p1, {"t": T0_US + k, "a": k}) for k in range(10)])
+    assert len(wait_archived(pf, "changing", 10)) == 10
+    c.add_channel("changing", toml, v2)
+    r = get(pf, start=iso(T0), duration="PT1S", channels="changing", format="parquet")
+    assert r.status_code == 409, r.text
+    assert "another schema" in r.json()["error"] and "changing-" in r.json()["error"]
+    c.remove_channel("changing")

@@ -35,6 +35,7 @@ const MAX_QUERY: usize = 64 << 10;
         (status = 400, description = "A parameter is wrong (`field` names it)", body = ErrorBody),
         (status = 401, description = "http.token_file is set and the token is missing or wrong", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody),
+        (status = 409, description = "The archive cannot answer: a file of the range was written under another schema (the message names it)", body = ErrorBody),
         (status = 413, description = "Over http.export_max_duration or http.export_max_channels (the message names it)", body = ErrorBody)))]
 pub(super) async fn export(
     State(s): State<AppState>,
@@ -108,6 +109,9 @@ pub(super) async fn export(
         }
         Err(Refused::TooLarge(m)) => {
             return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m).into_response()
+        }
+        Err(Refused::Bad(e)) if e.archive => {
+            return ApiError::new(StatusCode::CONFLICT, e.message).into_response()
         }
         Err(Refused::Bad(e)) => return bad(e.field, e.message),
     };
