@@ -637,6 +637,27 @@ fn blocks(b: &[u8], pos: &mut usize, mut item: impl FnMut(&mut usize) -> R) -> R
     }
 }
 
+/// Array blocks of fixed-size items of `size` bytes: `items` gets each
+/// block's items' bytes at once.
+#[inline]
+fn fixed_blocks(b: &[u8], pos: &mut usize, size: usize, mut items: impl FnMut(&[u8])) -> R {
+    loop {
+        let mut n = long(b, pos)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if n < 0 {
+            n = n.checked_neg().ok_or(Malformed)?;
+            long(b, pos)?;
+        }
+        let len = usize::try_from(n)
+            .ok()
+            .and_then(|n| n.checked_mul(size))
+            .ok_or(Malformed)?;
+        items(take(b, pos, len)?);
+    }
+}
+
 /// A big-endian two's complement integer of up to 16 bytes.
 fn i128_be(s: &[u8]) -> Result<i128, Malformed> {
     if s.len() > 16 {
@@ -749,7 +770,21 @@ impl Col {
                 valid.append(cols[i].is_some());
             }
             Col::List(item, offsets, valid, _) => {
-                blocks(b, pos, |pos| item.decode(b, pos))?;
+                match &mut **item {
+                    // Arrays of doubles (a signal's samples): each block's
+                    // items in one go.
+                    Col::Double(x) => fixed_blocks(b, pos, 8, |bytes| {
+                        for c in bytes.chunks_exact(8) {
+                            x.append_value(f64::from_le_bytes(c.try_into().expect("8 bytes")));
+                        }
+                    })?,
+                    Col::Float(x) => fixed_blocks(b, pos, 4, |bytes| {
+                        for c in bytes.chunks_exact(4) {
+                            x.append_value(f32::from_le_bytes(c.try_into().expect("4 bytes")));
+                        }
+                    })?,
+                    item => blocks(b, pos, |pos| item.decode(b, pos))?,
+                }
                 offsets.push(item.len() as i32);
                 valid.append(true);
             }

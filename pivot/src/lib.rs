@@ -45,7 +45,7 @@ pub use crate::source::SourceError;
 /// Rows a batch holds at most before it goes to the writer.
 pub const BATCH_ROWS: usize = 65_536;
 /// Decoded record bytes a batch holds at most before it goes to the writer.
-pub const BATCH_BYTES: usize = 16 << 20;
+pub const BATCH_BYTES: usize = 8 << 20;
 
 /// A channel to export: where its archive is, its schema.
 #[derive(Debug, Clone)]
@@ -93,12 +93,26 @@ impl ExportError {
 }
 
 /// One channel's part of a plan.
-pub struct ChannelPlan {
+/// What a format's writer knows of a channel.
+#[derive(Debug, Clone)]
+pub struct ChannelInfo {
     pub name: String,
     pub basis: TimeBasis,
     /// The time column: its name and unit.
     pub time_column: String,
     pub time_unit: FieldUnit,
+    schema: SchemaRef,
+}
+
+impl ChannelInfo {
+    /// The columns' names and types.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+}
+
+pub struct ChannelPlan {
+    pub info: ChannelInfo,
     columns: Columns,
     /// No column: walks over a record.
     skipper: Columns,
@@ -106,18 +120,10 @@ pub struct ChannelPlan {
     record_time: Option<RecordTime>,
     /// The arrival column's name, selecting by arrival.
     arrival_column: Option<String>,
-    schema: SchemaRef,
     files: Vec<source::FileRead>,
     /// Blocks to read, and the records in them.
     pub blocks: usize,
     pub block_records: u64,
-}
-
-impl ChannelPlan {
-    /// The columns' names and types.
-    pub fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
 }
 
 /// What an export reads: for each channel, its columns and blocks.
@@ -214,10 +220,13 @@ pub fn plan(req: &Request) -> Result<Plan, ExportError> {
         let blocks = files.iter().map(|f| f.blocks.len()).sum();
         let block_records = files.iter().flat_map(|f| &f.blocks).map(|b| b.count).sum();
         channels.push(ChannelPlan {
-            name: ch.name.clone(),
-            basis,
-            time_column,
-            time_unit,
+            info: ChannelInfo {
+                name: ch.name.clone(),
+                basis,
+                time_column,
+                time_unit,
+                schema: Arc::new(ArrowSchema::new(fields)),
+            },
             columns,
             skipper,
             record_time: if basis == TimeBasis::Record {
@@ -226,7 +235,6 @@ pub fn plan(req: &Request) -> Result<Plan, ExportError> {
                 None
             },
             arrival_column,
-            schema: Arc::new(ArrowSchema::new(fields)),
             files,
             blocks,
             block_records,
@@ -275,7 +283,7 @@ impl Plan {
         self.channels
             .iter()
             .filter(|c| c.blocks == 0)
-            .map(|c| c.name.as_str())
+            .map(|c| c.info.name.as_str())
             .collect()
     }
 
@@ -284,7 +292,7 @@ impl Plan {
     pub fn file_name(&self) -> String {
         let stamp = relay_channel::holds::stamp(self.start);
         match (self.channels.as_slice(), self.format) {
-            ([one], f) => format!("{}-{stamp}.{}", one.name, f.extension()),
+            ([one], f) => format!("{}-{stamp}.{}", one.info.name, f.extension()),
             (_, Format::Hdf5) => format!("export-{stamp}.h5"),
             _ => format!("export-{stamp}.{}.zip", self.format.extension()),
         }
@@ -303,19 +311,55 @@ impl Plan {
 
     /// Writes the export to `out`. An error writing (the client gone) stops
     /// the work at once.
+    ///
+    /// Two threads share the work: this one reads and decodes, a second
+    /// one encodes and writes, a batch behind (at most one batch waits
+    /// between them).
     pub fn write(self, out: impl Write + Send + 'static) -> io::Result<Summary> {
-        let multi = self.channels.len() > 1;
-        let mut sink = formats::sink(self.format, multi, out)?;
-        let mut summary = Summary::default();
-        let (start, end) = (epoch_ns(self.start), epoch_ns(self.end));
-        for mut ch in self.channels {
-            sink.begin(&ch)?;
-            let rows = read_channel(&mut ch, start, end, sink.as_mut(), &mut summary)?;
-            sink.end(&ch, rows)?;
-            summary.rows.push((ch.name.clone(), rows));
+        enum Msg {
+            Begin(ChannelInfo),
+            Batch(ChannelInfo, RecordBatch),
+            End(ChannelInfo, u64),
         }
-        sink.finish()?;
-        Ok(summary)
+        let multi = self.channels.len() > 1;
+        let format = self.format;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(1);
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the writer stopped");
+        std::thread::scope(|scope| {
+            let writer = std::thread::Builder::new()
+                .name("export-writer".into())
+                .spawn_scoped(scope, move || -> io::Result<()> {
+                    let mut sink = formats::sink(format, multi, out)?;
+                    for m in rx {
+                        match m {
+                            Msg::Begin(info) => sink.begin(&info)?,
+                            Msg::Batch(info, b) => sink.batch(&info, &b)?,
+                            Msg::End(info, rows) => sink.end(&info, rows)?,
+                        }
+                    }
+                    sink.finish()
+                })?;
+            let mut summary = Summary::default();
+            let (start, end) = (epoch_ns(self.start), epoch_ns(self.end));
+            let read = (|| -> io::Result<()> {
+                for mut ch in self.channels {
+                    let info = ch.info.clone();
+                    tx.send(Msg::Begin(info.clone())).map_err(|_| gone())?;
+                    let mut emit =
+                        |b: RecordBatch| tx.send(Msg::Batch(info.clone(), b)).map_err(|_| gone());
+                    let rows = read_channel(&mut ch, start, end, &mut emit, &mut summary)?;
+                    tx.send(Msg::End(info.clone(), rows)).map_err(|_| gone())?;
+                    summary.rows.push((info.name.clone(), rows));
+                }
+                Ok(())
+            })();
+            drop(tx);
+            // The writer's error first: it is why the reading stopped.
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the export's writer panicked")));
+            written.and(read).map(|()| summary)
+        })
     }
 }
 
@@ -325,14 +369,14 @@ fn read_channel(
     ch: &mut ChannelPlan,
     start: i128,
     end: i128,
-    sink: &mut dyn formats::Sink,
+    emit: &mut dyn FnMut(RecordBatch) -> io::Result<()>,
     summary: &mut Summary,
 ) -> io::Result<u64> {
     let (mut raw, mut data) = (Vec::new(), Vec::new());
     let mut arrival = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let mut rows = 0u64;
     let mut batch_bytes = 0usize;
-    let unit = unit_ns(ch.time_unit);
+    let unit = unit_ns(ch.info.time_unit);
     let files = std::mem::take(&mut ch.files);
     for f in &files {
         for b in &f.blocks {
@@ -376,14 +420,14 @@ fn read_channel(
                 if keep {
                     batch_bytes += pos - before;
                     if ch.columns.rows() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
-                        rows += flush(ch, &mut arrival, sink)?;
+                        rows += flush(ch, &mut arrival, emit)?;
                         batch_bytes = 0;
                     }
                 }
             }
         }
     }
-    rows += flush(ch, &mut arrival, sink)?;
+    rows += flush(ch, &mut arrival, emit)?;
     Ok(rows)
 }
 
@@ -409,7 +453,7 @@ fn arrival_of(b: &Block, i: u64) -> i64 {
 fn flush(
     ch: &mut ChannelPlan,
     arrival: &mut TimestampMicrosecondBuilder,
-    sink: &mut dyn formats::Sink,
+    emit: &mut dyn FnMut(RecordBatch) -> io::Result<()>,
 ) -> io::Result<u64> {
     let n = ch.columns.rows();
     let mut arrays: Vec<ArrayRef> = Vec::new();
@@ -424,9 +468,9 @@ fn flush(
     if rows == 0 {
         return Ok(0);
     }
-    let batch = RecordBatch::try_new(ch.schema.clone(), arrays)
+    let batch = RecordBatch::try_new(ch.info.schema.clone(), arrays)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    sink.batch(ch, &batch)?;
+    emit(batch)?;
     Ok(rows as u64)
 }
 

@@ -334,7 +334,7 @@ pub fn read_block(
             format!("block at offset {}: {what}", block.offset),
         )
     };
-    raw.clear();
+    // Only what the buffer never held is zeroed: not every block again.
     raw.resize((block.end - block.offset) as usize, 0);
     file.read_exact_at(raw, block.offset)?;
     let mut pos = 0;

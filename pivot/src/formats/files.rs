@@ -9,14 +9,38 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use speeddata_api::pivot::Format;
 use zip::write::{SimpleFileOptions, StreamWriter};
 use zip::{CompressionMethod, ZipWriter};
 
 use super::csv::CsvWriter;
 use super::{other, Sink, ROW_GROUP_BYTES};
-use crate::ChannelPlan;
+use crate::ChannelInfo as ChannelPlan;
+
+/// Parquet's settings for a channel: zstd level 1 (fast, and most of the
+/// gain); dictionary encoding as Parquet does by default (it falls back
+/// to plain encoding by itself where values do not repeat; digitised
+/// signals repeat a lot: with it, exporting the 800 B bench records took
+/// 1.6 s a million instead of 3.0 s, the file 5 % smaller, for zstd had
+/// far less to compress); statistics for the time column only (what
+/// readers filter row groups by; the others' cost 6 % of the time).
+fn parquet_properties(ch: &ChannelPlan) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("level 1 exists"),
+        ))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_statistics_enabled(EnabledStatistics::None);
+    for f in ch.schema().fields() {
+        let path = ColumnPath::from(f.name().as_str());
+        if *f.name() == ch.time_column {
+            b = b.set_column_statistics_enabled(path, EnabledStatistics::Page);
+        }
+    }
+    b.build()
+}
 
 /// The output: the client's stream, or a zip in it.
 enum Out<W: Write> {
@@ -99,10 +123,7 @@ impl<W: Write + Send + 'static> Sink for FileSink<W> {
         let schema = ch.schema().clone();
         self.writer = Some(match self.format {
             Format::Parquet => {
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                    .set_max_row_group_row_count(Some(1 << 20))
-                    .build();
+                let props = parquet_properties(ch);
                 Writer::Parquet(ArrowWriter::try_new(out, schema, Some(props)).map_err(other)?)
             }
             Format::Arrow => Writer::Arrow(FileWriter::try_new(out, &schema).map_err(other)?),

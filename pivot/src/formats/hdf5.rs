@@ -44,7 +44,7 @@ use hdf5::{Dataset, Group, H5Type};
 
 use super::csv::json;
 use super::{other, Sink};
-use crate::ChannelPlan;
+use crate::ChannelInfo as ChannelPlan;
 
 /// Rows a chunk of a dataset holds.
 const CHUNK: usize = 16_384;

@@ -22,10 +22,10 @@ use std::io::{self, Write};
 use arrow::record_batch::RecordBatch;
 use speeddata_api::pivot::Format;
 
-use crate::ChannelPlan;
+use crate::ChannelInfo as ChannelPlan;
 
 /// Parquet's buffer: a row group is written out once it is this big.
-pub const ROW_GROUP_BYTES: usize = 32 << 20;
+pub const ROW_GROUP_BYTES: usize = 16 << 20;
 
 /// Where an export's channels go, a batch at a time.
 pub trait Sink {
