@@ -45,7 +45,7 @@ pub use crate::source::SourceError;
 /// Rows a batch holds at most before it goes to the writer.
 pub const BATCH_ROWS: usize = 65_536;
 /// Decoded record bytes a batch holds at most before it goes to the writer.
-pub const BATCH_BYTES: usize = 8 << 20;
+pub const BATCH_BYTES: usize = 4 << 20;
 
 /// A channel to export: where its archive is, its schema.
 #[derive(Debug, Clone)]

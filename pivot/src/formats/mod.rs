@@ -25,7 +25,7 @@ use speeddata_api::pivot::Format;
 use crate::ChannelInfo as ChannelPlan;
 
 /// Parquet's buffer: a row group is written out once it is this big.
-pub const ROW_GROUP_BYTES: usize = 16 << 20;
+pub const ROW_GROUP_BYTES: usize = 8 << 20;
 
 /// Where an export's channels go, a batch at a time.
 pub trait Sink {
