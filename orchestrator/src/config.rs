@@ -5,12 +5,13 @@
 //! so what `orchestrator check` accepts is exactly what a relay accepts. On
 //! top of that, the fleet is checked for conflicts no single file can see:
 //! duplicate names, two channels on one receive address, two channels
-//! archiving into one folder, two outputs on one group and port.
+//! archiving into one folder, two outputs on one group and port (unless
+//! both are the same output of their channels and say `shared = true`).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -519,7 +520,10 @@ fn check_conflicts(fleet: &mut ChannelSet) {
     fleet.channels = kept;
 }
 
-/// What `c` conflicts with among channels already accepted.
+/// What `c` conflicts with among channels already accepted. Two outputs
+/// may send to one destination only when both are full-rate outputs, or
+/// both decimated ones, and both say `shared = true` (SpeedData's model:
+/// every channel on the same two groups).
 pub(crate) fn conflicts(c: &Channel, kept: &[Channel]) -> Vec<Problem> {
     let mut out = Vec::new();
     let s = &c.spec;
@@ -532,11 +536,11 @@ pub(crate) fn conflicts(c: &Channel, kept: &[Channel]) -> Vec<Problem> {
             });
         }
     }
-    let mut add = |key: &str, what: String, other: &Channel| {
+    let mut add_why = |key: &str, what: String, other: &Channel, why: &str| {
         out.push(Problem {
             key: key.into(),
             message: format!(
-                "{what} is also used by channel {:?} ({})",
+                "{what} is also used by channel {:?} ({}){why}",
                 other.name(),
                 other.file().display()
             ),
@@ -545,10 +549,10 @@ pub(crate) fn conflicts(c: &Channel, kept: &[Channel]) -> Vec<Problem> {
     for o in kept {
         let t = &o.spec;
         if t.name == s.name {
-            add("name", format!("the name {:?}", s.name), o);
+            add_why("name", format!("the name {:?}", s.name), o, "");
         }
         if receive_overlaps(&s.receive, &t.receive) {
-            add(
+            add_why(
                 "receive.bind",
                 format!(
                     "the receive address {}{}",
@@ -559,36 +563,50 @@ pub(crate) fn conflicts(c: &Channel, kept: &[Channel]) -> Vec<Problem> {
                         .unwrap_or_default()
                 ),
                 o,
+                "",
             );
         }
         if rc::normalize(&s.archive.channel_dir(&s.name))
             == rc::normalize(&t.archive.channel_dir(&t.name))
         {
-            add(
+            add_why(
                 "archive.dir",
                 format!(
                     "the archive folder {}",
                     s.archive.channel_dir(&s.name).display()
                 ),
                 o,
+                "",
             );
         }
-        for (key, dest) in outputs(s) {
-            if outputs(t).iter().any(|(_, d)| *d == dest) {
-                add(key, format!("the output {dest}"), o);
+        for (key, mine) in outputs(s) {
+            for (other_key, theirs) in outputs(t) {
+                if mine.dest != theirs.dest {
+                    continue;
+                }
+                let why = if key != other_key {
+                    format!(", as its {other_key}: a full-rate and a decimated output never share a group")
+                } else if mine.shared && theirs.shared {
+                    continue;
+                } else {
+                    let section = key.trim_end_matches(".group");
+                    format!("; channels share a group only when both say {section}.shared = true")
+                };
+                add_why(key, format!("the output {}", mine.dest), o, &why);
             }
         }
     }
     out
 }
 
-fn outputs(s: &ChannelSpec) -> Vec<(&'static str, SocketAddrV4)> {
+/// A channel's outputs: (the key of their group, the output).
+fn outputs(s: &ChannelSpec) -> Vec<(&'static str, &rc::OutputSpec)> {
     let mut v = Vec::new();
     if let Some(f) = &s.full {
-        v.push(("full.group", f.dest));
+        v.push(("full.group", f));
     }
     if let Some(d) = &s.decimated {
-        v.push(("decimated.group", d.output.dest));
+        v.push(("decimated.group", &d.output));
     }
     v
 }
@@ -702,6 +720,71 @@ mod tests {
         ] {
             assert!(report.contains(needle), "{needle:?} not in:\n{report}");
         }
+    }
+
+    #[test]
+    fn outputs_share_a_group_only_when_both_say_shared() {
+        let out = |section: &str, group: &str, shared: bool| {
+            let mut t =
+                format!("\n[{section}]\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\nttl = 0\n");
+            if shared {
+                t += "shared = true\n";
+            }
+            if section == "decimated" {
+                t += "factor = 5\n";
+            }
+            t
+        };
+        let chan = |port: u16, outs: &[String]| {
+            format!("[receive]\nbind = \"127.0.0.1:{port}\"\n{}", outs.concat())
+        };
+        let both = |port, shared_full, shared_dec| {
+            chan(
+                port,
+                &[
+                    out("full", "239.1.1.1:6000", shared_full),
+                    out("decimated", "239.1.1.2:6001", shared_dec),
+                ],
+            )
+        };
+        let (_d, cfg) = setup(
+            &[
+                ("a.toml", both(7001, true, true)),
+                // Both outputs shared with a's: fine.
+                ("b.toml", both(7002, true, true)),
+                // The full-rate group shared, the decimated one not: refused.
+                ("c.toml", both(7003, true, false)),
+                // a's full-rate group as a decimated output: refused though
+                // both say shared.
+                (
+                    "d.toml",
+                    chan(7004, &[out("decimated", "239.1.1.1:6000", true)]),
+                ),
+                // Not shared at all: refused.
+                (
+                    "e.toml",
+                    chan(7005, &[out("full", "239.1.1.1:6000", false)]),
+                ),
+            ]
+            .iter()
+            .map(|(n, t)| (*n, t.as_str()))
+            .collect::<Vec<_>>(),
+        );
+        let fleet = load_fleet(&cfg).unwrap();
+        let ok: Vec<&str> = fleet.channels.iter().map(|c| c.name()).collect();
+        assert_eq!(ok, ["a", "b"]);
+        let report = InvalidChannels(&fleet.rejected).to_string();
+        for needle in [
+            "c.toml: decimated.group: the output 239.1.1.2:6001 is also used by channel \"a\"",
+            "a.toml); channels share a group only when both say decimated.shared = true",
+            "d.toml: decimated.group: the output 239.1.1.1:6000 is also used by channel \"a\"",
+            "a.toml), as its full.group: a full-rate and a decimated output never share a group",
+            "e.toml: full.group: the output 239.1.1.1:6000 is also used by channel \"a\"",
+            "both say full.shared = true",
+        ] {
+            assert!(report.contains(needle), "{needle:?} not in:\n{report}");
+        }
+        assert!(!report.contains("c.toml: full.group"), "{report}");
     }
 
     #[test]

@@ -472,6 +472,14 @@ impl Source {
                 spec.name, d.output.dest
             ));
         }
+        if d.output.shared {
+            // Every channel of a shared group sends there: the datagrams of
+            // this one cannot be told from the others' by the group alone.
+            return Err(format!(
+                "channel {}'s decimated output {} is shared with other channels (decimated.shared = true): the live view cannot tell this channel's records apart; give the channel a group of its own to watch it",
+                spec.name, d.output.dest
+            ));
+        }
         let loaded = relay_channel::schema::load(spec).map_err(|e| e.to_string())?;
         let schema = Schema::parse_str(&loaded.text).map_err(|e| e.to_string())?;
         // The hub builds its own; one that cannot be built is said now.

@@ -253,6 +253,11 @@ pub struct OutputSpec {
     pub interface: Option<Interface>,
     pub ttl: u32,
     pub loopback: bool,
+    /// `shared`: other channels may send to the same destination (those
+    /// whose same output says `shared` too); the orchestrator's fleet check
+    /// refuses two outputs on one destination otherwise. The relay itself
+    /// sends the same either way.
+    pub shared: bool,
 }
 
 /// What the decimated output sends for a window of records.

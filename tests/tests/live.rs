@@ -404,15 +404,10 @@ fn sixty_four_clients_and_the_sixty_fifth_is_refused() {
     assert_eq!(o.log().matches("joined the decimated group").count(), 1);
 }
 
-#[test]
-fn a_channel_without_a_decimated_output_says_so_and_closes() {
-    let fleet = FleetDir::new(&[]);
-    fleet.add(&ChannelOpts::unicast("plain"));
-    let o = fleet.start();
-    o.wait_ready("plain");
-    let (status, body) = connect_with(o.port, "/api/v1/channels/nope/live", None).unwrap_err();
-    assert_eq!(status, 404, "{body}");
-    let mut ws = connect(&o, "/api/v1/channels/plain/live");
+/// Opens the live stream at `path`, which must answer one `{"error": ...}`
+/// message and close; the error.
+fn error_then_close(o: &Orchestrator, path: &str) -> String {
+    let mut ws = connect(o, path);
     let end = Instant::now() + Duration::from_secs(10);
     let first = loop {
         match ws.read() {
@@ -423,7 +418,6 @@ fn a_channel_without_a_decimated_output_says_so_and_closes() {
         }
     };
     let error = first["error"].as_str().unwrap_or_else(|| panic!("{first}"));
-    assert!(error.contains("no decimated output"), "{error}");
     assert_eq!(first.as_object().unwrap().len(), 1);
     loop {
         match ws.read() {
@@ -432,4 +426,41 @@ fn a_channel_without_a_decimated_output_says_so_and_closes() {
             other => panic!("expected a close, got {other:?}"),
         }
     }
+    error.to_string()
+}
+
+#[test]
+fn a_channel_without_a_decimated_output_says_so_and_closes() {
+    let fleet = FleetDir::new(&[]);
+    fleet.add(&ChannelOpts::unicast("plain"));
+    let o = fleet.start();
+    o.wait_ready("plain");
+    let (status, body) = connect_with(o.port, "/api/v1/channels/nope/live", None).unwrap_err();
+    assert_eq!(status, 404, "{body}");
+    let error = error_then_close(&o, "/api/v1/channels/plain/live");
+    assert!(error.contains("no decimated output"), "{error}");
+}
+
+#[test]
+fn a_shared_decimated_group_is_not_watched_and_says_why() {
+    // Channels on a shared group (decimated.shared, as SpeedData's imported
+    // channels are) all send there: the live view cannot tell them apart.
+    let fleet = FleetDir::new(&[]);
+    let group = group_addr(unique_group(), free_port());
+    for name in ["shared-a", "shared-b"] {
+        let mut opts = ChannelOpts::unicast(name);
+        opts.decimated = Some((group, 5));
+        opts.decimation = Some("algorithm = \"downsample\"\nfactor = 5\nshared = true".into());
+        fleet.add(&opts);
+    }
+    let o = fleet.start();
+    o.wait_ready("shared-a");
+    o.wait_ready("shared-b");
+    let error = error_then_close(&o, "/api/v1/channels/shared-b/live");
+    assert!(
+        error.contains(&format!(
+            "decimated output {group} is shared with other channels"
+        )),
+        "{error}"
+    );
 }

@@ -107,6 +107,7 @@ struct RawOutput {
     interface: Option<String>,
     ttl: Option<i64>,
     loopback: Option<bool>,
+    shared: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +117,7 @@ struct RawDecimated {
     interface: Option<String>,
     ttl: Option<i64>,
     loopback: Option<bool>,
+    shared: Option<bool>,
     algorithm: Option<String>,
     factor: Option<i64>,
     rate_hz: Option<RawNumber>,
@@ -180,6 +182,7 @@ impl Checker<'_> {
                     interface: o.interface,
                     ttl: o.ttl,
                     loopback: o.loopback,
+                    shared: o.shared,
                 },
             )
         });
@@ -427,6 +430,7 @@ impl Checker<'_> {
             interface,
             ttl: ttl? as u32,
             loopback: o.loopback.unwrap_or(true),
+            shared: o.shared.unwrap_or(false),
         })
     }
 
@@ -438,6 +442,7 @@ impl Checker<'_> {
                 interface: d.interface,
                 ttl: d.ttl,
                 loopback: d.loopback,
+                shared: d.shared,
             },
         );
         let name = d.algorithm.as_deref().unwrap_or("downsample");
