@@ -257,4 +257,70 @@ mod tests {
         let e = check_time_field(&Schema::Long, "time").unwrap_err();
         assert!(e.contains("not a record"), "{e}");
     }
+
+    /// SpeedData's schemas put `logicalType` beside `"type": "long"` in the
+    /// field itself, where the Avro specification ignores it: the field is
+    /// a plain long. Such a schema loads as SpeedData's relay takes it, its
+    /// records validate and decimate, and its text is kept as written.
+    #[test]
+    #[allow(deprecated)] // to_avro_datum: the plain way to encode one datum in a test
+    fn a_logical_type_beside_the_field_type_is_ignored_as_avro_says() {
+        let text = r#"{
+            "namespace": "sd.example", "type": "record", "name": "data",
+            "fields": [
+                {"name": "time", "type": "long", "logicalType": "timestamp-nanos"},
+                {"name": "message", "type": "string"},
+                {"name": "counter", "type": "int"},
+                {"name": "sine_wave", "type": "double"}
+            ]
+        }"#;
+        let channel = |extra: &str| {
+            ChannelSpec::from_text(
+                &format!(
+                    "schema = \"s.avsc\"\n[receive]\nbind = \"127.0.0.1:1\"\n[archive]\ndir = \"d\"\n{extra}"
+                ),
+                std::path::Path::new("c/x.toml"),
+                None,
+            )
+            .unwrap()
+        };
+        let spec = channel(
+            "[decimated]\ngroup = \"239.1.1.2:6001\"\ninterface = \"127.0.0.1\"\nalgorithm = \"average\"\nfactor = 2\n",
+        );
+        let loaded = from_text(&spec, text.to_string()).unwrap();
+        assert_eq!(loaded.text, text.trim());
+        let schema = Schema::parse_str(text).unwrap();
+        let Schema::Record(r) = &schema else {
+            panic!("{schema:?}")
+        };
+        assert_eq!(r.fields[0].schema, Schema::Long);
+        let datum = apache_avro::to_avro_datum(
+            &schema,
+            apache_avro::types::Value::Record(vec![
+                (
+                    "time".into(),
+                    apache_avro::types::Value::Long(1_795_383_000_123_456_789),
+                ),
+                (
+                    "message".into(),
+                    apache_avro::types::Value::String("hi".into()),
+                ),
+                ("counter".into(), apache_avro::types::Value::Int(7)),
+                ("sine_wave".into(), apache_avro::types::Value::Double(0.5)),
+            ]),
+        )
+        .unwrap();
+        assert!(loaded.validator.validate(&datum).is_ok());
+        assert!(loaded
+            .validator
+            .validate(&datum[..datum.len() - 1])
+            .is_err());
+        // Not a timestamp for our archive either: a plain long.
+        let spec = channel("time_field = \"time\"\n");
+        let Err(e) = from_text(&spec, text.to_string()) else {
+            panic!("a plain long taken as a timestamp")
+        };
+        let e = e.to_string();
+        assert!(e.contains("a long without a logicalType"), "{e}");
+    }
 }
