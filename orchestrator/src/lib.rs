@@ -19,6 +19,8 @@
 //! - `fdlimit`: the descriptor limit, and the share HTTP connections get;
 //! - [`status_cmd`]: `orchestrator status`, a table from a running API;
 //! - [`channel_cmd`]: `orchestrator channel add|rm|show`, through the API;
+//! - [`speeddata_import`]: `orchestrator import speeddata`, a SpeedData
+//!   configuration (YAML, its SQLite registry) as channel files;
 //! - `systemd`: readiness, watchdog and status notifications.
 
 pub mod channel_cmd;
@@ -38,6 +40,7 @@ pub mod pivot_cmd;
 pub(crate) mod policy;
 pub(crate) mod reconcile;
 pub(crate) mod registry;
+pub mod speeddata_import;
 pub(crate) mod stall;
 pub mod state;
 pub mod status_cmd;

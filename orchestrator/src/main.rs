@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use orchestrator::config::{self, Config, InvalidChannels, DEFAULT_CONFIG};
 use orchestrator::supervisor::{self};
-use orchestrator::{channel_cmd, daemon, hold_cmd, pivot_cmd, status_cmd};
+use orchestrator::{channel_cmd, daemon, hold_cmd, pivot_cmd, speeddata_import, status_cmd};
 
 /// The speeddata-relay supervisor: reads one TOML file per channel from
 /// channels.d/, runs one isolated `relay-channel` process per channel,
@@ -112,6 +112,11 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Turn another system's configuration into channel files.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
     /// Export channels over a time range as columns, to a file: what
     /// GET /api/v1/pivot/export answers (SpeedData's Pivot API call).
     ///
@@ -140,6 +145,83 @@ enum Command {
         offline: bool,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// Write one channel file per SpeedData channel, and its schema.
+    ///
+    /// PATH is a SpeedData tree (it holds config/relay.yaml and
+    /// config/global.yaml) or a folder holding relay.yaml and global.yaml
+    /// themselves (a deployed /etc/speeddata). Relative paths in them (the
+    /// schemas, storage.avro_path) resolve as SpeedData resolves them,
+    /// against its working folder: the tree for a tree, the folder itself
+    /// for a configuration folder; --root names another.
+    ///
+    /// For each channel, DIR gets NAME.toml and NAME.avsc (the channel's
+    /// schema, copied byte for byte). Every key is mapped or reported:
+    ///   channels[].name, port, schema  -> name, receive.bind, schema
+    ///   storage.avro_path               -> archive.dir (made absolute)
+    ///   decimation enabled/factor/algorithm -> [decimated] (or none), factor, algorithm
+    ///   rotation mode time|size + threshold -> archive.rotate_interval | rotate_size
+    ///   retention mode ttl|quota + value    -> archive.retention_age | retention_size
+    ///   multicast.full_rate / decimated     -> [full] / [decimated] group
+    /// and any other key is listed as not mapped, with the reason. With
+    /// --registry, the channels of SpeedData's SQLite registry
+    /// (data/registry.db, v0.5) are imported too and override relay.yaml's
+    /// of the same name, as in SpeedData; their config_json (decimation,
+    /// rotation, retention) overrides relay.yaml's sections for that
+    /// channel.
+    ///
+    /// As SpeedData, every channel receives on 127.0.0.1:PORT (SpeedData's
+    /// relay binds that: --receive-address 0.0.0.0 takes senders on other
+    /// hosts too) and sends to the same two groups, by the kernel's default
+    /// interface with TTL 2 (--interface, --ttl: `--interface 127.0.0.1
+    /// --ttl 0` keeps it on this host). Several channels on one group need
+    /// `shared = true` (see docs/channel-file.md), which the import writes
+    /// when it imports more than one channel; one channel keeps SpeedData's
+    /// groups and needs none.
+    ///
+    /// Every file is checked as `orchestrator check` checks it, with the
+    /// other channel files of DIR, before anything is written. Files are
+    /// written atomically (a temporary file, then a rename), schemas
+    /// first. A file that exists with the same content is left as it is;
+    /// one with other content is never overwritten: then nothing is
+    /// written.
+    ///
+    /// Exit codes: 0 written (or, with --dry-run, would be); 78 the
+    /// SpeedData configuration cannot be imported (every problem printed as
+    /// "file: key: message"); 1 a file in DIR would be overwritten, or a
+    /// file cannot be written.
+    #[command(verbatim_doc_comment)]
+    Speeddata {
+        /// The SpeedData tree, or its configuration folder.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// The folder to write the channel files into (e.g. channels.d).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// SpeedData's channel registry (v0.5 SQLite, data/registry.db).
+        #[arg(long, value_name = "FILE")]
+        registry: Option<PathBuf>,
+        /// The folder relative paths resolve against (SpeedData's working
+        /// folder).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Print the table and the files, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The address every channel receives on (with its port).
+        #[arg(long, value_name = "IPV4", default_value_t = speeddata_import::SPEEDDATA_RECEIVE_ADDRESS)]
+        receive_address: Ipv4Addr,
+        /// The interface multicast leaves by: an address or a name
+        /// (0.0.0.0: the kernel's choice by its routes, as SpeedData).
+        #[arg(long, value_name = "ADDR|NAME", default_value = speeddata_import::DEFAULT_INTERFACE)]
+        interface: String,
+        /// The multicast TTL (0: never leaves the host; SpeedData: 2).
+        #[arg(long, value_name = "N", default_value_t = speeddata_import::SPEEDDATA_TTL, value_parser = clap::value_parser!(u32).range(0..=255))]
+        ttl: u32,
     },
 }
 
@@ -357,6 +439,28 @@ fn main() -> ExitCode {
             offline,
             remote,
         } => pivot(&query, &out, offline, &remote),
+        Command::Import {
+            command:
+                ImportCommand::Speeddata {
+                    path,
+                    out,
+                    registry,
+                    root,
+                    dry_run,
+                    receive_address,
+                    interface,
+                    ttl,
+                },
+        } => {
+            let mut o = speeddata_import::Options::new(path, out);
+            o.registry = registry;
+            o.root = root;
+            o.dry_run = dry_run;
+            o.receive_address = receive_address;
+            o.interface = interface;
+            o.ttl = ttl;
+            report(speeddata_import::import(&o))
+        }
     }
 }
 
