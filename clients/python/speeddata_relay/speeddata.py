@@ -112,7 +112,8 @@ class SpeedDataClient:
         looked up by the orchestrator (absolute, else relative to the
         folder of its orchestrator.toml, else to its channels folder).
         It may also be the schema itself, as a dict. ``config``:
-        ``decimation`` (with ``decimated``: the group to send to),
+        ``decimation`` (with ``decimated``, the group to send to, unless
+        the orchestrator's ``[defaults]`` give every channel one),
         ``rotation`` (seconds), and sections of the channel file
         (docs/api.md). Raises ``requests.HTTPError`` if refused: 400 (a bad
         field, schema not found), 409 (port or name in use)."""

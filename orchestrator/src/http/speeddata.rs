@@ -10,14 +10,16 @@
 //! what the rest of the API reads (the fleet's status, the free ports).
 //!
 //! The translation:
-//! - `receive.bind` is `127.0.0.1:{port}` when the orchestrator listens on
-//!   loopback (a fleet of one host), `0.0.0.0:{port}` otherwise;
+//! - `receive.bind` is `{address}:{port}`, the address `[defaults]`'
+//!   `receive.bind`'s if set, else 127.0.0.1 (where SpeedData's relay
+//!   received, and what `orchestrator import speeddata` writes);
 //! - `[archive]` comes from `[defaults]` (`archive.dir` at least), with
 //!   `config.rotation` (seconds) as `rotate_interval`;
 //! - `config.decimation` (N) is a `[decimated]` output, `downsample` with
-//!   `factor` N; the group to send to cannot be guessed (and `[defaults]`
-//!   cannot give one: it would be every channel's), so it comes from
-//!   `config.decimated` (`group`, `interface`, `ttl`, ...), else 400;
+//!   `factor` N; the group to send to cannot be guessed: it comes from
+//!   `config.decimated` (`group`, `interface`, `ttl`, ...) or from
+//!   `[defaults]` (a `decimated.group` there is every channel's, shared
+//!   as SpeedData's was), else 400;
 //! - `config.receive`, `config.archive`, `config.full`, `config.decimated`
 //!   (our extension) are written into those sections as they are;
 //! - `schema` is a file's path (absolute, else relative to
@@ -196,18 +198,36 @@ fn positive(config: &mut Map<String, Value>, key: &str, max: u64) -> Result<Opti
     }
 }
 
-/// The channel file (TOML) of SpeedData registration `req`: receiving on
-/// `bind_ip` (unless `config.receive.bind` says otherwise), its
-/// `[archive]` from `[defaults]`, and what `config` asks for. What cannot
-/// be written into a channel file is a 400 naming the field.
-pub(crate) fn channel_text(req: &Request, bind_ip: Ipv4Addr) -> Result<String, ApiError> {
+/// `[defaults]`' `{section}.{key}`, if set.
+fn default_of<'a>(defaults: &'a toml::Table, section: &str, key: &str) -> Option<&'a toml::Value> {
+    defaults.get(section)?.as_table()?.get(key)
+}
+
+/// The address a registration receives on when the request names none:
+/// `[defaults]`' `receive.bind`'s (its port is each channel's own), else
+/// 127.0.0.1, where SpeedData's relay received.
+pub(crate) fn bind_ip(defaults: &toml::Table) -> Ipv4Addr {
+    default_of(defaults, "receive", "bind")
+        .and_then(toml::Value::as_str)
+        .and_then(|b| b.parse::<SocketAddrV4>().ok())
+        .map_or(Ipv4Addr::LOCALHOST, |a| *a.ip())
+}
+
+/// The channel file (TOML) of SpeedData registration `req`, under the
+/// fleet's `[defaults]`: receiving on [`bind_ip`] (unless
+/// `config.receive.bind` says otherwise), its `[archive]` from
+/// `[defaults]`, and what `config` asks for. What cannot be written into
+/// a channel file is a 400 naming the field.
+pub(crate) fn channel_text(req: &Request, defaults: &toml::Table) -> Result<String, ApiError> {
     let mut config = req.config.clone();
     let mut receive = section(config.remove("receive"), "receive")?.unwrap_or_default();
     match receive.get("bind") {
         None => {
             receive.insert(
                 "bind".into(),
-                SocketAddrV4::new(bind_ip, req.port).to_string().into(),
+                SocketAddrV4::new(bind_ip(defaults), req.port)
+                    .to_string()
+                    .into(),
             );
         }
         Some(toml::Value::String(b))
@@ -237,11 +257,12 @@ pub(crate) fn channel_text(req: &Request, bind_ip: Ipv4Addr) -> Result<String, A
     let mut decimated = section(config.remove("decimated"), "decimated")?;
     if let Some(factor) = positive(&mut config, "decimation", u64::from(u32::MAX))? {
         let mut d = decimated.take().unwrap_or_default();
-        if !d.contains_key("group") {
+        if !d.contains_key("group") && default_of(defaults, "decimated", "group").is_none() {
             return Err(bad(
                 Some("config.decimation"),
-                "config.decimation needs a decimated output to send to, which this server cannot choose: \
-                 give config.decimated = {\"group\": \"239.255.10.2:6001\", \"interface\": \"127.0.0.1\", \"ttl\": 0} \
+                "config.decimation needs a decimated output to send to, which this server cannot choose \
+                 (the fleet's [defaults] give no decimated.group): give config.decimated = \
+                 {\"group\": \"239.255.10.2:6001\", \"interface\": \"127.0.0.1\", \"ttl\": 0} \
                  (the group and port, the interface multicast leaves by, and its TTL), or leave decimation out",
             ));
         }
@@ -408,12 +429,7 @@ pub(super) async fn create(
     {
         return name_taken(&req.name);
     }
-    let bind_ip = if cfg.listen.ip().is_loopback() {
-        Ipv4Addr::LOCALHOST
-    } else {
-        Ipv4Addr::UNSPECIFIED
-    };
-    let text = match channel_text(&req, bind_ip) {
+    let text = match channel_text(&req, &cfg.defaults) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -627,6 +643,11 @@ mod tests {
             .unwrap()
     }
 
+    /// No `[defaults]`.
+    fn none() -> toml::Table {
+        toml::Table::new()
+    }
+
     fn table(text: &str) -> toml::Table {
         assert!(text.starts_with("# Registered through"), "{text}");
         toml::from_str(text).unwrap()
@@ -678,7 +699,7 @@ mod tests {
 
     #[test]
     fn a_plain_registration_receives_and_archives() {
-        let text = channel_text(&req(json!({})), Ipv4Addr::LOCALHOST).unwrap();
+        let text = channel_text(&req(json!({})), &none()).unwrap();
         assert_eq!(
             text,
             "# Registered through SpeedData's POST /api/v1/channels.\n\
@@ -692,7 +713,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t, expected);
-        let t = table(&channel_text(&req(json!({})), Ipv4Addr::UNSPECIFIED).unwrap());
+        // [defaults]' receive.bind gives the address.
+        let defaults = toml::from_str("receive.bind = \"0.0.0.0:1\"").unwrap();
+        let t = table(&channel_text(&req(json!({})), &defaults).unwrap());
         assert_eq!(t["receive"]["bind"].as_str(), Some("0.0.0.0:26001"));
     }
 
@@ -706,7 +729,7 @@ mod tests {
             "archive": {"codec": "null"},
             "receive": {"bind": "10.0.0.1:26001", "validate": false},
         }));
-        let t = table(&channel_text(&r, Ipv4Addr::LOCALHOST).unwrap());
+        let t = table(&channel_text(&r, &none()).unwrap());
         let expected: toml::Table = toml::from_str(
             r#"name = "sensor1"
 schema = "sensor1.avsc"
@@ -734,18 +757,17 @@ factor = 5
         let r = req(
             json!({"decimation": "2", "decimated": {"group": "239.1.1.1:1", "algorithm": "minmax"}}),
         );
-        let t = table(&channel_text(&r, Ipv4Addr::LOCALHOST).unwrap());
+        let t = table(&channel_text(&r, &none()).unwrap());
         assert_eq!(t["decimated"]["algorithm"].as_str(), Some("minmax"));
         assert_eq!(t["decimated"]["factor"].as_integer(), Some(2));
-        let t =
-            table(&channel_text(&req(json!({"decimation": null})), Ipv4Addr::LOCALHOST).unwrap());
+        let t = table(&channel_text(&req(json!({"decimation": null})), &none()).unwrap());
         assert!(!t.contains_key("decimated"));
     }
 
     #[test]
     fn what_cannot_be_written_is_a_400_naming_the_field() {
         let field = |config: Value| {
-            let e = channel_text(&req(config), Ipv4Addr::LOCALHOST).unwrap_err();
+            let e = channel_text(&req(config), &none()).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             e.body.field.unwrap()
         };
@@ -773,6 +795,54 @@ factor = 5
             field(json!({"receive": {"bind": "127.0.0.1:1"}})),
             "config.receive.bind"
         );
+    }
+
+    #[test]
+    fn a_decimated_group_from_defaults_serves_every_registration() {
+        // SpeedData's model: every channel on one decimated group, given by
+        // [defaults] and shared.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("channels.d")).unwrap();
+        let file = d.path().join("orchestrator.toml");
+        std::fs::write(
+            &file,
+            "channels_dir = \"channels.d\"\n[defaults]\narchive.dir = \"archive\"\n\
+             decimated.group = \"239.1.1.2:6001\"\ndecimated.interface = \"127.0.0.1\"\n\
+             decimated.ttl = 0\ndecimated.shared = true\ndecimated.factor = 5\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&file, None).unwrap();
+        let schema =
+            json!({"type": "record", "name": "r", "fields": [{"name": "a", "type": "int"}]});
+        for (name, port) in [("one", 26001), ("two", 26002)] {
+            let r = parse(
+                &json!({"name": name, "port": port, "schema": "x", "config": {"decimation": 2}}),
+            )
+            .unwrap();
+            let text = channel_text(&r, &cfg.defaults).unwrap();
+            let t = table(&text);
+            assert_eq!(t["decimated"].as_table().unwrap().len(), 2, "{text}");
+            assert_eq!(t["decimated"]["factor"].as_integer(), Some(2));
+            assert_eq!(
+                t["receive"]["bind"].as_str(),
+                Some(&*format!("127.0.0.1:{port}"))
+            );
+            // The file validates under the defaults, beside the other one.
+            let p = crate::registry::prepare(&cfg, name, &text, &schema)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert_eq!(p.channel_text, text, "the schema key is already there");
+            crate::registry::write(&p).unwrap();
+        }
+        let fleet = crate::config::load_fleet(&cfg).unwrap();
+        assert_eq!(fleet.channels.len(), 2, "{:?}", fleet.rejected);
+        for c in &fleet.channels {
+            let dec = c.spec.decimated.as_ref().unwrap();
+            assert_eq!(dec.output.dest.to_string(), "239.1.1.2:6001");
+        }
+        // Without decimation the file says nothing of it: the defaults'
+        // output is the channel's, as it is every channel's.
+        let r = parse(&json!({"name": "three", "port": 26003, "schema": "x"})).unwrap();
+        assert!(!table(&channel_text(&r, &cfg.defaults).unwrap()).contains_key("decimated"));
     }
 
     #[test]
