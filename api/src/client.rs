@@ -370,10 +370,10 @@ impl Client {
     }
 
     /// `DELETE /api/v1/channels/{name}`: once the channel has stopped.
-    pub fn unregister(&self, name: &str) -> Result<(), Error> {
+    pub fn unregister(&self, name: &str) -> Result<Deregistered, Error> {
         let path = format!("/api/v1/channels/{}", segment(name));
-        self.call::<serde_json::Value>("DELETE", &path, None::<&()>, TIMEOUT)
-            .map(|_| ())
+        self.call("DELETE", &path, None::<&()>, TIMEOUT)
+            .map(|(_, v)| v)
     }
 
     /// `GET /api/v1/channels/{name}/config`.

@@ -96,6 +96,68 @@ pub struct ChannelStatus {
     /// The decimated output's group and algorithm, from the channel's
     /// configuration; `null` without a `[decimated]` section.
     pub decimation: Option<Decimation>,
+    /// SpeedData v0.5's `port`: the receive port (`receive.bind`'s), from
+    /// the channel's configuration; `null` until a valid one is known.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// SpeedData v0.5's `schema_path`: the channel's schema file, resolved
+    /// (the file the relay reads, not the path a registration named).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub schema_path: Option<PathBuf>,
+    /// SpeedData v0.5's `status`: `active` while a relay runs (`state`
+    /// `starting` or `ready`), else `registered`.
+    #[serde(default)]
+    pub status: RegistrationStatus,
+    /// SpeedData v0.5's `created_at`: when the channel file was last
+    /// modified (RFC 3339, UTC), as of its last validation; `null` until
+    /// the file validated once.
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// SpeedData v0.5's `config`: `decimation` (the decimated output's
+    /// `factor`) and `rotation` (`archive.rotate_interval`, seconds).
+    #[serde(default)]
+    pub config: Option<ChannelSettings>,
+}
+
+/// SpeedData v0.5's channel `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationStatus {
+    /// A relay runs (`state` is `starting` or `ready`).
+    Active,
+    /// Registered, no relay running (`backoff`, `failed`, `stopped`).
+    #[default]
+    Registered,
+}
+
+impl RegistrationStatus {
+    /// The SpeedData status of a channel in `state`.
+    pub fn of(state: State) -> RegistrationStatus {
+        match state {
+            State::Starting | State::Ready => RegistrationStatus::Active,
+            State::Backoff | State::Failed | State::Stopped => RegistrationStatus::Registered,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationStatus::Active => "active",
+            RegistrationStatus::Registered => "registered",
+        }
+    }
+}
+
+/// SpeedData v0.5's `config` of a channel, from its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct ChannelSettings {
+    /// The decimated output's `factor` (records a window); absent without a
+    /// decimated output or with one by `rate_hz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decimation: Option<u32>,
+    /// `archive.rotate_interval`, in whole seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<u64>,
 }
 
 impl ChannelStatus {
@@ -117,6 +179,11 @@ impl ChannelStatus {
             last_report_at: None,
             archive_files: Vec::new(),
             decimation: None,
+            port: None,
+            schema_path: None,
+            status: RegistrationStatus::Registered,
+            created_at: None,
+            config: None,
         }
     }
 }
@@ -382,6 +449,142 @@ pub struct HoldList {
     pub holds: Vec<HoldReport>,
 }
 
+/// `GET /api/v1/health`: SpeedData v0.5's health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+    /// Always `speeddata-registration-api`.
+    pub service: String,
+    /// The version of SpeedData's registration API this answers as,
+    /// `0.5.0`.
+    pub version: String,
+    /// This orchestrator's own version.
+    pub relay_version: String,
+}
+
+/// The body of `POST /api/v1/channels` (SpeedData v0.5's registration).
+/// The server reads it field by field, so that a missing or mistyped
+/// field is answered as SpeedData answered it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NewChannel {
+    pub name: String,
+    /// The receive port: an integer (or a string of digits).
+    pub port: u16,
+    /// A schema file's path (absolute, else relative to orchestrator.toml's
+    /// folder, else to the channels folder), or the Avro schema itself.
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<NewChannelConfig>,
+}
+
+/// `config` of [`NewChannel`]: SpeedData's `decimation` and `rotation`,
+/// and sections of the channel file written as they are.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct NewChannelConfig {
+    /// A decimated output, `downsample` with this `factor`; needs
+    /// `decimated.group` (and `interface` for multicast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decimation: Option<u32>,
+    /// `archive.rotate_interval`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<u64>,
+    /// Keys of the channel file's `[receive]` (`bind`'s port must be `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub receive: Option<serde_json::Value>,
+    /// Keys of `[archive]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub archive: Option<serde_json::Value>,
+    /// Keys of `[full]`: a full-rate output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub full: Option<serde_json::Value>,
+    /// Keys of `[decimated]`: a decimated output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub decimated: Option<serde_json::Value>,
+}
+
+/// `POST /api/v1/channels`: registered (SpeedData v0.5's answer, and the
+/// channel's `state`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChannelCreated {
+    /// Always `success`.
+    pub status: String,
+    pub name: String,
+    pub port: u16,
+    /// The relay's process id once it runs.
+    pub pid: Option<u32>,
+    /// `Channel 'x' registered and relay started`, or what became of it.
+    pub message: String,
+    /// The channel's lifecycle state when the answer was sent.
+    pub state: State,
+}
+
+/// `DELETE /api/v1/channels/{name}`: removed, its relay stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Deregistered {
+    /// Always `success`.
+    pub status: String,
+    pub name: String,
+    /// `Channel 'x' de-registered and relay stopped`.
+    pub message: String,
+}
+
+/// A range of ports, both ends included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+/// `GET /api/v1/ports/available`: the ports of `range` no channel file
+/// receives on and no UDP socket of this host has bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AvailablePorts {
+    pub range: PortRange,
+    pub available: Vec<u16>,
+    pub count: usize,
+}
+
+/// `GET /api/v1/ports/{port}/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortStatus {
+    pub port: u16,
+    pub available: bool,
+    /// `free` or `in_use`.
+    pub status: String,
+    /// The channel that receives on it; absent when it is free, or taken
+    /// by a socket of this host that no channel file names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
+/// The body of `POST /api/v1/channels/{name}/validate-schema`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SchemaToValidate {
+    /// An Avro schema (JSON).
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
+}
+
+/// `POST /api/v1/channels/{name}/validate-schema`: whether a schema is the
+/// channel's (equal as JSON), with both when it is not (409).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SchemaValidation {
+    pub valid: bool,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub registered_schema: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub provided_schema: Option<serde_json::Value>,
+}
+
 /// Every error's body: what is wrong, and where when it is known.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
@@ -397,6 +600,35 @@ pub struct ErrorBody {
     /// With a 409 from `/api/v1/ports/free`: the free ports found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<u16>>,
+    /// SpeedData v0.5's fields, where an answer carries them.
+    #[serde(flatten)]
+    pub speeddata: Box<SpeedDataError>,
+}
+
+/// The fields SpeedData v0.5's errors carry beside `error` (kept apart, and
+/// boxed, so that an [`ErrorBody`] stays small).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct SpeedDataError {
+    /// The channel at fault (404 of a channel, 409 of a name already
+    /// registered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The fields a `POST /api/v1/channels` needs, when some are missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<Vec<String>>,
+    /// The port already in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The channel that uses `port` (absent when it is a socket of this
+    /// host that no channel file names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<String>,
+    /// The schema file named, as it was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// More about what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
 }
 
 impl ErrorBody {
@@ -443,6 +675,39 @@ mod tests {
         assert_eq!(
             serde_json::to_value(ErrorBody::new("no channel \"x\"")).unwrap(),
             json!({"error": "no channel \"x\""})
+        );
+        // SpeedData's fields sit beside ours, flat.
+        let mut e = ErrorBody::new("Port already in use");
+        e.speeddata.port = Some(26001);
+        e.speeddata.used_by = Some("sensor1".into());
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": "Port already in use", "port": 26001, "used_by": "sensor1"})
+        );
+        assert_eq!(serde_json::from_value::<ErrorBody>(v).unwrap(), e);
+        assert_eq!(
+            serde_json::from_value::<ErrorBody>(json!({"error": "x"})).unwrap(),
+            ErrorBody::new("x")
+        );
+    }
+
+    #[test]
+    fn a_channel_status_reads_without_speeddata_fields() {
+        let s = ChannelStatus::new("a", "a.toml".into());
+        let mut v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["status"], "registered");
+        for k in ["port", "schema_path", "status", "created_at", "config"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        assert_eq!(serde_json::from_value::<ChannelStatus>(v).unwrap(), s);
+        assert_eq!(
+            RegistrationStatus::of(State::Starting),
+            RegistrationStatus::Active
+        );
+        assert_eq!(
+            RegistrationStatus::of(State::Backoff).as_str(),
+            "registered"
         );
     }
 }

@@ -500,7 +500,10 @@ mod tests {
                 "401 Unauthorized",
                 r#"{"error": "this request needs the API token"}"#,
             ),
-            ("204 No Content", ""),
+            (
+                "200 OK",
+                r#"{"status": "success", "name": "east", "message": "Channel 'east' de-registered and relay stopped"}"#,
+            ),
             ("404 Not Found", r#"{"error": "no channel \"west\""}"#),
             (
                 "200 OK",

@@ -15,7 +15,7 @@
 //! - [`check_schema`] says whether a writer's schema is read correctly as a
 //!   channel's schema (Avro schema resolution);
 //! - [`free_ports`] finds receive ports no channel file uses and nothing
-//!   on this host has bound.
+//!   on this host has bound; [`port_user`] says who uses one.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -332,6 +332,35 @@ pub fn free_ports(cfg: &Config, from: u16, to: u16, count: usize) -> Vec<u16> {
         .filter(|p| *p != 0 && !used.contains(p))
         .take(count)
         .collect()
+}
+
+/// Who uses a port, as [`free_ports`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortUser {
+    Free,
+    /// A valid channel file receives on it (the first, by file name).
+    Channel(String),
+    /// A UDP socket of this host has bound it, and no channel file names it.
+    Host,
+}
+
+/// Who uses receive port `port`: a channel file, another socket of this
+/// host, or nobody.
+pub fn port_user(cfg: &Config, port: u16) -> PortUser {
+    if let Ok(fleet) = config::load_fleet(cfg) {
+        if let Some(c) = fleet
+            .channels
+            .iter()
+            .find(|c| c.spec.receive.bind.port() == port)
+        {
+            return PortUser::Channel(c.name().to_string());
+        }
+    }
+    if bound_udp_ports().contains(&port) {
+        PortUser::Host
+    } else {
+        PortUser::Free
+    }
 }
 
 /// Local ports of every UDP socket of this host's network namespace, from

@@ -14,7 +14,10 @@ use relay_channel::config::ChannelSpec;
 use relay_channel::status::{reject_reasons, Counters, Kind, Rates, Stats, COUNTERS};
 use tokio::sync::broadcast;
 
-pub use speeddata_api::{ArchiveFile, ChannelStatus, Decimation, Event, EventKind, Exit, State};
+pub use speeddata_api::{
+    ArchiveFile, ChannelSettings, ChannelStatus, Decimation, Event, EventKind, Exit,
+    RegistrationStatus, State,
+};
 
 /// One channel as the orchestrator tracks it: the status the API shows,
 /// and when its child started and last reported (for uptime and rates).
@@ -52,6 +55,27 @@ pub fn decimation_of(spec: &relay_channel::config::DecimatedSpec) -> Decimation 
         rate_hz,
         keep_last: spec.keep_last.clone(),
     }
+}
+
+/// Notes in a channel's status what its configuration says: the
+/// decimation, and SpeedData v0.5's `port`, `schema_path`, `config` and
+/// `created_at` (the channel file's modification time).
+fn describe(st: &mut ChannelStatus, spec: &ChannelSpec) {
+    use relay_channel::config::DecimationWindow;
+    st.decimation = spec.decimated.as_ref().map(decimation_of);
+    st.port = Some(spec.receive.bind.port());
+    st.schema_path = Some(spec.schema_path.clone());
+    st.config = Some(ChannelSettings {
+        decimation: spec.decimated.as_ref().and_then(|d| match d.window {
+            DecimationWindow::Records(n) => Some(n),
+            DecimationWindow::PerSecond(_) => None,
+        }),
+        rotation: Some(spec.archive.rotate_interval.as_secs()),
+    });
+    st.created_at = std::fs::metadata(&spec.file)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string());
 }
 
 /// How many closed archive files a channel's status lists.
@@ -370,9 +394,9 @@ impl Fleet {
         let mut map = self.lock();
         let st = map.entry(name.to_string()).or_insert_with(|| {
             let mut st = Tracked::new(name, file.to_path_buf());
-            st.decimation = self
-                .spec(name)
-                .and_then(|s| s.decimated.as_ref().map(decimation_of));
+            if let Some(spec) = self.spec(name) {
+                describe(&mut st, &spec);
+            }
             st
         });
         let r = f(st);
@@ -387,7 +411,7 @@ impl Fleet {
     /// Notes a channel's configuration, as validated for its next start.
     pub fn set_spec(&self, spec: ChannelSpec) {
         if let Some(st) = self.lock().get_mut(&spec.name) {
-            st.decimation = spec.decimated.as_ref().map(decimation_of);
+            describe(st, &spec);
         }
         self.specs
             .lock()
@@ -539,6 +563,7 @@ impl Fleet {
 /// child's report is overdue.
 fn with_uptime(t: &Tracked) -> ChannelStatus {
     let mut c = t.status.clone();
+    c.status = RegistrationStatus::of(c.state);
     c.uptime_s = t
         .started
         .filter(|_| c.pid.is_some())

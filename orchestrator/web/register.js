@@ -85,7 +85,7 @@ export function registrationForm({ name = '', channel = '', schema = '', onSaved
 export async function removeChannel(name) {
   if (!window.confirm(`Remove channel ${name}? Its file goes from channels.d and it stops; its archive is kept.`)) return false;
   const r = await send('DELETE', `/api/v1/channels/${encodeURIComponent(name)}`);
-  if (r.status !== 204) {
+  if (!r.ok) {
     const body = await r.json().catch(() => ({}));
     throw new Error(body.error || `HTTP ${r.status}`);
   }

@@ -133,10 +133,23 @@ fn a_channel_registered_through_the_api_runs_is_replaced_alone_and_is_removed_wi
     assert_eq!(status, 200, "{body:?}");
     assert_eq!(body.pid, o.channel("reg").unwrap().pid);
 
-    // Removed: 204 once it stopped; both files gone; the archive is kept,
-    // finalized, with every record.
+    // Removed: 200 once it stopped (SpeedData v0.5's body); both files
+    // gone; the archive is kept, finalized, with every record.
     let r = o.send("DELETE", "/api/v1/channels/reg", None, &[]);
-    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body: speeddata_api::Deregistered = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        (
+            body.status.as_str(),
+            body.name.as_str(),
+            body.message.as_str()
+        ),
+        (
+            "success",
+            "reg",
+            "Channel 'reg' de-registered and relay stopped"
+        )
+    );
     assert!(!dir.join("reg.toml").exists() && !dir.join("reg.avsc").exists());
     assert!(
         o.channel("reg").is_none(),

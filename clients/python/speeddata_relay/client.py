@@ -183,9 +183,10 @@ class Client:
             )
         )
 
-    def remove_channel(self, name: str) -> None:
-        """Stops channel ``name`` and removes its file (its archive is kept)."""
-        self._request("DELETE", f"/api/v1/channels/{_segment(name)}", timeout=max(self.timeout, 120.0))
+    def remove_channel(self, name: str) -> Json:
+        """Stops channel ``name`` and removes its file (its archive is kept).
+        Returns ``{"status": "success", "name", "message"}``."""
+        return dict(self._request("DELETE", f"/api/v1/channels/{_segment(name)}", timeout=max(self.timeout, 120.0)))
 
     # Holds
 

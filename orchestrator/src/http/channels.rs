@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use speeddata_api::{ChannelList, ChannelStatus, ErrorBody, Restarting};
+use speeddata_api::{ChannelList, ChannelStatus, ErrorBody, RegistrationStatus, Restarting};
 use tokio::sync::oneshot;
 
 use crate::supervisor::Request;
 
 use super::auth::Writer;
-use super::{error, AppState};
+use super::{error, no_channel, ApiError, AppState};
 
 /// How long a restart request waits for the supervisor's answer.
 pub(super) const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,7 +25,7 @@ pub(super) const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
         (status = 422, description = "The schema file is not JSON", body = ErrorBody)))]
 pub(super) async fn schema(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     if s.fleet.get(&name).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+        return no_channel(&name);
     }
     let Some(spec) = s.fleet.spec(&name) else {
         return error(
@@ -51,13 +51,42 @@ pub(super) async fn schema(State(s): State<AppState>, Path(name): Path<String>) 
     }
 }
 
+/// `GET /api/v1/channels[?status=active|registered]`: every channel's
+/// status, or those of SpeedData v0.5's `status`.
 #[utoipa::path(get, path = "/api/v1/channels", tag = "channels",
-    responses((status = 200, description = "Every channel's status", body = ChannelList)))]
-pub(super) async fn channels(State(s): State<AppState>) -> Response {
-    Json(ChannelList {
-        channels: s.fleet.list(),
-    })
-    .into_response()
+    params(("status" = Option<String>, Query, description = "Only the channels of this SpeedData status: `active` (a relay runs: starting or ready) or `registered` (none runs)")),
+    responses((status = 200, description = "Every channel's status", body = ChannelList),
+        (status = 400, description = "A bad query", body = ErrorBody)))]
+pub(super) async fn channels(
+    State(s): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let mut only = None;
+    for (k, v) in query.map(|Query(q)| q).unwrap_or_default() {
+        match (k.as_str(), v.as_str()) {
+            ("status", "active") => only = Some(RegistrationStatus::Active),
+            ("status", "registered") => only = Some(RegistrationStatus::Registered),
+            ("status", _) => {
+                return ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    Some("status".into()),
+                    format!("status={v:?}: `active` or `registered`"),
+                )
+                .into_response()
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {k:?} (status)"),
+                )
+            }
+        }
+    }
+    let mut channels = s.fleet.list();
+    if let Some(only) = only {
+        channels.retain(|c| c.status == only);
+    }
+    Json(ChannelList { channels }).into_response()
 }
 
 #[utoipa::path(get, path = "/api/v1/channels/{name}", tag = "channels", params(("name" = String, Path, description = "The channel's name")),
@@ -66,7 +95,7 @@ pub(super) async fn channels(State(s): State<AppState>) -> Response {
 pub(super) async fn channel(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     match s.fleet.get(&name) {
         Some(c) => Json(c).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no channel {name:?}")),
+        None => no_channel(&name),
     }
 }
 

@@ -8,7 +8,7 @@ use axum::response::Response;
 use speeddata_api::ErrorBody;
 
 use super::auth::same_origin;
-use super::{error, AppState};
+use super::{error, no_channel, AppState};
 
 /// `GET /api/v1/channels/{name}/live[?fields=a,b.c][&max_rate=N]`: 404
 /// for an unknown channel, 400 for a bad query or a request that is not a
@@ -37,7 +37,7 @@ pub(super) async fn live(
         return error(StatusCode::FORBIDDEN, why);
     }
     if s.fleet.get(&name).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+        return no_channel(&name);
     }
     let spec = s.fleet.spec(&name);
     let Ok(Query(query)) = query else {

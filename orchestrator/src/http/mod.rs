@@ -8,16 +8,21 @@
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/api/v1/info` | 200 `{"version", "writes", "auth", "writes_refused"}` |
 //! | GET | `/api/v1/openapi.json` | 200 this API's OpenAPI 3 document |
-//! | GET | `/api/v1/channels` | 200 `{"channels": [status, ...]}` |
+//! | GET | `/api/v1/health` | 200 SpeedData v0.5's `{"status", "service", "version"}` |
+//! | GET | `/api/v1/channels` | 200 `{"channels": [status, ...]}` (`?status=active` or `registered`) |
+//! | POST | `/api/v1/channels` | SpeedData v0.5's registration (see [`speeddata`]): 201; 400, 401, 403, 409 |
 //! | GET | `/api/v1/channels/{name}` | 200 status, 404 |
 //! | PUT | `/api/v1/channels/{name}` | 201/200 status; 400, 401, 403, 409/422 with `problems` |
-//! | DELETE | `/api/v1/channels/{name}` | 204, 404 |
+//! | DELETE | `/api/v1/channels/{name}` | 200 `{"status", "name", "message"}`, 404 |
 //! | POST | `/api/v1/channels/{name}/restart` | 202 `{"restarting": name}`, 404, 503 |
 //! | GET | `/api/v1/channels/{name}/live` | WebSocket of decimated records (see [`crate::live`]) |
 //! | GET | `/api/v1/channels/{name}/schema` | 200 the channel's Avro schema (JSON), 404 |
 //! | GET | `/api/v1/channels/{name}/config` | 200 the channel file's text and schema |
 //! | POST | `/api/v1/channels/{name}/check-schema` | 200 `{"compatible", "problems"}` |
+//! | POST | `/api/v1/channels/{name}/validate-schema` | 200/409 `{"valid", "message", ...}` (SpeedData v0.5) |
 //! | GET | `/api/v1/ports/free` | 200 `{"ports"}`, 409 too few |
+//! | GET | `/api/v1/ports/available` | 200 `{"range", "available", "count"}` (SpeedData v0.5) |
+//! | GET | `/api/v1/ports/{port}/status` | 200 `{"port", "available", "status", "channel"?}` (SpeedData v0.5) |
 //! | GET | `/api/v1/events` | server-sent events (`?since=N`) |
 //! | POST | `/api/v1/holds` | 201 the hold and what it covers; 409, 422 with `field` |
 //! | GET | `/api/v1/holds` | 200 every hold and what it covers |
@@ -33,7 +38,10 @@
 //! generated from those types and the handlers' `#[utoipa::path]`: each
 //! route is registered once, with its documentation ([`routes`]).
 //!
-//! Write requests (restart, registration, check-schema) need the API token
+//! A channel's 404 carries its `name` too, as SpeedData's did.
+//!
+//! Write requests (restart, registration, check-schema, validate-schema)
+//! need the API token
 //! (`Authorization: Bearer`, 401 without it) when `http.token_file` is set.
 //! Without a token they are refused with 403 while `http.listen` is not a
 //! loopback address, from a peer off loopback, from a page of another
@@ -72,6 +80,7 @@ mod live;
 mod pivot;
 mod registration;
 mod server;
+mod speeddata;
 #[cfg(test)]
 mod tests;
 mod transport;
@@ -140,7 +149,8 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(server::metrics))
         .routes(routes!(server::info))
         .routes(routes!(server::openapi_json))
-        .routes(routes!(channels::channels))
+        .routes(routes!(speeddata::health))
+        .routes(routes!(channels::channels, speeddata::create))
         .routes(routes!(
             channels::channel,
             registration::register,
@@ -149,9 +159,12 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(channels::schema))
         .routes(routes!(registration::channel_config))
         .routes(routes!(registration::check_schema))
+        .routes(routes!(speeddata::validate_schema))
         .routes(routes!(channels::restart))
         .routes(routes!(live::live))
         .routes(routes!(registration::free_ports))
+        .routes(routes!(speeddata::available_ports))
+        .routes(routes!(speeddata::port_status))
         .routes(routes!(holds::holds_list, holds::hold_create))
         .routes(routes!(holds::hold_get, holds::hold_delete))
         .routes(routes!(events::events))
@@ -235,6 +248,13 @@ impl IntoResponse for ApiError {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     ApiError::new(status, message).into_response()
+}
+
+/// 404 for channel `name`: our error, with SpeedData v0.5's `name`.
+fn no_channel(name: &str) -> Response {
+    let mut e = ApiError::new(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+    e.body.speeddata.name = Some(name.to_string());
+    e.into_response()
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

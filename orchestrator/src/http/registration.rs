@@ -7,12 +7,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use speeddata_api::{ChannelStatus, Checked, ErrorBody, Ports, Registration, SchemaCheck};
+use speeddata_api::{
+    ChannelStatus, Checked, Deregistered, ErrorBody, Ports, Registration, SchemaCheck,
+};
 
 use crate::state::State as ChannelState;
 
 use super::auth::{Cfg, Writer};
-use super::{error, ApiError, AppState};
+use super::{error, no_channel, ApiError, AppState};
 
 pub(super) type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
@@ -80,17 +82,83 @@ pub(super) async fn register(
         Ok(b) => b,
         Err(e) => return bad_body(e),
     };
+    let ask = Ask {
+        name: &name,
+        channel: &reg.channel,
+        schema: &reg.schema,
+        dry_run,
+        wait,
+        create_only: false,
+        who,
+    };
+    match apply(&s, &cfg, ask).await {
+        Ok(Done::Checked) => Json(Checked { problems: vec![] }).into_response(),
+        Ok(Done::Written { status, channel }) => (status, Json(channel)).into_response(),
+        Err(Failed::Refused(r)) => refused(r),
+        Err(Failed::Exists) => error(StatusCode::CONFLICT, format!("channel {name} exists")),
+        Err(Failed::Write(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+    }
+}
+
+/// A registration, once its request is read: `PUT
+/// /api/v1/channels/{name}` and SpeedData's `POST /api/v1/channels` both
+/// come here.
+pub(super) struct Ask<'a> {
+    pub name: &'a str,
+    /// The channel file's text (TOML).
+    pub channel: &'a str,
+    pub schema: &'a serde_json::Value,
+    /// Check only.
+    pub dry_run: bool,
+    /// Answer once the channel is ready, failed or backing off.
+    pub wait: bool,
+    /// Refuse to replace a channel file that exists ([`Failed::Exists`]).
+    pub create_only: bool,
+    /// Who asked (`token`, `local`), for the log.
+    pub who: &'static str,
+}
+
+/// What [`apply`] did.
+pub(super) enum Done {
+    /// Dry run: nothing wrong.
+    Checked,
+    /// Written (or already so): 201 new, 200 replaced; the channel's status.
+    Written {
+        status: StatusCode,
+        channel: Box<ChannelStatus>,
+    },
+}
+
+/// Why [`apply`] did nothing.
+pub(super) enum Failed {
+    Refused(crate::registry::Refused),
+    /// `create_only`, and the channel file exists.
+    Exists,
+    /// The files could not be written (the message says which).
+    Write(String),
+}
+
+/// Checks and writes a registration (see [`crate::registry`]), then waits
+/// for the channel if asked to.
+pub(super) async fn apply(
+    s: &AppState,
+    cfg: &crate::config::Config,
+    ask: Ask<'_>,
+) -> Result<Done, Failed> {
+    let name = ask.name;
+    crate::registry::check_name(name).map_err(Failed::Refused)?;
     // One registration at a time: the checks see the files as the write
     // will leave them.
     static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _writing = WRITING.lock().await;
+    let writing = WRITING.lock().await;
     // A few small files: done on the (single-threaded) runtime's thread.
-    let prepared = match crate::registry::prepare(&cfg, &name, &reg.channel, &reg.schema) {
-        Ok(p) => p,
-        Err(r) => return refused(r),
-    };
-    if dry_run {
-        return Json(Checked { problems: vec![] }).into_response();
+    let prepared =
+        crate::registry::prepare(cfg, name, ask.channel, ask.schema).map_err(Failed::Refused)?;
+    if ask.create_only && prepared.exists {
+        return Err(Failed::Exists);
+    }
+    if ask.dry_run {
+        return Ok(Done::Checked);
     }
     let status = if prepared.exists {
         StatusCode::OK
@@ -99,29 +167,28 @@ pub(super) async fn register(
     };
     let written_at = std::time::Instant::now();
     if !prepared.unchanged {
-        let written = crate::registry::write(&prepared);
-        if let Err(e) = written {
+        if let Err(e) = crate::registry::write(&prepared) {
             tracing::error!(channel = %name, error = %e, "cannot write the channel's files");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot write {}: {e}", prepared.channel_file.display()),
-            );
+            return Err(Failed::Write(format!(
+                "cannot write {}: {e}",
+                prepared.channel_file.display()
+            )));
         }
         tracing::info!(
             channel = %name,
             file = %prepared.channel_file.display(),
-            by = who,
+            by = ask.who,
             "channel {} through the API",
             if prepared.exists { "replaced" } else { "registered" }
         );
     }
-    drop(_writing);
-    if wait && !prepared.unchanged {
+    drop(writing);
+    if ask.wait && !prepared.unchanged {
         let limit = cfg.policy.start_timeout + WAIT_SLACK;
         let _ = tokio::time::timeout(limit, async {
             loop {
-                let started = s.fleet.started(&name);
-                let settled = s.fleet.get(&name).is_some_and(|c| {
+                let started = s.fleet.started(name);
+                let settled = s.fleet.get(name).is_some_and(|c| {
                     started.is_some_and(|t| t > written_at)
                         && matches!(
                             c.state,
@@ -136,22 +203,22 @@ pub(super) async fn register(
         })
         .await;
     }
-    match s.fleet.get(&name) {
-        Some(c) => (status, Json(c)).into_response(),
-        None => (
-            status,
-            Json(ChannelStatus::new(&name, prepared.channel_file)),
-        )
-            .into_response(),
-    }
+    let channel = s
+        .fleet
+        .get(name)
+        .unwrap_or_else(|| ChannelStatus::new(name, prepared.channel_file));
+    Ok(Done::Written {
+        status,
+        channel: Box::new(channel),
+    })
 }
 
 /// `DELETE /api/v1/channels/{name}`: removes the channel's file (and its
 /// schema unless another file uses it); the reload stops the channel,
 /// whose archive is finalized and kept. Answers once the channel stopped
-/// (at most `stop_timeout` and a little).
+/// (at most `stop_timeout` and a little), with SpeedData v0.5's body.
 #[utoipa::path(delete, path = "/api/v1/channels/{name}", tag = "registration", params(("name" = String, Path, description = "The channel's name")),
-    responses((status = 204, description = "Removed; the channel has stopped, its archive is kept"),
+    responses((status = 200, description = "Removed; the channel has stopped, its archive is kept", body = Deregistered),
         (status = 401, description = "The API token is missing or wrong", body = ErrorBody),
         (status = 403, description = "Writes are refused from here", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody)))]
@@ -166,7 +233,7 @@ pub(super) async fn unregister(
     }
     let known = s.fleet.get(&name).map(|c| c.file);
     let Some(file) = crate::registry::channel_file(&cfg, known, &name) else {
-        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+        return no_channel(&name);
     };
     let removed = crate::registry::remove(&cfg, &file);
     match removed {
@@ -191,7 +258,12 @@ pub(super) async fn unregister(
         }
     })
     .await;
-    StatusCode::NO_CONTENT.into_response()
+    Json(Deregistered {
+        status: "success".into(),
+        message: format!("Channel '{name}' de-registered and relay stopped"),
+        name,
+    })
+    .into_response()
 }
 
 /// `GET /api/v1/channels/{name}/config`: the channel file's text and its
@@ -205,11 +277,11 @@ pub(super) async fn channel_config(
     Cfg(cfg): Cfg,
 ) -> Response {
     if crate::registry::check_name(&name).is_err() && s.fleet.get(&name).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+        return no_channel(&name);
     }
     let known = s.fleet.get(&name).map(|c| c.file);
     let Some(file) = crate::registry::channel_file(&cfg, known, &name) else {
-        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+        return no_channel(&name);
     };
     match crate::registry::read_config(&name, &file) {
         Ok(c) => Json(c).into_response(),
@@ -239,7 +311,7 @@ pub(super) async fn check_schema(
         Err(e) => return bad_body(e),
     };
     let Some(spec) = s.fleet.spec(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
+        return no_channel(&name);
     };
     let reader = match std::fs::read_to_string(&spec.schema_path) {
         Ok(t) => t,

@@ -369,7 +369,9 @@ async fn every_documented_route_is_served_and_the_document_too() {
         let url = format!(
             "{}{}",
             server.base,
-            path.replace("{name}", "a").replace("{file}", "x.js")
+            path.replace("{name}", "a")
+                .replace("{file}", "x.js")
+                .replace("{port}", "26000")
         );
         let method: &'static str = match method.as_str() {
             "GET" => "GET",
@@ -433,7 +435,33 @@ async fn health_readiness_and_channels() {
 
     let r = call("GET", format!("{base}/api/v1/channels/x")).await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.json(), json!({"error": "no channel \"x\""}));
+    assert_eq!(r.json(), json!({"error": "no channel \"x\"", "name": "x"}));
+
+    // SpeedData v0.5's fields and filter: `a` runs (active), `b` does not.
+    let r = call("GET", format!("{base}/api/v1/channels?status=active")).await;
+    assert_eq!(r.status, 200);
+    let names: Vec<Value> = r.json()["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("a")]);
+    assert_eq!(r.json()["channels"][0]["status"], "active");
+    let r = call("GET", format!("{base}/api/v1/channels?status=registered")).await;
+    assert_eq!(r.json()["channels"][0]["name"], "b");
+    assert_eq!(r.json()["channels"][0]["status"], "registered");
+    assert_eq!(r.json()["channels"].as_array().unwrap().len(), 1);
+    let r = call("GET", format!("{base}/api/v1/channels?status=gone")).await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("status"))
+    );
+    let r = call("GET", format!("{base}/api/v1/health")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+    assert_eq!(r.json()["service"], "speeddata-registration-api");
+    assert_eq!(r.json()["version"], "0.5.0");
 
     server.stop().await;
 }
