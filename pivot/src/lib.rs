@@ -70,6 +70,11 @@ pub struct Request {
     pub time: Option<TimeBasis>,
 }
 
+/// Whether this build writes HDF5 (the `hdf5` feature, on by default: it
+/// links Debian's libhdf5). Builds without it refuse `format=hdf5` with a
+/// message naming the other formats.
+pub const HDF5: bool = cfg!(feature = "hdf5");
+
 /// Why an export cannot be made; `field` is the query parameter at fault,
 /// if one is.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +150,13 @@ pub struct Summary {
 
 /// Picks the columns and the blocks of each channel of `req`.
 pub fn plan(req: &Request) -> Result<Plan, ExportError> {
+    if req.format == Format::Hdf5 && !HDF5 {
+        return Err(ExportError::of(
+            "format",
+            "this build has no HDF5 writer (built without the `hdf5` feature, as the macOS \
+             builds are): ask for format=parquet, arrow or csv",
+        ));
+    }
     let mut channels = Vec::new();
     let mut found = vec![false; req.signals.as_ref().map_or(0, Vec::len)];
     for ch in &req.channels {

@@ -15,6 +15,7 @@
 
 pub mod csv;
 pub mod files;
+#[cfg(feature = "hdf5")]
 pub mod hdf5;
 
 use std::io::{self, Write};
@@ -47,7 +48,15 @@ pub fn sink(
     out: impl Write + Send + 'static,
 ) -> io::Result<Box<dyn Sink>> {
     Ok(match format {
+        #[cfg(feature = "hdf5")]
         Format::Hdf5 => Box::new(hdf5::Hdf5Sink::new(out)?),
+        #[cfg(not(feature = "hdf5"))]
+        Format::Hdf5 => {
+            drop(out);
+            return Err(io::Error::other(
+                "this build has no HDF5 writer (the `hdf5` feature)",
+            ));
+        }
         f => Box::new(files::FileSink::new(f, multi, out)),
     })
 }
