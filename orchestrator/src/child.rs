@@ -1,5 +1,7 @@
 //! One `relay-channel` child process: spawned in its own process group,
-//! tied to the orchestrator's life with `PR_SET_PDEATHSIG`, its stdout
+//! tied to the orchestrator's life (a pipe on its stdin whose only writer
+//! is the orchestrator: at its end the relay reads end-of-file and stops
+//! cleanly, on every platform; on Linux also `PR_SET_PDEATHSIG`), its stdout
 //! status lines and stderr log lines read as they come, stopped with
 //! SIGTERM then SIGKILL. It starts with the descriptor limit the
 //! orchestrator was started with, not the one it raised for itself.
@@ -11,7 +13,7 @@ use std::process::{ExitStatus, Stdio};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{ChildStderr, ChildStdout};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 
 /// A running relay.
 pub struct Child {
@@ -21,6 +23,9 @@ pub struct Child {
     /// The stdout pipe's descriptor, owned by `stdout`: valid while that is.
     stdout_fd: Option<std::os::fd::RawFd>,
     stderr: Option<Lines<BufReader<ChildStderr>>>,
+    /// The write end of the relay's stdin, never written: it closes when
+    /// the orchestrator ends, however it ends, and the relay stops.
+    _lifeline: Option<ChildStdin>,
 }
 
 /// Something a child said or did.
@@ -57,7 +62,8 @@ pub fn spawn(
     cmd.env(relay_channel::logs::SUPERVISED_ENV, "1");
     cmd.env("SPEEDDATA_HOLDS_DIR", holds_dir);
     cmd.env(relay_channel::config::CHANNELS_ENV, channels.to_string());
-    cmd.stdin(Stdio::null())
+    cmd.env(relay_channel::relay::LIFELINE_ENV, "1");
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -78,6 +84,7 @@ pub fn spawn(
             // SIGTERM (a clean stop that finalizes the archive) when the
             // orchestrator dies, even by SIGKILL. The orchestrator spawns
             // from its main thread, which lives as long as the process.
+            #[cfg(target_os = "linux")]
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -90,6 +97,7 @@ pub fn spawn(
     }
     let mut process = cmd.spawn()?;
     let pid = process.id().unwrap_or(0);
+    let lifeline = process.stdin.take();
     let stdout_fd = process.stdout.as_ref().map(|s| {
         use std::os::fd::AsRawFd;
         s.as_raw_fd()
@@ -102,6 +110,7 @@ pub fn spawn(
         stdout,
         stdout_fd,
         stderr,
+        _lifeline: lifeline,
     })
 }
 

@@ -511,6 +511,9 @@ fn join(out: &OutputSpec) -> io::Result<tokio::net::UdpSocket> {
     };
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
+    // Linux: only this socket's own groups (see relay-channel's net.rs);
+    // other kernels deliver so already.
+    #[cfg(target_os = "linux")]
     s.set_multicast_all_v4(false)?;
     let _ = s.set_recv_buffer_size(1 << 20);
     s.bind(&SockAddr::from(SocketAddrV4::new(group, out.dest.port())))?;

@@ -364,7 +364,8 @@ pub fn port_user(cfg: &Config, port: u16) -> PortUser {
 }
 
 /// Local ports of every UDP socket of this host's network namespace, from
-/// `/proc/net/udp` and `/proc/net/udp6`.
+/// `/proc/net/udp` and `/proc/net/udp6` (Linux; empty elsewhere, where
+/// only channel files count as users of a port).
 fn bound_udp_ports() -> BTreeSet<u16> {
     let mut ports = BTreeSet::new();
     for table in ["/proc/net/udp", "/proc/net/udp6"] {

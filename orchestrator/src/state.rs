@@ -451,6 +451,11 @@ impl Fleet {
             .values()
             .zip(self.metrics.counters.iter().zip(old.values()))
         {
+            if info.key == "kernel_drops" && stats.kernel_drops_absent {
+                // No counter on this relay's platform: no series, rather
+                // than a 0 nobody measured.
+                continue;
+            }
             match series {
                 // Prometheus counters keep counting across child restarts:
                 // add what this child counted since its previous line (an

@@ -320,13 +320,67 @@ pub struct DecimatedSpec {
 }
 
 // Defaults, named so docs/channel-file.md and the code agree.
+/// `receive.recv_buffer` on a host with [`FULL_DEFAULTS_MEMORY`] or more;
+/// less on a smaller one ([`default_recv_buffer`]).
 pub const DEFAULT_RECV_BUFFER: usize = 8 << 20;
 pub const DEFAULT_BATCH: usize = 64;
 pub const DEFAULT_BLOCK_SIZE: usize = 256 << 10;
 pub const DEFAULT_ROTATE_SIZE: u64 = 256 << 20;
 pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// `archive.queue` on a host with [`FULL_DEFAULTS_MEMORY`] or more; less on
+/// a smaller one ([`default_queue`]).
 pub const DEFAULT_QUEUE: u64 = 32 << 20;
+/// Hosts with at least this much memory get the full defaults of
+/// `archive.queue` and `receive.recv_buffer`; smaller ones (a 1 GiB
+/// Raspberry Pi running several channels) get them scaled down in
+/// proportion, to at least [`SMALL_QUEUE`] and [`SMALL_RECV_BUFFER`].
+pub const FULL_DEFAULTS_MEMORY: u64 = 4 << 30;
+/// The least default `archive.queue`, on the smallest hosts.
+pub const SMALL_QUEUE: u64 = 4 << 20;
+/// The least default `receive.recv_buffer`, on the smallest hosts.
+pub const SMALL_RECV_BUFFER: usize = 2 << 20;
+
+/// The host's physical memory in bytes, if the system says.
+pub fn host_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads its argument.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || size <= 0 {
+        return None;
+    }
+    u64::try_from(pages)
+        .ok()?
+        .checked_mul(u64::try_from(size).ok()?)
+}
+
+/// `full` scaled by `memory` / [`FULL_DEFAULTS_MEMORY`], between `least`
+/// and `full` (full when the memory is unknown).
+fn scaled(full: u64, least: u64, memory: Option<u64>) -> u64 {
+    match memory {
+        Some(m) if m < FULL_DEFAULTS_MEMORY => {
+            let part = (full as u128 * m as u128 / FULL_DEFAULTS_MEMORY as u128) as u64;
+            part.clamp(least, full)
+        }
+        _ => full,
+    }
+}
+
+/// The default `archive.queue` on a host with `memory` bytes: 32 MiB from
+/// 4 GiB up, 8 MiB at 1 GiB, never under 4 MiB.
+pub fn default_queue(memory: Option<u64>) -> u64 {
+    scaled(DEFAULT_QUEUE, SMALL_QUEUE, memory)
+}
+
+/// The default `receive.recv_buffer` on a host with `memory` bytes: 8 MiB
+/// from 4 GiB up, 2 MiB at 1 GiB and under.
+pub fn default_recv_buffer(memory: Option<u64>) -> usize {
+    scaled(DEFAULT_RECV_BUFFER as u64, SMALL_RECV_BUFFER as u64, memory) as usize
+}
 pub const DEFAULT_QUARANTINE_SIZE: u64 = 16 << 20;
 /// The variable the orchestrator sets, for each relay it starts, to the
 /// number of channels it runs: how many share the host's cores when
@@ -535,6 +589,21 @@ mod tests {
     "#;
 
     #[test]
+    fn defaults_scale_down_on_small_hosts_only() {
+        let gib = 1u64 << 30;
+        assert_eq!(default_queue(None), DEFAULT_QUEUE);
+        assert_eq!(default_queue(Some(64 * gib)), DEFAULT_QUEUE);
+        assert_eq!(default_queue(Some(4 * gib)), DEFAULT_QUEUE);
+        assert_eq!(default_queue(Some(2 * gib)), 16 << 20);
+        assert_eq!(default_queue(Some(gib)), 8 << 20);
+        assert_eq!(default_queue(Some(gib / 4)), SMALL_QUEUE);
+        assert_eq!(default_recv_buffer(Some(8 * gib)), DEFAULT_RECV_BUFFER);
+        assert_eq!(default_recv_buffer(Some(2 * gib)), 4 << 20);
+        assert_eq!(default_recv_buffer(Some(gib)), SMALL_RECV_BUFFER);
+        assert_eq!(default_recv_buffer(Some(gib / 2)), SMALL_RECV_BUFFER);
+    }
+
+    #[test]
     fn codec_parse() {
         assert_eq!(Codec::parse("null", None), Ok(Codec::Null));
         assert_eq!(Codec::parse("snappy", None), Ok(Codec::Snappy));
@@ -581,7 +650,7 @@ mod tests {
         assert_eq!(s.name, "ch1");
         assert_eq!(s.schema_path, Path::new("/etc/speeddata/channels.d/s.avsc"));
         assert_eq!(s.archive.dir, Path::new("/etc/speeddata/channels.d/data"));
-        assert_eq!(s.receive.recv_buffer, DEFAULT_RECV_BUFFER);
+        assert_eq!(s.receive.recv_buffer, default_recv_buffer(host_memory()));
         assert!(s.receive.validate);
         assert_eq!(s.archive.codec.avro_name(), "zstandard");
         assert_eq!(s.archive.rotate_size, DEFAULT_ROTATE_SIZE);

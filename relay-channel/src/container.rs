@@ -1006,6 +1006,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn container_recover_gives_back_space_allocated_beyond_the_end() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();

@@ -335,7 +335,9 @@ pub fn read_block(
         )
     };
     // Only what the buffer never held is zeroed: not every block again.
-    raw.resize((block.end - block.offset) as usize, 0);
+    let len = usize::try_from(block.end.saturating_sub(block.offset))
+        .map_err(|_| bad("longer than this machine can address"))?;
+    raw.resize(len, 0);
     file.read_exact_at(raw, block.offset)?;
     let mut pos = 0;
     let count = varint::read_long(raw, &mut pos).ok_or_else(|| bad("no count"))?;

@@ -30,6 +30,8 @@ pub(crate) struct Ledger {
     /// whole batch: the receive thread's load, for the adaptive archive.
     receive_calls: AtomicU64,
     receive_full: AtomicU64,
+    /// No kernel drop counter on the receive socket.
+    kernel_drops_absent: AtomicBool,
 }
 
 /// [`Ledger::archive_level`] when there is none.
@@ -111,7 +113,15 @@ impl Ledger {
             archive_stored: AtomicBool::new(false),
             receive_calls: AtomicU64::new(0),
             receive_full: AtomicU64::new(0),
+            kernel_drops_absent: AtomicBool::new(false),
         }
+    }
+
+    /// The receive socket has no kernel drop counter (no `SO_RXQ_OVFL`: the
+    /// portable I/O path, or a kernel that refused it): the stats line
+    /// writes `kernel_drops` as `null`, not as a 0 nobody measured.
+    pub(crate) fn set_kernel_drops_absent(&self) {
+        self.kernel_drops_absent.store(true, Ordering::Relaxed);
     }
 
     /// Locks the counters; a thread that panicked while holding them left
@@ -277,6 +287,7 @@ impl Ledger {
             },
             archive_stored: self.archive_stored.load(Ordering::Relaxed),
             last,
+            kernel_drops_absent: self.kernel_drops_absent.load(Ordering::Relaxed),
         })
     }
 

@@ -6,8 +6,10 @@
 //! - [`validate`]: checks that a datagram is exactly one Avro datum of the schema;
 //! - `net`: the channel's sockets, read and written in batches through
 //!   [`mmsg`], interface addresses;
-//! - [`mmsg`]: the frozen `recvmmsg`/`sendmmsg` layer the relay and the
-//!   benchmarks' ceiling forwarder share;
+//! - `mmsg`: the frozen `recvmmsg`/`sendmmsg` layer the relay and the
+//!   benchmarks' ceiling forwarder share (Linux);
+//! - [`portable_io`]: one datagram per call, for other kernels (and Linux
+//!   with `SPEEDDATA_PORTABLE_IO=1`);
 //! - `receive`: the receive thread, as stages (classify, outputs, archive
 //!   feed, multicast membership);
 //! - `handover`: the batch and the rejection the receive thread hands to
@@ -16,6 +18,7 @@
 //! - [`decimate`]: the decimated output's windows: downsample, average, minmax, rms;
 //! - [`holds`]: holds (time ranges kept past retention), and the time spans
 //!   of archive files;
+//! - `file_hints`: writeback, page-cache and allocation hints, per platform;
 //! - `file_names`: archive file names, composed and parsed;
 //! - [`container`]: the Avro object container format, written block by block;
 //! - `varint`: Avro's zig-zag varints, written and read;
@@ -30,21 +33,24 @@
 //! Only what the binaries, the orchestrator, the benches and the fuzz
 //! targets use is public. The orchestrator uses [`config`] and [`schema`]
 //! to validate channel files exactly as the relay will, and reads the status
-//! lines described in [`status`]; the benchmarks use [`mmsg`]. The
+//! lines described in [`status`]; the benchmarks use `mmsg`. The
 //! orchestrator keeps holds with [`holds`].
 
 pub(crate) mod archive;
 pub mod config;
 pub mod container;
 pub mod decimate;
+pub(crate) mod file_hints;
 pub(crate) mod file_names;
 pub(crate) mod handover;
 pub mod holds;
 pub mod index;
 pub(crate) mod ledger;
 pub mod logs;
+#[cfg(target_os = "linux")]
 pub mod mmsg;
 pub(crate) mod net;
+pub mod portable_io;
 
 /// Interface addresses, resolved as the relay resolves them (the
 /// orchestrator's live view joins decimated groups with it).

@@ -19,27 +19,16 @@
 //! ceiling alike). Both retry `EINTR`. The batch calls allocate nothing.
 //! Sockets and their options are the caller's.
 //!
-//! Linux only.
+//! Linux only; [`crate::portable_io`] is the path of other kernels (and of
+//! Linux with `SPEEDDATA_PORTABLE_IO=1`).
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
 
-/// Runs a system call that returns a count or -1, again while it is
-/// interrupted by a signal (`EINTR`).
-pub fn retry_eintr(mut call: impl FnMut() -> libc::c_int) -> io::Result<usize> {
-    loop {
-        let rc = call();
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
+use crate::portable_io::retry_eintr;
+pub use crate::portable_io::SendOutcome;
 
 /// Batch receiver over `recvmmsg`: `n` slots of `slot` bytes, each with
 /// room for its sender's address and its control messages.
@@ -132,7 +121,7 @@ impl RecvBatch {
                     self.n as libc::c_uint,
                     flags,
                     std::ptr::null_mut(),
-                )
+                ) as isize
             }
         })?;
         self.read_drop_counter(got);
@@ -194,20 +183,13 @@ impl RecvBatch {
     /// in ns since the epoch, if the socket asked for it (`SO_TIMESTAMPNS`).
     pub fn timestamp_ns(&self, i: usize) -> Option<i64> {
         self.control::<libc::timespec>(i, libc::SCM_TIMESTAMPNS)
-            .map(|ts| ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
+            // time_t is 32 bits on 32-bit ARM: widen before multiplying.
+            .map(|ts| {
+                #[allow(clippy::useless_conversion)]
+                let (sec, nsec) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+                sec * 1_000_000_000 + nsec
+            })
     }
-}
-
-/// What one [`SendBatch::send`] did, counted in datagrams (a GSO message
-/// counts as the datagrams it carries).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SendOutcome {
-    /// Datagrams the kernel accepted.
-    pub sent: u64,
-    /// Datagrams the kernel refused (each skipped after its error).
-    pub failed: u64,
-    /// The last error (errno), if any datagram failed.
-    pub error: Option<i32>,
 }
 
 /// The environment variable that turns UDP GSO off in every [`SendBatch`]:
@@ -375,7 +357,7 @@ impl SendBatch {
                 // this call and at control data owned by self; the socket
                 // is connected.
                 let sent = retry_eintr(|| unsafe {
-                    libc::sendmmsg(fd, hdrs, (m - done) as libc::c_uint, 0)
+                    libc::sendmmsg(fd, hdrs, (m - done) as libc::c_uint, 0) as isize
                 });
                 let errno = match sent {
                     Ok(k) if k > 0 => {
@@ -444,7 +426,8 @@ impl SendBatch {
             let hdrs = self.hdrs.as_mut_ptr();
             // SAFETY: as in `send`: headers point at iovecs into slices
             // borrowed for this call and at control data owned by self.
-            let sent = retry_eintr(|| unsafe { libc::sendmmsg(fd, hdrs, m as libc::c_uint, 0) });
+            let sent =
+                retry_eintr(|| unsafe { libc::sendmmsg(fd, hdrs, m as libc::c_uint, 0) as isize });
             self.last_messages = m;
             let e = match sent {
                 Ok(k) if k > 0 => return Ok(self.segments[..k.min(m)].iter().sum()),

@@ -1,23 +1,28 @@
 //! Sockets of one channel: the receive socket (unicast or a joined multicast
-//! group) read in batches with `recvmmsg`, and the output sockets written in
-//! batches with `sendmmsg`.
+//! group) read in batches, and the output sockets written in batches.
 //!
-//! The batch calls themselves are [`crate::mmsg`]'s, the layer the
-//! benchmarks' ceiling forwarder shares. Linux only: the relay targets
-//! Linux hosts (systemd, `SO_RXQ_OVFL`, `IP_MULTICAST_ALL`). Buffers are
-//! allocated once per socket; the batch calls allocate nothing.
+//! Two I/O paths, chosen once per process ([`crate::portable_io::io_path`]):
+//! on Linux the batch calls of [`crate::mmsg`] (`recvmmsg`, `sendmmsg` with
+//! UDP GSO, the kernel's drop counter `SO_RXQ_OVFL`), the layer the
+//! benchmarks' ceiling forwarder shares; elsewhere, and on Linux with
+//! `SPEEDDATA_PORTABLE_IO=1`, one datagram per call
+//! ([`crate::portable_io`]). The Linux-only socket options are here too,
+//! each behind `cfg(target_os)`. Buffers are allocated once per socket; the
+//! batch calls allocate nothing.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::{Interface, OutputSpec, ReceiveSpec};
-pub use crate::mmsg::SendOutcome;
+#[cfg(target_os = "linux")]
 use crate::mmsg::{RecvBatch, SendBatch};
+pub use crate::portable_io::SendOutcome;
+use crate::portable_io::{RecvOne, SendOne};
+use crate::status::IoPath;
 
 /// Space for one datagram: the IPv4 UDP maximum, rounded up.
 pub const SLOT: usize = 65_536;
@@ -34,44 +39,106 @@ pub struct ReceiveSocket {
     pub recv_buffer_granted: usize,
     /// Whether the kernel delivers its drop counter (`SO_RXQ_OVFL`).
     pub drop_counter: bool,
+    /// Whether the kernel stamps each datagram's arrival (asked for, and
+    /// not refused).
+    pub stamps: bool,
 }
 
-/// Opens, configures and binds the receive socket. The multicast join is
-/// separate ([`join`]) because it may have to wait for its interface.
-/// `stamps`: ask the kernel for each datagram's arrival time
-/// (`SO_TIMESTAMPNS`, read with [`BatchReceiver::arrival`]).
-pub fn open_receive(spec: &ReceiveSpec, stamps: bool) -> io::Result<ReceiveSocket> {
+/// Opens, configures and binds the receive socket for the I/O path `io`.
+/// The multicast join is separate ([`join`]) because it may have to wait
+/// for its interface. `stamps`: ask the kernel for each datagram's arrival
+/// time (read with [`BatchReceiver::arrival`]).
+pub fn open_receive(spec: &ReceiveSpec, stamps: bool, io: IoPath) -> io::Result<ReceiveSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if spec.group.is_some() {
         // Several channels may listen on one port, each for its own group.
         socket.set_reuse_address(true)?;
-        // Without this Linux delivers every group joined anywhere on the host
-        // for this port to a socket bound to 0.0.0.0:PORT.
-        socket.set_multicast_all_v4(false)?;
+        if let Err(e) = only_the_group_joined(&socket) {
+            // An emulator (qemu-user) or an unusual kernel may refuse it.
+            tracing::warn!(
+                error = %e,
+                "cannot turn IP_MULTICAST_ALL off: other groups joined on this host for port {} may reach this channel too (they are rejected if not of its schema)",
+                spec.bind.port()
+            );
+        }
     }
     let recv_buffer_granted = set_recv_buffer(&socket, spec.recv_buffer);
-    let drop_counter = setsockopt(&socket, sockopt::RxqOvfl, &1).is_ok();
-    if stamps {
-        // On a host where no socket asked for stamps before, the kernel turns
-        // them on a moment later; the first datagrams may be stamped when read.
-        setsockopt(&socket, sockopt::ReceiveTimestampns, &true)?;
-    }
+    let drop_counter = io == IoPath::Mmsg && ask_drop_counter(&socket);
+    // On a host where no socket asked for stamps before, the kernel turns
+    // them on a moment later; the first datagrams may be stamped when read.
+    let stamps = stamps
+        && match ask_stamps(&socket, io) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "the kernel gives no arrival stamps on this socket: decimation windows go by the time each batch is read"
+                );
+                false
+            }
+        };
     socket.bind(&SockAddr::from(spec.bind))?;
     socket.set_read_timeout(Some(RECV_TIMEOUT))?;
     Ok(ReceiveSocket {
         socket,
         recv_buffer_granted,
         drop_counter,
+        stamps,
     })
 }
 
+/// A socket bound to `0.0.0.0:PORT` that joined a group receives only that
+/// group's datagrams. Without `IP_MULTICAST_ALL` off, Linux delivers every
+/// group joined anywhere on the host for this port to it. Other kernels
+/// (macOS, the BSDs) deliver by the socket's own memberships already: only
+/// groups this socket joined reach it, but any of them on this port, so
+/// two channels on one port there must not share a socket (each channel
+/// has its own).
+#[cfg(target_os = "linux")]
+fn only_the_group_joined(socket: &Socket) -> io::Result<()> {
+    socket.set_multicast_all_v4(false)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn only_the_group_joined(_socket: &Socket) -> io::Result<()> {
+    Ok(())
+}
+
+/// Asks for the kernel's receive drop counter (`SO_RXQ_OVFL`, Linux):
+/// whether it will come.
+#[cfg(target_os = "linux")]
+fn ask_drop_counter(socket: &Socket) -> bool {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(socket, sockopt::RxqOvfl, &1).is_ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ask_drop_counter(_socket: &Socket) -> bool {
+    false
+}
+
+/// Asks for arrival stamps: nanoseconds (`SO_TIMESTAMPNS`) on Linux's
+/// batch path, microseconds (`SO_TIMESTAMP`) on the portable one.
+fn ask_stamps(socket: &Socket, io: IoPath) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    match io {
+        #[cfg(target_os = "linux")]
+        IoPath::Mmsg => setsockopt(socket, sockopt::ReceiveTimestampns, &true)?,
+        _ => setsockopt(socket, sockopt::ReceiveTimestamp, &true)?,
+    }
+    Ok(())
+}
+
 /// Asks for `size` bytes of receive buffer; where `net.core.rmem_max` clamps
-/// it, tries `SO_RCVBUFFORCE` (permitted to root / CAP_NET_ADMIN). Returns
-/// what the kernel granted, comparable with `size` (its report, halved).
+/// it, tries `SO_RCVBUFFORCE` (Linux, permitted to root / CAP_NET_ADMIN).
+/// Returns what the kernel granted, comparable with `size`.
 fn set_recv_buffer(socket: &Socket, size: usize) -> usize {
     let _ = socket.set_recv_buffer_size(size);
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut reported = socket.recv_buffer_size().unwrap_or(0);
+    #[cfg(target_os = "linux")]
     if granted_of(reported) < size {
+        use nix::sys::socket::{setsockopt, sockopt};
         let want = size.min(i32::MAX as usize);
         if setsockopt(socket, sockopt::RcvBufForce, &want).is_ok() {
             reported = socket.recv_buffer_size().unwrap_or(reported);
@@ -82,8 +149,15 @@ fn set_recv_buffer(socket: &Socket, size: usize) -> usize {
 
 /// The buffer granted, in the units it was asked for, from what `SO_RCVBUF`
 /// reads back: Linux doubles the request for its bookkeeping.
+#[cfg(target_os = "linux")]
 fn granted_of(reported: usize) -> usize {
     reported / 2
+}
+
+/// The buffer granted: other kernels read back what they granted.
+#[cfg(not(target_os = "linux"))]
+fn granted_of(reported: usize) -> usize {
+    reported
 }
 
 /// Joins `group` on `interface` (resolved now, so an interface that
@@ -135,25 +209,39 @@ pub fn open_output(spec: &OutputSpec) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Batch receiver over `recvmmsg` ([`RecvBatch`]): one [`SLOT`] per
-/// datagram, the sender's address, and the kernel's drop counter from
-/// `SO_RXQ_OVFL`.
+/// The receive calls of one I/O path.
+enum Receive {
+    #[cfg(target_os = "linux")]
+    Mmsg(RecvBatch),
+    Portable(RecvOne),
+}
+
+/// Batch receiver: one [`SLOT`] per datagram, the sender's address, and
+/// the kernel's drop counter where it has one.
 pub struct BatchReceiver {
-    batch: RecvBatch,
+    rx: Receive,
     /// Whether the socket asked for arrival stamps.
     stamps: bool,
-    /// Latest value of the kernel's drop counter for this socket.
-    pub kernel_drops: u32,
+    /// Latest value of the kernel's drop counter for this socket; `None`
+    /// on the portable path, which has none.
+    pub kernel_drops: Option<u32>,
 }
 
 impl BatchReceiver {
-    /// A receiver for `socket` reading up to `n` datagrams per call;
-    /// `stamps`: the socket asked for arrival stamps (see [`open_receive`]).
-    pub fn new(socket: &Socket, n: usize, stamps: bool) -> BatchReceiver {
+    /// A receiver for `socket` reading up to `n` datagrams per call on the
+    /// I/O path `io`; `stamps`: the socket asked for arrival stamps (see
+    /// [`open_receive`]).
+    pub fn new(socket: &Socket, n: usize, stamps: bool, io: IoPath) -> BatchReceiver {
+        let fd = socket.as_raw_fd();
+        let rx = match io {
+            #[cfg(target_os = "linux")]
+            IoPath::Mmsg => Receive::Mmsg(RecvBatch::new(fd, n, SLOT)),
+            _ => Receive::Portable(RecvOne::new(fd, n, SLOT)),
+        };
         BatchReceiver {
-            batch: RecvBatch::new(socket.as_raw_fd(), n, SLOT),
+            rx,
             stamps,
-            kernel_drops: 0,
+            kernel_drops: None,
         }
     }
 
@@ -161,9 +249,15 @@ impl BatchReceiver {
     /// socket's read timeout passes) unless `nonblocking`; then takes what
     /// is queued without waiting. Returns how many arrived.
     pub fn recv(&mut self, nonblocking: bool) -> io::Result<usize> {
-        let got = self.batch.recv(nonblocking)?;
-        self.kernel_drops = self.batch.kernel_drops;
-        Ok(got)
+        match &mut self.rx {
+            #[cfg(target_os = "linux")]
+            Receive::Mmsg(b) => {
+                let got = b.recv(nonblocking)?;
+                self.kernel_drops = Some(b.kernel_drops);
+                Ok(got)
+            }
+            Receive::Portable(r) => r.recv(nonblocking),
+        }
     }
 
     /// When the `i`-th datagram of the last call arrived, by the kernel's
@@ -173,18 +267,22 @@ impl BatchReceiver {
         if !self.stamps {
             return clock.instant;
         }
-        clock.at(self.batch.timestamp_ns(i))
+        clock.at(match &self.rx {
+            #[cfg(target_os = "linux")]
+            Receive::Mmsg(b) => b.timestamp_ns(i),
+            Receive::Portable(r) => r.timestamp_ns(i),
+        })
     }
 
     /// The `i`-th datagram of the last call: its bytes, its sender, and
     /// whether the kernel cut it short.
     #[inline]
     pub fn datagram(&self, i: usize) -> (&[u8], SocketAddrV4, bool) {
-        (
-            self.batch.datagram(i),
-            self.batch.sender(i),
-            self.batch.truncated(i),
-        )
+        match &self.rx {
+            #[cfg(target_os = "linux")]
+            Receive::Mmsg(b) => (b.datagram(i), b.sender(i), b.truncated(i)),
+            Receive::Portable(r) => (r.datagram(i), r.sender(i), r.truncated(i)),
+        }
     }
 }
 
@@ -225,33 +323,58 @@ impl ArrivalClock {
     }
 }
 
-/// Batch sender over `sendmmsg` ([`SendBatch`]) on a connected socket,
-/// with UDP GSO unless `SPEEDDATA_GSO=0` or the kernel lacks it.
+/// The send calls of one I/O path.
+enum Send {
+    #[cfg(target_os = "linux")]
+    Mmsg(SendBatch),
+    Portable(SendOne),
+}
+
+/// Batch sender on a connected socket: `sendmmsg` with UDP GSO (unless
+/// `SPEEDDATA_GSO=0` or the kernel lacks it) on Linux's batch path, one
+/// `send` per datagram on the portable one.
 pub struct BatchSender {
-    batch: SendBatch,
-    /// Owned so that its descriptor, which `batch` writes to, stays open.
+    tx: Send,
+    /// Owned so that its descriptor, which `tx` writes to, stays open.
     _socket: Socket,
 }
 
 impl BatchSender {
-    pub fn new(socket: Socket, capacity: usize) -> BatchSender {
+    pub fn new(socket: Socket, capacity: usize, io: IoPath) -> BatchSender {
+        let fd = socket.as_raw_fd();
+        let tx = match io {
+            #[cfg(target_os = "linux")]
+            IoPath::Mmsg => Send::Mmsg(SendBatch::new(fd, capacity)),
+            _ => {
+                let _ = capacity;
+                Send::Portable(SendOne::new(fd))
+            }
+        };
         BatchSender {
-            batch: SendBatch::new(socket.as_raw_fd(), capacity),
+            tx,
             _socket: socket,
         }
     }
 
     /// Whether it groups equal-length datagrams with UDP GSO
-    /// ([`SendBatch::gso`]).
+    /// (`SendBatch::gso`); never on the portable path.
     pub fn gso(&self) -> bool {
-        self.batch.gso()
+        match &self.tx {
+            #[cfg(target_os = "linux")]
+            Send::Mmsg(b) => b.gso(),
+            Send::Portable(_) => false,
+        }
     }
 
     /// Sends every datagram of `dgrams` (at most the capacity), runs of
     /// equal length with UDP GSO where it is on. A datagram the kernel
     /// refuses is counted as failed and skipped.
     pub fn send<'a>(&mut self, dgrams: impl IntoIterator<Item = &'a [u8]>) -> SendOutcome {
-        self.batch.send(dgrams)
+        match &mut self.tx {
+            #[cfg(target_os = "linux")]
+            Send::Mmsg(b) => b.send(dgrams),
+            Send::Portable(s) => s.send(dgrams),
+        }
     }
 }
 
@@ -274,11 +397,11 @@ mod tests {
     }
 
     /// Sends two datagrams 30 ms apart, reads them after both arrived.
-    fn arrivals(stamps: bool) -> (Instant, Vec<Instant>, ArrivalClock) {
-        let rs = open_receive(&spec(), stamps).unwrap();
+    fn arrivals(stamps: bool, io: IoPath) -> (Instant, Vec<Instant>, ArrivalClock) {
+        let rs = open_receive(&spec(), stamps, io).unwrap();
         let to = rs.socket.local_addr().unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut rx = BatchReceiver::new(&rs.socket, 4, stamps);
+        let mut rx = BatchReceiver::new(&rs.socket, 4, stamps, io);
         if stamps {
             // The first socket on a host to ask for stamps turns them on in
             // the kernel a moment later (a deferred static key); until then
@@ -309,21 +432,47 @@ mod tests {
         (start, at, clock)
     }
 
+    /// Both paths where both run: the batch calls on Linux only.
+    fn paths() -> Vec<IoPath> {
+        if cfg!(target_os = "linux") {
+            vec![IoPath::Mmsg, IoPath::Portable]
+        } else {
+            vec![IoPath::Portable]
+        }
+    }
+
     #[test]
     fn arrival_stamps_are_the_kernel_s_not_the_read_s() {
-        let (start, at, clock) = arrivals(true);
-        assert!(
-            at[0] >= start - Duration::from_millis(5),
-            "{:?}",
-            at[0] - start
-        );
-        assert!(
-            at[1] - at[0] >= Duration::from_millis(25),
-            "{:?}",
-            at[1] - at[0]
-        );
-        assert!(clock.instant - at[1] >= Duration::from_millis(25));
-        let (_, at, clock) = arrivals(false);
-        assert_eq!(at, [clock.instant, clock.instant]);
+        for io in paths() {
+            let (start, at, clock) = arrivals(true, io);
+            assert!(
+                at[0] >= start - Duration::from_millis(5),
+                "{io:?}: {:?}",
+                at[0] - start
+            );
+            assert!(
+                at[1] - at[0] >= Duration::from_millis(25),
+                "{io:?}: {:?}",
+                at[1] - at[0]
+            );
+            assert!(clock.instant - at[1] >= Duration::from_millis(25));
+            let (_, at, clock) = arrivals(false, io);
+            assert_eq!(at, [clock.instant, clock.instant]);
+        }
+    }
+
+    #[test]
+    fn only_the_batch_path_has_the_kernel_s_drop_counter() {
+        for io in paths() {
+            let rs = open_receive(&spec(), false, io).unwrap();
+            assert_eq!(rs.drop_counter, io == IoPath::Mmsg, "{io:?}");
+            let to = rs.socket.local_addr().unwrap();
+            let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.send_to(b"abc", to.as_socket().unwrap()).unwrap();
+            let mut rx = BatchReceiver::new(&rs.socket, 4, false, io);
+            assert_eq!(rx.recv(false).unwrap(), 1);
+            assert_eq!(rx.datagram(0).0, b"abc");
+            assert_eq!(rx.kernel_drops.is_some(), io == IoPath::Mmsg, "{io:?}");
+        }
     }
 }

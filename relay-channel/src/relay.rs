@@ -13,6 +13,7 @@ use crate::config::{ChannelSpec, ConfigError, DecimationWindow, Encoding, Output
 use crate::decimate::Decimator;
 use crate::handover;
 use crate::ledger::Ledger;
+#[cfg(target_os = "linux")]
 use crate::mmsg;
 use crate::net::{self, BatchSender};
 use crate::quarantine;
@@ -21,7 +22,7 @@ use crate::receive::membership::Join;
 use crate::receive::outputs::Outputs;
 use crate::receive::{self, ReceivePath};
 use crate::schema;
-use crate::status::{FileClosed, Ready, StatusLine, Stopped};
+use crate::status::{FileClosed, IoPath, Ready, StatusLine, Stopped};
 
 /// Why a channel stopped other than by a signal.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,39 @@ pub struct RunOptions {
     /// The holds folder (`--holds-dir`): retention keeps the files its
     /// holds cover (see [`crate::holds`]). `None`: no holds.
     pub holds_dir: Option<PathBuf>,
+}
+
+/// Set by the orchestrator for its relays: stdin is a pipe whose only
+/// writer is the orchestrator, and end-of-file on it means the orchestrator
+/// ended (however it ended); the relay then stops as on SIGTERM. This ties
+/// a relay's life to its supervisor's on every platform (Linux also has
+/// `PR_SET_PDEATHSIG`).
+pub const LIFELINE_ENV: &str = "SPEEDDATA_LIFELINE";
+
+/// With [`LIFELINE_ENV`] set: a thread that reads stdin until end-of-file,
+/// then says so.
+fn lifeline() -> Option<tokio::sync::oneshot::Receiver<()>> {
+    std::env::var_os(LIFELINE_ENV)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let watch = move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 64];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(());
+    };
+    thread::Builder::new()
+        .name("lifeline".into())
+        .spawn(watch)
+        .ok()?;
+    Some(rx)
 }
 
 /// Runs the channel until SIGTERM or SIGINT (returns `Ok`) or until it
@@ -101,18 +135,23 @@ pub fn run_with(spec: ChannelSpec, options: &RunOptions) -> Result<(), RunError>
         .decimated
         .as_ref()
         .is_some_and(|d| matches!(d.window, DecimationWindow::PerSecond(_)));
-    let rs = net::open_receive(&spec.receive, stamps)
+    let io = crate::portable_io::io_path();
+    let rs = net::open_receive(&spec.receive, stamps, io)
         .map_err(|e| failed(&format!("receive.bind {}", spec.receive.bind), e))?;
-    log_receive_socket(&rs, spec.receive.recv_buffer);
+    log_receive_socket(&rs, spec.receive.recv_buffer, io);
+    if !rs.drop_counter {
+        ledger.set_kernel_drops_absent();
+    }
     let (to_archive, archive_inbox) =
         handover::archive_queue(spec.archive.queue, spec.receive.batch);
     let header =
         (spec.receive.encoding == Encoding::SingleObject).then_some(schema.single_object_header);
-    let (outputs, gso) = open_outputs(&spec, schema.decimator)?;
+    let (outputs, gso) = open_outputs(&spec, schema.decimator, io)?;
     let parts = receive::Parts {
         socket: rs.socket,
         batch: spec.receive.batch,
-        stamps,
+        stamps: rs.stamps,
+        io,
         classifier: Classifier::new(
             spec.receive.allow_from.clone(),
             header,
@@ -139,12 +178,11 @@ pub fn run_with(spec: ChannelSpec, options: &RunOptions) -> Result<(), RunError>
         (archive, archive_inbox, closed),
         quarantine_writer,
         ledger,
-        rs.recv_buffer_granted,
-        gso,
+        (rs.recv_buffer_granted, gso, io),
     ))
 }
 
-fn log_receive_socket(rs: &net::ReceiveSocket, requested: usize) {
+fn log_receive_socket(rs: &net::ReceiveSocket, requested: usize, io: IoPath) {
     let granted = rs.recv_buffer_granted;
     if granted < requested {
         tracing::warn!(
@@ -155,20 +193,33 @@ fn log_receive_socket(rs: &net::ReceiveSocket, requested: usize) {
     } else {
         tracing::info!(requested, granted, "receive buffer");
     }
-    if !rs.drop_counter {
-        tracing::warn!("the kernel does not report receive drops (SO_RXQ_OVFL) on this socket");
+    match io {
+        IoPath::Portable => tracing::info!(
+            "portable I/O path: one datagram per system call, no kernel drop counter \
+             (kernel_drops reads null){}",
+            if cfg!(target_os = "linux") {
+                " (SPEEDDATA_PORTABLE_IO)"
+            } else {
+                ""
+            }
+        ),
+        IoPath::Mmsg if !rs.drop_counter => tracing::warn!(
+            "the kernel does not report receive drops (SO_RXQ_OVFL) on this socket: kernel_drops reads null"
+        ),
+        IoPath::Mmsg => {}
     }
 }
 
 /// Opens the full-rate and decimated outputs the spec asks for; says
-/// whether they send with UDP GSO (see [`crate::mmsg::SendBatch`]).
+/// whether they send with UDP GSO (see `mmsg::SendBatch`).
 fn open_outputs(
     spec: &ChannelSpec,
     decimator: Option<Decimator>,
+    io: IoPath,
 ) -> Result<(Outputs, bool), RunError> {
     let open = |section: &str, o: &OutputSpec| {
         net::open_output(o)
-            .map(|socket| BatchSender::new(socket, spec.receive.batch))
+            .map(|socket| BatchSender::new(socket, spec.receive.batch, io))
             .map_err(|e| RunError::Failed(format!("{}: {e}", output_what(section, o))))
     };
     let full = spec.full.as_ref().map(|o| open("full", o)).transpose()?;
@@ -181,15 +232,27 @@ fn open_outputs(
     if gso {
         tracing::info!("outputs send runs of equal-length datagrams with UDP GSO");
     } else if senders.count() > 0 {
-        let wanted = mmsg::gso_wanted(std::env::var_os(mmsg::GSO_ENV).as_deref());
-        let why = if wanted {
-            "the kernel does not offer it"
-        } else {
+        let why = if io == IoPath::Portable {
+            "the portable I/O path sends one datagram per call"
+        } else if gso_turned_off() {
             "turned off by SPEEDDATA_GSO"
+        } else {
+            "the kernel does not offer it"
         };
         tracing::info!("outputs send without UDP GSO: {why}");
     }
     Ok((Outputs::new(full, decimated, &spec.name), gso))
+}
+
+/// Whether `SPEEDDATA_GSO` turned UDP GSO off (Linux's batch path).
+#[cfg(target_os = "linux")]
+fn gso_turned_off() -> bool {
+    !mmsg::gso_wanted(std::env::var_os(mmsg::GSO_ENV).as_deref())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn gso_turned_off() -> bool {
+    false
 }
 
 /// "full.group 239.1.1.1:6000 (interface eth1)", for errors.
@@ -210,8 +273,7 @@ async fn control(
     (archive, archive_inbox, mut closed): (Archive, handover::ArchiveInbox, FileClosedReceiver),
     quarantine_writer: Option<quarantine::Writer>,
     ledger: Arc<Ledger>,
-    recv_buffer_granted: usize,
-    gso: bool,
+    (recv_buffer_granted, gso, io): (usize, bool, IoPath),
 ) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
     let failed = |e: std::io::Error| RunError::Failed(format!("signals: {e}"));
@@ -219,17 +281,29 @@ async fn control(
     let mut sigint = signal(SignalKind::interrupt()).map_err(failed)?;
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let threads = Threads::spawn(path, (archive, archive_inbox), quarantine_writer, ended_tx)?;
-    ready_line(&spec, recv_buffer_granted, gso).emit();
+    ready_line(&spec, recv_buffer_granted, gso, io).emit();
     tracing::info!(channel = %spec.name, bind = %spec.receive.bind, "ready");
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let lifeline = lifeline();
+    let orchestrator_gone = async {
+        let said = match lifeline {
+            Some(rx) => rx.await.is_ok(),
+            None => false,
+        };
+        if !said {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(orchestrator_gone);
     let outcome = loop {
         tokio::select! {
             _ = tick.tick() => ledger.stats_line(&spec.name, false).emit(),
             _ = sigterm.recv() => break Ok("SIGTERM"),
             _ = sigint.recv() => break Ok("SIGINT"),
+            _ = &mut orchestrator_gone => break Ok("the orchestrator ended (stdin closed)"),
             Some(which) = ended.recv() => break Err(which),
             Some(file) = closed.recv() => StatusLine::FileClosed(file).emit(),
         }
@@ -265,7 +339,7 @@ async fn control(
     }
 }
 
-fn ready_line(spec: &ChannelSpec, recv_buffer_granted: usize, gso: bool) -> StatusLine {
+fn ready_line(spec: &ChannelSpec, recv_buffer_granted: usize, gso: bool, io: IoPath) -> StatusLine {
     StatusLine::Ready(Ready {
         channel: spec.name.clone(),
         pid: std::process::id(),
@@ -276,6 +350,7 @@ fn ready_line(spec: &ChannelSpec, recv_buffer_granted: usize, gso: bool) -> Stat
         full: spec.full.as_ref().map(|o| o.dest.to_string()),
         decimated: spec.decimated.as_ref().map(|d| d.output.dest.to_string()),
         gso,
+        io,
     })
 }
 

@@ -49,10 +49,40 @@ pub struct Ready {
     /// does not offer it). Missing from relays older than it: false.
     #[serde(default)]
     pub gso: bool,
+    /// Which I/O path runs: the batch calls of Linux, or one datagram per
+    /// call (other kernels; Linux with `SPEEDDATA_PORTABLE_IO=1`). Missing
+    /// from relays older than it: `mmsg`.
+    #[serde(default)]
+    pub io: IoPath,
+}
+
+/// The relay's I/O path (see [`crate::portable_io`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoPath {
+    /// `recvmmsg`/`sendmmsg` (with UDP GSO where the kernel offers it) and
+    /// the kernel's drop counter: Linux.
+    #[default]
+    Mmsg,
+    /// One `recvmsg`/`send` per datagram, no kernel drop counter.
+    Portable,
+}
+
+impl IoPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoPath::Mmsg => "mmsg",
+            IoPath::Portable => "portable",
+        }
+    }
 }
 
 /// The `stats` line: the counters since the relay started, and health.
+///
+/// Where the relay has no kernel drop counter ([`Stats::kernel_drops_absent`])
+/// `kernel_drops` is written as `null`: unknown, not 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Stats {
     pub channel: String,
@@ -77,6 +107,40 @@ pub struct Stats {
     /// True on the line written as the relay stops.
     #[serde(rename = "final")]
     pub last: bool,
+    /// The kernel reports no receive drops for this relay's socket (the
+    /// portable I/O path): `kernel_drops` reads `null` on the line and in
+    /// the API, and has no Prometheus series.
+    #[serde(skip)]
+    pub kernel_drops_absent: bool,
+}
+
+impl Serialize for Stats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.kernel_drops_absent {
+            return Stats::serialize(self, s);
+        }
+        let mut v = Stats::serialize(self, serde_json::value::Serializer)
+            .map_err(serde::ser::Error::custom)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("kernel_drops".into(), serde_json::Value::Null);
+        }
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stats {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Stats, D::Error> {
+        let mut v = serde_json::Value::deserialize(d)?;
+        let absent = v
+            .get("kernel_drops")
+            .is_some_and(serde_json::Value::is_null);
+        if absent {
+            v["kernel_drops"] = 0.into();
+        }
+        let mut stats = Stats::deserialize(v).map_err(serde::de::Error::custom)?;
+        stats.kernel_drops_absent = absent;
+        Ok(stats)
+    }
 }
 
 /// The `file_closed` line.
@@ -314,8 +378,13 @@ mod tests {
                 full: Some("239.1.1.1:9001".into()),
                 decimated: None,
                 gso: true,
+                io: IoPath::Portable,
             }),
             StatusLine::Stats(stats()),
+            StatusLine::Stats(Stats {
+                kernel_drops_absent: true,
+                ..stats()
+            }),
             StatusLine::FileClosed(FileClosed {
                 channel: "ch".into(),
                 path: "/a/b.avro".into(),
@@ -328,7 +397,7 @@ mod tests {
         ];
         for (line, event) in lines
             .iter()
-            .zip(["ready", "stats", "file_closed", "stopped"])
+            .zip(["ready", "stats", "stats", "file_closed", "stopped"])
         {
             let text = line.to_json();
             assert!(
@@ -370,6 +439,25 @@ mod tests {
         for (info, value) in stats().counters.values() {
             assert_eq!(v[info.key], value, "{}", info.key);
         }
+    }
+
+    #[test]
+    fn absent_kernel_drops_are_null_not_0() {
+        let absent = Stats {
+            kernel_drops_absent: true,
+            ..stats()
+        };
+        let v: Value = serde_json::from_str(&StatusLine::Stats(absent).to_json()).unwrap();
+        assert_eq!(v["kernel_drops"], Value::Null);
+        assert_eq!(v["received"], 5);
+        let v: Value = serde_json::from_str(&StatusLine::Stats(stats()).to_json()).unwrap();
+        assert_eq!(v["kernel_drops"], 0);
+        let ready = r#"{"event":"ready","channel":"c","pid":1,"bind":"127.0.0.1:1","group":null,
+            "recv_buffer_granted":1,"archive_dir":"/a","full":null,"decimated":null}"#;
+        let Some(StatusLine::Ready(r)) = StatusLine::parse(&ready.replace('\n', "")) else {
+            panic!("an older relay's ready line")
+        };
+        assert_eq!((r.io, r.gso), (IoPath::Mmsg, false));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use relay_channel::status::{Ready, Stats, StatusLine};
+use relay_channel::status::{IoPath, Ready, Stats, StatusLine};
 use serde_json::Value as Json;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -386,6 +386,9 @@ pub struct Relay {
     events: Arc<Mutex<Vec<StatusLine>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// The write end of the relay's stdin (a pipe, as the orchestrator
+    /// gives it): closed by [`Relay::close_stdin`] or when the test ends.
+    stdin: Option<std::process::ChildStdin>,
 }
 
 /// Writes the channel file (and the example schema) into `dir`.
@@ -479,7 +482,7 @@ impl Relay {
     fn spawn_command(dir: &Path, mut cmd: Command, name: &str) -> Relay {
         let mut child = cmd
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -498,6 +501,7 @@ impl Relay {
                 }
             })
         };
+        let stdin = child.stdin.take();
         Relay {
             dir: dir.to_path_buf(),
             name: name.to_string(),
@@ -505,6 +509,7 @@ impl Relay {
             events,
             stderr,
             reader: Some(reader),
+            stdin,
         }
     }
 
@@ -529,6 +534,10 @@ impl Relay {
                 _ => None,
             });
             if let Some(r) = ready {
+                // Every relay the tests start says which I/O path it runs:
+                // the one the environment asks for (.ci/run runs the relay
+                // tests once more with SPEEDDATA_PORTABLE_IO=1).
+                assert_eq!(r.io, expected_io(), "{r:?}");
                 return r;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -549,6 +558,11 @@ impl Relay {
     /// The latest stats line.
     pub fn last_stats(&self) -> Option<Stats> {
         last_stats(&self.events()).cloned()
+    }
+
+    /// Closes the relay's stdin, as the end of its orchestrator would.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 
     /// Waits until a stats line shows `received >= n` (the relay has read
@@ -650,6 +664,19 @@ pub fn closed_paths(lines: &[StatusLine]) -> Vec<PathBuf> {
 
 /// Asserts the relay's accounting identity on a stats line:
 /// `received = archived + rejected + archive_dropped + in_flight`.
+/// The kernel dropped nothing: `kernel_drops` reads 0 on the batch path;
+/// on the portable path, which has no kernel counter, it reads `null`
+/// (absent), never 0.
+pub fn assert_kernel_drops_none(s: &Stats) {
+    match expected_io() {
+        IoPath::Mmsg => assert_eq!(s.counters.kernel_drops, 0, "{s:?}"),
+        IoPath::Portable => assert!(
+            s.kernel_drops_absent,
+            "the portable path has no kernel drop counter: kernel_drops must read null: {s:?}"
+        ),
+    }
+}
+
 pub fn assert_balanced(s: &Stats) {
     let n = &s.counters;
     assert_eq!(
@@ -956,6 +983,19 @@ pub fn run_to_end(mut cmd: Command, args: &[&str]) -> (i32, String, String) {
 /// The local address a socket address resolves to (for messages).
 pub fn describe(a: SocketAddr) -> String {
     a.to_string()
+}
+
+/// The I/O path relays started by the tests run: the portable one where
+/// `SPEEDDATA_PORTABLE_IO` asks for it (they inherit the environment).
+pub fn expected_io() -> IoPath {
+    let forced = relay_channel::portable_io::portable_wanted(
+        std::env::var_os(relay_channel::portable_io::PORTABLE_ENV).as_deref(),
+    );
+    if forced || !cfg!(target_os = "linux") {
+        IoPath::Portable
+    } else {
+        IoPath::Mmsg
+    }
 }
 
 #[cfg(test)]

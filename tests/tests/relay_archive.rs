@@ -145,7 +145,7 @@ fn sigterm_mid_stream_loses_nothing_received() {
     assert!(part_files(&archive).is_empty(), "a .part file is left");
     assert_balanced(&last);
     assert_eq!(last.counters.in_flight, 0);
-    assert_eq!(last.counters.kernel_drops, 0);
+    assert_kernel_drops_none(&last);
     let received = last.counters.received as usize;
     assert!(
         received >= 5_000 && received < records.len(),
@@ -386,5 +386,43 @@ fn blocks_compressed_on_several_threads_are_archived_whole_and_in_order() {
     assert!(
         got == records,
         "records across files are missing, doubled or out of order"
+    );
+}
+
+/// The orchestrator ties each relay to its own life with a pipe on the
+/// relay's stdin (`SPEEDDATA_LIFELINE=1`), on every platform: when the pipe
+/// closes (the orchestrator ended, however), the relay stops as on SIGTERM,
+/// every record received archived.
+#[test]
+fn a_relay_whose_supervisor_is_gone_stops_cleanly_and_keeps_every_record() {
+    let dir = tempdir();
+    let opts = ChannelOpts::unicast("lifeline");
+    let mut relay = Relay::start_with(dir.path(), &opts, |c| {
+        c.env(relay_channel::relay::LIFELINE_ENV, "1");
+    });
+    let records = example_records(500, "lifeline");
+    Sender::new(opts.bind).send_paced(&records, 10);
+    relay.wait_received(500, Duration::from_secs(30));
+    let archive = relay.archive_dir();
+    relay.close_stdin();
+    assert_eq!(
+        relay.wait_exit(Duration::from_secs(10)),
+        0,
+        "{}",
+        relay.stderr()
+    );
+    let events = relay.events();
+    let last = last_stats(&events).expect("a final stats line");
+    assert!(last.last, "{last:?}");
+    assert!(matches!(
+        events.last(),
+        Some(relay_channel::status::StatusLine::Stopped(_))
+    ));
+    assert_eq!(last.counters.archived, 500, "{last:?}");
+    assert!(read_archive(&archive) == records);
+    assert!(
+        relay.stderr().contains("the orchestrator ended"),
+        "{}",
+        relay.stderr()
     );
 }

@@ -112,10 +112,8 @@ fn flood_next_to_valid_stream(name: &str, quarantine: &str) {
     Sender::new(opts.bind).send_paced(&stream, 20);
     relay.wait_received(stream.len() as u64, Duration::from_secs(60));
     let (archive, last) = relay.stop_ok();
-    assert_eq!(
-        last.counters.kernel_drops, 0,
-        "the flood was too fast to judge: {last:?}"
-    );
+    // (A flood too fast to judge would show kernel drops.)
+    assert_kernel_drops_none(&last);
     assert_balanced(&last);
     assert_eq!(last.counters.rejected, 60_000, "{last:?}");
     assert_eq!(

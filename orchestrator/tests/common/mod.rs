@@ -33,6 +33,7 @@ pub fn fleet_dir(script: &str, supervisor: &str) -> (tempfile::TempDir, Config) 
         full: None,
         decimated: None,
         gso: false,
+        io: Default::default(),
     });
     let relay: PathBuf = d.join("relay");
     let script = script.replace("ready", &format!("'{}'", ready.to_json()));

@@ -137,16 +137,7 @@ impl Closer {
         // Its pages leave the page cache as the writer's did (what is
         // still being written stays, and goes the usual way): the archive
         // is read later, if at all. A hint; an error changes nothing.
-        // SAFETY: posix_fadvise only reads its integer arguments; the fd is
-        // open until `f.file` is dropped below.
-        unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&f.file),
-                0,
-                0,
-                libc::POSIX_FADV_DONTNEED,
-            );
-        }
+        crate::file_hints::drop_cached(std::os::fd::AsRawFd::as_raw_fd(&f.file), 0, 0);
         drop(f.file);
         let path = closed_path(&self.dir, &f.stem, f.to_ms);
         match fs::rename(&f.part, &path) {

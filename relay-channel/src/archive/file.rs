@@ -115,28 +115,11 @@ impl OpenFile {
         }
         let (from, len) = (self.written_back, self.len - self.written_back);
         let fd = self.file.as_raw_fd();
-        // SAFETY: sync_file_range only reads its integer arguments; the fd
-        // is open for as long as `self` lives.
-        unsafe {
-            libc::sync_file_range(
-                fd,
-                from as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+        crate::file_hints::start_writeback(fd, from, len);
         self.written_back = self.len;
         let release_to = self.written_back.saturating_sub(RELEASE_BEHIND);
         if release_to > self.released {
-            // SAFETY: as above, integer arguments only.
-            unsafe {
-                libc::posix_fadvise(
-                    fd,
-                    self.released as libc::off_t,
-                    (release_to - self.released) as libc::off_t,
-                    libc::POSIX_FADV_DONTNEED,
-                );
-            }
+            crate::file_hints::drop_cached(fd, self.released, release_to - self.released);
             self.released = release_to;
         }
     }
@@ -155,17 +138,8 @@ impl OpenFile {
             return;
         }
         let from = self.allocated.max(self.len);
-        // SAFETY: fallocate only reads its integer arguments; the fd is open
-        // for as long as `self` lives.
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_KEEP_SIZE,
-                from as libc::off_t,
-                (to - from) as libc::off_t,
-            )
-        };
-        self.allocated = if r == 0 { to } else { u64::MAX };
+        let r = crate::file_hints::allocate(self.file.as_raw_fd(), from, to - from);
+        self.allocated = if r { to } else { u64::MAX };
     }
 }
 

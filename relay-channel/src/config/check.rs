@@ -10,11 +10,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    base_dir, deserialize_table, name_from_file, normalize, parse_duration, parse_size, valid_name,
-    Algorithm, ArchiveSpec, ChannelSpec, Codec, ConfigError, DecimatedSpec, DecimationWindow,
-    Encoding, Fsync, Interface, OutputSpec, Problem, ReceiveSpec, DEFAULT_BATCH,
-    DEFAULT_BLOCK_SIZE, DEFAULT_FLUSH_INTERVAL, DEFAULT_QUARANTINE_SIZE, DEFAULT_QUEUE,
-    DEFAULT_RECV_BUFFER, DEFAULT_ROTATE_INTERVAL, DEFAULT_ROTATE_SIZE, DEFAULT_TTL,
+    base_dir, default_queue, default_recv_buffer, deserialize_table, host_memory, name_from_file,
+    normalize, parse_duration, parse_size, valid_name, Algorithm, ArchiveSpec, ChannelSpec, Codec,
+    ConfigError, DecimatedSpec, DecimationWindow, Encoding, Fsync, Interface, OutputSpec, Problem,
+    ReceiveSpec, DEFAULT_BATCH, DEFAULT_BLOCK_SIZE, DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_QUARANTINE_SIZE, DEFAULT_ROTATE_INTERVAL, DEFAULT_ROTATE_SIZE, DEFAULT_TTL,
     MAX_COMPRESS_THREADS, MAX_RATE_HZ,
 };
 
@@ -246,7 +246,7 @@ impl Checker<'_> {
         }
         let recv_buffer = self
             .size("receive.recv_buffer", r.recv_buffer)
-            .unwrap_or(DEFAULT_RECV_BUFFER as u64);
+            .unwrap_or_else(|| default_recv_buffer(host_memory()) as u64);
         let recv_buffer = self.in_range("receive.recv_buffer", recv_buffer, 4096, 1 << 31);
         let batch = r.batch.unwrap_or(DEFAULT_BATCH as i64);
         let batch = self.in_range("receive.batch", batch, 1, 1024);
@@ -341,7 +341,9 @@ impl Checker<'_> {
                 None
             }
         };
-        let queue = self.size("archive.queue", a.queue).unwrap_or(DEFAULT_QUEUE);
+        let queue = self
+            .size("archive.queue", a.queue)
+            .unwrap_or_else(|| default_queue(host_memory()));
         let queue = self.in_range("archive.queue", queue, 1 << 20, 1 << 32);
         let quarantine_size = self
             .size("archive.quarantine_size", a.quarantine_size)

@@ -66,6 +66,8 @@ pub(crate) struct Parts {
     pub(crate) batch: usize,
     /// The socket asked for arrival stamps (time windows of the decimator).
     pub(crate) stamps: bool,
+    /// The I/O path the socket was opened for.
+    pub(crate) io: crate::status::IoPath,
     pub(crate) classifier: Classifier,
     pub(crate) outputs: Outputs,
     pub(crate) to_archive: ToArchive,
@@ -76,7 +78,7 @@ pub(crate) struct Parts {
 impl ReceivePath {
     pub(crate) fn new(p: Parts, ledger: Arc<Ledger>, channel: &str) -> ReceivePath {
         ReceivePath {
-            receiver: net::BatchReceiver::new(&p.socket, p.batch, p.stamps),
+            receiver: net::BatchReceiver::new(&p.socket, p.batch, p.stamps, p.io),
             socket: p.socket,
             classifier: p.classifier,
             outputs: p.outputs,
@@ -161,7 +163,7 @@ impl ReceivePath {
         let datums = self.valid.iter().map(|&i| &rx.datagram(i).0[skip..]);
         self.archive.push(datums, now, clock.wall(), c);
         c.quarantine_dropped += self.rejects.quarantine.hand_over_if_due(now, false);
-        c.kernel_drops = u64::from(rx.kernel_drops);
+        c.kernel_drops = rx.kernel_drops.map_or(0, u64::from);
         self.ledger.received(c);
         let dropped = c.not_archived + self.archive.hand_over_if_due(now, false);
         self.archive.log_dropped(dropped, now);
