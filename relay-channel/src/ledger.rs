@@ -32,6 +32,8 @@ pub(crate) struct Ledger {
     receive_full: AtomicU64,
     /// No kernel drop counter on the receive socket.
     kernel_drops_absent: AtomicBool,
+    /// The longest receive gap since the last stats line, in ns.
+    receive_gap_max_ns: AtomicU64,
 }
 
 /// [`Ledger::archive_level`] when there is none.
@@ -114,6 +116,7 @@ impl Ledger {
             receive_calls: AtomicU64::new(0),
             receive_full: AtomicU64::new(0),
             kernel_drops_absent: AtomicBool::new(false),
+            receive_gap_max_ns: AtomicU64::new(0),
         }
     }
 
@@ -249,6 +252,13 @@ impl Ledger {
         }
     }
 
+    /// A gap between a receive call that left data in the socket and the
+    /// next call.
+    pub(crate) fn note_receive_gap(&self, gap: std::time::Duration) {
+        let ns = u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX);
+        self.receive_gap_max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
     /// `recvmmsg` calls so far, and how many filled their batch.
     pub(crate) fn receive_calls(&self) -> (u64, u64) {
         (
@@ -270,7 +280,8 @@ impl Ledger {
     /// The `stats` line as of now; `last` on the one written as the relay
     /// stops.
     pub(crate) fn stats_line(&self, channel: &str, last: bool) -> StatusLine {
-        let t = self.lock().clone();
+        let mut t = self.lock().clone();
+        t.counters.receive_gap_max_us = self.receive_gap_max_ns.swap(0, Ordering::Relaxed) / 1_000;
         StatusLine::Stats(Stats {
             channel: channel.into(),
             counters: t.counters,
@@ -301,6 +312,7 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::validate::Reason;
+    use std::time::Duration;
 
     fn batch(valid: u64, rejected: &[RejectReason], not_archived: u64) -> BatchCounts {
         let mut b = BatchCounts::new();
@@ -384,6 +396,22 @@ mod tests {
         let mut b = batch(2, &[], 0);
         b.to_archive = 1;
         l.received(&b);
+    }
+
+    #[test]
+    fn the_longest_receive_gap_is_reported_once_then_starts_again() {
+        let l = Ledger::new();
+        l.note_receive_gap(Duration::from_micros(300));
+        l.note_receive_gap(Duration::from_micros(12_000));
+        l.note_receive_gap(Duration::from_micros(40));
+        let gap = |l: &Ledger| match l.stats_line("ch", false) {
+            StatusLine::Stats(s) => s.counters.receive_gap_max_us,
+            _ => panic!("not a stats line"),
+        };
+        assert_eq!(gap(&l), 12_000);
+        assert_eq!(gap(&l), 0);
+        l.note_receive_gap(Duration::from_micros(7));
+        assert_eq!(gap(&l), 7);
     }
 
     #[test]

@@ -297,6 +297,12 @@ counters! {
     /// Milliseconds the archive compressed below `archive.level` (or stored
     /// blocks) to keep up with the input.
     archive_degraded_ms: Counter, "archive_degraded_milliseconds_total", None, "archive_degraded_ms_per_s";
+    /// The receive thread's longest gap, in microseconds, between a receive
+    /// call that left datagrams in the socket (it filled its batch) and the
+    /// next call, since the previous stats line: how long the socket went
+    /// unread while it held data (processing a batch, or waiting for a
+    /// core). Set back to 0 by each line.
+    receive_gap_max_us: Gauge, "receive_gap_max_microseconds", None;
     /// Datagrams the kernel dropped on the receive socket (SO_RXQ_OVFL):
     /// they never reached the relay, so they are not part of `received`.
     kernel_drops: Counter, "kernel_dropped_datagrams_total", Some("DROPPED"), "kernel_drops_per_s";

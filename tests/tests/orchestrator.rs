@@ -428,6 +428,11 @@ for k, v in sorted(out.items()):
     ] {
         assert!(parsed.contains(needle), "{needle} not in:\n{parsed}");
     }
+    // The receive thread's longest gap since the last stats line, a gauge.
+    assert!(
+        parsed.contains("speeddata_channel_receive_gap_max_microseconds[('channel', 'metered')] "),
+        "{parsed}"
+    );
 }
 
 #[test]

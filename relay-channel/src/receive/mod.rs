@@ -102,6 +102,8 @@ impl ReceivePath {
     /// holds (for at most [`DRAIN_LIMIT`]) and hands everything over.
     pub(crate) fn run(mut self, stop: &AtomicBool) {
         let mut drain_until: Option<Instant> = None;
+        // When the last call returned, if it left data in the socket.
+        let mut left_data: Option<Instant> = None;
         loop {
             if drain_until.is_none() && stop.load(Ordering::Relaxed) {
                 drain_until = Some(Instant::now() + DRAIN_LIMIT);
@@ -109,11 +111,17 @@ impl ReceivePath {
             if drain_until.is_some_and(|t| Instant::now() >= t) {
                 break;
             }
+            if let Some(at) = left_data.take() {
+                self.ledger.note_receive_gap(at.elapsed());
+            }
             match self.receiver.recv(drain_until.is_some()) {
                 Ok(0) => {}
                 Ok(n) => {
-                    // A full batch: more may be waiting in the socket.
-                    self.ledger.note_receive_call(n >= self.batch);
+                    // A full batch: more may be waiting in the socket (a
+                    // call that returns less found the socket empty).
+                    let full = n >= self.batch;
+                    self.ledger.note_receive_call(full);
+                    left_data = full.then(Instant::now);
                     self.process(n)
                 }
                 Err(e) if is_timeout(&e) => {
