@@ -16,7 +16,6 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::config::{self, Codec};
@@ -469,11 +468,11 @@ pub struct Recovery {
 /// Only a regular file is touched: a symlink in its place is refused
 /// (`O_NOFOLLOW`), as is anything else that is not a plain file.
 pub fn recover_part(path: &Path) -> io::Result<Recovery> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
+    let file = crate::nofollow::open(
+        OpenOptions::new().read(true).write(true),
+        libc::O_NONBLOCK,
+        path,
+    )?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(

@@ -25,7 +25,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -143,13 +143,12 @@ pub(crate) struct IndexWriter {
 impl IndexWriter {
     /// Starts the index at `path`, replacing one left there.
     pub(crate) fn create(path: PathBuf) -> IndexWriter {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .and_then(|mut f| f.write_all(&MAGIC).map(|()| f));
+        let file = crate::nofollow::open(
+            OpenOptions::new().write(true).create(true).truncate(true),
+            0,
+            &path,
+        )
+        .and_then(|mut f| f.write_all(&MAGIC).map(|()| f));
         let file = match file {
             Ok(f) => Some(f),
             Err(e) => {

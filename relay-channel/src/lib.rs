@@ -22,6 +22,8 @@
 //! - `file_names`: archive file names, composed and parsed;
 //! - [`container`]: the Avro object container format, written block by block;
 //! - `varint`: Avro's zig-zag varints, written and read;
+//! - `nofollow`: opening archive files without following a symlink, and
+//!   saying so when one is refused;
 //! - `quarantine`: rejected datagrams kept for inspection, on a path of their own;
 //! - `ledger`: the counters the threads share, kept balanced;
 //! - `reject`: why a datagram was rejected, the labels the stats line
@@ -50,6 +52,7 @@ pub mod logs;
 #[cfg(target_os = "linux")]
 pub mod mmsg;
 pub(crate) mod net;
+pub(crate) mod nofollow;
 pub mod portable_io;
 
 /// Interface addresses, resolved as the relay resolves them (the

@@ -17,7 +17,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -332,11 +331,7 @@ impl QuarantineFile {
 
 /// Opens (creating) a file to append to, refusing to follow a symlink.
 fn open_nofollow(path: &std::path::Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+    crate::nofollow::open(OpenOptions::new().create(true).append(true), 0, path)
 }
 
 #[cfg(test)]

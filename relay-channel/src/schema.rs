@@ -49,6 +49,14 @@ pub fn from_text(spec: &ChannelSpec, text: String) -> Result<ChannelSchema, Conf
         }],
     };
     let path = &spec.schema_path;
+    // JSON first: serde_json says where (line and column) the text stops
+    // being JSON; apache-avro's own message does not.
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+        return Err(err(format!(
+            "{} is not JSON (an Avro schema is a JSON document): {e}",
+            path.display()
+        )));
+    }
     let schema = apache_avro::Schema::parse_str(&text).map_err(|e| {
         err(format!(
             "{} is not a valid Avro schema: {e}",
@@ -224,6 +232,22 @@ mod tests {
 
     fn check(field: &str) -> Result<(), String> {
         check_time_field(&Schema::parse_str(SCHEMA).unwrap(), field)
+    }
+
+    #[test]
+    fn a_schema_that_is_not_json_is_reported_with_its_line_and_column() {
+        let spec = ChannelSpec::from_text(
+            "schema = \"s.avsc\"\n[receive]\nbind = \"127.0.0.1:26000\"\n[archive]\ndir = \"data\"\n",
+            std::path::Path::new("/etc/speeddata/channels.d/ch.toml"),
+            None,
+        )
+        .unwrap();
+        let text =
+            "{\n  \"type\": \"record\",\n  \"name\": \"r\",\n  \"fields\": [,]\n}".to_string();
+        let e = from_text(&spec, text).err().expect("not JSON");
+        let m = &e.problems[0].message;
+        assert!(m.contains("is not JSON"), "{m}");
+        assert!(m.contains("line 4 column 14"), "{m}");
     }
 
     #[test]

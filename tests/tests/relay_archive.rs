@@ -294,6 +294,15 @@ fn symlinks_in_the_channel_folder_are_never_followed() {
         stream.push(malformed(&valid[0], i % 4));
     }
     relay.feed(opts.bind, &stream, 5);
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while relay
+        .last_stats()
+        .is_none_or(|s| s.counters.quarantine_dropped < 20)
+    {
+        assert!(std::time::Instant::now() < end, "{:?}", relay.last_stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = relay.stderr();
     let (archive, last) = relay.stop_ok();
 
     assert_eq!(std::fs::read_to_string(&precious_q).unwrap(), "precious\n");
@@ -309,6 +318,13 @@ fn symlinks_in_the_channel_folder_are_never_followed() {
     assert_eq!(last.counters.quarantined, 0, "{last:?}");
     assert_eq!(last.counters.quarantine_dropped, 20, "{last:?}");
     assert!(read_archive(&archive) == valid);
+    // The operator is told what stands there and what to do, not the
+    // kernel's "Too many levels of symbolic links".
+    assert!(
+        log.contains("quarantine.jsonl is a symbolic link") && log.contains("remove the link"),
+        "{log}"
+    );
+    assert!(!log.contains("Too many levels"), "{log}");
 }
 
 /// An archive that cannot keep up at its zstd level (19, slow, with a
@@ -425,4 +441,76 @@ fn a_relay_whose_supervisor_is_gone_stops_cleanly_and_keeps_every_record() {
         "{}",
         relay.stderr()
     );
+}
+
+/// A disk that stays full is one condition, not an error a second: logged
+/// once when it starts, once when it ends (with what it lost), and while
+/// it lasts at most once a minute. The archive folder is a 1 MiB tmpfs in
+/// the relay's own mount namespace (needs root, as CI runs); space is given
+/// back by deleting the files through /proc/PID/root.
+#[test]
+fn a_full_disk_is_logged_when_it_starts_and_when_it_ends_not_every_second() {
+    let dir = tempdir();
+    let mut opts = ChannelOpts::unicast("full");
+    opts.archive = vec!["codec = \"null\"".into(), "block_size = \"64KiB\"".into()];
+    let config = write_channel(dir.path(), &opts);
+    let archive_dir = dir.path().join("archive");
+    std::fs::create_dir_all(&archive_dir).unwrap();
+    let mount = format!(
+        "mount -t tmpfs -o size=1m tmpfs '{}' && exec \"$0\" \"$@\"",
+        archive_dir.display()
+    );
+    let mut relay = Relay::spawn_wrapped(
+        dir.path(),
+        &config,
+        &opts.name,
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &mount,
+        ],
+    );
+    relay.wait_ready(Duration::from_secs(20));
+    let message = "f".repeat(700);
+    // About 3.8 MB of records, 4 a millisecond: the 1 MiB fills within the
+    // first second, then the archive fails for about three more.
+    let records = example_records(5_000, &message);
+    relay.feed(opts.bind, &records, 4);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let during = relay.stderr();
+    let started = during.matches("the live outputs go on").count();
+    assert_eq!(started, 1, "one line when it starts:\n{during}");
+    assert!(!during.contains("still failing"), "{during}");
+    assert!(!during.contains("writing again"), "{during}");
+    let lost = relay.last_stats().unwrap().counters.archive_dropped;
+    assert!(lost > 0, "the disk never filled");
+
+    // Space again: the channel's files deleted where the relay sees them.
+    let seen = std::path::PathBuf::from(format!("/proc/{}/root", relay.pid()))
+        .join(archive_dir.strip_prefix("/").unwrap())
+        .join(&opts.name);
+    for f in std::fs::read_dir(&seen).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "avro" || e == "idx") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let more = example_records(200, "after");
+    relay.feed(opts.bind, &more, 2);
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while !relay.stderr().contains("archive writing again") {
+        assert!(std::time::Instant::now() < end, "{}", relay.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = relay.stderr();
+    assert_eq!(log.matches("archive writing again").count(), 1, "{log}");
+    assert!(log.contains("datagrams lost in all"), "{log}");
+    assert_eq!(log.matches("the live outputs go on").count(), 1, "{log}");
+    let (_, last) = relay.stop_ok();
+    assert_balanced(&last);
+    assert!(last.archive_healthy, "{last:?}");
 }

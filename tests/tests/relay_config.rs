@@ -75,6 +75,29 @@ fn invalid_schema_exits_78() {
     assert_eq!(code, 78, "{err}");
 }
 
+/// A schema file that is not JSON says where: line and column.
+#[test]
+fn a_schema_that_is_not_json_exits_78_naming_line_and_column() {
+    let dir = tempdir();
+    let p = write_config(
+        dir.path(),
+        "schema = \"schema.avsc\"\n[receive]\nbind = \"127.0.0.1:1\"\n[archive]\ndir = \"a\"\n",
+    );
+    std::fs::write(
+        dir.path().join("schema.avsc"),
+        "{\n  \"type\": \"record\",\n  \"name\": \"x\"\n  \"fields\": []\n}\n",
+    )
+    .unwrap();
+    for args in [["run", "--config"], ["check", "--config"]] {
+        let (code, _, err) = run_relay(&[args[0], args[1], p.to_str().unwrap()]);
+        assert_eq!(code, 78, "{err}");
+        assert!(
+            err.contains("schema.avsc is not JSON") && err.contains("line 4 column 3"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn time_field_must_be_a_timestamp_field_of_the_schema() {
     let dir = tempdir();

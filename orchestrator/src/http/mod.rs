@@ -193,7 +193,42 @@ fn build(api: Api, listen: SocketAddr, closing: watch::Receiver<bool>) -> Router
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Every API error is JSON: an answer of 400 and up in plain text (what
+/// axum's extractors answer for a path, query or body they cannot read, a
+/// URL that is not UTF-8 among them) becomes `{"error": text}`. The text
+/// answers that are meant (`/readyz`'s 503 listing the channels not ready)
+/// are outside `/api/`.
+async fn json_errors(uri: Uri, r: Response) -> Response {
+    let is_text = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    if !(r.status().is_client_error() || r.status().is_server_error())
+        || !is_text
+        || !uri.path().starts_with("/api/")
+    {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let text = match axum::body::to_bytes(body, 64 << 10).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let text = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_string()
+    } else {
+        text
+    };
+    error(parts.status, text)
 }
 
 /// Every handler's error: a status and the API's one error body.

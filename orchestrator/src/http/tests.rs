@@ -535,6 +535,21 @@ async fn metrics_unknown_paths_and_wrong_methods() {
     let r = call("GET", format!("{base}/api/v1/events?since=x")).await;
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].is_string());
+
+    // A URL that is not UTF-8 once decoded: JSON like every API error.
+    for path in [
+        "/api/v1/channels/%FF",
+        "/api/v1/channels/%C3%28/schema",
+        "/api/v1/holds/%FE%FF",
+    ] {
+        let r = call("GET", format!("{base}{path}")).await;
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        let error = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            error.contains("UTF-8") || error.contains("utf-8"),
+            "{path}: {error}"
+        );
+    }
     server.stop().await;
 }
 

@@ -9,7 +9,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -235,12 +234,11 @@ impl Files {
                 ms += 1;
                 continue;
             }
-            let mut file = match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&part)
-            {
+            let mut file = match crate::nofollow::open(
+                OpenOptions::new().write(true).create_new(true),
+                0,
+                &part,
+            ) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     ms += 1;

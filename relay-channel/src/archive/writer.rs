@@ -17,7 +17,6 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ use crate::config::{ArchiveSpec, Codec, Fsync};
 use crate::container::BlockEncoder;
 use crate::handover::{ArchiveInbox, Batch};
 use crate::ledger::Ledger;
-use crate::logs::RateLimit;
+use crate::logs::{Condition, Report};
 use crate::record_time::RecordTime;
 use crate::status::FileClosed;
 
@@ -62,7 +61,9 @@ pub(crate) struct Archive {
     /// With `archive.compress_threads` above 1, the threads that compress
     /// blocks; otherwise this thread compresses them.
     pool: PoolQueue,
-    error_log: RateLimit,
+    /// Disk trouble, logged when it starts, each minute while it lasts,
+    /// and when it ends.
+    trouble: Condition,
     /// Where closed files go to be finished; `None` before `run` starts it
     /// (and after `finish`), when files are closed on this thread.
     closer: Option<Sender<ClosedFile>>,
@@ -124,7 +125,7 @@ impl Archive {
             files: Files::new(dir, channel, schema_json, spec.codec),
             level,
             pool: PoolQueue::new(pool),
-            error_log: RateLimit::new(3, Duration::from_secs(60)),
+            trouble: Condition::new(Duration::from_secs(60)),
             closer: None,
             closer_state: Closer::new(spec, channel, holds_dir, ledger, closed),
         })
@@ -398,6 +399,7 @@ impl Archive {
         });
         match result {
             Ok(()) => {
+                self.wrote_a_block();
                 self.ledger.archived(count);
                 if self.spec.fsync == Fsync::Interval {
                     self.files.sync_every(self.spec.flush_interval);
@@ -422,14 +424,20 @@ impl Archive {
     /// again. The broken file is cut back to its last whole block and closed.
     fn disk_trouble(&mut self, what: &str, e: &io::Error, lost: u64) {
         self.ledger.archive_error();
-        if self.ledger.set_archive_healthy(false) {
-            tracing::error!(
+        self.ledger.set_archive_healthy(false);
+        match self.trouble.occurred(lost, Instant::now()) {
+            Report::Started => tracing::error!(
                 channel = %self.channel, dir = %self.files.dir().display(), error = %e, lost,
-                "archive {what} failed; the live outputs go on, the archive retries every {}s",
+                "archive {what} failed; the live outputs go on, the archive retries every {}s \
+                 (logged again once a minute while it lasts, and when it ends)",
                 RETRY_AFTER.as_secs()
-            );
-        } else if let Some(suppressed) = self.error_log.allow(Instant::now()) {
-            tracing::warn!(channel = %self.channel, error = %e, lost, suppressed, "archive {what} still failing");
+            ),
+            Report::Ongoing { times, lost, for_ } => tracing::warn!(
+                channel = %self.channel, error = %e, failures = times, lost,
+                "archive {what} still failing after {}s ({times} failures, {lost} datagrams lost in the last minute)",
+                for_.as_secs()
+            ),
+            Report::Quiet => {}
         }
         if let Some(f) = &self.files.open {
             let _ = f.file.set_len(f.len);
@@ -439,10 +447,21 @@ impl Archive {
     }
 
     fn ensure_file(&mut self, block: &BlockMeta) -> io::Result<()> {
-        if self.files.ensure(block)? && !self.ledger.set_archive_healthy(true) {
-            tracing::info!(channel = %self.channel, "archive writing again");
-        }
+        self.files.ensure(block)?;
         Ok(())
+    }
+
+    /// A block was written: the archive is healthy (again). Opening a file
+    /// is not enough: on a full disk the open works and the write fails.
+    fn wrote_a_block(&mut self) {
+        self.ledger.set_archive_healthy(true);
+        if let Some((lasted, lost)) = self.trouble.ended(Instant::now()) {
+            tracing::info!(
+                channel = %self.channel, lost,
+                "archive writing again, after {}s of failures ({lost} datagrams lost in all)",
+                lasted.as_secs()
+            );
+        }
     }
 
     /// Hands the open file to the closer thread, which finishes it (fsync,
@@ -492,11 +511,7 @@ fn channels_on_host() -> usize {
 fn probe_writable(dir: &Path) -> io::Result<()> {
     let probe = dir.join(format!(".write-probe-{}", std::process::id()));
     let _ = fs::remove_file(&probe);
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&probe)?;
+    crate::nofollow::open(OpenOptions::new().write(true).create_new(true), 0, &probe)?;
     fs::remove_file(&probe)
 }
 
