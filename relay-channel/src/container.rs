@@ -88,6 +88,65 @@ pub fn encode_header(schema_json: &str, codec: &Codec, sync: &[u8; 16], out: &mu
     out.extend_from_slice(sync);
 }
 
+/// How much [`BlockEncoder::encode_preemptible`] compresses between two
+/// questions whether to go on: at zstd level 19 about 8 ms of work.
+pub const PREEMPT_CHUNK: usize = 32 << 10;
+
+/// Levels up to this one compress a block in about a millisecond: not
+/// worth cutting it up ([`BlockEncoder::encode_preemptible`] compresses
+/// them whole).
+pub const PREEMPT_ABOVE_LEVEL: i32 = 3;
+
+/// Compresses `data` into one zstd frame in `out` (whose capacity holds the
+/// bound), [`PREEMPT_CHUNK`] bytes at a time, asking `stop` between them;
+/// the frame is the one `compress2` makes (content size, checksum: the
+/// context's parameters). An `Interrupted` error when stopped.
+fn compress_preemptibly(
+    cctx: &mut zstd::zstd_safe::CCtx<'static>,
+    data: &[u8],
+    out: &mut Vec<u8>,
+    stop: &mut dyn FnMut() -> bool,
+) -> io::Result<usize> {
+    use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective;
+    use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective};
+    let zerr = |code: usize| io::Error::other(zstd::zstd_safe::get_error_name(code));
+    cctx.reset(ResetDirective::SessionOnly).map_err(zerr)?;
+    cctx.set_pledged_src_size(Some(data.len() as u64))
+        .map_err(zerr)?;
+    let mut output = OutBuffer::around(out);
+    let chunks = data.len().div_ceil(PREEMPT_CHUNK);
+    for (i, chunk) in data.chunks(PREEMPT_CHUNK).enumerate() {
+        if stop() {
+            cctx.reset(ResetDirective::SessionOnly).map_err(zerr)?;
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "block compression given up for a cheaper level",
+            ));
+        }
+        let last = i + 1 == chunks;
+        let mut input = InBuffer::around(chunk);
+        loop {
+            // Flushed after each chunk: zstd compresses only whole blocks
+            // of its own (128 KiB) otherwise, and a stop could come only
+            // that often. The frame then holds smaller blocks (the window
+            // goes on across them: a percent or two of ratio).
+            let end = if last {
+                ZSTD_EndDirective::ZSTD_e_end
+            } else {
+                ZSTD_EndDirective::ZSTD_e_flush
+            };
+            let left = cctx
+                .compress_stream2(&mut output, &mut input, end)
+                .map_err(zerr)?;
+            let done = left == 0 && input.pos() == chunk.len();
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(output.pos())
+}
+
 /// Encodes container blocks, reusing its scratch buffer and compressor state from block
 /// to block, so that steady-state encoding does not allocate.
 pub struct BlockEncoder {
@@ -199,6 +258,34 @@ impl BlockEncoder {
         data: &'a [u8],
         sync: &'a [u8; 16],
     ) -> io::Result<EncodedBlock<'a>> {
+        self.encode_with(count, data, sync, None)
+    }
+
+    /// [`encode`](Self::encode), giving up when `stop` says so: with zstd
+    /// above [`PREEMPT_ABOVE_LEVEL`] the records are compressed
+    /// [`PREEMPT_CHUNK`] bytes at a time, and
+    /// `stop` is asked between chunks; when it answers true the block is
+    /// abandoned (an `Interrupted` error, the compressor ready for the next
+    /// block). The archive uses it so that a slow level (19 takes tens of
+    /// milliseconds a block) never holds the queue up past the moment the
+    /// level should change. Other codecs, and stored blocks, ignore `stop`.
+    pub fn encode_preemptible<'a>(
+        &'a mut self,
+        count: u64,
+        data: &'a [u8],
+        sync: &'a [u8; 16],
+        stop: &mut dyn FnMut() -> bool,
+    ) -> io::Result<EncodedBlock<'a>> {
+        self.encode_with(count, data, sync, Some(stop))
+    }
+
+    fn encode_with<'a>(
+        &'a mut self,
+        count: u64,
+        data: &'a [u8],
+        sync: &'a [u8; 16],
+        stop: Option<&mut dyn FnMut() -> bool>,
+    ) -> io::Result<EncodedBlock<'a>> {
         if count == 0 {
             if data.is_empty() {
                 return Ok(EncodedBlock::default());
@@ -278,7 +365,12 @@ impl BlockEncoder {
                 self.scratch.clear();
                 self.scratch
                     .reserve(zstd::zstd_safe::compress_bound(data.len()));
-                let n = z.compress_to_buffer(data, &mut self.scratch)?;
+                let n = match stop {
+                    Some(stop) if data.len() > PREEMPT_CHUNK && level > PREEMPT_ABOVE_LEVEL => {
+                        compress_preemptibly(z.context_mut(), data, &mut self.scratch, stop)?
+                    }
+                    _ => z.compress_to_buffer(data, &mut self.scratch)?,
+                };
                 put_long(&mut head, i64::try_from(n).map_err(|_| too_large())?);
                 &self.scratch[..n]
             }
@@ -856,6 +948,47 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    /// A block compressed a chunk at a time reads back as any other; one
+    /// given up leaves the encoder ready for the next block, and the file
+    /// holds only whole blocks.
+    #[test]
+    fn preemptible_blocks_read_back_and_a_block_given_up_leaves_nothing() {
+        let s = schema();
+        let sync = new_sync_marker();
+        let codec = Codec::Zstd { level: 19 };
+        let mut out = Vec::new();
+        encode_header(SCHEMA, &codec, &sync, &mut out);
+        let mut enc = BlockEncoder::new(codec);
+        let all = blocks(&[3000, 5, 3000]);
+        let mut asked = 0;
+        for (i, b) in all.iter().enumerate() {
+            let mut data = Vec::new();
+            for v in b {
+                data.extend(datum(&s, v));
+            }
+            if i == 0 {
+                // Given up after the first chunk: nothing is written.
+                assert!(data.len() > 2 * PREEMPT_CHUNK, "{}", data.len());
+                let e = enc
+                    .encode_preemptible(b.len() as u64, &data, &sync, &mut || true)
+                    .map(|_| ())
+                    .unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+            }
+            let block = enc
+                .encode_preemptible(b.len() as u64, &data, &sync, &mut || {
+                    asked += 1;
+                    false
+                })
+                .unwrap();
+            block.write_to(&mut out).unwrap();
+        }
+        assert!(asked >= 4, "{asked}");
+        let got: Vec<Value> = Reader::new(&out[..]).unwrap().map(|v| v.unwrap()).collect();
+        let want: Vec<Value> = all.into_iter().flatten().collect();
+        assert_eq!(got, want);
     }
 
     /// The adaptive archive's levels, stored blocks among them, in one

@@ -198,6 +198,24 @@ impl ToArchive {
 /// The archive thread's end: full batches from the queue, emptied ones back
 /// to the pool.
 #[derive(Debug)]
+/// The archive queue's fill, read where the inbox is not at hand.
+#[derive(Clone)]
+pub(crate) struct FillGauge(Receiver<Batch>);
+
+impl FillGauge {
+    /// How full the queue is, from 0 to 1.
+    pub(crate) fn fill(&self) -> f64 {
+        fill_of(&self.0)
+    }
+}
+
+fn fill_of(batches: &Receiver<Batch>) -> f64 {
+    match batches.capacity() {
+        Some(c) if c > 0 => batches.len() as f64 / c as f64,
+        _ => 0.0,
+    }
+}
+
 pub(crate) struct ArchiveInbox {
     batches: Receiver<Batch>,
     free: Sender<Batch>,
@@ -212,10 +230,13 @@ impl ArchiveInbox {
 
     /// How full the queue is, from 0 to 1.
     pub(crate) fn fill(&self) -> f64 {
-        match self.batches.capacity() {
-            Some(c) if c > 0 => self.batches.len() as f64 / c as f64,
-            _ => 0.0,
-        }
+        fill_of(&self.batches)
+    }
+
+    /// A reading of the queue's fill to take along (the archive asks it
+    /// between the chunks of a block it compresses).
+    pub(crate) fn gauge(&self) -> FillGauge {
+        FillGauge(self.batches.clone())
     }
 
     /// Gives a batch back to the pool, emptied.

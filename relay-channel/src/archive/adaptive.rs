@@ -246,6 +246,29 @@ impl Adaptive {
         at
     }
 
+    /// Where a queue past half full (or the kernel dropping) sends the
+    /// level at once, without waiting [`STEP_DOWN_EVERY`] between rungs:
+    /// with no rung's cost known (the first overload, or a long calm), to
+    /// storing, the cheapest in CPU; from a measured rung, to the rung
+    /// below measured clearly cheapest. `None` where the level stays for
+    /// [`Adaptive::under_pressure`]'s search to go on: at the bottom, at the
+    /// cheapest rung known, or while the rung in use is being measured.
+    fn jump(&self, now: Instant) -> Option<usize> {
+        let bottom = self.ladder.len() - 1;
+        if self.at == bottom {
+            return None;
+        }
+        if !(0..=bottom).any(|i| self.cost(i, now).is_some()) {
+            return Some(bottom);
+        }
+        let here = self.cost(self.at, now)?;
+        (self.at + 1..=bottom)
+            .filter_map(|i| self.cost(i, now).map(|c| (i, c)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .filter(|&(_, c)| c < here * (1.0 - COST_MARGIN))
+            .map(|(i, _)| i)
+    }
+
     /// Takes every signal (see [`Signals`]): kernel drops, a saturated
     /// receive thread or a filling queue are pressure, which moves the
     /// level towards the rung that costs the archive least; calm climbs
@@ -278,7 +301,16 @@ impl Adaptive {
         let since_step = self
             .last_step
             .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
-        let to = if dropped || saturated || fill >= PRESSURE_FILL {
+        let to = if dropped || fill >= SEVERE_FILL {
+            // Filling faster than one rung per 20 ms can absorb (or already
+            // losing datagrams in the kernel): jump, don't walk.
+            self.calm_since = None;
+            match self.jump(now) {
+                Some(to) => to,
+                None if since_step >= STEP_DOWN_EVERY => self.under_pressure(2, dropped, now),
+                None => self.at,
+            }
+        } else if saturated || fill >= PRESSURE_FILL {
             self.calm_since = None;
             if since_step >= STEP_DOWN_EVERY {
                 let rungs = if dropped || fill >= SEVERE_FILL { 2 } else { 1 };
@@ -349,11 +381,10 @@ mod tests {
             levels,
             vec![Some(1), Some(-1), Some(-4), Some(-16), Some(-64)]
         );
-        // A queue half full: two rungs a step, down to storing.
+        // A queue half full with no rung measured: straight to storing,
+        // at once (no 20 ms wait).
+        assert_eq!(a.observe(0.5, 0, ms(t, now + 1)).0, Some(None));
         now += 20;
-        assert_eq!(a.observe(0.5, 0, ms(t, now)).0, Some(Some(-1024)));
-        now += 20;
-        assert_eq!(a.observe(0.9, 0, ms(t, now)).0, Some(None));
         assert!(a.degraded());
         // Stored is the bottom.
         assert_eq!(a.observe(1.0, 0, ms(t, now + 100)).0, None);
@@ -372,6 +403,47 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_past_half_jumps_at_once_instead_of_walking() {
+        let t = Instant::now();
+        let mut a = Adaptive::new(19);
+        // A quarter full: one rung, 19 to 1.
+        assert_eq!(a.observe(0.3, 0, t).0, Some(Some(1)));
+        // 5 ms later, past half, nothing measured: storing, without the
+        // 20 ms between steps a walk waits.
+        assert_eq!(a.observe(0.6, 0, ms(t, 5)).0, Some(None));
+        // From a measured rung, to the cheapest measured below it.
+        let mut a = Adaptive::new(19);
+        let look = |a: &mut Adaptive, fill: f64, cost: f64, at: u64| {
+            let bytes = 4u64 << 20;
+            a.observe_all(
+                Signals {
+                    fill,
+                    work: Work {
+                        bytes,
+                        busy: Duration::from_nanos((cost * bytes as f64) as u64),
+                    },
+                    ..Signals::default()
+                },
+                ms(t, at),
+            )
+            .0
+        };
+        // Level 1 measured cheap (0.5 ns/B), then 19 measured dear (40).
+        assert_eq!(look(&mut a, 0.3, 0.0, 0), Some(Some(1)));
+        look(&mut a, 0.0, 0.5, 5);
+        look(&mut a, 0.0, 0.5, 10);
+        assert_eq!(a.level(), Some(1));
+        let mut at = 10;
+        while a.level() != Some(19) {
+            at += 5_000;
+            look(&mut a, 0.0, 0.5, at);
+        }
+        look(&mut a, 0.1, 40.0, at + 5);
+        look(&mut a, 0.1, 40.0, at + 10);
+        assert_eq!(look(&mut a, 0.55, 40.0, at + 12), Some(Some(1)));
+    }
+
+    #[test]
     fn kernel_drops_are_pressure_and_the_time_degraded_is_counted() {
         let t = Instant::now();
         let mut a = Adaptive::new(1);
@@ -384,18 +456,25 @@ mod tests {
         let (l, d) = a.observe(0.0, 9, ms(t, 200));
         assert_eq!(
             (l, d),
-            (Some(Some(-4)), Duration::ZERO),
-            "drops: two rungs below 1"
+            (Some(None), Duration::ZERO),
+            "drops with no rung measured: straight to storing"
         );
         assert_eq!(a.observe(0.0, 9, ms(t, 700)).1, Duration::from_millis(500));
-        // One rung up after 5 s of calm, the next 5 s later; then no more
-        // time is counted.
+        // One rung up after 5 s of calm, the next 5 s later.
         let (l, d) = a.observe(0.0, 9, ms(t, 5700));
-        assert_eq!((l, d), (Some(Some(-1)), Duration::from_millis(5000)));
+        assert_eq!((l, d), (Some(Some(-8192)), Duration::from_millis(5000)));
         let (l, _) = a.observe(0.0, 9, ms(t, 10700));
-        assert_eq!(l, Some(Some(1)));
-        assert!(!a.degraded());
-        assert_eq!(a.observe(0.0, 9, ms(t, 20000)).1, Duration::ZERO);
+        assert_eq!(l, Some(Some(-1024)));
+        // Back at the preferred level after a rung per 5 s; then no more
+        // time is counted.
+        let mut at = 10_700;
+        while a.degraded() {
+            at += 5_000;
+            a.observe(0.0, 9, ms(t, at));
+        }
+        assert_eq!(a.level(), Some(1));
+        assert_eq!(at, 10_700 + 6 * 5_000);
+        assert_eq!(a.observe(0.0, 9, ms(t, at + 9_000)).1, Duration::ZERO);
     }
 
     fn sig(fill: f64, saturated: bool) -> Signals {

@@ -45,6 +45,13 @@ impl LevelControl {
         }
     }
 
+    /// Whether a block about to be compressed at the level in use should
+    /// be given up for a cheaper one: the queue is past half, or the kernel
+    /// dropped datagrams since `drops_before`.
+    pub(super) fn should_give_up(fill: f64, ledger: &Ledger, drops_before: u64) -> bool {
+        fill >= super::adaptive::SEVERE_FILL || ledger.kernel_drops() > drops_before
+    }
+
     /// Whether the level adapts, and so needs the cost of each block.
     #[inline]
     pub(super) fn adapts(&self) -> bool {
@@ -64,7 +71,6 @@ impl LevelControl {
     /// time spent degraded. The new level (`None`: stored) and whether it
     /// is below the preferred one, when it changes.
     pub(super) fn observe(&mut self, fill: f64, ledger: &Ledger) -> Option<(Option<i32>, bool)> {
-        let a = self.adaptive.as_mut()?;
         let now = Instant::now();
         if self
             .last_look
@@ -72,6 +78,19 @@ impl LevelControl {
         {
             return None;
         }
+        self.observe_now(fill, ledger)
+    }
+
+    /// [`LevelControl::observe`] at once, whenever the last look was: a
+    /// block's compression was given up because the queue passed half or
+    /// the kernel dropped, and the level must move before it is made again.
+    pub(super) fn observe_now(
+        &mut self,
+        fill: f64,
+        ledger: &Ledger,
+    ) -> Option<(Option<i32>, bool)> {
+        let a = self.adaptive.as_mut()?;
+        let now = Instant::now();
         self.last_look = Some(now);
         let (calls, full) = ledger.receive_calls();
         let (calls0, full0) = std::mem::replace(&mut self.last_receive_calls, (calls, full));

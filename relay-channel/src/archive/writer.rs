@@ -32,7 +32,7 @@ use super::pool::{self, thread_cpu_time, Pool, PoolQueue};
 use super::recovery;
 use crate::config::{ArchiveSpec, Codec, Fsync};
 use crate::container::BlockEncoder;
-use crate::handover::{ArchiveInbox, Batch};
+use crate::handover::{ArchiveInbox, Batch, FillGauge};
 use crate::ledger::Ledger;
 use crate::logs::{Condition, Report};
 use crate::record_time::RecordTime;
@@ -64,6 +64,9 @@ pub(crate) struct Archive {
     /// Disk trouble, logged when it starts, each minute while it lasts,
     /// and when it ends.
     trouble: Condition,
+    /// The archive queue's fill, asked between the chunks of a block being
+    /// compressed (set when the thread starts).
+    gauge: Option<FillGauge>,
     /// Where closed files go to be finished; `None` before `run` starts it
     /// (and after `finish`), when files are closed on this thread.
     closer: Option<Sender<ClosedFile>>,
@@ -126,6 +129,7 @@ impl Archive {
             level,
             pool: PoolQueue::new(pool),
             trouble: Condition::new(Duration::from_secs(60)),
+            gauge: None,
             closer: None,
             closer_state: Closer::new(spec, channel, holds_dir, ledger, closed),
         })
@@ -134,6 +138,7 @@ impl Archive {
     /// The thread body: runs until the receive side hangs up, then writes
     /// out everything buffered and closes the file.
     pub(crate) fn run(mut self, inbox: ArchiveInbox) {
+        self.gauge = Some(inbox.gauge());
         match self.closer_state.clone().spawn() {
             Ok((tx, t)) => {
                 self.closer = Some(tx);
@@ -182,19 +187,8 @@ impl Archive {
     /// Lets the level controller see the archive queue's fill, and applies
     /// a new level to the next blocks.
     fn adapt(&mut self, fill: f64) {
-        let Some((level, degraded)) = self.level.observe(fill, &self.ledger) else {
-            return;
-        };
-        if let Err(e) = self.encoder.set_zstd(level) {
-            tracing::warn!(channel = %self.channel, error = %e, "cannot change the zstd level");
-            return;
-        }
-        self.ledger.set_archive_level(true, level);
-        let shown = level.map_or("stored (no compression)".to_string(), |l| l.to_string());
-        if degraded {
-            tracing::info!(channel = %self.channel, level = %shown, queue_fill = fill, "archive: compressing less to keep up");
-        } else {
-            tracing::info!(channel = %self.channel, level = %shown, "archive: back at the preferred zstd level");
+        if let Some(change) = self.level.observe(fill, &self.ledger) {
+            apply_level(&mut self.encoder, &self.ledger, &self.channel, change, fill);
         }
     }
 
@@ -370,10 +364,50 @@ impl Archive {
             // disk is).
             let offset = f.len;
             let (len, cpu, t1) = match body {
-                Body::Records(data) => {
+                Body::Records(data) => 'made: {
                     // Only the adaptive level needs the cost (two system
                     // calls a block).
-                    let c0 = self.level.adapts().then(thread_cpu_time);
+                    let mut c0 = self.level.adapts().then(thread_cpu_time);
+                    // Compressing under the adaptive level: given up between
+                    // chunks when the queue passes half or the kernel drops,
+                    // and made again at the level the controller jumps to.
+                    let gauge = self
+                        .gauge
+                        .as_ref()
+                        .filter(|_| self.level.adapts() && self.encoder.zstd_level().is_some());
+                    if let Some(gauge) = gauge {
+                        let drops = self.ledger.kernel_drops();
+                        let ledger = &self.ledger;
+                        let mut stop = || LevelControl::should_give_up(gauge.fill(), ledger, drops);
+                        match self
+                            .encoder
+                            .encode_preemptible(count, data, &f.sync, &mut stop)
+                        {
+                            Ok(encoded) => {
+                                let t1 = Instant::now();
+                                let cpu = c0.map_or(Duration::ZERO, |c0| {
+                                    thread_cpu_time().saturating_sub(c0)
+                                });
+                                encoded.write_to(&mut f.file)?;
+                                break 'made (encoded.len(), cpu, t1);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                                let fill = gauge.fill();
+                                if let Some(change) = self.level.observe_now(fill, &self.ledger) {
+                                    apply_level(
+                                        &mut self.encoder,
+                                        &self.ledger,
+                                        &self.channel,
+                                        change,
+                                        fill,
+                                    );
+                                }
+                                // The work given up is no level's cost.
+                                c0 = Some(thread_cpu_time());
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                     let encoded = self.encoder.encode(count, data, &f.sync)?;
                     let t1 = Instant::now();
                     let cpu = c0.map_or(Duration::ZERO, |c0| thread_cpu_time().saturating_sub(c0));
@@ -513,6 +547,27 @@ fn probe_writable(dir: &Path) -> io::Result<()> {
     let _ = fs::remove_file(&probe);
     crate::nofollow::open(OpenOptions::new().write(true).create_new(true), 0, &probe)?;
     fs::remove_file(&probe)
+}
+
+/// Applies a level the controller chose (`None`: stored), and says so.
+fn apply_level(
+    encoder: &mut BlockEncoder,
+    ledger: &Ledger,
+    channel: &str,
+    (level, degraded): (Option<i32>, bool),
+    fill: f64,
+) {
+    if let Err(e) = encoder.set_zstd(level) {
+        tracing::warn!(channel = %channel, error = %e, "cannot change the zstd level");
+        return;
+    }
+    ledger.set_archive_level(true, level);
+    let shown = level.map_or("stored (no compression)".to_string(), |l| l.to_string());
+    if degraded {
+        tracing::info!(channel = %channel, level = %shown, queue_fill = fill, "archive: compressing less to keep up");
+    } else {
+        tracing::info!(channel = %channel, level = %shown, "archive: back at the preferred zstd level");
+    }
 }
 
 #[cfg(test)]
