@@ -59,7 +59,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use speeddata_api::ErrorBody;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -103,11 +103,29 @@ impl Default for Limits {
     }
 }
 
+/// Connections the kernel completes and queues for `accept`, at most.
+/// std and mio (tokio's `TcpListener::bind`) ask for 128, which a burst of
+/// connections overflows while the server is still accepting: the kernel
+/// then drops the SYNs of everyone else too, and their clients try again
+/// only after a second. nginx asks for 511 on Linux; the kernel caps this
+/// at `net.core.somaxconn` (4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Binds the API's address. The error names the address; the caller adds
 /// where it came from (`http.listen`).
 pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(listen)
-        .await
+    let listening = || {
+        let socket = if listen.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As std and mio do: a restart need not wait for TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(listen)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listening()
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))
 }
 
