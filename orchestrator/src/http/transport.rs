@@ -8,8 +8,8 @@
 //! new one arrives at the cap, the connection that has waited longest
 //! without being served is closed to make room for it: every connection
 //! that is not serving a request waits in [`Admission`]'s queue, ordered
-//! by when it began to wait (its acceptance, or the end of its last
-//! response on a kept-alive connection). That is a connection that has not
+//! by when it began to wait (its acceptance, or, kept alive, the moment
+//! its last response was flushed to the socket). That is a connection that has not
 //! sent a whole request head yet (nothing at all, or part of one) or a
 //! kept-alive one idle between requests. A connection serving a request
 //! (an event stream above all) is never evicted, and a WebSocket has left
@@ -22,23 +22,30 @@
 //! without an answer, as at the head or idle timeout (a client retries a
 //! kept-alive connection closed under it, as it must anyway).
 //!
-//! nginx does less: when `worker_connections` runs short,
-//! `ngx_get_connection` calls `ngx_drain_connections`, which closes up to
-//! 32 connections from the old end of its "reusable" queue. HTTP marks a
-//! connection reusable while it waits for the first byte of a request
-//! (`ngx_http_init_connection`, `ngx_http_wait_request_handler`) and while
-//! kept alive between requests (`ngx_http_set_keepalive`), and unmarks it
-//! once a byte arrives; a connection reading its request line and headers
-//! is never drained, only cut by `client_header_timeout`, and with no
-//! free connection left nginx closes the new socket without an answer
-//! (nginx `src/core/ngx_connection.c`, `src/http/ngx_http_request.c`,
-//! `src/event/ngx_event_accept.c`). Here a connection part-way through
-//! its head is evicted too: that is the connection a slow client holds.
-//! hyper has no connection limit of its own (`hyper::server::conn` serves
-//! one connection it is handed; accepting is the caller's) and bounds a
-//! slow head only with `http1::Builder::header_read_timeout` (30 s by
-//! default, with a timer), which we replace with our own
-//! [`HEADER_TIMEOUT`].
+//! nginx does less (as read in its source, commit 3f6f782):
+//! `ngx_get_connection` calls `ngx_drain_connections` first, which, once
+//! no more than a sixteenth of `worker_connections` are free, closes an
+//! eighth of its "reusable" connections (at least one, at most 32) from
+//! the old end of their queue, logging "worker_connections are not enough, reusing
+//! connections" at most once a second (`src/core/ngx_connection.c`). HTTP
+//! marks a connection reusable while it waits for the first byte of a
+//! request (`ngx_http_init_connection`, `ngx_http_wait_request_handler`)
+//! and while it is kept alive between requests (`ngx_http_set_keepalive`,
+//! `ngx_http_keepalive_handler`), and unmarks it as soon as a byte arrives
+//! (`src/http/ngx_http_request.c`): a connection reading its request line
+//! and headers is never drained, only cut by `client_header_timeout`
+//! (60 s by default). With no free connection left, the new socket is
+//! closed without an answer (`src/event/ngx_event_accept.c`). Here a
+//! connection part-way through its head is evicted too: that is the
+//! connection a slow client holds.
+//!
+//! hyper (1.x) has no connection limit of its own: `hyper::server::conn`
+//! serves one connection it is handed, and accepting is the caller's. It
+//! bounds a slow head only with `http1::Builder::header_read_timeout`
+//! (30 s by default; it needs a timer), whose clock starts when hyper
+//! begins to read a head, right after the previous response on a
+//! kept-alive connection, so that it would also cut one merely idle: we
+//! turn it off and keep our own [`HEADER_TIMEOUT`].
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
