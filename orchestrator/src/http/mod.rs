@@ -55,9 +55,33 @@
 //! Connections are bounded (see [`Limits`]): a client has
 //! [`HEADER_TIMEOUT`] to send a whole request head, a kept-alive
 //! connection may sit idle between requests for [`IDLE_TIMEOUT`], and at
-//! most `http.max_connections` are open at once; a connection beyond that
-//! is answered 503 at once and closed. A response being sent (an event
-//! stream above all) is never cut by these timeouts.
+//! most `http.max_connections` are open at once. A response being sent (an
+//! event stream above all) is never cut by these timeouts.
+//!
+//! At the cap, a new connection evicts the open one that has waited
+//! longest without being served: one that has not sent a whole request
+//! head yet (nothing, or part of one), or a kept-alive one idle between
+//! requests, counted from its acceptance or from its last answer.
+//! The evicted connection is closed without an answer, as at the header
+//! timeout. A connection serving a request (an event stream above all) is
+//! never evicted, and a WebSocket no longer counts once upgraded; only
+//! when every open connection is serving is the new one answered 503 at
+//! once (`Retry-After: 1`) and closed. So clients that open connections
+//! and never finish a request head cannot lock out the console or the
+//! CLI: each new client pushes the oldest of them out. Evictions are
+//! logged once, then counted at most once a minute.
+//!
+//! nginx makes room more narrowly: when no more than a sixteenth of its
+//! `worker_connections` are free, `ngx_drain_connections` closes an eighth
+//! (at most 32) of its "reusable" connections, oldest first; a connection is reusable
+//! while it waits for the first byte of a request or is kept alive between
+//! requests, and stops being so once a byte arrives, so one reading its
+//! request head is never drained, only cut by `client_header_timeout`
+//! (60 s); with no connection free, nginx closes the new one unanswered.
+//! hyper has no connection limit (it serves the connections it is handed)
+//! and bounds a slow head only with `header_read_timeout` (30 s by
+//! default), which we replace with our own. The module `transport` has the
+//! details and the sources.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

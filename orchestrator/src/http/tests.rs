@@ -823,18 +823,190 @@ async fn event_streams_outlive_the_timeouts() {
     reader.await.unwrap();
 }
 
+/// Whether `s` is still open: nothing arrives, and no close, within
+/// 100 ms.
+async fn still_open(s: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf))
+        .await
+        .is_err()
+}
+
+/// Asserts that the server closed `s` at once and without a word: it was
+/// evicted (the header and idle timeouts are 10 s and 60 s here).
+async fn assert_evicted(s: &mut TcpStream, which: &str) {
+    let (got, took) = until_closed(s, Duration::from_secs(2)).await;
+    assert!(got.is_empty(), "{which}: {got:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "{which}: closed after {took:?}"
+    );
+}
+
+/// An event stream on a connection of its own, its response head read:
+/// the connection is serving a request from then on.
+async fn open_event_stream(server: &Server) -> TcpStream {
+    use tokio::io::AsyncReadExt;
+    let mut s = raw(server, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the event stream's head within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{got:?}");
+    s
+}
+
+/// A request with `Connection: close` on a new connection, answered within
+/// 1 s: the whole answer.
+async fn answered(server: &Server) -> String {
+    let mut s = raw(
+        server,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (got, took) = until_closed(&mut s, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    got
+}
+
+const HALF_HEAD: &str = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
+
 #[tokio::test(flavor = "current_thread")]
-async fn connections_beyond_the_cap_are_answered_503() {
+async fn a_full_table_of_half_open_connections_still_admits_new_clients() {
+    let limits = Limits {
+        max_connections: 4,
+        ..Limits::default()
+    };
+    let server = Server::start_with(fleet(), supervisor(), limits).await;
+    // Every slot held by a connection that never finishes its head (or
+    // sends nothing at all).
+    let mut half = Vec::new();
+    for sent in [HALF_HEAD, "", HALF_HEAD, "GET /hea"] {
+        half.push(raw(&server, sent).await);
+    }
+    // Each new client is answered, evicting the oldest of them (and then
+    // closes; another half-open connection fills the table again).
+    for i in 0..2 {
+        let got = answered(&server).await;
+        assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+        assert!(got.ends_with("\r\n\r\nok"), "{got:?}");
+        assert_evicted(&mut half[i], &format!("half-open connection {i}")).await;
+        for (j, s) in half.iter_mut().enumerate().skip(i + 1) {
+            assert!(still_open(s).await, "half-open connection {j} was closed");
+        }
+        half.push(raw(&server, HALF_HEAD).await);
+    }
+    // A client that only reconnects (and keeps every connection open)
+    // evicts its own connections.
+    let mut again = Vec::new();
+    for _ in 0..10 {
+        again.push(raw(&server, HALF_HEAD).await);
+    }
+    let got = answered(&server).await;
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+    assert_evicted(&mut again[0], "the first reconnection").await;
+    assert!(still_open(&mut again[9]).await);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_connection_evicted_is_the_one_that_waited_longest_without_being_served() {
+    let limits = Limits {
+        max_connections: 3,
+        ..Limits::default()
+    };
+    let server = Server::start_with(fleet(), supervisor(), limits).await;
+    // `half`: a head under way since before `kept` was served; `kept`:
+    // kept alive, idle since its answer; `late`: half-open since after.
+    let mut half = raw(&server, HALF_HEAD).await;
+    let mut kept = raw(&server, "").await;
+    assert!(healthz_on(&mut kept).await.starts_with("HTTP/1.1 200 "));
+    let mut late = raw(&server, "GET /").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // New clients that stay open: each is kept alive after its answer,
+    // and the one that waited longest goes, `half` first.
+    let mut first = raw(&server, "").await;
+    assert!(healthz_on(&mut first).await.starts_with("HTTP/1.1 200 "));
+    assert_evicted(&mut half, "the oldest half-open connection").await;
+    assert!(still_open(&mut kept).await && still_open(&mut late).await);
+
+    let mut second = raw(&server, "").await;
+    assert!(healthz_on(&mut second).await.starts_with("HTTP/1.1 200 "));
+    assert_evicted(&mut kept, "the kept-alive connection idle longest").await;
+    assert!(still_open(&mut late).await);
+
+    let mut third = raw(&server, "").await;
+    assert!(healthz_on(&mut third).await.starts_with("HTTP/1.1 200 "));
+    assert_evicted(&mut late, "the younger half-open connection").await;
+
+    // Serving again puts a connection at the back of the queue: `first`
+    // answered now, `second` goes next.
+    assert!(healthz_on(&mut first).await.starts_with("HTTP/1.1 200 "));
+    let got = answered(&server).await;
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+    assert_evicted(&mut second, "the kept-alive connection idle longest").await;
+    assert!(still_open(&mut first).await && still_open(&mut third).await);
+    server.stop().await;
+}
+
+#[test]
+fn eviction_never_takes_a_connection_serving_a_request() {
+    let admission = Arc::new(Admission::new(3));
+    let (a, b) = (admission.admit(), admission.admit());
+    // `a` serves a request: `b`, younger, is the one to go.
+    let (serving, refused) = a.0.request_started();
+    assert!(!refused);
+    assert!(admission.evict_oldest());
+    assert!(b.0.evicted() && !a.0.evicted());
+    // No other candidate: a new connection would be answered 503.
+    assert!(!admission.evict_oldest());
+    // `b`'s head completes just after its eviction: the request is
+    // refused, and the connection closes once that is answered.
+    let (answering, refused) = b.0.request_started();
+    assert!(refused && !b.0.evicted());
+    drop(answering);
+    assert!(!b.0.evicted(), "closed before its answer is flushed");
+    b.0.flushed();
+    assert!(b.0.evicted());
+    // `a`, kept alive once answered, waits again once its answer is
+    // flushed.
+    drop(serving);
+    assert!(!admission.evict_oldest());
+    a.0.flushed();
+    assert!(admission.evict_oldest());
+    assert!(a.0.evicted());
+    // A closed connection leaves the queue.
+    drop(admission.admit());
+    assert!(!admission.evict_oldest());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn connections_beyond_a_table_of_busy_ones_are_answered_503() {
+    let fleet = fleet();
     let limits = Limits {
         max_connections: 2,
         ..Limits::default()
     };
-    let server = Server::start_with(fleet(), supervisor(), limits).await;
-    let head = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
-    let first = raw(&server, head).await;
-    let _second = raw(&server, head).await;
-    let mut third = raw(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let (got, took) = until_closed(&mut third, Duration::from_secs(2)).await;
+    let server = Server::start_with(fleet.clone(), supervisor(), limits).await;
+    // An event stream is never evicted: a half-open connection beside it
+    // is.
+    let mut stream = open_event_stream(&server).await;
+    let mut half = raw(&server, HALF_HEAD).await;
+    let got = answered(&server).await;
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+    assert_evicted(&mut half, "the half-open connection").await;
+
+    // Every connection serving a request: 503 at once, and a close.
+    let _other = open_event_stream(&server).await;
+    let got = answered(&server).await;
     assert!(
         got.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
         "{got:?}"
@@ -844,26 +1016,34 @@ async fn connections_beyond_the_cap_are_answered_503() {
         got.ends_with(r#"{"error":"too many connections (at most 2 at once)"}"#),
         "{got:?}"
     );
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    // Both streams still deliver.
+    fleet.emit(Some("b"), EventKind::Ready { pid: 1 });
+    {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("ready") {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("the event within 5 s")
+                .unwrap();
+            assert!(n > 0, "the stream was closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
 
     // A slot comes free when a connection closes.
-    drop(first);
+    drop(stream);
     let end = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut s = raw(
-            &server,
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        let (r, _) = until_closed(&mut s, Duration::from_secs(5)).await;
+        let r = answered(&server).await;
         if r.starts_with("HTTP/1.1 200") {
             break;
         }
         assert!(Instant::now() < end, "no slot came free: {r:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Shutting down closes the connections that wait for a head, long
-    // before their header timeout.
+    // Shutting down ends the event stream.
     server.stop().await;
 }
 
