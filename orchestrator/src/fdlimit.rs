@@ -49,17 +49,29 @@ fn get() -> io::Result<libc::rlimit> {
     Ok(r)
 }
 
+/// `rlim_t` is u64 on 64-bit Linux and u32 on 32-bit targets (armv7):
+/// the limits are u64 here, converted at the system calls.
+#[allow(clippy::useless_conversion)]
+fn to_u64(v: libc::rlim_t) -> u64 {
+    u64::from(v)
+}
+
+/// See [`to_u64`]; a value beyond a 32-bit `rlim_t` becomes `RLIM_INFINITY`.
+#[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+fn to_rlim(v: u64) -> libc::rlim_t {
+    libc::rlim_t::try_from(v).unwrap_or(libc::RLIM_INFINITY)
+}
+
 /// The soft `RLIMIT_NOFILE` now.
 pub fn current() -> io::Result<u64> {
-    Ok(get()?.rlim_cur)
+    Ok(to_u64(get()?.rlim_cur))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and remembers the old
 /// one for [`child_limit`].
 pub fn raise() -> io::Result<NoFile> {
     let r = get()?;
-    // rlim_t is u64 on Linux.
-    let (before, hard): (u64, u64) = (r.rlim_cur, r.rlim_max);
+    let (before, hard) = (to_u64(r.rlim_cur), to_u64(r.rlim_max));
     // No process may have more than nr_open descriptors, whatever its limit.
     let mut target = hard;
     if r.rlim_max == libc::RLIM_INFINITY {
@@ -76,7 +88,7 @@ pub fn raise() -> io::Result<NoFile> {
         });
     }
     let new = libc::rlimit {
-        rlim_cur: target,
+        rlim_cur: to_rlim(target),
         rlim_max: r.rlim_max,
     };
     // SAFETY: setrlimit reads the struct we own.
@@ -103,7 +115,7 @@ pub fn child_limit() -> Option<libc::rlimit> {
     }
     let r = get().ok()?;
     Some(libc::rlimit {
-        rlim_cur: soft,
+        rlim_cur: to_rlim(soft),
         rlim_max: r.rlim_max,
     })
 }

@@ -181,6 +181,9 @@ impl RecvBatch {
 
     /// The kernel's arrival time of the `i`-th datagram of the last call,
     /// in ns since the epoch, if the socket asked for it (`SO_TIMESTAMPNS`).
+    // time_t and c_long are i64 on 64-bit targets (the conversions are
+    // no-ops there) and i32 on 32-bit ones (armv7).
+    #[allow(clippy::useless_conversion)]
     pub fn timestamp_ns(&self, i: usize) -> Option<i64> {
         self.control::<libc::timespec>(i, libc::SCM_TIMESTAMPNS)
             // time_t is 32 bits on 32-bit ARM: widen before multiplying.

@@ -827,13 +827,13 @@ fn twos(n: i128, extra: usize) -> Vec<u8> {
     out
 }
 
-fn decimal_bytes(precision: usize) -> Schema {
+fn decimal_bytes(precision: impl std::fmt::Display) -> Schema {
     parse(&format!(
         r#"{{"type":"bytes","logicalType":"decimal","precision":{precision},"scale":1}}"#
     ))
 }
 
-fn decimal_fixed(size: usize, precision: usize) -> Schema {
+fn decimal_fixed(size: impl std::fmt::Display, precision: impl std::fmt::Display) -> Schema {
     parse(&format!(
         r#"{{"type":"fixed","name":"D","size":{size},"logicalType":"decimal","precision":{precision}}}"#
     ))
@@ -1044,7 +1044,7 @@ fn decimals_on_fixed_fit_their_precision() {
     assert_eq!(err.field, Some("d2"));
 
     // A fixed of 10^12 bytes: truncated, whatever the precision.
-    let v = Validator::new(&decimal_fixed(1_000_000_000_000, 5)).unwrap();
+    let v = Validator::new(&decimal_fixed(1_000_000_000_000u64, 5)).unwrap();
     assert_eq!(reason(&v, &[0; 100]), Some(Reason::Truncated));
 }
 
@@ -1063,7 +1063,7 @@ fn huge_precisions() {
     // From 157,824 digits on nothing of up to 64 KiB can be out of
     // range: not checked, and compiled at once whatever the precision.
     let start = Instant::now();
-    for precision in [157_824, 1 << 40, usize::MAX] {
+    for precision in [157_824, 1 << 40, u64::MAX] {
         let v = Validator::new(&decimal_bytes(precision)).unwrap();
         assert!(matches!(v.nodes[v.root as usize], Node::Bytes));
         top[0] = 0x7f;
