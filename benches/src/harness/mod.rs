@@ -102,6 +102,9 @@ const DRAIN_IDLE: Duration = Duration::from_millis(250);
 
 const DRAIN_MAX: Duration = Duration::from_secs(5);
 
+/// Trials of each size with `--rate-only`.
+pub const RATE_ONLY_TRIALS: usize = 3;
+
 /// Records a window in the decimated configurations.
 pub const DECIMATION_FACTOR: u32 = 50;
 
@@ -265,8 +268,29 @@ pub fn run(opts: &Options) -> Result<Report> {
         humantime::format_duration(opts.max_total())
     );
 
+    let mut rate_only = Vec::new();
+    if let Some(rate) = opts.rate_only {
+        let fwd = Forwarder::RELAYS[0];
+        for size in opts.sizes() {
+            for _ in 0..RATE_ONLY_TRIALS {
+                if !bench.time_left(opts.trial()) {
+                    warnings.push("time cap reached: --rate-only trials left out".into());
+                    break;
+                }
+                match bench.trial(fwd, size, rate, opts.trial(), false) {
+                    Ok(t) => rate_only.push(t),
+                    Err(e) => warnings.push(format!("{} B {}: {e:#}", size.label(), fwd.label())),
+                }
+            }
+        }
+    }
     let mut sizes = Vec::new();
-    for size in opts.sizes() {
+    let searched = if opts.rate_only.is_some() {
+        Vec::new()
+    } else {
+        opts.sizes()
+    };
+    for size in searched {
         if crate::stop_requested() {
             warnings.push("interrupted: sizes left out".to_string());
             break;
@@ -446,6 +470,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         loss_limit: LOSS_LIMIT,
         compress_threads: opts.compress_threads,
         sizes,
+        rate_only,
         warnings,
         loadavg_at_end: loadavg(),
         other_work_pct,
@@ -615,11 +640,15 @@ impl Bench {
                 }
             }
             Forwarder::Relay { .. } => {
-                let last = proc.stop(
-                    STOP_TIMEOUT,
-                    |l: &StatusLine| matches!(l, StatusLine::Stats(s) if s.last),
-                )?;
-                let StatusLine::Stats(s) = last else {
+                let mut gaps = Vec::new();
+                let last = proc.stop(STOP_TIMEOUT, |l: &RelayLine| match &l.line {
+                    StatusLine::Stats(s) => {
+                        gaps.push(l.receive_gap_max_us);
+                        s.last
+                    }
+                    _ => false,
+                })?;
+                let StatusLine::Stats(s) = last.line else {
                     unreachable!("waited for the final stats")
                 };
                 let c = &s.counters;
@@ -635,6 +664,7 @@ impl Bench {
                     archive_degraded_ms: Some(c.archive_degraded_ms),
                     archive_level: s.archive_level.map(i64::from),
                     archive_stored: Some(s.archive_stored),
+                    receive_gaps: receive_gaps(&gaps),
                 }
             }
         };
@@ -680,7 +710,7 @@ impl Bench {
             wall_s: started.elapsed().as_secs_f64(),
         };
         eprintln!(
-            "throughput:   {} B {} at {}/s: {}{}",
+            "throughput:   {} B {} at {}/s: {}{}{}",
             size.label(),
             fwd.label(),
             fmt_int(rate),
@@ -692,7 +722,12 @@ impl Bench {
                     .unwrap_or_default()
             } else {
                 t.loss_story()
-            }
+            },
+            t.forwarder_counters
+                .receive_gaps
+                .as_ref()
+                .map(|g| format!(" (receive gaps µs, lines: p50 / p90 / max {})", g.text()))
+                .unwrap_or_default()
         );
         Ok(t)
     }
@@ -1019,6 +1054,7 @@ mod tests {
             loss_limit: LOSS_LIMIT,
             compress_threads: None,
             sizes: vec![z],
+            rate_only: Vec::new(),
             warnings: vec!["w".into()],
             loadavg_at_end: None,
             other_work_pct: Some(1.0),
@@ -1066,6 +1102,37 @@ mod tests {
         assert_eq!(round_rate(123_456), 125_000);
         assert_eq!(round_rate(12_345), 12_500);
         assert_eq!(round_rate(1), 100);
+    }
+
+    #[test]
+    fn receive_gaps_of_every_stats_line_and_of_older_relays() {
+        let line = |gap: &str| {
+            format!(
+                r#"{{"event":"stats","channel":"c","uptime_s":1.0,"received":1,{gap}"final":false}}"#
+            )
+        };
+        let full: serde_json::Value =
+            serde_json::from_str(&StatusLine::Stats(Default::default()).to_json()).unwrap();
+        let mut old = full.clone();
+        old.as_object_mut().unwrap().remove("receive_gap_max_us");
+        let parse = |v: &serde_json::Value| serde_json::from_value::<RelayLine>(v.clone());
+        let mut new = full.clone();
+        new["receive_gap_max_us"] = 12_000.into();
+        let l = parse(&new).expect("a stats line");
+        assert!(matches!(l.line, StatusLine::Stats(_)));
+        assert_eq!(l.receive_gap_max_us, Some(12_000));
+        let l = parse(&old).expect("an older relay's stats line");
+        assert!(matches!(l.line, StatusLine::Stats(_)));
+        assert_eq!(l.receive_gap_max_us, None);
+        assert!(serde_json::from_str::<RelayLine>(&line("")).is_err());
+        let g = receive_gaps(&[Some(0), Some(300), Some(12_000), Some(40), Some(900)]).unwrap();
+        assert_eq!(
+            (g.lines, g.p50_us, g.p90_us, g.max_us),
+            (5, 300, 12_000, 12_000)
+        );
+        assert_eq!(g.per_line_us, [0, 300, 12_000, 40, 900]);
+        assert_eq!(g.text(), "5: 300 / 12,000 / 12,000");
+        assert!(receive_gaps(&[Some(1), None]).is_none());
     }
 
     #[test]

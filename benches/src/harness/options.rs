@@ -81,6 +81,12 @@ pub struct Options {
     #[arg(long)]
     pub pool: bool,
 
+    /// Instead of the searches: the relay with validation and zstd
+    /// (adaptive, the default) at N datagrams/s only, in three single
+    /// trials of --trial each, for each size: no search, no latency.
+    #[arg(long, value_name = "N")]
+    pub rate_only: Option<u64>,
+
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,

@@ -114,7 +114,7 @@ impl Proc {
     pub(super) fn wait_line<T: serde::de::DeserializeOwned>(
         &mut self,
         limit: Duration,
-        want: impl Fn(&T) -> bool,
+        mut want: impl FnMut(&T) -> bool,
     ) -> Result<T> {
         let until = Instant::now() + limit;
         loop {
@@ -158,7 +158,7 @@ impl Proc {
     pub(super) fn stop<T: serde::de::DeserializeOwned>(
         &mut self,
         limit: Duration,
-        want: impl Fn(&T) -> bool,
+        want: impl FnMut(&T) -> bool,
     ) -> Result<T> {
         // SAFETY: kill on the PID of a child we started and have not reaped.
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
@@ -317,6 +317,52 @@ impl Drop for ReceiverThread {
             let _ = h.join();
         }
     }
+}
+
+/// A relay's stdout line, and the `receive_gap_max_us` of a stats line.
+/// Relays older than that counter (before `6d511ba`) write stats lines
+/// without it, which [`StatusLine`] refuses: it is taken as 0 there, and
+/// `receive_gap_max_us` is `None`.
+pub(super) struct RelayLine {
+    pub(super) line: StatusLine,
+    pub(super) receive_gap_max_us: Option<u64>,
+}
+
+impl<'de> serde::Deserialize<'de> for RelayLine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RelayLine, D::Error> {
+        let mut v = serde_json::Value::deserialize(d)?;
+        let gap = v.get("receive_gap_max_us").and_then(|g| g.as_u64());
+        if v.get("event").and_then(|e| e.as_str()) == Some("stats") {
+            if let Some(o) = v.as_object_mut() {
+                o.entry("receive_gap_max_us").or_insert(0.into());
+            }
+        }
+        let line = StatusLine::deserialize(v).map_err(serde::de::Error::custom)?;
+        Ok(RelayLine {
+            line,
+            receive_gap_max_us: gap,
+        })
+    }
+}
+
+/// The distribution of the relay's `receive_gap_max_us` over the stats
+/// lines of a trial (one a second from ready, and the final one), in µs,
+/// nearest rank; `None` if a line lacked it (an older relay).
+pub fn receive_gaps(per_line: &[Option<u64>]) -> Option<ReceiveGaps> {
+    let mut us: Vec<u64> = per_line.iter().copied().collect::<Option<_>>()?;
+    let lines = us.clone();
+    us.sort_unstable();
+    let at = |q: f64| {
+        let rank = ((q * us.len() as f64).ceil() as usize).clamp(1, us.len().max(1));
+        us.get(rank - 1).copied().unwrap_or(0)
+    };
+    Some(ReceiveGaps {
+        lines: us.len(),
+        p50_us: at(0.50),
+        p90_us: at(0.90),
+        max_us: us.last().copied().unwrap_or(0),
+        per_line_us: lines,
+    })
 }
 
 /// Percentiles of latencies in nanoseconds (nearest rank).

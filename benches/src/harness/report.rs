@@ -14,6 +14,8 @@ pub struct Report {
     /// `--compress-threads`, if given.
     pub compress_threads: Option<usize>,
     pub sizes: Vec<SizeReport>,
+    /// `--rate-only`: the single trials, in order.
+    pub rate_only: Vec<Trial>,
     pub warnings: Vec<String>,
     pub loadavg_at_end: Option<String>,
     /// CPU time other processes used during the run, as a share of all
@@ -127,6 +129,10 @@ pub fn markdown(r: &Report) -> String {
     for w in &r.warnings {
         let _ = writeln!(s, "\n**Warning:** {w}");
     }
+    if !r.rate_only.is_empty() {
+        rate_only_table(&mut s, r);
+        return s;
+    }
     let _ = writeln!(
         s,
         "\nLossless: fewer than {:.2}% of the datagrams sent are lost at a receiver of the \
@@ -238,6 +244,7 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
+    receive_gaps_table(&mut s, r);
     for z in &r.sizes {
         if z.pool.is_empty() {
             continue;
@@ -319,9 +326,9 @@ pub fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(
             s,
-            "| archive | sent | archived | lost | kernel drops | archive dropped | time below the preferred level | level at the end | archive bytes / sent bytes | CPU s per 10⁶ |"
+            "| archive | sent | archived | lost | kernel drops | archive dropped | time below the preferred level | level at the end | archive bytes / sent bytes | CPU s per 10⁶ | receive gap per stats line, µs (lines: p50 / p90 / max) |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
         for (name, t) in [
             ("zstd, fixed level", &o.fixed),
             ("zstd, adaptive", &o.adaptive),
@@ -332,7 +339,7 @@ pub fn markdown(r: &Report) -> String {
             let c = &t.forwarder_counters;
             let _ = writeln!(
                 s,
-                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 fmt_int(t.sent),
                 c.archived.map_or("–".into(), fmt_int),
                 t.lost_in_archive.map_or("–".into(), fmt_int),
@@ -350,6 +357,7 @@ pub fn markdown(r: &Report) -> String {
                     _ => "–".into(),
                 },
                 opt_f(t.cpu_s_per_million, 2),
+                gaps_text(t),
             );
         }
         for e in &o.errors {
@@ -405,6 +413,105 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     s
+}
+
+/// A trial's receive gaps for tables.
+fn gaps_text(t: &Trial) -> String {
+    t.forwarder_counters
+        .receive_gaps
+        .as_ref()
+        .map_or("–".into(), ReceiveGaps::text)
+}
+
+/// The relay's `receive_gap_max_us` over the stats lines of the trial at
+/// each relay search's lossless rate and of its first failing trial.
+fn receive_gaps_table(s: &mut String, r: &Report) {
+    let rows: Vec<(Size, &Search)> = r
+        .sizes
+        .iter()
+        .flat_map(|z| z.relays.iter().map(move |sr| (z.size, sr)))
+        .filter(|(_, sr)| {
+            sr.trials
+                .iter()
+                .any(|t| t.forwarder_counters.receive_gaps.is_some())
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n## Relay receive gaps\n\nThe relay's `receive_gap_max_us` on each stats line of a \
+         trial (one a second from ready, and the final one): the receive thread's longest gap \
+         since the line before between a receive call that filled its batch (data left in the \
+         socket) and the next call. Per trial: lines, then p50 / p90 / max over the lines, in \
+         µs.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| size | forwarder | at the lossless rate | at the first loss above it |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|");
+    for (size, sr) in rows {
+        let at = |t: Option<&Trial>| {
+            t.map_or("–".into(), |t| {
+                format!("{}/s, {}", fmt_int(t.target_rate), gaps_text(t))
+            })
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            size_label(size),
+            sr.forwarder.label(),
+            at(sr.best_trial()),
+            at(sr.fail_trial())
+        );
+    }
+}
+
+/// `--rate-only`: each trial's loss and receive gaps.
+fn rate_only_table(s: &mut String, r: &Report) {
+    let _ = writeln!(
+        s,
+        "\nSingle trials of {} s at one rate (`--rate-only`), each a fresh relay. Loss share: \
+         the larger of lost at the receiver and not archived, of the datagrams sent (limit \
+         {:.2}%). Receive gaps: the relay's `receive_gap_max_us` per stats line, µs (lines: \
+         p50 / p90 / max).\n",
+        r.trial_s,
+        r.loss_limit * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "| size | forwarder | rate (datagrams/s) | sent | sender reached (/s) | lost at receiver | not archived | kernel drops | archive dropped | loss share | level at the end | receive gaps |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    );
+    for t in &r.rate_only {
+        let c = &t.forwarder_counters;
+        let lost = t.lost_at_receiver.max(t.lost_in_archive.unwrap_or(0));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.4}% | {} | {} |",
+            size_label(t.size),
+            t.forwarder.label(),
+            fmt_int(t.target_rate),
+            fmt_int(t.sent),
+            fmt_int(t.achieved_rate as u64),
+            fmt_int(t.lost_at_receiver),
+            t.lost_in_archive.map_or("–".into(), fmt_int),
+            fmt_int(c.kernel_drops),
+            c.archive_dropped.map_or("–".into(), fmt_int),
+            100.0 * lost as f64 / t.sent.max(1) as f64,
+            match (c.archive_level, c.archive_stored) {
+                (_, Some(true)) => "stored".to_string(),
+                (Some(l), _) => l.to_string(),
+                _ => "–".into(),
+            },
+            gaps_text(t),
+        );
+    }
 }
 
 /// The relay search of one configuration, if it ran.

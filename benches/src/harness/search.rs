@@ -19,6 +19,35 @@ pub struct ForwarderCounters {
     pub archive_degraded_ms: Option<u64>,
     pub archive_level: Option<i64>,
     pub archive_stored: Option<bool>,
+    /// Relay only: `receive_gap_max_us` of every stats line of the trial.
+    pub receive_gaps: Option<ReceiveGaps>,
+}
+
+/// The relay's `receive_gap_max_us` over a trial's stats lines: each line
+/// holds the receive thread's longest gap, since the line before, between
+/// a receive call that filled its batch (data left in the socket) and the
+/// next call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiveGaps {
+    pub lines: usize,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub max_us: u64,
+    /// Line by line, in order.
+    pub per_line_us: Vec<u64>,
+}
+
+impl ReceiveGaps {
+    /// "lines: p50 / p90 / max" for tables.
+    pub fn text(&self) -> String {
+        format!(
+            "{}: {} / {} / {}",
+            self.lines,
+            fmt_int(self.p50_us),
+            fmt_int(self.p90_us),
+            fmt_int(self.max_us)
+        )
+    }
 }
 
 /// Send-to-receipt latency percentiles, in microseconds.
