@@ -248,8 +248,9 @@ impl Adaptive {
 
     /// Where a queue past half full (or the kernel dropping) sends the
     /// level at once, without waiting [`STEP_DOWN_EVERY`] between rungs:
-    /// with no rung's cost known (the first overload, or a long calm), to
-    /// storing, the cheapest in CPU; from a measured rung, to the rung
+    /// with no rung's cost known (the first overload, or a long calm) and a
+    /// slow preferred level (above 3: level 19 takes tens of milliseconds a
+    /// block), to storing, the cheapest in CPU; from a measured rung, to the rung
     /// below measured clearly cheapest. `None` where the level stays for
     /// [`Adaptive::under_pressure`]'s search to go on: at the bottom, at the
     /// cheapest rung known, or while the rung in use is being measured.
@@ -259,7 +260,12 @@ impl Adaptive {
             return None;
         }
         if !(0..=bottom).any(|i| self.cost(i, now).is_some()) {
-            return Some(bottom);
+            // Only with a slow preferred level: from a fast one (the
+            // default, 1) the walk two rungs at a time gets there soon
+            // enough, and storing everything would cost the disk several
+            // times the bytes.
+            let slow = self.ladder[0].is_some_and(|l| l > crate::container::PREEMPT_ABOVE_LEVEL);
+            return slow.then_some(bottom);
         }
         let here = self.cost(self.at, now)?;
         (self.at + 1..=bottom)
@@ -381,10 +387,11 @@ mod tests {
             levels,
             vec![Some(1), Some(-1), Some(-4), Some(-16), Some(-64)]
         );
-        // A queue half full with no rung measured: straight to storing,
-        // at once (no 20 ms wait).
-        assert_eq!(a.observe(0.5, 0, ms(t, now + 1)).0, Some(None));
+        // A queue half full: two rungs a step, down to storing.
         now += 20;
+        assert_eq!(a.observe(0.5, 0, ms(t, now)).0, Some(Some(-1024)));
+        now += 20;
+        assert_eq!(a.observe(0.9, 0, ms(t, now)).0, Some(None));
         assert!(a.degraded());
         // Stored is the bottom.
         assert_eq!(a.observe(1.0, 0, ms(t, now + 100)).0, None);
@@ -456,25 +463,18 @@ mod tests {
         let (l, d) = a.observe(0.0, 9, ms(t, 200));
         assert_eq!(
             (l, d),
-            (Some(None), Duration::ZERO),
-            "drops with no rung measured: straight to storing"
+            (Some(Some(-4)), Duration::ZERO),
+            "drops: two rungs below 1"
         );
         assert_eq!(a.observe(0.0, 9, ms(t, 700)).1, Duration::from_millis(500));
-        // One rung up after 5 s of calm, the next 5 s later.
-        let (l, d) = a.observe(0.0, 9, ms(t, 5700));
-        assert_eq!((l, d), (Some(Some(-8192)), Duration::from_millis(5000)));
-        let (l, _) = a.observe(0.0, 9, ms(t, 10700));
-        assert_eq!(l, Some(Some(-1024)));
-        // Back at the preferred level after a rung per 5 s; then no more
+        // One rung up after 5 s of calm, the next 5 s later; then no more
         // time is counted.
-        let mut at = 10_700;
-        while a.degraded() {
-            at += 5_000;
-            a.observe(0.0, 9, ms(t, at));
-        }
-        assert_eq!(a.level(), Some(1));
-        assert_eq!(at, 10_700 + 6 * 5_000);
-        assert_eq!(a.observe(0.0, 9, ms(t, at + 9_000)).1, Duration::ZERO);
+        let (l, d) = a.observe(0.0, 9, ms(t, 5700));
+        assert_eq!((l, d), (Some(Some(-1)), Duration::from_millis(5000)));
+        let (l, _) = a.observe(0.0, 9, ms(t, 10700));
+        assert_eq!(l, Some(Some(1)));
+        assert!(!a.degraded());
+        assert_eq!(a.observe(0.0, 9, ms(t, 20000)).1, Duration::ZERO);
     }
 
     fn sig(fill: f64, saturated: bool) -> Signals {
