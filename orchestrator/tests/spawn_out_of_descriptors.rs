@@ -19,8 +19,10 @@ fn set_soft_limit(soft: u64) -> u64 {
     // SAFETY: getrlimit and setrlimit on structs we own.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
-        let before = r.rlim_cur;
-        r.rlim_cur = soft;
+        // rlim_t is 32 bits on 32-bit ARM.
+        #[allow(clippy::useless_conversion)]
+        let before = u64::from(r.rlim_cur);
+        r.rlim_cur = libc::rlim_t::try_from(soft).unwrap_or(libc::rlim_t::MAX);
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
         before
     }
