@@ -167,6 +167,10 @@ pub struct ReceiveSpec {
     pub allow_from: Vec<ipnet::Ipv4Net>,
     /// How a datum sits in a datagram.
     pub encoding: Encoding,
+    /// The CPU the receive thread is pinned to, if any.
+    pub cpu: Option<usize>,
+    /// Ask for `SCHED_FIFO` for the receive thread (needs `CAP_SYS_NICE`).
+    pub realtime: bool,
 }
 
 /// A network interface, by address (`"127.0.0.1"`) or by name (`"eth1"`).

@@ -30,6 +30,8 @@
 //!   counts rejections under;
 //! - [`status`]: the status lines on stdout, and the table of counters;
 //! - [`logs`]: the logging set-up both binaries share;
+//! - [`sched`]: the receive thread's CPU and realtime policy (`receive.cpu`,
+//!   `receive.realtime`);
 //! - [`relay`]: the threads wired together and the control loop.
 //!
 //! Only what the binaries, the orchestrator, the benches and the fuzz
@@ -65,6 +67,7 @@ pub(crate) mod receive;
 pub mod record_time;
 pub(crate) mod reject;
 pub mod relay;
+pub mod sched;
 pub mod schema;
 pub mod status;
 pub mod validate;

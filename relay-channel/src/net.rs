@@ -393,6 +393,8 @@ mod tests {
             batch: 4,
             allow_from: Vec::new(),
             encoding: Encoding::Datum,
+            cpu: None,
+            realtime: false,
         }
     }
 

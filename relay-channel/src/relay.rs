@@ -280,7 +280,16 @@ async fn control(
     let mut sigterm = signal(SignalKind::terminate()).map_err(failed)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(failed)?;
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-    let threads = Threads::spawn(path, (archive, archive_inbox), quarantine_writer, ended_tx)?;
+    let first = ReceiveFirst {
+        cpu: spec.receive.cpu,
+        realtime: spec.receive.realtime,
+    };
+    let threads = Threads::spawn(
+        (path, first),
+        (archive, archive_inbox),
+        quarantine_writer,
+        ended_tx,
+    )?;
     ready_line(&spec, recv_buffer_granted, gso, io).emit();
     tracing::info!(channel = %spec.name, bind = %spec.receive.bind, "ready");
 
@@ -366,7 +375,7 @@ struct Threads {
 
 impl Threads {
     fn spawn(
-        path: ReceivePath,
+        (path, first): (ReceivePath, ReceiveFirst),
         (archive, inbox): (Archive, handover::ArchiveInbox),
         quarantine_writer: Option<quarantine::Writer>,
         ended: EndedSender,
@@ -378,7 +387,10 @@ impl Threads {
         let stop = Arc::new(AtomicBool::new(false));
         let receive = {
             let stop = stop.clone();
-            spawn("receive", &ended, move || path.run(&stop))?
+            spawn("receive", &ended, move || {
+                receive_first(first);
+                path.run(&stop)
+            })?
         };
         Ok(Threads {
             receive,
@@ -399,6 +411,47 @@ impl Threads {
             tracing::error!(channel = %channel, "the quarantine thread panicked");
         }
         (receive_ok, archive_ok)
+    }
+}
+
+/// What the receive thread asks of the scheduler (`receive.cpu`,
+/// `receive.realtime`).
+struct ReceiveFirst {
+    cpu: Option<usize>,
+    realtime: bool,
+}
+
+/// Applies `first` to the calling thread, the receive thread, and says in
+/// the log what was granted.
+fn receive_first(first: ReceiveFirst) {
+    if let Some(cpu) = first.cpu {
+        match crate::sched::pin(cpu) {
+            Ok(()) => tracing::info!(
+                cpu,
+                "the receive thread runs on CPU {cpu} only (receive.cpu)"
+            ),
+            Err(e) => tracing::warn!(
+                cpu,
+                "receive.cpu: cannot pin the receive thread to CPU {cpu} ({e}); it runs on any CPU"
+            ),
+        }
+    }
+    if first.realtime {
+        match crate::sched::realtime() {
+            Ok(()) => tracing::info!(
+                "the receive thread runs SCHED_FIFO at priority {} (receive.realtime)",
+                crate::sched::RECEIVE_RT_PRIORITY
+            ),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => tracing::warn!(
+                "receive.realtime: the kernel refused SCHED_FIFO ({e}): the relay needs an \
+                 RLIMIT_RTPRIO of at least 1 (the systemd unit sets LimitRTPRIO=1; from a shell: \
+                 prlimit --rtprio=1) or CAP_SYS_NICE; the receive thread runs at the default \
+                 priority"
+            ),
+            Err(e) => tracing::warn!(
+                "receive.realtime: cannot run the receive thread SCHED_FIFO ({e}); it runs at the default priority"
+            ),
+        }
     }
 }
 

@@ -235,9 +235,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut bench = Bench {
         bins,
-        relay_defaults: opts
-            .compress_threads
-            .map(|n| format!("[archive]\ncompress_threads = {n}\n")),
+        relay_defaults: relay_defaults(opts),
         tmp: TempDir(tmp),
         deadline: started + opts.max_total(),
         trial_len: opts.trial(),
@@ -469,6 +467,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         latency_trial_s: opts.latency_trial().as_secs_f64(),
         loss_limit: LOSS_LIMIT,
         compress_threads: opts.compress_threads,
+        receive_realtime: opts.receive_realtime,
         sizes,
         rate_only,
         warnings,
@@ -791,6 +790,18 @@ impl Bench {
     }
 }
 
+/// The `--defaults` every relay of the run is given, from the options.
+fn relay_defaults(opts: &Options) -> Option<String> {
+    let mut d = String::new();
+    if let Some(n) = opts.compress_threads {
+        d += &format!("[archive]\ncompress_threads = {n}\n");
+    }
+    if opts.receive_realtime {
+        d += "[receive]\nrealtime = true\n";
+    }
+    (!d.is_empty()).then_some(d)
+}
+
 /// The channel file of one relay trial: unicast receive on `listen`, the
 /// archive beside it, the full-rate output on `group` (interface 127.0.0.1,
 /// TTL 0), no decimated output.
@@ -1053,6 +1064,7 @@ mod tests {
             latency_trial_s: 2.0,
             loss_limit: LOSS_LIMIT,
             compress_threads: None,
+            receive_realtime: false,
             sizes: vec![z],
             rate_only: Vec::new(),
             warnings: vec!["w".into()],

@@ -73,6 +73,13 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     pub compress_threads: Option<usize>,
 
+    /// The relay's receive.realtime = true: its receive thread runs
+    /// SCHED_FIFO at priority 1 (needs root, CAP_SYS_NICE or an
+    /// RLIMIT_RTPRIO of at least 1; refused, the relay warns and runs it at
+    /// the default priority).
+    #[arg(long)]
+    pub receive_realtime: bool,
+
     /// Also the compression pool at 800 B: the relay with validation and
     /// zstd at the fixed level 9 (where compressing, not the disk, is the
     /// limit) searched with archive.compress_threads 1, then 2, in 10 s

@@ -13,6 +13,8 @@ pub struct Report {
     pub loss_limit: f64,
     /// `--compress-threads`, if given.
     pub compress_threads: Option<usize>,
+    /// `--receive-realtime`.
+    pub receive_realtime: bool,
     pub sizes: Vec<SizeReport>,
     /// `--rate-only`: the single trials, in order.
     pub rate_only: Vec<Trial>,
@@ -125,6 +127,12 @@ pub fn markdown(r: &Report) -> String {
     }
     if let Some(n) = r.compress_threads {
         let _ = writeln!(s, "The relay's archive.compress_threads: {n}.");
+    }
+    if r.receive_realtime {
+        let _ = writeln!(
+            s,
+            "The relay's receive.realtime: true (its receive thread SCHED_FIFO at priority 1)."
+        );
     }
     for w in &r.warnings {
         let _ = writeln!(s, "\n**Warning:** {w}");

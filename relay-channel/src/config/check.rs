@@ -78,6 +78,8 @@ struct RawReceive {
     batch: Option<i64>,
     allow_from: Option<Vec<String>>,
     encoding: Option<String>,
+    cpu: Option<i64>,
+    realtime: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,7 +276,13 @@ impl Checker<'_> {
                 None
             }
         };
+        let cpu = match r.cpu {
+            None => Some(None),
+            Some(c) => self.receive_cpu(c).map(Some),
+        };
         Some(ReceiveSpec {
+            cpu: cpu?,
+            realtime: r.realtime.unwrap_or(false),
             encoding: encoding?,
             allow_from,
             bind: bind?,
@@ -284,6 +292,32 @@ impl Checker<'_> {
             validate: r.validate.unwrap_or(true),
             batch: batch? as usize,
         })
+    }
+
+    /// `receive.cpu`: a CPU this process may run on.
+    fn receive_cpu(&mut self, cpu: i64) -> Option<usize> {
+        let allowed = crate::sched::allowed_cpus();
+        let Some(allowed) = allowed else {
+            self.problem(
+                "receive.cpu",
+                "pinning a thread to a CPU is not supported on this platform: leave the key out",
+            );
+            return None;
+        };
+        match usize::try_from(cpu) {
+            Ok(c) if allowed.contains(&c) => Some(c),
+            _ => {
+                let list: Vec<String> = allowed.iter().map(usize::to_string).collect();
+                self.problem(
+                    "receive.cpu",
+                    format!(
+                        "{cpu} is not a CPU this host lets the relay run on (allowed: {})",
+                        list.join(", ")
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn archive(&mut self, a: RawArchive) -> Option<ArchiveSpec> {
