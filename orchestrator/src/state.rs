@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{CounterVec, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use relay_channel::config::ChannelSpec;
 use relay_channel::status::{reject_reasons, Counters, Kind, Rates, Stats, COUNTERS};
 use tokio::sync::broadcast;
@@ -135,10 +135,13 @@ const FLAGS: &[Flag] = &[
     ),
 ];
 
-/// A series for each counter of [`COUNTERS`], in its order.
+/// A series for each counter of [`COUNTERS`], in its order: counts as
+/// integers, times in seconds (the stats line's value times the scale).
 enum Series {
     Counter(IntCounterVec),
     Gauge(IntGaugeVec),
+    Seconds(CounterVec, f64),
+    SecondsGauge(GaugeVec, f64),
 }
 
 const NAMESPACE: &str = "speeddata";
@@ -153,6 +156,10 @@ pub struct Metrics {
     /// Rejections by channel and reason.
     rejected_by_reason: IntCounterVec,
     pub restarts: IntCounterVec,
+    /// Relays killed as hung (silent for `liveness_timeout` once ready).
+    pub hung_kills: IntCounterVec,
+    /// Seconds since the running relay's last stats line (or its start).
+    stats_age: GaugeVec,
     pub state: IntGaugeVec,
     pub config_error: IntGaugeVec,
     pub config_errors: IntCounter,
@@ -169,7 +176,14 @@ impl Metrics {
             .iter()
             .map(|c| {
                 let o = opts(c.metric, c.help.trim());
+                let scale = c.metric_scale();
                 match c.kind {
+                    Kind::Counter if scale != 1.0 => {
+                        Series::Seconds(CounterVec::new(o, &["channel"]).expect("metric"), scale)
+                    }
+                    Kind::Gauge if scale != 1.0 => {
+                        Series::SecondsGauge(GaugeVec::new(o, &["channel"]).expect("metric"), scale)
+                    }
                     Kind::Counter => {
                         Series::Counter(IntCounterVec::new(o, &["channel"]).expect("metric"))
                     }
@@ -205,6 +219,22 @@ impl Metrics {
             opts(
                 "restarts_total",
                 "Times a channel's relay was started again",
+            ),
+            &["channel"],
+        )
+        .expect("metric");
+        let hung_kills = IntCounterVec::new(
+            opts(
+                "hung_kills_total",
+                "Times the channel's relay was killed as hung: ready, then no stats line for supervisor.liveness_timeout",
+            ),
+            &["channel"],
+        )
+        .expect("metric");
+        let stats_age = GaugeVec::new(
+            opts(
+                "stats_age_seconds",
+                "Seconds since the channel's running relay wrote its last stats line (one a second when well), or since it started before its first; absent while no relay runs",
             ),
             &["channel"],
         )
@@ -245,6 +275,8 @@ impl Metrics {
             match c {
                 Series::Counter(c) => registry.register(Box::new(c.clone())),
                 Series::Gauge(g) => registry.register(Box::new(g.clone())),
+                Series::Seconds(c, _) => registry.register(Box::new(c.clone())),
+                Series::SecondsGauge(g, _) => registry.register(Box::new(g.clone())),
             }
             .expect("register");
         }
@@ -259,6 +291,12 @@ impl Metrics {
             .expect("register");
         registry
             .register(Box::new(restarts.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(hung_kills.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(stats_age.clone()))
             .expect("register");
         registry
             .register(Box::new(state.clone()))
@@ -279,6 +317,8 @@ impl Metrics {
             archive_level,
             rejected_by_reason,
             restarts,
+            hung_kills,
+            stats_age,
             state,
             config_error,
             config_errors,
@@ -308,6 +348,8 @@ impl Metrics {
             let _ = match c {
                 Series::Counter(c) => c.remove_label_values(&[channel]),
                 Series::Gauge(g) => g.remove_label_values(&[channel]),
+                Series::Seconds(c, _) => c.remove_label_values(&[channel]),
+                Series::SecondsGauge(g, _) => g.remove_label_values(&[channel]),
             };
         }
         for g in &self.flags {
@@ -320,6 +362,8 @@ impl Metrics {
                 .remove_label_values(&[channel, reason]);
         }
         let _ = self.restarts.remove_label_values(&[channel]);
+        let _ = self.hung_kills.remove_label_values(&[channel]);
+        let _ = self.stats_age.remove_label_values(&[channel]);
         let _ = self.config_error.remove_label_values(&[channel]);
         for s in State::ALL {
             let _ = self.state.remove_label_values(&[channel, s.as_str()]);
@@ -467,10 +511,16 @@ impl Fleet {
                 Series::Gauge(g) => g
                     .with_label_values(&[name])
                     .set(i64::try_from(new).unwrap_or(i64::MAX)),
+                Series::Seconds(c, scale) => c
+                    .with_label_values(&[name])
+                    .inc_by(if new >= old { new - old } else { new } as f64 * scale),
+                Series::SecondsGauge(g, scale) => {
+                    g.with_label_values(&[name]).set(new as f64 * scale)
+                }
             }
             debug_assert_eq!(
                 info.kind == Kind::Counter,
-                matches!(series, Series::Counter(_))
+                matches!(series, Series::Counter(_) | Series::Seconds(..))
             );
         }
         for (reason, new) in reject_reasons().map(|r| (r, stats.rejected_by_reason.get(r))) {
@@ -517,6 +567,25 @@ impl Fleet {
             st.last_stats_at = None;
             st.last_report_at = None;
         }
+    }
+
+    /// The text exposition of every series, with each running relay's
+    /// `stats_age_seconds` as of now.
+    pub fn render_metrics(&self) -> String {
+        for (name, t) in self.lock().iter() {
+            let since = t.pid.and(t.last_stats_at.or(t.started));
+            match since {
+                Some(at) => self
+                    .metrics
+                    .stats_age
+                    .with_label_values(&[name])
+                    .set((at.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+                None => {
+                    let _ = self.metrics.stats_age.remove_label_values(&[name]);
+                }
+            }
+        }
+        self.metrics.render()
     }
 
     /// Publishes a lifecycle event.
@@ -705,6 +774,63 @@ mod tests {
         let rates = silent.rates.unwrap();
         assert!(rates.values().all(|(_, v)| v == 0.0), "{rates:?}");
         assert_eq!(silent.last_report_at, live.last_report_at);
+    }
+
+    #[test]
+    fn times_are_exported_in_seconds() {
+        let f = Fleet::new();
+        f.update("a", "a.toml".as_ref(), |s| s.state = State::Ready);
+        let mut line = stats(10);
+        line.counters.archive_degraded_ms = 1_500;
+        line.counters.receive_gap_max_us = 250_000;
+        f.record_stats("a", line.clone());
+        line.counters.archive_degraded_ms = 2_000;
+        f.record_stats("a", line);
+        let text = f.metrics.render();
+        for series in [
+            "speeddata_channel_archive_degraded_seconds_total{channel=\"a\"} 2\n",
+            "speeddata_channel_receive_gap_max_seconds{channel=\"a\"} 0.25\n",
+        ] {
+            assert!(text.contains(series), "no {series} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn stats_age_runs_from_the_last_line_while_a_relay_runs() {
+        let f = Fleet::new();
+        let age = |f: &Fleet| -> Option<f64> {
+            f.render_metrics().lines().find_map(|l| {
+                l.strip_prefix("speeddata_channel_stats_age_seconds{channel=\"a\"} ")
+                    .map(|v| v.parse().unwrap())
+            })
+        };
+        f.update("a", "a.toml".as_ref(), |s| s.state = State::Failed);
+        assert_eq!(age(&f), None, "no relay runs: no age");
+        // Started 20 s ago, no line yet: the age counts from the start.
+        f.update("a", "a.toml".as_ref(), |s| {
+            s.state = State::Ready;
+            s.pid = Some(7);
+            s.started = Some(Instant::now() - Duration::from_secs(20));
+        });
+        assert!(
+            age(&f).is_some_and(|a| (20.0..25.0).contains(&a)),
+            "{:?}",
+            age(&f)
+        );
+        // A line 12 s ago: 12 s.
+        f.record_stats("a", stats(1));
+        f.update("a", "a.toml".as_ref(), |s| {
+            s.last_stats_at = Some(Instant::now() - Duration::from_secs(12));
+        });
+        assert!(
+            age(&f).is_some_and(|a| (12.0..17.0).contains(&a)),
+            "{:?}",
+            age(&f)
+        );
+        // The relay ended: the series goes.
+        f.update("a", "a.toml".as_ref(), |s| s.pid = None);
+        f.clear_stats("a");
+        assert_eq!(age(&f), None);
     }
 
     #[test]

@@ -424,6 +424,11 @@ impl ChannelTask {
             .restarts
             .with_label_values(&[self.name()])
             .inc_by(0);
+        self.fleet
+            .metrics
+            .hung_kills
+            .with_label_values(&[self.name()])
+            .inc_by(0);
         let mut input = Input::Begin;
         loop {
             self.feed(input);
@@ -606,10 +611,17 @@ impl ChannelTask {
                 file: self.ch.file().to_path_buf(),
             },
             ChannelEvent::Ready { pid } => EventKind::Ready { pid },
-            ChannelEvent::Hung { pid, silent_for } => EventKind::Hung {
-                pid,
-                silent_for: fmt_duration(silent_for),
-            },
+            ChannelEvent::Hung { pid, silent_for } => {
+                self.fleet
+                    .metrics
+                    .hung_kills
+                    .with_label_values(&[self.name()])
+                    .inc();
+                EventKind::Hung {
+                    pid,
+                    silent_for: fmt_duration(silent_for),
+                }
+            }
             ChannelEvent::Exited { pid, exit } => EventKind::Exited {
                 pid,
                 exit: Some(exit),

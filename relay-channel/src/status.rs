@@ -204,6 +204,21 @@ pub struct CounterInfo {
     pub column: Option<&'static str>,
 }
 
+impl CounterInfo {
+    /// What one unit of the stats line is in the metric's unit: a key
+    /// counted in milliseconds (`_ms`) or microseconds (`_us`) is exported
+    /// in seconds, Prometheus's base unit; any other as it is (1).
+    pub fn metric_scale(&self) -> f64 {
+        if self.key.ends_with("_ms") {
+            1e-3
+        } else if self.key.ends_with("_us") {
+            1e-6
+        } else {
+            1.0
+        }
+    }
+}
+
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $key:ident: $kind:ident, $metric:literal, $column:expr $(, $rate:tt)?;)*) => {
         /// Every counter of one channel, in the order of [`COUNTERS`].
@@ -294,15 +309,17 @@ counters! {
     quarantine_dropped: Counter, "quarantine_dropped_datagrams_total", None, "quarantine_dropped_per_s";
     /// Receive-socket errors other than timeouts.
     receive_errors: Counter, "receive_errors_total", None, "receive_errors_per_s";
-    /// Milliseconds the archive compressed below `archive.level` (or stored
-    /// blocks) to keep up with the input.
-    archive_degraded_ms: Counter, "archive_degraded_milliseconds_total", None, "archive_degraded_ms_per_s";
-    /// The receive thread's longest gap, in microseconds, between a receive
-    /// call that left datagrams in the socket (it filled its batch) and the
-    /// next call, since the previous stats line: how long the socket went
-    /// unread while it held data (processing a batch, or waiting for a
-    /// core). Set back to 0 by each line.
-    receive_gap_max_us: Gauge, "receive_gap_max_microseconds", None;
+    /// Time the archive compressed below `archive.level` (or stored blocks)
+    /// to keep up with the input: milliseconds on the stats line, seconds
+    /// in /metrics.
+    archive_degraded_ms: Counter, "archive_degraded_seconds_total", None, "archive_degraded_ms_per_s";
+    /// The receive thread's longest gap between a receive call that left
+    /// datagrams in the socket (it filled its batch) and the next call,
+    /// since the previous stats line: how long the socket went unread while
+    /// it held data (processing a batch, or waiting for a core). Set back
+    /// to 0 by each line. Microseconds on the stats line, seconds in
+    /// /metrics.
+    receive_gap_max_us: Gauge, "receive_gap_max_seconds", None;
     /// Datagrams the kernel dropped on the receive socket (SO_RXQ_OVFL):
     /// they never reached the relay, so they are not part of `received`.
     kernel_drops: Counter, "kernel_dropped_datagrams_total", Some("DROPPED"), "kernel_drops_per_s";
@@ -494,6 +511,16 @@ mod tests {
                 c.kind == Kind::Counter,
                 c.metric.ends_with("_total"),
                 "{}",
+                c.key
+            );
+            // Prometheus's base units: time in seconds, never ms or µs.
+            for unit in ["milliseconds", "microseconds", "_ms", "_us"] {
+                assert!(!c.metric.contains(unit), "{}: {unit}", c.metric);
+            }
+            assert_eq!(
+                c.metric_scale() != 1.0,
+                c.metric.contains("_seconds"),
+                "{}: a key in ms or µs is exported in seconds",
                 c.key
             );
         }

@@ -428,11 +428,23 @@ for k, v in sorted(out.items()):
     ] {
         assert!(parsed.contains(needle), "{needle} not in:\n{parsed}");
     }
-    // The receive thread's longest gap since the last stats line, a gauge.
+    // The receive thread's longest gap since the last stats line, a gauge
+    // in seconds.
     assert!(
-        parsed.contains("speeddata_channel_receive_gap_max_microseconds[('channel', 'metered')] "),
+        parsed.contains("speeddata_channel_receive_gap_max_seconds[('channel', 'metered')] "),
         "{parsed}"
     );
+    // How long ago the relay wrote its last stats line: one comes every
+    // second, so well under the 2.5 s after which a report is overdue.
+    let age: f64 = parsed
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("speeddata_channel_stats_age_seconds[('channel', 'metered')] ")
+        })
+        .unwrap_or_else(|| panic!("no stats_age_seconds for metered in:\n{parsed}"))
+        .parse()
+        .unwrap();
+    assert!((0.0..2.5).contains(&age), "stats age {age} s");
 }
 
 #[test]
@@ -672,6 +684,14 @@ fn a_hung_relay_is_killed_and_replaced_and_the_others_lose_nothing() {
         })
         .unwrap();
     assert_eq!(hung, old, "{events:?}");
+    // /metrics counts the kill, for the alert on hung relays.
+    let metrics = orch.metrics();
+    for series in [
+        "speeddata_channel_hung_kills_total{channel=\"frozen\"} 1\n",
+        "speeddata_channel_hung_kills_total{channel=\"steady\"} 0\n",
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
 
     // The other channel lost nothing and was not touched.
     for s in senders {

@@ -79,7 +79,7 @@ pub(super) fn one_line(s: &str) -> String {
 pub(super) async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        s.fleet.metrics.render(),
+        s.fleet.render_metrics(),
     )
         .into_response()
 }
