@@ -220,12 +220,12 @@ impl CounterInfo {
 }
 
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $key:ident: $kind:ident, $metric:literal, $column:expr $(, $rate:tt)?;)*) => {
+    ($($(#[doc = $doc:literal])* $(@$schema:ident)? $key:ident: $kind:ident, $metric:literal, $column:expr $(, $rate:tt)?;)*) => {
         /// Every counter of one channel, in the order of [`COUNTERS`].
         #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub struct Counters {
-            $($(#[doc = $doc])* pub $key: u64,)*
+            $($(#[doc = $doc])* $(#[cfg_attr(feature = "openapi", schema($schema))])? pub $key: u64,)*
         }
 
         /// Per-second rates of the counters that only grow (not the
@@ -322,7 +322,8 @@ counters! {
     receive_gap_max_us: Gauge, "receive_gap_max_seconds", None;
     /// Datagrams the kernel dropped on the receive socket (SO_RXQ_OVFL):
     /// they never reached the relay, so they are not part of `received`.
-    kernel_drops: Counter, "kernel_dropped_datagrams_total", Some("DROPPED"), "kernel_drops_per_s";
+    /// `null` where the kernel does not count them (the portable I/O path).
+    @nullable kernel_drops: Counter, "kernel_dropped_datagrams_total", Some("DROPPED"), "kernel_drops_per_s";
 }
 
 fn per_second(new: u64, old: u64, secs: f64) -> f64 {

@@ -268,6 +268,34 @@ fn in_the_document() -> std::collections::BTreeSet<(String, String)> {
 }
 
 #[test]
+fn kernel_drops_is_nullable_in_the_document() {
+    // The portable I/O path has no kernel drop counter: the API writes
+    // `null` (relay_channel::status::Stats), and the schema must allow it,
+    // or generated clients reject the channel.
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let text = doc["components"]["schemas"].to_string();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let mut found = 0;
+    for (name, schema) in schemas {
+        let mut stack = vec![schema];
+        while let Some(v) = stack.pop() {
+            if let Some(k) = v.get("properties").and_then(|p| p.get("kernel_drops")) {
+                found += 1;
+                let ty = &k["type"];
+                assert!(
+                    ty.as_array().is_some_and(|a| a.iter().any(|t| t == "null")),
+                    "{name}.kernel_drops: {k}"
+                );
+            }
+            if let Some(all) = v.get("allOf").and_then(|a| a.as_array()) {
+                stack.extend(all);
+            }
+        }
+    }
+    assert!(found > 0, "no kernel_drops property in {text}");
+}
+
+#[test]
 fn the_openapi_document_lists_exactly_the_routes_documented_here() {
     let here = documented_here();
     let doc = in_the_document();
