@@ -283,33 +283,20 @@ impl Metrics {
         for g in &flags {
             registry.register(Box::new(g.clone())).expect("register");
         }
-        registry
-            .register(Box::new(archive_level.clone()))
-            .expect("register");
-        registry
-            .register(Box::new(rejected_by_reason.clone()))
-            .expect("register");
-        registry
-            .register(Box::new(restarts.clone()))
-            .expect("register");
-        registry
-            .register(Box::new(hung_kills.clone()))
-            .expect("register");
-        registry
-            .register(Box::new(stats_age.clone()))
-            .expect("register");
-        registry
-            .register(Box::new(state.clone()))
-            .expect("register");
-        registry
-            .register(Box::new(config_error.clone()))
-            .expect("register");
-        registry
-            .register(Box::new(config_errors.clone()))
-            .expect("register");
-        registry
-            .register(Box::new(reloads.clone()))
-            .expect("register");
+        let others: [Box<dyn prometheus::core::Collector>; 9] = [
+            Box::new(archive_level.clone()),
+            Box::new(rejected_by_reason.clone()),
+            Box::new(restarts.clone()),
+            Box::new(hung_kills.clone()),
+            Box::new(stats_age.clone()),
+            Box::new(state.clone()),
+            Box::new(config_error.clone()),
+            Box::new(config_errors.clone()),
+            Box::new(reloads.clone()),
+        ];
+        for c in others {
+            registry.register(c).expect("register");
+        }
         Metrics {
             registry,
             counters,

@@ -5,6 +5,7 @@
 #![cfg(target_os = "linux")]
 
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use speeddata_tests::*;
@@ -16,7 +17,7 @@ struct Task {
     rt_priority: i64,
     /// 0 normal, 1 FIFO, 2 RR, 3 batch, 5 idle.
     policy: i64,
-    cpus_allowed: String,
+    cpus_allowed: Vec<usize>,
 }
 
 const SCHED_OTHER: i64 = 0;
@@ -32,13 +33,7 @@ fn tasks(pid: u32) -> Vec<Task> {
         let comm = stat[stat.find('(').unwrap() + 1..close].to_string();
         let f: Vec<&str> = stat[close + 2..].split(' ').collect();
         let field = |n: usize| f[n - 3].parse::<i64>().unwrap();
-        let status = fs::read_to_string(dir.join("status")).unwrap();
-        let cpus_allowed = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let cpus_allowed = cpus_allowed(&dir.join("status"));
         out.push(Task {
             comm,
             rt_priority: field(40),
@@ -55,9 +50,9 @@ fn task<'a>(ts: &'a [Task], comm: &str) -> &'a Task {
         .unwrap_or_else(|| panic!("no thread {comm} in {ts:#?}"))
 }
 
-/// The CPUs this test may run on, from its own status.
-fn allowed_cpus() -> Vec<usize> {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
+/// `Cpus_allowed_list` of a /proc status file ("0-1", "0,2"), as CPUs.
+fn cpus_allowed(status: &Path) -> Vec<usize> {
+    let status = fs::read_to_string(status).unwrap();
     let list = status
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
@@ -73,23 +68,9 @@ fn allowed_cpus() -> Vec<usize> {
     cpus
 }
 
-/// "0-1" or "0,2": /proc's way of writing a set of CPUs.
-fn cpu_list(cpus: &[usize]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let mut j = i;
-        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j {
-            cpus[i].to_string()
-        } else {
-            format!("{}-{}", cpus[i], cpus[j])
-        });
-        i = j + 1;
-    }
-    parts.join(",")
+/// The CPUs this test may run on.
+fn allowed_cpus() -> Vec<usize> {
+    cpus_allowed(Path::new("/proc/self/status"))
 }
 
 /// Feeds 2,000 records and checks every one reached the archive: the
@@ -131,7 +112,7 @@ fn receive_cpu_pins_and_receive_realtime_raises_the_receive_thread() {
     let r = Relay::start(dir.path(), &opts);
     let ts = tasks(r.pid());
     let receive = task(&ts, "receive");
-    assert_eq!(receive.cpus_allowed, cpu.to_string(), "{ts:#?}");
+    assert_eq!(receive.cpus_allowed, vec![cpu], "{ts:#?}");
     if may_realtime() {
         assert_eq!(
             (receive.policy, receive.rt_priority),
@@ -149,7 +130,7 @@ fn receive_cpu_pins_and_receive_realtime_raises_the_receive_thread() {
     // Only the receive thread.
     let archive = task(&ts, "archive");
     assert_eq!(archive.policy, SCHED_OTHER, "{ts:#?}");
-    assert_eq!(archive.cpus_allowed, cpu_list(&allowed_cpus()), "{ts:#?}");
+    assert_eq!(archive.cpus_allowed, allowed_cpus(), "{ts:#?}");
     feed_and_check(r, opts.bind);
 }
 
