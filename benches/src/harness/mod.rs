@@ -268,16 +268,23 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     let mut rate_only = Vec::new();
     if let Some(rate) = opts.rate_only {
-        let fwd = Forwarder::RELAYS[0];
-        for size in opts.sizes() {
+        let mut forwarders = vec![Forwarder::RELAYS[0]];
+        if opts.with_ceiling {
+            forwarders.insert(0, Forwarder::Ceiling);
+        }
+        'sizes: for size in opts.sizes() {
             for _ in 0..RATE_ONLY_TRIALS {
-                if !bench.time_left(opts.trial()) {
-                    warnings.push("time cap reached: --rate-only trials left out".into());
-                    break;
-                }
-                match bench.trial(fwd, size, rate, opts.trial(), false) {
-                    Ok(t) => rate_only.push(t),
-                    Err(e) => warnings.push(format!("{} B {}: {e:#}", size.label(), fwd.label())),
+                for &fwd in &forwarders {
+                    if !bench.time_left(opts.trial()) {
+                        warnings.push("time cap reached: --rate-only trials left out".into());
+                        break 'sizes;
+                    }
+                    match bench.trial(fwd, size, rate, opts.trial(), false) {
+                        Ok(t) => rate_only.push(t),
+                        Err(e) => {
+                            warnings.push(format!("{} B {}: {e:#}", size.label(), fwd.label()))
+                        }
+                    }
                 }
             }
         }

@@ -94,6 +94,12 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     pub rate_only: Option<u64>,
 
+    /// With --rate-only: the ceiling forwarder at the same rate too, its
+    /// trials alternated with the relay's (ceiling, relay, ceiling, ...),
+    /// so that both see the same moments of a noisy machine.
+    #[arg(long, requires = "rate_only")]
+    pub with_ceiling: bool,
+
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -272,5 +278,20 @@ impl Forwarder {
 
     pub(super) fn is_relay(self) -> bool {
         matches!(self, Forwarder::Relay { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+    use clap::Parser;
+
+    #[test]
+    fn with_ceiling_needs_rate_only() {
+        let err = Options::try_parse_from(["throughput", "--with-ceiling"]).unwrap_err();
+        assert!(err.to_string().contains("--rate-only"), "{err}");
+        let o = Options::try_parse_from(["throughput", "--rate-only", "400000", "--with-ceiling"])
+            .unwrap();
+        assert_eq!((o.rate_only, o.with_ceiling), (Some(400_000), true));
     }
 }

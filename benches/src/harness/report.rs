@@ -481,7 +481,8 @@ fn receive_gaps_table(s: &mut String, r: &Report) {
 fn rate_only_table(s: &mut String, r: &Report) {
     let _ = writeln!(
         s,
-        "\nSingle trials of {} s at one rate (`--rate-only`), each a fresh relay. Loss share: \
+        "\nSingle trials of {} s at one rate (`--rate-only`), each a fresh relay (with \
+         `--with-ceiling` alternated with the ceiling's, at the same rate). Loss share: \
          the larger of lost at the receiver and not archived, of the datagrams sent (limit \
          {:.2}%). Receive gaps: the relay's `receive_gap_max_us` per stats line, µs (lines: \
          p50 / p90 / max).\n",
