@@ -35,6 +35,8 @@ use apache_avro::schema::{
     DecimalSchema, InnerDecimalSchema, Name, NamespaceRef, RecordSchema, ResolvedSchema, Schema,
     UuidSchema,
 };
+use relay_channel::avro_leaf;
+
 use arrow::array::{
     new_null_array, Array, ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBufferBuilder,
     BooleanBuilder, Date32Builder, Decimal128Builder, DictionaryArray, FixedSizeBinaryBuilder,
@@ -110,6 +112,16 @@ enum Skip {
     Array(Box<Skip>),
     Map(Box<Skip>),
     Record(Vec<Skip>),
+}
+
+impl From<avro_leaf::Leaf> for Skip {
+    fn from(leaf: avro_leaf::Leaf) -> Skip {
+        match leaf {
+            avro_leaf::Leaf::Fixed(n) => Skip::Fixed(n),
+            avro_leaf::Leaf::Varint => Skip::Varint,
+            avro_leaf::Leaf::Bytes => Skip::Bytes,
+        }
+    }
 }
 
 /// A record's place in the top record: a column, or a flattened record.
@@ -492,38 +504,10 @@ impl<'s> Compiler<'s> {
     fn skip(&mut self, schema: &Schema, ns: NamespaceRef<'_>) -> Result<Skip, PlanError> {
         let (schema, ns) = self.deref(schema, ns)?;
         let ns = ns.as_deref();
+        if let Some(leaf) = avro_leaf::leaf(schema) {
+            return Ok(Skip::from(leaf));
+        }
         Ok(match schema {
-            Schema::Null => Skip::Fixed(0),
-            Schema::Boolean => Skip::Fixed(1),
-            Schema::Float => Skip::Fixed(4),
-            Schema::Double => Skip::Fixed(8),
-            Schema::Int
-            | Schema::Long
-            | Schema::Date
-            | Schema::TimeMillis
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos
-            | Schema::Enum(_) => Skip::Varint,
-            Schema::String
-            | Schema::Bytes
-            | Schema::BigDecimal
-            | Schema::Uuid(UuidSchema::String | UuidSchema::Bytes)
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Bytes,
-                ..
-            }) => Skip::Bytes,
-            Schema::Fixed(f) | Schema::Uuid(UuidSchema::Fixed(f)) | Schema::Duration(f) => {
-                Skip::Fixed(f.size)
-            }
-            Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Fixed(f),
-                ..
-            }) => Skip::Fixed(f.size),
             Schema::Array(a) => Skip::Array(Box::new(self.skip(&a.items, ns)?)),
             Schema::Map(m) => Skip::Map(Box::new(self.skip(&m.types, ns)?)),
             Schema::Union(u) => Skip::Union(
@@ -549,6 +533,7 @@ impl<'s> Compiler<'s> {
                 Skip::Record(fields)
             }
             Schema::Ref { .. } => unreachable!("resolved by deref"),
+            _ => unreachable!("leaf types are classified by avro_leaf::leaf"),
         })
     }
 }

@@ -25,6 +25,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::avro_leaf;
 use crate::config::{Algorithm, DecimationWindow};
 use crate::varint::{put_long, read_long};
 
@@ -97,6 +98,16 @@ enum Skip {
     Array(u32),
     Map(u32),
     Record(Vec<u32>),
+}
+
+impl From<avro_leaf::Leaf> for Skip {
+    fn from(leaf: avro_leaf::Leaf) -> Skip {
+        match leaf {
+            avro_leaf::Leaf::Fixed(n) => Skip::Fixed(n),
+            avro_leaf::Leaf::Varint => Skip::Varint,
+            avro_leaf::Leaf::Bytes => Skip::Bytes,
+        }
+    }
 }
 
 /// Sums with Neumaier's compensation: accurate over long windows.

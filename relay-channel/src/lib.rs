@@ -41,6 +41,7 @@
 //! orchestrator keeps holds with [`holds`].
 
 pub(crate) mod archive;
+pub mod avro_leaf;
 pub mod config;
 pub mod container;
 pub mod decimate;

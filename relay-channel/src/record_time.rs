@@ -17,6 +17,7 @@ use apache_avro::schema::{
     ResolvedSchema, Schema, UuidSchema,
 };
 
+use crate::avro_leaf;
 use crate::varint;
 
 /// The unit of a timestamp field.
@@ -81,6 +82,32 @@ enum Node {
     Record(Vec<usize>),
     /// The time field: a long, captured.
     Capture,
+}
+
+impl From<avro_leaf::Leaf> for Node {
+    fn from(leaf: avro_leaf::Leaf) -> Node {
+        match leaf {
+            avro_leaf::Leaf::Fixed(n) => Node::Fixed(n),
+            avro_leaf::Leaf::Varint => Node::Varint,
+            avro_leaf::Leaf::Bytes => Node::Bytes,
+        }
+    }
+}
+
+/// The name of a named leaf type (enum, fixed, and the logical types over
+/// fixed).
+fn named_leaf(schema: &Schema) -> Option<&Name> {
+    match schema {
+        Schema::Enum(EnumSchema { name, .. })
+        | Schema::Fixed(FixedSchema { name, .. })
+        | Schema::Uuid(UuidSchema::Fixed(FixedSchema { name, .. }))
+        | Schema::Duration(FixedSchema { name, .. })
+        | Schema::Decimal(DecimalSchema {
+            inner: InnerDecimalSchema::Fixed(FixedSchema { name, .. }),
+            ..
+        }) => Some(name),
+        _ => None,
+    }
 }
 
 /// Why a walk stopped.
@@ -278,41 +305,15 @@ impl<'s> Compiler<'s> {
                 ),
             };
         }
+        if let Some(leaf) = avro_leaf::leaf(schema) {
+            let node = Node::from(leaf);
+            // Named leaves are kept by name, for the references to them.
+            return Ok(match named_leaf(schema) {
+                Some(name) => self.named(name, ns, node),
+                None => self.push(node),
+            });
+        }
         let node = match schema {
-            Schema::Null => Node::Fixed(0),
-            Schema::Boolean => Node::Fixed(1),
-            Schema::Float => Node::Fixed(4),
-            Schema::Double => Node::Fixed(8),
-            Schema::Int
-            | Schema::Long
-            | Schema::Date
-            | Schema::TimeMillis
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => Node::Varint,
-            Schema::Bytes
-            | Schema::BigDecimal
-            | Schema::String
-            | Schema::Uuid(UuidSchema::String)
-            | Schema::Uuid(UuidSchema::Bytes)
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Bytes,
-                ..
-            }) => Node::Bytes,
-            Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Fixed(FixedSchema { name, size, .. }),
-                ..
-            })
-            | Schema::Fixed(FixedSchema { name, size, .. })
-            | Schema::Uuid(UuidSchema::Fixed(FixedSchema { name, size, .. }))
-            | Schema::Duration(FixedSchema { name, size, .. }) => {
-                return Ok(self.named(name, ns, Node::Fixed(*size)));
-            }
-            Schema::Enum(EnumSchema { name, .. }) => return Ok(self.named(name, ns, Node::Varint)),
             Schema::Array(a) => {
                 let items = self.compile(&a.items, ns, None)?;
                 Node::Array(items)
@@ -343,6 +344,7 @@ impl<'s> Compiler<'s> {
                     .ok_or_else(|| format!("the schema names {fq} but does not define it"))?;
                 return self.compile(def, fq.namespace(), path);
             }
+            _ => unreachable!("leaf types are classified by avro_leaf::leaf"),
         };
         Ok(self.push(node))
     }

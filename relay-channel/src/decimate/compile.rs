@@ -5,12 +5,10 @@
 
 use std::collections::HashMap;
 
-use apache_avro::schema::{
-    DecimalSchema, FixedSchema, InnerDecimalSchema, Name, NamesRef, NamespaceRef, RecordSchema,
-    ResolvedSchema, Schema, UuidSchema,
-};
+use apache_avro::schema::{Name, NamesRef, NamespaceRef, RecordSchema, ResolvedSchema, Schema};
 
 use super::{Num, Skip, Step, MAX_DEPTH};
+use crate::avro_leaf;
 
 /// What [`compile`] makes of a schema.
 pub(super) struct Plan {
@@ -199,38 +197,10 @@ impl<'s> Compiler<'s> {
 
     /// The skip node of a value of `schema`.
     fn skip(&mut self, schema: &'s Schema, ns: NamespaceRef<'_>) -> Result<u32, String> {
+        if let Some(leaf) = avro_leaf::leaf(schema) {
+            return Ok(self.add_skip(Skip::from(leaf)));
+        }
         let s = match schema {
-            Schema::Null => Skip::Fixed(0),
-            Schema::Boolean => Skip::Fixed(1),
-            Schema::Int
-            | Schema::Long
-            | Schema::Date
-            | Schema::TimeMillis
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => Skip::Varint,
-            Schema::Float => Skip::Fixed(4),
-            Schema::Double => Skip::Fixed(8),
-            Schema::Bytes
-            | Schema::String
-            | Schema::BigDecimal
-            | Schema::Uuid(UuidSchema::Bytes | UuidSchema::String)
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Bytes,
-                ..
-            }) => Skip::Bytes,
-            Schema::Fixed(FixedSchema { size, .. })
-            | Schema::Uuid(UuidSchema::Fixed(FixedSchema { size, .. }))
-            | Schema::Duration(FixedSchema { size, .. })
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Fixed(FixedSchema { size, .. }),
-                ..
-            }) => Skip::Fixed(*size),
-            Schema::Enum(_) => Skip::Varint,
             Schema::Array(a) => {
                 let items = self.skip(&a.items, ns)?;
                 Skip::Array(items)
@@ -274,6 +244,7 @@ impl<'s> Compiler<'s> {
                     .ok_or_else(|| format!("unresolved type {fq}"))?;
                 return self.skip(def, fq.namespace());
             }
+            _ => unreachable!("leaf types are classified by avro_leaf::leaf"),
         };
         Ok(self.add_skip(s))
     }
