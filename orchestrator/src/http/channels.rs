@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::supervisor::Request;
 
 use super::auth::Writer;
-use super::{error, no_channel, ApiError, AppState};
+use super::{configured_channel, error, no_channel, ApiError, AppState};
 
 /// How long a restart request waits for the supervisor's answer.
 pub(super) const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,14 +24,9 @@ pub(super) const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
         (status = 404, description = "No such channel, or no schema yet", body = ErrorBody),
         (status = 422, description = "The schema file is not JSON", body = ErrorBody)))]
 pub(super) async fn schema(State(s): State<AppState>, Path(name): Path<String>) -> Response {
-    if s.fleet.get(&name).is_none() {
-        return no_channel(&name);
-    }
-    let Some(spec) = s.fleet.spec(&name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("channel {name} has no valid configuration yet"),
-        );
+    let spec = match configured_channel(&s, &name) {
+        Ok(spec) => spec,
+        Err(r) => return *r,
     };
     let text = match std::fs::read_to_string(&spec.schema_path) {
         Ok(t) => t,

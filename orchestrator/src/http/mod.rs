@@ -94,6 +94,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::state::Fleet;
 use crate::supervisor::Request;
+use relay_channel::config::ChannelSpec;
 
 mod auth;
 mod channels;
@@ -314,6 +315,21 @@ fn no_channel(name: &str) -> Response {
     let mut e = ApiError::new(StatusCode::NOT_FOUND, format!("no channel {name:?}"));
     e.body.speeddata.name = Some(name.to_string());
     e.into_response()
+}
+
+/// Channel `name`'s configuration, or the 404 to answer (boxed: a
+/// response is large): no such channel, or none valid yet (its file has
+/// not loaded).
+fn configured_channel(s: &AppState, name: &str) -> Result<Arc<ChannelSpec>, Box<Response>> {
+    if s.fleet.get(name).is_none() {
+        return Err(Box::new(no_channel(name)));
+    }
+    s.fleet.spec(name).ok_or_else(|| {
+        Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("channel {name} has no valid configuration yet"),
+        ))
+    })
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

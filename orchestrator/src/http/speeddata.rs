@@ -45,7 +45,7 @@ use crate::registry::{PortUser, Refused};
 
 use super::auth::{Cfg, Writer};
 use super::registration::{apply, bad_body, Ask, Done, Failed, JsonBody};
-use super::{error, no_channel, ApiError, AppState};
+use super::{configured_channel, error, ApiError, AppState};
 
 /// The version of SpeedData's registration API these calls answer as.
 pub const SPEEDDATA_API_VERSION: &str = "0.5.0";
@@ -503,14 +503,9 @@ pub(super) async fn validate_schema(
     _: Writer,
     body: JsonBody<Value>,
 ) -> Response {
-    if s.fleet.get(&name).is_none() {
-        return no_channel(&name);
-    }
-    let Some(spec) = s.fleet.spec(&name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("channel {name} has no valid configuration yet"),
-        );
+    let spec = match configured_channel(&s, &name) {
+        Ok(spec) => spec,
+        Err(r) => return *r,
     };
     let provided = match body {
         Ok(Json(Value::Object(mut o))) if o.contains_key("schema") => {
