@@ -22,6 +22,8 @@
 //! - `file_names`: archive file names, composed and parsed;
 //! - [`container`]: the Avro object container format, written block by block;
 //! - `varint`: Avro's zig-zag varints, written and read;
+//! - [`avro_leaf`]: how each Avro leaf type is encoded, for the walks that
+//!   step over values (the decimator's, the record-time reader's, the pivot's);
 //! - `nofollow`: opening archive files without following a symlink, and
 //!   saying so when one is refused;
 //! - `quarantine`: rejected datagrams kept for inspection, on a path of their own;
@@ -38,7 +40,8 @@
 //! targets use is public. The orchestrator uses [`config`] and [`schema`]
 //! to validate channel files exactly as the relay will, and reads the status
 //! lines described in [`status`]; the benchmarks use `mmsg`. The
-//! orchestrator keeps holds with [`holds`].
+//! orchestrator keeps holds with [`holds`], and the pivot walks records
+//! with [`avro_leaf`].
 
 pub(crate) mod archive;
 pub mod avro_leaf;
