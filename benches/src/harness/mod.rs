@@ -602,7 +602,11 @@ impl Bench {
         };
         let cpu0 = cpu_ticks(proc.pid);
 
+        let children0 = children_cpu_s();
         let send = self.loadgen(listen, size, rate, count, lo, len, &trial_dir)?;
+        // loadgen is the only child reaped in between: the forwarder is
+        // still running.
+        let sender_cpu_s = children_cpu_s() - children0;
 
         // Let the last datagrams through: until the receiver has them all or
         // nothing new arrived for a while.
@@ -689,6 +693,7 @@ impl Bench {
             .then(|| latency_stats(rx.socket_latencies_ns))
             .flatten();
         let latency = latency.then(|| latency_stats(rx.latencies_ns)).flatten();
+        let per_million = |cpu: f64| (send.sent > 0).then(|| cpu * 1e6 / send.sent as f64);
         let t = Trial {
             forwarder: fwd,
             size,
@@ -706,9 +711,9 @@ impl Bench {
             lost_in_archive,
             pass,
             cpu_s,
-            cpu_s_per_million: cpu_s
-                .filter(|_| send.sent > 0)
-                .map(|c| c * 1e6 / send.sent as f64),
+            cpu_s_per_million: cpu_s.and_then(per_million),
+            sender_cpu_s_per_million: per_million(sender_cpu_s),
+            receiver_cpu_s_per_million: rx.cpu_s.and_then(per_million),
             peak_rss_kib,
             archive_bytes,
             latency,
@@ -894,6 +899,8 @@ mod tests {
             pass: achieved as u64 <= threshold,
             cpu_s: None,
             cpu_s_per_million: None,
+            sender_cpu_s_per_million: None,
+            receiver_cpu_s_per_million: None,
             peak_rss_kib: None,
             archive_bytes: None,
             latency: None,
@@ -1110,6 +1117,24 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_ticks(pid).is_some());
         assert!(vm_hwm_kib(pid).unwrap() > 0);
+        let before = thread_cpu_s().unwrap();
+        let mut x = 1u64;
+        for i in 0..5_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(i | 1));
+        }
+        assert!(thread_cpu_s().unwrap() > before, "{x}");
+        assert!(children_cpu_s() >= 0.0);
+    }
+
+    #[test]
+    fn rate_only_rows_add_up_the_machine_s_cpu() {
+        let mut t = fake(100_000, 100_000, u64::MAX);
+        t.sender_cpu_s_per_million = Some(1.5);
+        t.cpu_s_per_million = Some(2.25);
+        t.receiver_cpu_s_per_million = Some(1.0);
+        assert_eq!(report::cpu_text(&t), "1.50 / 2.25 / 1.00 = 4.75");
+        t.receiver_cpu_s_per_million = None;
+        assert_eq!(report::cpu_text(&t), "1.50 / 2.25 / – = –");
     }
 
     #[test]

@@ -211,6 +211,8 @@ pub(super) struct ReceiverResult {
     pub(super) kernel_drops: u64,
     pub(super) latencies_ns: Vec<i64>,
     pub(super) socket_latencies_ns: Vec<i64>,
+    /// The thread's CPU seconds, start to end.
+    pub(super) cpu_s: Option<f64>,
 }
 
 /// A thread receiving the full-rate group with `recvmmsg`, counting the
@@ -246,6 +248,7 @@ impl ReceiverThread {
             std::thread::Builder::new()
                 .name("receiver".into())
                 .spawn(move || {
+                    let cpu0 = thread_cpu_s();
                     let mut batch = RecvBatch::new(socket.as_raw_fd(), 256, slot);
                     let mut received = 0u64;
                     let cap = if latency { count as usize } else { 0 };
@@ -285,6 +288,7 @@ impl ReceiverThread {
                         kernel_drops: u64::from(batch.kernel_drops),
                         latencies_ns: latencies,
                         socket_latencies_ns: at_socket,
+                        cpu_s: cpu0.zip(thread_cpu_s()).map(|(a, b)| b - a),
                     }
                     // The socket closes here, leaving the group.
                 })?
@@ -382,6 +386,28 @@ pub fn latency_stats(mut ns: Vec<i64>) -> Option<Latency> {
         p999_us: at(0.999),
         max_us: *ns.last().expect("not empty") as f64 / 1000.0,
     })
+}
+
+/// User + system CPU seconds of the children this process has reaped.
+pub fn children_cpu_s() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
+        return 0.0;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
+/// User + system CPU seconds of the calling thread.
+pub fn thread_cpu_s() -> Option<f64> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    (unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0)
+        .then(|| t.tv_sec as f64 + t.tv_nsec as f64 / 1e9)
 }
 
 /// utime + stime of a process, in clock ticks.

@@ -485,24 +485,25 @@ fn rate_only_table(s: &mut String, r: &Report) {
          `--with-ceiling` alternated with the ceiling's, at the same rate). Loss share: \
          the larger of lost at the receiver and not archived, of the datagrams sent (limit \
          {:.2}%). Receive gaps: the relay's `receive_gap_max_us` per stats line, µs (lines: \
-         p50 / p90 / max).\n",
+         p50 / p90 / max). CPU: seconds per 10⁶ datagrams sent of loadgen, the \
+         forwarder and the harness's receiver thread, and their sum.\n",
         r.trial_s,
         r.loss_limit * 100.0
     );
     let _ = writeln!(
         s,
-        "| size | forwarder | rate (datagrams/s) | sent | sender reached (/s) | lost at receiver | not archived | kernel drops | archive dropped | loss share | level at the end | receive gaps |"
+        "| size | forwarder | rate (datagrams/s) | sent | sender reached (/s) | lost at receiver | not archived | kernel drops | archive dropped | loss share | level at the end | receive gaps | CPU: sender / forwarder / receiver = sum |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
     );
     for t in &r.rate_only {
         let c = &t.forwarder_counters;
         let lost = t.lost_at_receiver.max(t.lost_in_archive.unwrap_or(0));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.4}% | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.4}% | {} | {} | {} |",
             size_label(t.size),
             t.forwarder.label(),
             fmt_int(t.target_rate),
@@ -519,8 +520,26 @@ fn rate_only_table(s: &mut String, r: &Report) {
                 _ => "–".into(),
             },
             gaps_text(t),
+            cpu_text(t),
         );
     }
+}
+
+/// The CPU per 10⁶ datagrams of the three programs of a trial, and the sum.
+pub(super) fn cpu_text(t: &Trial) -> String {
+    let parts = [
+        t.sender_cpu_s_per_million,
+        t.cpu_s_per_million,
+        t.receiver_cpu_s_per_million,
+    ];
+    let sum = parts.iter().copied().sum::<Option<f64>>();
+    format!(
+        "{} / {} / {} = {}",
+        opt_f(parts[0], 2),
+        opt_f(parts[1], 2),
+        opt_f(parts[2], 2),
+        opt_f(sum, 2)
+    )
 }
 
 /// The relay search of one configuration, if it ran.

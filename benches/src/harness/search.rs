@@ -90,6 +90,13 @@ pub struct Trial {
     /// of the trial, and per million datagrams sent.
     pub cpu_s: Option<f64>,
     pub cpu_s_per_million: Option<f64>,
+    /// CPU seconds per million datagrams sent of the two programs beside
+    /// the forwarder: loadgen (its whole run; on loopback the delivery to
+    /// the forwarder's socket runs in its system calls) and the harness's
+    /// receiver thread. With the forwarder's, what one datagram costs the
+    /// whole machine.
+    pub sender_cpu_s_per_million: Option<f64>,
+    pub receiver_cpu_s_per_million: Option<f64>,
     /// Peak RSS (VmHWM) of the forwarder, KiB.
     pub peak_rss_kib: Option<u64>,
     /// Relay only: bytes of the archive files the trial left.
