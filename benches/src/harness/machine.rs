@@ -77,14 +77,20 @@ pub(super) fn cpu_stat() -> Option<(u64, u64)> {
 /// CPU seconds (user + system) of this process and of its waited-for
 /// children.
 pub(super) fn own_cpu_s() -> f64 {
-    let get = |who| {
-        // SAFETY: getrusage writes into the struct we own.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(who, &mut ru) };
-        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        tv(ru.ru_utime) + tv(ru.ru_stime)
-    };
-    get(libc::RUSAGE_SELF) + get(libc::RUSAGE_CHILDREN)
+    rusage_cpu_s(libc::RUSAGE_SELF) + children_cpu_s()
+}
+
+/// CPU seconds (user + system) of the children this process has waited for.
+pub(super) fn children_cpu_s() -> f64 {
+    rusage_cpu_s(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage_cpu_s(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage writes into the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Measures how much CPU other processes used over a stretch of time:

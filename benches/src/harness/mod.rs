@@ -1123,7 +1123,6 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(i | 1));
         }
         assert!(thread_cpu_s().unwrap() > before, "{x}");
-        assert!(children_cpu_s() >= 0.0);
     }
 
     #[test]

@@ -388,17 +388,6 @@ pub fn latency_stats(mut ns: Vec<i64>) -> Option<Latency> {
     })
 }
 
-/// User + system CPU seconds of the children this process has reaped.
-pub fn children_cpu_s() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
-        return 0.0;
-    }
-    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    s(u.ru_utime) + s(u.ru_stime)
-}
-
 /// User + system CPU seconds of the calling thread.
 pub fn thread_cpu_s() -> Option<f64> {
     let mut t = libc::timespec {
